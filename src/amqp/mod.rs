@@ -1,0 +1,1 @@
+//! amqp consumer wrapper (in progress).

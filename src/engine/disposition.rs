@@ -1,0 +1,162 @@
+use crate::outcome::Outcome;
+use std::fmt;
+use std::time::Duration;
+
+/// Why a message goes to the dead-letter destination; the string form is the `x-idemq-reason`
+/// header value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// The key is recorded with a different payload fingerprint.
+    Conflict,
+    /// No key header.
+    MissingKey,
+    /// A key header that is empty, too long, not UTF-8 or not printable.
+    InvalidKey,
+    /// The handler failed permanently.
+    HandlerFailed,
+    /// Retriable failures exceeded the attempt limit.
+    RetriesExhausted,
+    /// The outcome exceeded the size limit.
+    OutcomeTooLarge,
+    /// The stored record stayed unreadable after bounded retries.
+    CorruptRecord,
+}
+
+impl DeadLetterReason {
+    /// Header value, e.g. `idempotency-key-conflict`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Conflict => "idempotency-key-conflict",
+            DeadLetterReason::MissingKey => "missing-idempotency-key",
+            DeadLetterReason::InvalidKey => "invalid-idempotency-key",
+            DeadLetterReason::HandlerFailed => "handler-failed",
+            DeadLetterReason::RetriesExhausted => "retries-exhausted",
+            DeadLetterReason::OutcomeTooLarge => "outcome-too-large",
+            DeadLetterReason::CorruptRecord => "corrupt-record",
+        }
+    }
+
+    /// Every reason, for docs and exhaustive tests.
+    pub const ALL: [DeadLetterReason; 7] = [
+        DeadLetterReason::Conflict,
+        DeadLetterReason::MissingKey,
+        DeadLetterReason::InvalidKey,
+        DeadLetterReason::HandlerFailed,
+        DeadLetterReason::RetriesExhausted,
+        DeadLetterReason::OutcomeTooLarge,
+        DeadLetterReason::CorruptRecord,
+    ];
+
+    /// Parses [`as_str`](Self::as_str)'s form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the adapter should try the same message again later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryCause {
+    /// The handler failed retriably; the claim was released.
+    HandlerFailed {
+        /// Attempt that failed.
+        attempt: u32,
+        /// Error text.
+        error: String,
+    },
+    /// Another consumer still holds the key after the in-flight wait bound.
+    InFlightElsewhere,
+    /// The store did not answer; nothing ran.
+    StoreUnavailable {
+        /// Error text.
+        error: String,
+    },
+}
+
+/// What the broker adapter must do with a message after the engine is done with it.
+///
+/// `Processed`, `Replayed`, `Superseded` and `Unkeyed` mean acknowledge (commit); `DeadLetter` means
+/// publish to the dead-letter destination, wait for the broker's confirmation, then acknowledge;
+/// `Retry` and `Abandoned` mean do **not** acknowledge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The handler ran and its outcome is durable.
+    Processed {
+        /// The stored outcome (the reply body for AMQP request/reply).
+        outcome: Outcome,
+    },
+    /// The key was already completed; the handler did not run.
+    Replayed {
+        /// The stored outcome, to be replayed as the reply.
+        outcome: Outcome,
+    },
+    /// Our lease expired and another consumer took the key over; it records the outcome.
+    Superseded,
+    /// Run without deduplication under
+    /// [`MissingKeyPolicy::ProcessWithoutDedup`](crate::MissingKeyPolicy::ProcessWithoutDedup).
+    Unkeyed {
+        /// The handler's outcome (not stored).
+        outcome: Outcome,
+    },
+    /// Try the same message again after `after` without acknowledging it.
+    Retry {
+        /// Suggested delay.
+        after: Duration,
+        /// Why.
+        cause: RetryCause,
+    },
+    /// Publish to the dead-letter destination with these headers, then acknowledge.
+    DeadLetter(DeadLetter),
+    /// Shutdown interrupted processing; leave the message unacknowledged for redelivery.
+    Abandoned,
+}
+
+/// Dead-letter details.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// `x-idemq-reason`.
+    pub reason: DeadLetterReason,
+    /// `x-idemq-error`.
+    pub error: String,
+}
+
+impl Disposition {
+    /// A dead-letter disposition.
+    pub fn dead_letter(reason: DeadLetterReason, error: impl Into<String>) -> Self {
+        Disposition::DeadLetter(DeadLetter {
+            reason,
+            error: error.into(),
+        })
+    }
+
+    /// Whether the message may be acknowledged right away (dead-letters need a confirmed publish
+    /// first).
+    pub fn is_ack(&self) -> bool {
+        matches!(
+            self,
+            Disposition::Processed { .. }
+                | Disposition::Replayed { .. }
+                | Disposition::Superseded
+                | Disposition::Unkeyed { .. }
+        )
+    }
+
+    /// Metric label: `processed`, `replayed`, `superseded`, `unkeyed`, `retry`, `dead_letter`,
+    /// `abandoned`.
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Disposition::Processed { .. } => "processed",
+            Disposition::Replayed { .. } => "replayed",
+            Disposition::Superseded => "superseded",
+            Disposition::Unkeyed { .. } => "unkeyed",
+            Disposition::Retry { .. } => "retry",
+            Disposition::DeadLetter(_) => "dead_letter",
+            Disposition::Abandoned => "abandoned",
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The broker-neutral engine: key → fingerprint → claim → run with lease renewal → settle.
+//!
+//! An [`Engine`] binds a store, a configuration and a handler. Broker adapters call
+//! [`Processor::process`] for each message and map the returned [`Disposition`] to ack, retry or
+//! dead-letter; the engine never acknowledges anything itself, which keeps acknowledgement where the
+//! broker connection is.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use idemq::{Disposition, Engine, EngineConfig, HandlerContext, HandlerError, Message, Source};
+//! use idemq::store::MemoryStore;
+//! use std::sync::Arc;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let engine = Engine::new(
+//!     Arc::new(MemoryStore::new()),
+//!     EngineConfig::new("billing"),
+//!     |ctx: HandlerContext| async move { Ok::<_, HandlerError>(ctx.message.payload.len()) },
+//! ).unwrap();
+//! let msg = Arc::new(Message::new("hello", Source::Other("doc".into()))
+//!     .with_header("Idempotency-Key", "k1"));
+//! let stop = CancellationToken::new();
+//! assert!(matches!(engine.process(msg.clone(), &stop).await, Disposition::Processed { .. }));
+//! assert!(matches!(engine.process(msg, &stop).await, Disposition::Replayed { .. }));
+//! # }
+//! ```
+
+mod config;
+mod disposition;
+mod process;
+mod telemetry;
+
+pub use config::{Backoff, EngineConfig};
+pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
+
+use crate::handler::Handler;
+use crate::message::Message;
+use crate::store::Store;
+use async_trait::async_trait;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Something that turns a message into a [`Disposition`]: an [`Engine`], or the Postgres store's
+/// transactional engine. Broker adapters are written against this trait.
+#[async_trait]
+pub trait Processor: Send + Sync + 'static {
+    /// Processes one message. Never acknowledges; never panics (handler panics are caught).
+    ///
+    /// `shutdown` cancels waiting; a running handler gets the configured grace period.
+    async fn process(&self, message: Arc<Message>, shutdown: &CancellationToken) -> Disposition;
+
+    /// The scope keys are claimed in.
+    fn scope(&self) -> &str;
+}
+
+/// Error building an engine.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid engine configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Store + configuration + handler. Cheap to clone (shared state behind an `Arc`).
+pub struct Engine<H> {
+    inner: Arc<Inner<H>>,
+}
+
+impl<H> Clone for Engine<H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<H> {
+    store: Arc<dyn Store>,
+    config: EngineConfig,
+    scope: Arc<str>,
+    handler: H,
+    /// Consecutive store failures, shared by all messages, so the suggested backoff grows while
+    /// the store stays down and resets on the first success.
+    store_failures: AtomicU32,
+}
+
+impl<H: Handler> Engine<H> {
+    /// Builds an engine; fails if the configuration contradicts itself.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        handler: H,
+    ) -> Result<Self, ConfigError> {
+        config.validate().map_err(ConfigError)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                scope: Arc::from(config.scope.as_str()),
+                config,
+                handler,
+                store_failures: AtomicU32::new(0),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Processes one message; see [`Processor::process`].
+    pub async fn process(
+        &self,
+        message: Arc<Message>,
+        shutdown: &CancellationToken,
+    ) -> Disposition {
+        self.inner.process(message, shutdown).await
+    }
+}
+
+#[async_trait]
+impl<H: Handler> Processor for Engine<H> {
+    async fn process(&self, message: Arc<Message>, shutdown: &CancellationToken) -> Disposition {
+        self.inner.process(message, shutdown).await
+    }
+
+    fn scope(&self) -> &str {
+        &self.inner.scope
+    }
+}

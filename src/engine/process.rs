@@ -1,0 +1,488 @@
+//! The processing flow of one message. The table in `shared/SEMANTICS.md` is the specification;
+//! each branch below names the row it implements.
+
+use super::telemetry::{record_decision, timed};
+use super::{Disposition, Inner, RetryCause};
+use crate::engine::DeadLetterReason;
+use crate::fingerprint::Fingerprint;
+use crate::handler::{Handler, HandlerContext, HandlerError};
+use crate::key::{derive_from_payload, MissingKeyPolicy};
+use crate::message::Message;
+use crate::outcome::Outcome;
+use crate::store::{Claim, ClaimRequest, Fence, RecordKey, Release, StoreError, Token};
+use futures::FutureExt;
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, field, info, warn, Instrument, Span};
+
+/// Bounded tries for best-effort writes (release) whose failure only delays a retry until the lease
+/// ends.
+const RELEASE_TRIES: u32 = 3;
+
+/// What running the handler produced.
+enum Run<T> {
+    Finished(Result<T, HandlerError>),
+    /// Shutdown grace ran out; the handler future was dropped.
+    Interrupted,
+}
+
+impl<H: Handler> Inner<H> {
+    pub(super) async fn process(
+        &self,
+        message: Arc<Message>,
+        shutdown: &CancellationToken,
+    ) -> Disposition {
+        let span = tracing::info_span!(
+            "idemq.process",
+            scope = %self.scope,
+            source = %message.source,
+            key = field::Empty,
+            decision = field::Empty,
+        );
+        async {
+            let d = self.decide(&message, shutdown).await;
+            Span::current().record("decision", d.decision());
+            record_decision(&self.scope, &d);
+            match &d {
+                Disposition::DeadLetter(dl) => {
+                    warn!(reason = dl.reason.as_str(), error = %dl.error, "dead-lettering")
+                }
+                Disposition::Retry { after, cause } => info!(?after, ?cause, "retry later"),
+                Disposition::Superseded => {
+                    warn!("lease was taken over by another consumer; acking without storing")
+                }
+                other => debug!(decision = other.decision(), "settled"),
+            }
+            d
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn decide(&self, message: &Arc<Message>, shutdown: &CancellationToken) -> Disposition {
+        let key = match self.config.key.extract(message) {
+            Ok(key) => key,
+            Err(err) => match self.config.key.missing {
+                MissingKeyPolicy::Reject => {
+                    return Disposition::dead_letter(err.reason(), err.to_string())
+                }
+                MissingKeyPolicy::ProcessWithoutDedup => {
+                    warn!(%err, "processing without deduplication (ProcessWithoutDedup policy)");
+                    return self.run_unkeyed(message, shutdown).await;
+                }
+                MissingKeyPolicy::DeriveFromPayload => {
+                    debug!(%err, "deriving the key from the payload");
+                    derive_from_payload(message)
+                }
+            },
+        };
+        Span::current().record("key", key.as_str());
+        let record = RecordKey::new(&*self.scope, key);
+        let fingerprint = Fingerprint::of(message, &self.config.fingerprint_headers);
+        match self.acquire(&record, &fingerprint, shutdown).await {
+            Ok((token, attempt)) => {
+                self.run_claimed(message, record, token, attempt, shutdown)
+                    .await
+            }
+            Err(settled) => settled,
+        }
+    }
+
+    /// Claims the key, waiting (bounded) while another consumer holds it.
+    async fn acquire(
+        &self,
+        record: &RecordKey,
+        fingerprint: &Fingerprint,
+        shutdown: &CancellationToken,
+    ) -> Result<(Token, u32), Disposition> {
+        let cfg = &self.config;
+        let req = ClaimRequest::new(record, fingerprint, cfg.lease, cfg.retention);
+        let wait_until = Instant::now() + cfg.in_flight_bound();
+        let (mut polls, mut corrupt) = (0u32, 0u32);
+        loop {
+            match self.store_call("claim", self.store.claim(&req)).await {
+                Ok(Claim::Acquired { token, attempt }) => {
+                    if attempt > 1 {
+                        info!(%token, attempt, "claimed (retry or takeover of an expired lease)");
+                    }
+                    return Ok((token, attempt));
+                }
+                Ok(Claim::Completed { outcome }) => return Err(Disposition::Replayed { outcome }),
+                Ok(Claim::Conflict { stored }) => {
+                    return Err(Disposition::dead_letter(
+                        DeadLetterReason::Conflict,
+                        format!(
+                            "key {} is recorded with payload fingerprint {stored}; this message has {fingerprint}",
+                            record.key
+                        ),
+                    ))
+                }
+                Ok(Claim::InFlight { retry_after }) => {
+                    let now = Instant::now();
+                    if now >= wait_until {
+                        return Err(Disposition::Retry {
+                            after: retry_after.min(cfg.in_flight_poll.max),
+                            cause: RetryCause::InFlightElsewhere,
+                        });
+                    }
+                    polls += 1;
+                    // Wake no later than the owner's lease end, so a crashed owner is taken over
+                    // promptly.
+                    let nap = cfg
+                        .in_flight_poll
+                        .delay(polls)
+                        .min(retry_after + Duration::from_millis(1))
+                        .min(wait_until - now);
+                    if sleep_or_cancel(nap, shutdown).await {
+                        return Err(Disposition::Abandoned);
+                    }
+                }
+                Err(err @ StoreError::Corrupt { .. }) => {
+                    corrupt += 1;
+                    if corrupt > cfg.corrupt_record_retries {
+                        return Err(Disposition::dead_letter(
+                            DeadLetterReason::CorruptRecord,
+                            err.to_string(),
+                        ));
+                    }
+                    warn!(%err, corrupt, "unreadable record; retrying");
+                    if sleep_or_cancel(cfg.store_backoff.delay(corrupt), shutdown).await {
+                        return Err(Disposition::Abandoned);
+                    }
+                }
+                Err(err) => return Err(self.store_down(err)),
+            }
+        }
+    }
+
+    async fn run_claimed(
+        &self,
+        message: &Arc<Message>,
+        record: RecordKey,
+        token: Token,
+        attempt: u32,
+        shutdown: &CancellationToken,
+    ) -> Disposition {
+        let ctx = HandlerContext {
+            message: message.clone(),
+            key: Some(record.key.clone()),
+            scope: self.scope.clone(),
+            attempt,
+            token: Some(token),
+        };
+        let renewal = self.keep_renewing(&record, token);
+        let result = match self.run_handler(ctx, Some(renewal), shutdown).await {
+            Run::Finished(r) => r,
+            Run::Interrupted => {
+                warn!("shutdown grace exceeded; handler dropped, claim released");
+                self.release(&record, token, Release::Retry).await;
+                return Disposition::Abandoned;
+            }
+        };
+        match result {
+            Err(HandlerError::Retriable(e)) => {
+                self.on_retriable(&record, token, attempt, e.to_string())
+                    .await
+            }
+            Err(HandlerError::Permanent(e)) => {
+                self.on_permanent(&record, token, e.to_string(), shutdown)
+                    .await
+            }
+            Ok(value) => {
+                let body = match serde_json::to_vec(&value) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        let error = format!("outcome could not be serialized: {e}");
+                        return self.on_permanent(&record, token, error, shutdown).await;
+                    }
+                };
+                if body.len() > self.config.max_outcome_bytes {
+                    return self.outcome_too_large(&record, token, body.len()).await;
+                }
+                match self
+                    .complete(&record, token, Outcome::succeeded(body), shutdown)
+                    .await
+                {
+                    Ok((Fence::Held, outcome)) => Disposition::Processed { outcome },
+                    Ok((Fence::Lost, _)) => {
+                        metrics::counter!("idemq_superseded_total").increment(1);
+                        Disposition::Superseded
+                    }
+                    Err(StoreError::OutcomeTooLarge { size, .. }) => {
+                        self.outcome_too_large(&record, token, size).await
+                    }
+                    Err(err) => {
+                        error!(%err, "handler ran but its outcome could not be stored; leaving the message unacknowledged");
+                        Disposition::Abandoned
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the handler (panics become retriable errors) while renewing the lease, honouring the
+    /// shutdown grace period.
+    async fn run_handler(
+        &self,
+        ctx: HandlerContext,
+        renewal: Option<impl Future<Output = ()>>,
+        shutdown: &CancellationToken,
+    ) -> Run<H::Output> {
+        let handler = AssertUnwindSafe(self.handler.handle(ctx)).catch_unwind();
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.config.shutdown_grace).await;
+        };
+        let renewing = renewal.is_some();
+        let renewal = async {
+            match renewal {
+                Some(r) => r.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(handler, grace, renewal);
+        let mut renewing = renewing;
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut handler => {
+                    return Run::Finished(r.unwrap_or_else(|panic| {
+                        Err(HandlerError::retriable(format!("handler panicked: {}", panic_text(&*panic))))
+                    }));
+                }
+                _ = &mut renewal, if renewing => {
+                    renewing = false;
+                    warn!("lease lost while the handler runs; its outcome will be discarded");
+                }
+                _ = &mut grace => return Run::Interrupted,
+            }
+        }
+    }
+
+    /// Renews the lease every `renew_interval` until the lease is lost (returns) or forever.
+    async fn keep_renewing(&self, record: &RecordKey, token: Token) {
+        let every = self.config.renew_interval();
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .store_call("renew", self.store.renew(record, token, self.config.lease))
+                .await
+            {
+                Ok(Fence::Held) => {}
+                Ok(Fence::Lost) => return,
+                // The lease may still be valid; keep trying at the same pace.
+                Err(err) => warn!(%err, "lease renewal failed"),
+            }
+        }
+    }
+
+    async fn on_retriable(
+        &self,
+        record: &RecordKey,
+        token: Token,
+        attempt: u32,
+        error: String,
+    ) -> Disposition {
+        if attempt >= self.config.max_attempts {
+            self.release(record, token, Release::Reset).await;
+            return Disposition::dead_letter(
+                DeadLetterReason::RetriesExhausted,
+                format!("failed {attempt} attempts; last error: {error}"),
+            );
+        }
+        self.release(record, token, Release::Retry).await;
+        Disposition::Retry {
+            after: self.config.retry_backoff.delay(attempt),
+            cause: RetryCause::HandlerFailed { attempt, error },
+        }
+    }
+
+    async fn on_permanent(
+        &self,
+        record: &RecordKey,
+        token: Token,
+        error: String,
+        shutdown: &CancellationToken,
+    ) -> Disposition {
+        if self.config.store_permanent_failures {
+            let body = serde_json::json!({ "error": error }).to_string();
+            if let Err(err) = self
+                .complete(record, token, Outcome::failed(body), shutdown)
+                .await
+            {
+                warn!(%err, "could not store the permanent failure; releasing instead");
+                self.release(record, token, Release::Reset).await;
+            }
+        } else {
+            self.release(record, token, Release::Reset).await;
+        }
+        Disposition::dead_letter(DeadLetterReason::HandlerFailed, error)
+    }
+
+    async fn outcome_too_large(
+        &self,
+        record: &RecordKey,
+        token: Token,
+        size: usize,
+    ) -> Disposition {
+        self.release(record, token, Release::Reset).await;
+        Disposition::dead_letter(
+            DeadLetterReason::OutcomeTooLarge,
+            format!(
+                "outcome is {size} bytes; the limit is {} bytes",
+                self.config.max_outcome_bytes
+            ),
+        )
+    }
+
+    /// Stores the outcome, retrying transient store failures: the handler already ran, so giving up
+    /// early would turn a store blip into a second run. Token fencing makes the retries safe. After
+    /// shutdown is requested, a few more tries are made before giving up.
+    async fn complete(
+        &self,
+        record: &RecordKey,
+        token: Token,
+        outcome: Outcome,
+        shutdown: &CancellationToken,
+    ) -> Result<(Fence, Outcome), StoreError> {
+        let mut failures = 0u32;
+        let mut after_shutdown = 0u32;
+        loop {
+            let call = self
+                .store
+                .complete(record, token, &outcome, self.config.retention);
+            match self.store_call("complete", call).await {
+                Ok(fence) => return Ok((fence, outcome)),
+                Err(err @ StoreError::OutcomeTooLarge { .. }) => return Err(err),
+                Err(err) => {
+                    failures += 1;
+                    if shutdown.is_cancelled() {
+                        after_shutdown += 1;
+                        if after_shutdown > RELEASE_TRIES {
+                            return Err(err);
+                        }
+                    }
+                    warn!(%err, failures, "outcome not durable yet; retrying");
+                    tokio::time::sleep(self.config.store_backoff.delay(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// Best-effort release: if it fails the lease simply runs out.
+    async fn release(&self, record: &RecordKey, token: Token, mode: Release) {
+        for n in 1..=RELEASE_TRIES {
+            match self
+                .store_call("release", self.store.release(record, token, mode))
+                .await
+            {
+                Ok(_) => return,
+                Err(err) => {
+                    warn!(%err, try_ = n, "release failed; the lease will expire instead");
+                    tokio::time::sleep(self.config.store_backoff.delay(n)).await;
+                }
+            }
+        }
+    }
+
+    /// `ProcessWithoutDedup`: run with in-process retries, nothing stored.
+    async fn run_unkeyed(
+        &self,
+        message: &Arc<Message>,
+        shutdown: &CancellationToken,
+    ) -> Disposition {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let ctx = HandlerContext {
+                message: message.clone(),
+                key: None,
+                scope: self.scope.clone(),
+                attempt,
+                token: None,
+            };
+            let result = match self
+                .run_handler(ctx, None::<std::future::Ready<()>>, shutdown)
+                .await
+            {
+                Run::Finished(r) => r,
+                Run::Interrupted => return Disposition::Abandoned,
+            };
+            let error = match result {
+                Ok(value) => {
+                    return match serde_json::to_vec(&value) {
+                        Ok(body) => Disposition::Unkeyed {
+                            outcome: Outcome::succeeded(body),
+                        },
+                        Err(e) => Disposition::dead_letter(
+                            DeadLetterReason::HandlerFailed,
+                            format!("outcome could not be serialized: {e}"),
+                        ),
+                    }
+                }
+                Err(HandlerError::Permanent(e)) => {
+                    return Disposition::dead_letter(DeadLetterReason::HandlerFailed, e.to_string())
+                }
+                Err(HandlerError::Retriable(e)) => e.to_string(),
+            };
+            if attempt >= self.config.max_attempts {
+                return Disposition::dead_letter(
+                    DeadLetterReason::RetriesExhausted,
+                    format!("failed {attempt} attempts; last error: {error}"),
+                );
+            }
+            if sleep_or_cancel(self.config.retry_backoff.delay(attempt), shutdown).await {
+                return Disposition::Abandoned;
+            }
+        }
+    }
+
+    fn store_down(&self, err: StoreError) -> Disposition {
+        let n = self.store_failures.load(Ordering::Relaxed).max(1);
+        Disposition::Retry {
+            after: self.config.store_backoff.delay(n),
+            cause: RetryCause::StoreUnavailable {
+                error: err.to_string(),
+            },
+        }
+    }
+
+    async fn store_call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let r = timed(op, self.config.store_timeout, fut).await;
+        match &r {
+            Err(e) if e.is_transient() => {
+                self.store_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => self.store_failures.store(0, Ordering::Relaxed),
+        }
+        r
+    }
+}
+
+/// Sleeps for `d`; returns `true` if shutdown was requested first.
+async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,1 @@
+//! kafka consumer wrapper (in progress).

@@ -1,0 +1,60 @@
+//! # idemq — idempotent message consumers
+//!
+//! idemq sits between a broker (Kafka, RabbitMQ) and your handler. For every message it reads an
+//! idempotency key from a header, **claims** the key in a [`Store`](store::Store) before the handler
+//! runs, **stores the handler's outcome**, and acknowledges later copies of a completed key without
+//! running the handler again. Broker redeliveries, rebalances, double publishes and dead-letter
+//! replays therefore run a handler at most once per key.
+//!
+//! The pieces, by folder:
+//! - [`key`]: where keys come from, validation, the missing-key policy.
+//! - [`store`]: the [`Store`](store::Store) trait and its backends (memory, Redis, Postgres).
+//! - [`engine`]: claim → run with lease renewal → settle, returning a [`Disposition`].
+//! - `kafka` / `amqp` (features): consumer wrappers that map dispositions to commits and acks.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use idemq::{Disposition, Engine, EngineConfig, HandlerContext, HandlerError, Message, Source};
+//! use idemq::store::MemoryStore;
+//! use std::sync::Arc;
+//!
+//! let engine = Engine::new(Arc::new(MemoryStore::new()), EngineConfig::new("payments"),
+//!     |_ctx: HandlerContext| async { Ok::<_, HandlerError>("charged") }).unwrap();
+//! let msg = Arc::new(Message::new("{\"amount\":5}", Source::Other("doc".into()))
+//!     .with_header("Idempotency-Key", "pay-1"));
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! let first = engine.process(msg.clone(), &stop).await;
+//! let again = engine.process(msg, &stop).await;
+//! assert!(matches!(first, Disposition::Processed { .. }));
+//! assert!(matches!(again, Disposition::Replayed { .. })); // the handler did not run twice
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod engine;
+pub mod fingerprint;
+pub mod handler;
+pub mod headers;
+pub mod key;
+pub mod message;
+pub mod outcome;
+pub mod store;
+
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
+pub use engine::{
+    Backoff, ConfigError, DeadLetter, DeadLetterReason, Disposition, Engine, EngineConfig,
+    Processor, RetryCause,
+};
+pub use fingerprint::Fingerprint;
+pub use handler::{Handler, HandlerContext, HandlerError};
+pub use key::{IdempotencyKey, KeyConfig, KeyError, MissingKeyPolicy};
+pub use message::{Header, Message, Source};
+pub use outcome::{Outcome, OutcomeStatus};
+pub use store::{BoxError, Store, StoreError};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,302 @@
+//! The embedded in-memory store.
+//!
+//! Correct under concurrency inside one process (one mutex, every operation atomic), with leases
+//! and retention honoured. It keeps time with `tokio::time::Instant`, so tests can drive expiry with
+//! a paused tokio clock (`#[tokio::test(start_paused = true)]` and `tokio::time::advance`).
+
+use super::types::*;
+use super::{Store, StoreError};
+use crate::fingerprint::Fingerprint;
+use crate::outcome::Outcome;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+/// Expired entries are swept once every this many writes, so memory stays bounded without a timer.
+const SWEEP_EVERY: u64 = 4096;
+
+#[derive(Clone, Debug)]
+enum State {
+    InProgress {
+        lease_until: Instant,
+    },
+    Released,
+    Completed {
+        outcome: Outcome,
+        completed_at: SystemTime,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    token: u64,
+    fingerprint: Fingerprint,
+    attempt: u32,
+    state: State,
+    expires_at: Instant,
+}
+
+/// In-process [`Store`]: the default for development, tests and the quickstart.
+///
+/// Records do not survive the process, so it only deduplicates within one consumer process.
+#[derive(Debug)]
+pub struct MemoryStore {
+    records: Mutex<HashMap<RecordKey, Entry>>,
+    writes: AtomicU64,
+    max_outcome_bytes: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with the default 1 MiB outcome limit.
+    pub fn new() -> Self {
+        Self {
+            records: Mutex::new(HashMap::new()),
+            writes: AtomicU64::new(0),
+            max_outcome_bytes: DEFAULT_MAX_OUTCOME_BYTES,
+        }
+    }
+
+    /// Sets the largest outcome accepted by `complete`.
+    pub fn with_max_outcome_bytes(mut self, limit: usize) -> Self {
+        self.max_outcome_bytes = limit;
+        self
+    }
+
+    /// Number of live (unexpired) records.
+    pub fn len(&self) -> usize {
+        let now = Instant::now();
+        self.lock().values().filter(|e| e.expires_at > now).count()
+    }
+
+    /// Whether the store holds no live record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RecordKey, Entry>> {
+        // A panic while holding the lock cannot leave an entry half-written (every update is a
+        // single assignment), so a poisoned map is still consistent.
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn maybe_sweep(&self, map: &mut HashMap<RecordKey, Entry>, now: Instant) {
+        if self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            map.retain(|_, e| e.expires_at > now);
+        }
+    }
+}
+
+fn live<'m>(
+    map: &'m mut HashMap<RecordKey, Entry>,
+    key: &RecordKey,
+    now: Instant,
+) -> Option<&'m mut Entry> {
+    match map.get(key) {
+        Some(e) if e.expires_at <= now => {
+            map.remove(key);
+            None
+        }
+        _ => map.get_mut(key),
+    }
+}
+
+fn to_record(key: &RecordKey, e: &Entry, now: Instant) -> Record {
+    let state = match &e.state {
+        State::InProgress { lease_until } => RecordState::InProgress {
+            lease_remaining: lease_until.saturating_duration_since(now),
+        },
+        State::Released => RecordState::Released,
+        State::Completed {
+            outcome,
+            completed_at,
+        } => RecordState::Completed {
+            outcome: outcome.clone(),
+            completed_at: *completed_at,
+        },
+    };
+    Record {
+        key: key.clone(),
+        token: Token(e.token),
+        fingerprint: e.fingerprint,
+        attempt: e.attempt,
+        state,
+        expires_in: Some(e.expires_at.saturating_duration_since(now)),
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        self.maybe_sweep(&mut map, now);
+        let fresh = |token: u64, attempt: u32| Entry {
+            token,
+            fingerprint: *req.fingerprint,
+            attempt,
+            state: State::InProgress {
+                lease_until: now + req.lease,
+            },
+            expires_at: now + req.retention.max(req.lease),
+        };
+        let Some(e) = live(&mut map, req.key, now) else {
+            map.insert(req.key.clone(), fresh(1, 1));
+            return Ok(Claim::Acquired {
+                token: Token(1),
+                attempt: 1,
+            });
+        };
+        if !matches!(e.state, State::Released) && e.fingerprint != *req.fingerprint {
+            return Ok(Claim::Conflict {
+                stored: e.fingerprint,
+            });
+        }
+        match &e.state {
+            State::Completed { outcome, .. } => Ok(Claim::Completed {
+                outcome: outcome.clone(),
+            }),
+            State::InProgress { lease_until } if *lease_until > now => Ok(Claim::InFlight {
+                retry_after: *lease_until - now,
+            }),
+            State::InProgress { .. } | State::Released => {
+                *e = fresh(e.token + 1, e.attempt + 1);
+                Ok(Claim::Acquired {
+                    token: Token(e.token),
+                    attempt: e.attempt,
+                })
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: Token,
+        outcome: &Outcome,
+        retention: Duration,
+    ) -> Result<Fence, StoreError> {
+        if outcome.body.len() > self.max_outcome_bytes {
+            return Err(StoreError::OutcomeTooLarge {
+                size: outcome.body.len(),
+                limit: self.max_outcome_bytes,
+            });
+        }
+        let now = Instant::now();
+        let mut map = self.lock();
+        let Some(e) = live(&mut map, key, now) else {
+            return Ok(Fence::Lost);
+        };
+        if e.token != token.0 {
+            return Ok(Fence::Lost);
+        }
+        match e.state {
+            State::InProgress { .. } => {
+                e.state = State::Completed {
+                    outcome: outcome.clone(),
+                    completed_at: SystemTime::now(),
+                };
+                e.expires_at = now + retention;
+                Ok(Fence::Held)
+            }
+            State::Completed { .. } => Ok(Fence::Held),
+            State::Released => Ok(Fence::Lost),
+        }
+    }
+
+    async fn release(
+        &self,
+        key: &RecordKey,
+        token: Token,
+        mode: Release,
+    ) -> Result<Fence, StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let Some(e) = live(&mut map, key, now) else {
+            return Ok(Fence::Lost);
+        };
+        if e.token != token.0 || matches!(e.state, State::Completed { .. }) {
+            return Ok(Fence::Lost);
+        }
+        e.state = State::Released;
+        if mode == Release::Reset {
+            e.attempt = 0;
+        }
+        Ok(Fence::Held)
+    }
+
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: Token,
+        lease: Duration,
+    ) -> Result<Fence, StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        match live(&mut map, key, now) {
+            Some(e) if e.token == token.0 && matches!(e.state, State::InProgress { .. }) => {
+                e.state = State::InProgress {
+                    lease_until: now + lease,
+                };
+                e.expires_at = e.expires_at.max(now + lease);
+                Ok(Fence::Held)
+            }
+            _ => Ok(Fence::Lost),
+        }
+    }
+
+    async fn get(&self, key: &RecordKey) -> Result<Option<Record>, StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        Ok(live(&mut map, key, now).map(|e| to_record(key, e, now)))
+    }
+
+    async fn forget(&self, key: &RecordKey) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let existed = live(&mut map, key, now).is_some();
+        map.remove(key);
+        Ok(existed)
+    }
+
+    async fn scan(
+        &self,
+        scope: &str,
+        filter: StateFilter,
+        cursor: Option<String>,
+        count: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let count = count.max(1);
+        let now = Instant::now();
+        let map = self.lock();
+        // Cursor = the last key returned; keys are visited in sorted order.
+        let mut keys: Vec<&RecordKey> = map
+            .iter()
+            .filter(|(k, e)| k.scope == scope && e.expires_at > now)
+            .filter(|(k, _)| cursor.as_deref().is_none_or(|c| k.key.as_str() > c))
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        let more = keys.len() > count;
+        keys.truncate(count);
+        let next = if more {
+            keys.last().map(|k| k.key.as_str().to_string())
+        } else {
+            None
+        };
+        let records = keys
+            .into_iter()
+            .filter_map(|k| map.get(k).map(|e| to_record(k, e, now)))
+            .filter(|r| filter.matches(&r.state))
+            .collect();
+        Ok(ScanPage { records, next })
+    }
+}

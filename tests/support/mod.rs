@@ -1,0 +1,8 @@
+//! Shared test support: service discovery and the store conformance suite.
+//!
+//! Each integration test file does `mod support;` and uses what it needs, so not every item is
+//! used by every test crate.
+#![allow(dead_code, unused_macros, unused_imports)]
+
+pub mod conformance;
+pub mod services;
