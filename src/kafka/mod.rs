@@ -1,1 +1,94 @@
-//! kafka consumer wrapper (in progress).
+//! Kafka: an idempotent consumer over rdkafka's `StreamConsumer` (feature `kafka`).
+//!
+//! [`IdempotentConsumer`] subscribes to topics in a consumer group and, for every record, asks the
+//! [engine](crate::engine) whether to run the handler. It commits an offset only once every earlier
+//! record of its partition is *finished*: the outcome is durable, the key was already completed
+//! (replay), or the record was dead-lettered with the broker's confirmation.
+//!
+//! | engine decision | what the consumer does |
+//! |---|---|
+//! | processed, replayed, superseded, unkeyed | mark finished; committed with the next batch |
+//! | dead-letter | publish to the dead-letter topic with the original key, payload and headers plus `x-idemq-reason`, `x-idemq-error`, `x-idemq-source-topic/partition/offset`; wait for the confirmation; mark finished. Without a dead-letter topic: log an error, do not commit past it, try again later |
+//! | retry (handler failed, key busy elsewhere) | try the same record again after the delay; other partitions go on |
+//! | retry (store unavailable) | pause the partition, keep polling (the consumer stays in its group), try again; resume once the store answers |
+//! | abandoned (shutdown, revocation) | leave it uncommitted; it is redelivered |
+//!
+//! Records of one partition are processed one at a time by default (order kept); raise
+//! [`partition_concurrency`](KafkaConsumerBuilder::partition_concurrency) for more. On a revocation
+//! the consumer stops dispatching the revoked partitions, waits (bounded) for their in-flight
+//! records, commits what finished and lets them go. Use Tokio's multi-threaded runtime.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use idemq::kafka::KafkaConsumerBuilder;
+//! use idemq::store::MemoryStore;
+//! use idemq::{CancellationToken, HandlerContext, HandlerError};
+//! use std::sync::Arc;
+//!
+//! let consumer = KafkaConsumerBuilder::new()
+//!     .bootstrap_servers("localhost:9092")
+//!     .group_id("payments")
+//!     .topic("orders")
+//!     .dead_letter_topic("orders.dlq")
+//!     .store(Arc::new(MemoryStore::new()))
+//!     .handler(|ctx: HandlerContext| async move {
+//!         // charge the card once per Idempotency-Key
+//!         Ok::<_, HandlerError>(ctx.message.payload.len())
+//!     })
+//!     .build()?;
+//! let stop = CancellationToken::new();
+//! let summary = consumer.run(stop).await; // until `stop` is cancelled
+//! println!("handler runs: {}, replays: {}", summary.processed, summary.replayed);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod consumer;
+mod dead_letter;
+mod error;
+mod partitions;
+mod summary;
+mod tracker;
+mod worker;
+
+pub use config::KafkaConsumerBuilder;
+pub use consumer::IdempotentConsumer;
+pub use error::{DeadLetterError, KafkaConsumerError};
+pub use summary::{ConsumerSummary, StatsHandle};
+
+use partitions::Shared;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::TopicPartitionList;
+use std::sync::Arc;
+use tracing::warn;
+
+/// librdkafka callbacks: rebalances and commit results.
+pub(crate) struct IdemqContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for IdemqContext {}
+
+impl ConsumerContext for IdemqContext {
+    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.shared.on_revoke(base, tpl);
+        }
+    }
+
+    fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => self.shared.on_assign(tpl),
+            Rebalance::Error(err) => warn!(%err, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(err) = result {
+            self.shared.commit_failed(offsets, &err);
+        }
+    }
+}

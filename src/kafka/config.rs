@@ -1,0 +1,311 @@
+//! [`KafkaConsumerBuilder`]: everything an [`IdempotentConsumer`] needs, with sane defaults.
+
+use super::consumer::IdempotentConsumer;
+use super::error::KafkaConsumerError;
+use crate::engine::{Engine, EngineConfig, Processor};
+use crate::handler::Handler;
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+type ProcessorFactory = Box<
+    dyn FnOnce(Arc<dyn Store>, EngineConfig) -> Result<Arc<dyn Processor>, KafkaConsumerError>
+        + Send,
+>;
+
+enum ProcessorSource {
+    Handler(ProcessorFactory),
+    Ready(Arc<dyn Processor>),
+}
+
+/// Settings of the consumer loop, resolved by [`KafkaConsumerBuilder::build`].
+#[derive(Clone, Debug)]
+pub(crate) struct LoopSettings {
+    pub(crate) topics: Vec<String>,
+    pub(crate) dead_letter_topic: Option<String>,
+    pub(crate) partition_concurrency: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_buffered_per_partition: usize,
+    pub(crate) commit_every: usize,
+    pub(crate) commit_interval: Duration,
+    pub(crate) revoke_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) dead_letter_timeout: Duration,
+    pub(crate) no_dead_letter_retry: Duration,
+}
+
+/// Builds an [`IdempotentConsumer`].
+///
+/// Required: [`bootstrap_servers`](Self::bootstrap_servers), [`group_id`](Self::group_id), at least
+/// one [`topic`](Self::topic), and either [`handler`](Self::handler) plus [`store`](Self::store), or
+/// [`processor`](Self::processor).
+///
+/// librdkafka settings idemq relies on are fixed: `enable.auto.commit=false` and
+/// `enable.auto.offset.store=false` (offsets are committed by idemq once messages are finished), and
+/// `auto.offset.reset=earliest` unless you [`set`](Self::set) it.
+pub struct KafkaConsumerBuilder {
+    bootstrap: Option<String>,
+    group_id: Option<String>,
+    scope: Option<String>,
+    consumer_settings: Vec<(String, String)>,
+    producer_settings: Vec<(String, String)>,
+    store: Option<Arc<dyn Store>>,
+    engine_config: Option<EngineConfig>,
+    processor: Option<ProcessorSource>,
+    settings: LoopSettings,
+}
+
+impl Default for KafkaConsumerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KafkaConsumerBuilder {
+    /// A builder with the defaults: one message at a time per partition, 64 in flight overall,
+    /// commits every 100 finished messages or 1 s, 10 s to drain on revocation, 30 s on shutdown.
+    pub fn new() -> Self {
+        Self {
+            bootstrap: None,
+            group_id: None,
+            scope: None,
+            consumer_settings: Vec::new(),
+            producer_settings: Vec::new(),
+            store: None,
+            engine_config: None,
+            processor: None,
+            settings: LoopSettings {
+                topics: Vec::new(),
+                dead_letter_topic: None,
+                partition_concurrency: 1,
+                max_in_flight: 64,
+                max_buffered_per_partition: 1000,
+                commit_every: 100,
+                commit_interval: Duration::from_secs(1),
+                revoke_timeout: Duration::from_secs(10),
+                shutdown_timeout: Duration::from_secs(30),
+                dead_letter_timeout: Duration::from_secs(30),
+                no_dead_letter_retry: Duration::from_secs(30),
+            },
+        }
+    }
+
+    /// `bootstrap.servers`, e.g. `localhost:9092`.
+    pub fn bootstrap_servers(mut self, servers: impl Into<String>) -> Self {
+        self.bootstrap = Some(servers.into());
+        self
+    }
+
+    /// `group.id`; also the default scope of the idempotency keys.
+    pub fn group_id(mut self, group: impl Into<String>) -> Self {
+        self.group_id = Some(group.into());
+        self
+    }
+
+    /// Adds a topic to subscribe to.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.settings.topics.push(topic.into());
+        self
+    }
+
+    /// Adds several topics.
+    pub fn topics<I, S>(mut self, topics: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings
+            .topics
+            .extend(topics.into_iter().map(Into::into));
+        self
+    }
+
+    /// Key namespace; defaults to the group id. Overrides the scope of
+    /// [`engine_config`](Self::engine_config).
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// A librdkafka setting for the consumer (e.g. `session.timeout.ms`). The two auto-commit
+    /// settings cannot be overridden.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.consumer_settings.push((key.into(), value.into()));
+        self
+    }
+
+    /// A librdkafka setting for both the consumer and the dead-letter producer (security settings
+    /// such as `security.protocol` or `sasl.*`).
+    pub fn set_common(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let (key, value) = (key.into(), value.into());
+        self.producer_settings.push((key.clone(), value.clone()));
+        self.consumer_settings.push((key, value));
+        self
+    }
+
+    /// A librdkafka setting for the dead-letter producer only.
+    pub fn producer_set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer_settings.push((key.into(), value.into()));
+        self
+    }
+
+    /// The store holding claims and outcomes (required with [`handler`](Self::handler)).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Engine settings (key headers, missing-key policy, lease, retention, retries). Its scope is
+    /// replaced by [`scope`](Self::scope) or the group id.
+    pub fn engine_config(mut self, config: EngineConfig) -> Self {
+        self.engine_config = Some(config);
+        self
+    }
+
+    /// The handler; an [`Engine`] is built from it, the [`store`](Self::store) and the
+    /// [`engine_config`](Self::engine_config).
+    pub fn handler<H: Handler>(mut self, handler: H) -> Self {
+        let factory: ProcessorFactory = Box::new(move |store, config| {
+            let engine = Engine::new(store, config, handler)?;
+            Ok(Arc::new(engine) as Arc<dyn Processor>)
+        });
+        self.processor = Some(ProcessorSource::Handler(factory));
+        self
+    }
+
+    /// A ready processor (an [`Engine`] you built, or the Postgres transactional engine) instead of
+    /// a handler; [`store`](Self::store) and [`engine_config`](Self::engine_config) are then unused.
+    pub fn processor(mut self, processor: Arc<dyn Processor>) -> Self {
+        self.processor = Some(ProcessorSource::Ready(processor));
+        self
+    }
+
+    /// Topic that receives messages the engine dead-letters (conflicts, missing or invalid keys,
+    /// permanent failures, exhausted retries). Without one, such a message is logged as an error and
+    /// its partition does not commit past it; it is tried again every 30 s.
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.settings.dead_letter_topic = Some(topic.into());
+        self
+    }
+
+    /// Messages of one partition processed at the same time (default 1, which keeps the order of a
+    /// partition). Commits never pass an unfinished message either way.
+    pub fn partition_concurrency(mut self, n: usize) -> Self {
+        self.settings.partition_concurrency = n;
+        self
+    }
+
+    /// Messages processed at the same time over all partitions (default 64).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.settings.max_in_flight = n;
+        self
+    }
+
+    /// Received messages a partition may queue before it is paused (default 1000).
+    pub fn max_buffered_per_partition(mut self, n: usize) -> Self {
+        self.settings.max_buffered_per_partition = n;
+        self
+    }
+
+    /// Commit after this many finished messages (default 100) or [`commit_interval`](Self::commit_interval),
+    /// whichever comes first.
+    pub fn commit_every(mut self, messages: usize) -> Self {
+        self.settings.commit_every = messages;
+        self
+    }
+
+    /// Longest time a finished message waits for its commit (default 1 s).
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.settings.commit_interval = interval;
+        self
+    }
+
+    /// How long a revocation waits for in-flight messages of the revoked partitions (default 10 s).
+    /// Keep it well below `max.poll.interval.ms`.
+    pub fn revoke_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.revoke_timeout = timeout;
+        self
+    }
+
+    /// How long shutdown waits for in-flight messages before the final commit (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the broker to confirm one dead-letter publish (default 30 s).
+    pub fn dead_letter_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.dead_letter_timeout = timeout;
+        self
+    }
+
+    /// Without a dead-letter topic, how long to wait before trying a dead-letter-bound message again
+    /// (default 30 s).
+    pub fn no_dead_letter_retry(mut self, delay: Duration) -> Self {
+        self.settings.no_dead_letter_retry = delay;
+        self
+    }
+
+    /// Checks the settings, creates the librdkafka clients and subscribes.
+    ///
+    /// Must be called inside a Tokio runtime. Use the multi-threaded runtime: revocation waits for
+    /// in-flight handlers while librdkafka's rebalance callback blocks one worker thread.
+    pub fn build(self) -> Result<IdempotentConsumer, KafkaConsumerError> {
+        let bootstrap = self
+            .bootstrap
+            .ok_or_else(|| KafkaConsumerError::Config("bootstrap servers are required".into()))?;
+        let group = self
+            .group_id
+            .ok_or_else(|| KafkaConsumerError::Config("group id is required".into()))?;
+        let s = &self.settings;
+        if s.topics.is_empty() {
+            return Err(KafkaConsumerError::Config(
+                "at least one topic is required".into(),
+            ));
+        }
+        if s.partition_concurrency == 0 || s.max_in_flight == 0 {
+            return Err(KafkaConsumerError::Config(
+                "partition_concurrency and max_in_flight must be at least 1".into(),
+            ));
+        }
+        if s.max_buffered_per_partition == 0 || s.commit_every == 0 || s.commit_interval.is_zero() {
+            return Err(KafkaConsumerError::Config(
+                "max_buffered_per_partition, commit_every and commit_interval must be positive"
+                    .into(),
+            ));
+        }
+        if let Some(dlq) = &s.dead_letter_topic {
+            if s.topics.contains(dlq) {
+                return Err(KafkaConsumerError::Config(format!(
+                    "dead-letter topic {dlq:?} is also consumed: dead-lettered messages would loop"
+                )));
+            }
+        }
+        let processor = match self.processor {
+            Some(ProcessorSource::Ready(p)) => p,
+            Some(ProcessorSource::Handler(factory)) => {
+                let store = self.store.ok_or_else(|| {
+                    KafkaConsumerError::Config("a store is required with a handler".into())
+                })?;
+                let mut config = self
+                    .engine_config
+                    .unwrap_or_else(|| EngineConfig::new(group.clone()));
+                config.scope = self.scope.unwrap_or_else(|| group.clone());
+                factory(store, config)?
+            }
+            None => {
+                return Err(KafkaConsumerError::Config(
+                    "a handler or a processor is required".into(),
+                ))
+            }
+        };
+        IdempotentConsumer::create(super::consumer::ClientSettings {
+            bootstrap,
+            group,
+            consumer_settings: self.consumer_settings,
+            producer_settings: self.producer_settings,
+            processor,
+            settings: self.settings,
+        })
+    }
+}

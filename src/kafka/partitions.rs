@@ -1,0 +1,341 @@
+//! State shared by the poll loop, the partition workers and the rebalance callback: which
+//! partitions are assigned, their offset trackers, pause requests, and commits.
+
+use super::config::LoopSettings;
+use super::dead_letter::DeadLetterProducer;
+use super::summary::{bump, Stats};
+use super::tracker::OffsetTracker;
+use super::worker::{partition_worker, Work};
+use super::IdemqContext;
+use crate::engine::Processor;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Topic and partition.
+pub(crate) type Tp = (String, i32);
+
+/// One assigned partition.
+struct Partition {
+    /// Distinguishes this assignment from an earlier one of the same partition, so work that
+    /// finishes after a revocation never touches the new assignment's offsets.
+    epoch: u64,
+    tracker: OffsetTracker,
+    /// Cancelled on revocation and on shutdown: stop dispatching, stop waiting.
+    cancel: CancellationToken,
+    queue: mpsc::UnboundedSender<Work>,
+    /// Messages queued for the worker and not started yet.
+    buffered: usize,
+    /// Messages of this partition being processed.
+    in_flight: Arc<AtomicUsize>,
+    pause_for_store: bool,
+    pause_for_backpressure: bool,
+    /// Whether librdkafka currently has the partition paused.
+    paused: bool,
+}
+
+/// Everything the consumer's tasks share.
+pub(crate) struct Shared {
+    parts: Mutex<HashMap<Tp, Partition>>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) settings: LoopSettings,
+    pub(crate) processor: Arc<dyn Processor>,
+    pub(crate) dead_letter: Option<DeadLetterProducer>,
+    /// Cancelled when shutdown starts; every partition token is a child of it.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) runtime: Handle,
+    /// Bounds messages in flight over all partitions.
+    pub(crate) global: Arc<Semaphore>,
+    pub(crate) commit_wanted: Notify,
+    pub(crate) pauses_changed: Notify,
+    /// Processing tasks running; shutdown waits for it to reach zero.
+    pub(crate) active: AtomicUsize,
+    pub(crate) idle: Notify,
+    next_epoch: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        settings: LoopSettings,
+        processor: Arc<dyn Processor>,
+        dead_letter: Option<DeadLetterProducer>,
+        runtime: Handle,
+    ) -> Self {
+        Self {
+            parts: Mutex::new(HashMap::new()),
+            stats: Arc::new(Stats::default()),
+            global: Arc::new(Semaphore::new(settings.max_in_flight)),
+            settings,
+            processor,
+            dead_letter,
+            shutdown: CancellationToken::new(),
+            runtime,
+            commit_wanted: Notify::new(),
+            pauses_changed: Notify::new(),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            next_epoch: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Tp, Partition>> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that matters
+        // more than stopping the consumer would, so poisoning is ignored.
+        self.parts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// New partitions: create their state and start a worker for each.
+    pub(crate) fn on_assign(self: &Arc<Self>, tpl: &TopicPartitionList) {
+        let mut parts = self.lock();
+        for el in tpl.elements() {
+            let tp = (el.topic().to_string(), el.partition());
+            if parts.contains_key(&tp) {
+                continue;
+            }
+            let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
+            let cancel = self.shutdown.child_token();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            info!(topic = %tp.0, partition = tp.1, "partition assigned");
+            self.runtime.spawn(partition_worker(
+                self.clone(),
+                tp.clone(),
+                epoch,
+                rx,
+                cancel.clone(),
+                in_flight.clone(),
+            ));
+            parts.insert(
+                tp,
+                Partition {
+                    epoch,
+                    tracker: OffsetTracker::default(),
+                    cancel,
+                    queue: tx,
+                    buffered: 0,
+                    in_flight,
+                    pause_for_store: false,
+                    pause_for_backpressure: false,
+                    paused: false,
+                },
+            );
+        }
+    }
+
+    /// Revoked partitions: stop dispatching, wait (bounded) for in-flight work, commit what
+    /// finished, forget them. Unfinished work is redelivered to the next owner.
+    pub(crate) fn on_revoke<C: Consumer<IdemqContext>>(
+        &self,
+        consumer: &C,
+        tpl: &TopicPartitionList,
+    ) {
+        bump(&self.stats.revocations);
+        let tps: Vec<Tp> = tpl
+            .elements()
+            .iter()
+            .map(|el| (el.topic().to_string(), el.partition()))
+            .collect();
+        let counters: Vec<Arc<AtomicUsize>> = {
+            let parts = self.lock();
+            tps.iter()
+                .filter_map(|tp| parts.get(tp))
+                .map(|p| {
+                    p.cancel.cancel();
+                    p.in_flight.clone()
+                })
+                .collect()
+        };
+        let busy = || counters.iter().any(|c| c.load(Ordering::Acquire) > 0);
+        if busy() {
+            let deadline = Instant::now() + self.settings.revoke_timeout;
+            let wait = || {
+                while busy() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            };
+            // librdkafka calls us from inside `recv()` on a runtime thread. On the multi-thread
+            // runtime, `block_in_place` lets the in-flight tasks run elsewhere meanwhile; on a
+            // current-thread runtime they cannot run at all, so waiting would only add delay.
+            match Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(RuntimeFlavor::CurrentThread) => {
+                    warn!("revocation on a current-thread runtime: in-flight work cannot finish first; use the multi-thread runtime")
+                }
+                Ok(_) => tokio::task::block_in_place(wait),
+                Err(_) => wait(),
+            }
+            if busy() {
+                warn!(timeout = ?self.settings.revoke_timeout, "revoked partitions still have work in flight; it will be redelivered to the next owner");
+            }
+        }
+        self.commit_ready(consumer, Some(&tps), CommitMode::Sync);
+        let mut parts = self.lock();
+        for tp in &tps {
+            if let Some(p) = parts.remove(tp) {
+                self.stats
+                    .in_progress
+                    .fetch_sub(p.tracker.unfinished() as u64, Ordering::Relaxed);
+                info!(topic = %tp.0, partition = tp.1, "partition revoked");
+            }
+        }
+    }
+
+    /// Hands a received record to its partition's worker. Records of partitions we do not own (a
+    /// race with a revocation) are dropped: they are not committed, so the owner gets them.
+    pub(crate) fn dispatch(&self, tp: Tp, work: Work) {
+        let mut parts = self.lock();
+        let Some(p) = parts.get_mut(&tp) else {
+            debug!(topic = %tp.0, partition = tp.1, "record for an unassigned partition dropped");
+            return;
+        };
+        if !p.tracker.track(work.offset) {
+            debug!(offset = work.offset, "record already seen; dropped");
+            return;
+        }
+        bump(&self.stats.received);
+        bump(&self.stats.in_progress);
+        if p.queue.send(work).is_err() {
+            // The worker is gone (revocation in progress); the record stays unfinished and
+            // uncommitted.
+            return;
+        }
+        p.buffered += 1;
+        if p.buffered >= self.settings.max_buffered_per_partition && !p.pause_for_backpressure {
+            p.pause_for_backpressure = true;
+            self.pauses_changed.notify_one();
+        }
+    }
+
+    /// A worker took a record off its queue.
+    pub(crate) fn dequeued(&self, tp: &Tp, epoch: u64) {
+        let mut parts = self.lock();
+        if let Some(p) = parts.get_mut(tp).filter(|p| p.epoch == epoch) {
+            p.buffered = p.buffered.saturating_sub(1);
+            if p.pause_for_backpressure
+                && p.buffered <= self.settings.max_buffered_per_partition / 2
+            {
+                p.pause_for_backpressure = false;
+                self.pauses_changed.notify_one();
+            }
+        }
+    }
+
+    /// Pauses or resumes fetching a partition while the store is unavailable.
+    pub(crate) fn pause_for_store(&self, tp: &Tp, epoch: u64, pause: bool) {
+        let mut parts = self.lock();
+        if let Some(p) = parts.get_mut(tp).filter(|p| p.epoch == epoch) {
+            if p.pause_for_store != pause {
+                p.pause_for_store = pause;
+                self.pauses_changed.notify_one();
+            }
+        }
+    }
+
+    /// Applies pause requests to librdkafka (called from the poll loop).
+    pub(crate) fn apply_pauses<C: Consumer<IdemqContext>>(&self, consumer: &C) {
+        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        {
+            let mut parts = self.lock();
+            for (tp, p) in parts.iter_mut() {
+                let want = p.pause_for_store || p.pause_for_backpressure;
+                if want != p.paused {
+                    p.paused = want;
+                    let list = if want { &mut pause } else { &mut resume };
+                    list.add_partition(&tp.0, tp.1);
+                }
+            }
+        }
+        if pause.count() > 0 {
+            info!(partitions = ?pause.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect::<Vec<_>>(), "pausing");
+            if let Err(err) = consumer.pause(&pause) {
+                warn!(%err, "pausing partitions failed");
+            }
+        }
+        if resume.count() > 0 {
+            info!(partitions = ?resume.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect::<Vec<_>>(), "resuming");
+            if let Err(err) = consumer.resume(&resume) {
+                warn!(%err, "resuming partitions failed");
+            }
+        }
+    }
+
+    /// Marks an offset finished (outcome durable, replayed, or dead-lettered with confirmation).
+    pub(crate) fn finish(&self, tp: &Tp, epoch: u64, offset: i64) {
+        let mut parts = self.lock();
+        if let Some(p) = parts.get_mut(tp).filter(|p| p.epoch == epoch) {
+            let before = p.tracker.unfinished();
+            let since_commit = p.tracker.finish(offset);
+            if p.tracker.unfinished() < before {
+                self.stats.in_progress.fetch_sub(1, Ordering::Relaxed);
+            }
+            if since_commit >= self.settings.commit_every {
+                self.commit_wanted.notify_one();
+            }
+        }
+    }
+
+    /// Commits every partition (or the given ones) whose committable position moved.
+    pub(crate) fn commit_ready<C: Consumer<IdemqContext>>(
+        &self,
+        consumer: &C,
+        only: Option<&[Tp]>,
+        mode: CommitMode,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        let mut positions = Vec::new();
+        {
+            let mut parts = self.lock();
+            for (tp, p) in parts.iter_mut() {
+                if only.is_some_and(|o| !o.contains(tp)) {
+                    continue;
+                }
+                if let Some(pos) = p.tracker.committable() {
+                    if tpl
+                        .add_partition_offset(&tp.0, tp.1, Offset::Offset(pos))
+                        .is_ok()
+                    {
+                        p.tracker.mark_committed(pos);
+                        positions.push((tp.clone(), pos));
+                    }
+                }
+            }
+        }
+        if positions.is_empty() {
+            return;
+        }
+        bump(&self.stats.commits);
+        debug!(?positions, ?mode, "committing");
+        if let Err(err) = consumer.commit(&tpl, mode) {
+            self.commit_failed(&tpl, &err);
+        }
+    }
+
+    /// A commit failed: count it and let the next flush retry those positions.
+    pub(crate) fn commit_failed(&self, tpl: &TopicPartitionList, err: &KafkaError) {
+        bump(&self.stats.commit_failures);
+        warn!(%err, "offset commit failed; it is retried with the next flush");
+        let mut parts = self.lock();
+        for el in tpl.elements() {
+            if let Offset::Offset(pos) = el.offset() {
+                let tp = (el.topic().to_string(), el.partition());
+                if let Some(p) = parts.get_mut(&tp) {
+                    p.tracker.commit_failed(pos);
+                }
+            }
+        }
+    }
+
+    /// A processing task ended.
+    pub(crate) fn task_done(&self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
