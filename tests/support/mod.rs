@@ -6,3 +6,4 @@
 
 pub mod conformance;
 pub mod services;
+#[cfg(feature = "kafka")] pub mod kafka;
