@@ -24,3 +24,195 @@ async fn two_consumers_with_duplicates_and_a_rebalance_run_each_key_once() {
 async fn conflict_missing_and_invalid_keys_are_dead_lettered_and_committed() {
     scenario_dead_letters(&Broker::mock()).await;
 }
+
+/// A consumer that dies after its outcomes are stored but before it commits: its records come
+/// back to the next consumer of the group, which acks them as replays without running the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_dropped_before_committing_redeliveries_are_replayed() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("crash"), unique("g"));
+    broker.create_topic(&topic, 1).await;
+    let first: Vec<Rec> = (0..10)
+        .map(|k| Rec::keyed(&format!("k{k}"), "{}"))
+        .collect();
+    produce(&broker.bootstrap(), &topic, &first).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runs = Runs::default();
+    // Commits are batched so far apart that nothing is committed before the "crash"; librdkafka
+    // leaves the group by itself once the dead consumer stops polling (max.poll.interval.ms).
+    let a = consumer(&broker, &group, &topic, store.clone(), &runs, 0, |b| {
+        b.commit_every(1_000_000)
+            .commit_interval(Duration::from_secs(3600))
+            .set("max.poll.interval.ms", "6000")
+    });
+    let a_stats = a.stats();
+    let mut a_run = Box::pin(a.run(idemq::CancellationToken::new()));
+    tokio::select! {
+        _ = &mut a_run => panic!("consumer stopped by itself"),
+        _ = wait_for("10 handled", Duration::from_secs(30), || a_stats.snapshot().processed >= 10) => {}
+    }
+    // The crash: the consumer is never polled, closed or dropped again, so it commits nothing.
+    std::mem::forget(a_run);
+    assert_eq!(committed(&broker.bootstrap(), &group, &topic, 1), vec![-1]);
+
+    let more: Vec<Rec> = (10..15)
+        .map(|k| Rec::keyed(&format!("k{k}"), "{}"))
+        .collect();
+    produce(&broker.bootstrap(), &topic, &more).await;
+    let b = Running::start(consumer(&broker, &group, &topic, store, &runs, 0, |b| b));
+    let b_stats = b.stats.clone();
+    wait_for(
+        "15 finished by the second consumer",
+        Duration::from_secs(40),
+        || b_stats.snapshot().finished() >= 15,
+    )
+    .await;
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[15],
+        Duration::from_secs(10),
+    )
+    .await;
+    let s = b.shutdown().await;
+    assert_eq!(
+        s.replayed, 10,
+        "redelivered completed records acked without running: {s:?}"
+    );
+    assert_eq!(s.processed, 5, "{s:?}");
+    assert_eq!(runs.repeated(), vec![]);
+    assert_eq!(runs.total(), 15);
+}
+
+/// While the store is down nothing runs and nothing is committed; the consumer stays in its group
+/// and completes everything once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_outage_runs_nothing_and_commits_nothing_until_it_is_back() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("outage"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    let batch = |from: i32| -> Vec<Rec> {
+        (from..from + 6)
+            .map(|k| Rec::keyed(&format!("k{k}"), "{}").on(k % 2))
+            .collect()
+    };
+    produce(&broker.bootstrap(), &topic, &batch(0)).await;
+    let store = Arc::new(FlakyStore::default());
+    let runs = Runs::default();
+    let c = Running::start(consumer(
+        &broker,
+        &group,
+        &topic,
+        store.clone(),
+        &runs,
+        0,
+        |b| b,
+    ));
+    let stats = c.stats.clone();
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[3, 3],
+        Duration::from_secs(30),
+    )
+    .await;
+
+    store.set_down(true);
+    produce(&broker.bootstrap(), &topic, &batch(6)).await;
+    wait_for("the outage was noticed", Duration::from_secs(20), || {
+        stats.snapshot().store_unavailable >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(runs.total(), 6, "no handler runs during the outage");
+    assert_eq!(
+        committed(&broker.bootstrap(), &group, &topic, 2),
+        vec![3, 3],
+        "no commits during the outage"
+    );
+    assert!(store.refused.load(std::sync::atomic::Ordering::Relaxed) > 0);
+
+    store.set_down(false);
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[6, 6],
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!(runs.total(), 12);
+    assert_eq!(runs.repeated(), vec![]);
+    assert_eq!(s.processed, 12, "{s:?}");
+}
+
+/// The broker rejects offset commits: the consumer's records are redelivered to the next member of
+/// the group, which acks them as replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offset_commit_errors_cause_redeliveries_that_are_deduplicated() {
+    init_tracing();
+    let broker = Broker::mock();
+    let (topic, group) = (unique("commiterr"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    let recs: Vec<Rec> = (0..12)
+        .map(|k| Rec::keyed(&format!("k{k}"), "{}").on(k % 2))
+        .collect();
+    produce(&broker.bootstrap(), &topic, &recs).await;
+    broker.mock_cluster().request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 500],
+    );
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runs = Runs::default();
+    let a = Running::start(consumer(
+        &broker,
+        &group,
+        &topic,
+        store.clone(),
+        &runs,
+        0,
+        |b| b,
+    ));
+    let a_stats = a.stats.clone();
+    wait_for(
+        "12 handled and commits refused",
+        Duration::from_secs(30),
+        || {
+            let s = a_stats.snapshot();
+            s.processed >= 12 && s.commit_failures >= 2
+        },
+    )
+    .await;
+    let sa = a.shutdown().await;
+    assert!(sa.commits >= 2, "failed commits are retried: {sa:?}");
+    assert_eq!(
+        committed(&broker.bootstrap(), &group, &topic, 2),
+        vec![-1, -1]
+    );
+    broker
+        .mock_cluster()
+        .clear_request_errors(RDKafkaApiKey::OffsetCommit);
+
+    let b = Running::start(consumer(&broker, &group, &topic, store, &runs, 0, |b| b));
+    let b_stats = b.stats.clone();
+    wait_for("12 redelivered", Duration::from_secs(30), || {
+        b_stats.snapshot().finished() >= 12
+    })
+    .await;
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[6, 6],
+        Duration::from_secs(10),
+    )
+    .await;
+    let sb = b.shutdown().await;
+    assert_eq!(sb.replayed, 12, "{sa:?} {sb:?}");
+    assert_eq!(sb.processed, 0);
+    assert_eq!(runs.total(), 12);
+    assert_eq!(runs.repeated(), vec![]);
+}

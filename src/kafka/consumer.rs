@@ -137,10 +137,8 @@ impl IdempotentConsumer {
                 biased;
                 _ = stop.cancelled() => break,
                 _ = shared.pauses_changed.notified() => shared.apply_pauses(&consumer),
-                _ = shared.commit_wanted.notified() => {
-                    shared.commit_ready(&consumer, None, CommitMode::Async)
-                }
-                _ = tick.tick() => shared.commit_ready(&consumer, None, CommitMode::Async),
+                _ = shared.commit_wanted.notified() => flush(&shared, &consumer),
+                _ = tick.tick() => flush(&shared, &consumer),
                 received = consumer.recv() => match received {
                     Ok(record) => dispatch(&shared, &record),
                     Err(err) => {
@@ -173,6 +171,20 @@ impl IdempotentConsumer {
         let summary = shared.stats.snapshot();
         info!(?summary, "idempotent consumer stopped");
         summary
+    }
+}
+
+/// A batched commit. Commits are synchronous so that a refused commit is noticed and retried with
+/// the next flush (librdkafka reports async commit results through an event that is not always
+/// delivered); on the multi-thread runtime the short wait does not hold up the processing tasks.
+fn flush(shared: &Shared, consumer: &StreamConsumer<IdemqContext>) {
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::CurrentThread) | Err(_) => {
+            shared.commit_ready(consumer, None, CommitMode::Async)
+        }
+        Ok(_) => {
+            tokio::task::block_in_place(|| shared.commit_ready(consumer, None, CommitMode::Sync))
+        }
     }
 }
 

@@ -87,8 +87,27 @@ impl ConsumerContext for IdemqContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(err) = result {
-            self.shared.commit_failed(offsets, &err);
+        tracing::debug!(?result, ?offsets, "commit result");
+        // The broker reports failures per partition as well as for the whole request.
+        match result {
+            Err(err) => self.shared.commit_failed(offsets, &err),
+            Ok(()) => {
+                let mut failed = TopicPartitionList::new();
+                let mut first = None;
+                for el in offsets.elements() {
+                    if let Err(err) = el.error() {
+                        if failed
+                            .add_partition_offset(el.topic(), el.partition(), el.offset())
+                            .is_ok()
+                        {
+                            first.get_or_insert(err);
+                        }
+                    }
+                }
+                if let Some(err) = first {
+                    self.shared.commit_failed(&failed, &err);
+                }
+            }
         }
     }
 }

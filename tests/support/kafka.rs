@@ -523,7 +523,9 @@ pub async fn scenario_duplicate_publishes_run_once(broker: &Broker) {
     let mut recs = Vec::new();
     for copy in 0..3 {
         for k in 0..10 {
-            recs.push(Rec::keyed(&format!("order-{k}"), &format!("{{\"order\":{k}}}")).on((k + copy) % 3));
+            recs.push(
+                Rec::keyed(&format!("order-{k}"), &format!("{{\"order\":{k}}}")).on((k + copy) % 3),
+            );
         }
     }
     produce(&broker.bootstrap(), &topic, &recs).await;
@@ -542,8 +544,14 @@ pub async fn scenario_duplicate_publishes_run_once(broker: &Broker) {
         stats.snapshot().finished() >= 30
     })
     .await;
-    wait_committed(&broker.bootstrap(), &group, &topic, &[10, 10, 10], Duration::from_secs(10))
-        .await;
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[10, 10, 10],
+        Duration::from_secs(10),
+    )
+    .await;
     let s = c.shutdown().await;
     assert_eq!(runs.repeated(), vec![], "no key may run twice");
     assert_eq!(runs.distinct(), 10);
@@ -570,13 +578,29 @@ pub async fn scenario_two_consumers_rebalance(broker: &Broker) {
     produce(&broker.bootstrap(), &topic, &recs).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let runs = Runs::default();
-    let a = Running::start(consumer(broker, &group, &topic, store.clone(), &runs, 15, |b| b));
+    let a = Running::start(consumer(
+        broker,
+        &group,
+        &topic,
+        store.clone(),
+        &runs,
+        15,
+        |b| b,
+    ));
     let a_stats = a.stats.clone();
     wait_for("first consumer started", Duration::from_secs(30), || {
         a_stats.snapshot().finished() >= 5
     })
     .await;
-    let b = Running::start(consumer(broker, &group, &topic, store.clone(), &runs, 15, |b| b));
+    let b = Running::start(consumer(
+        broker,
+        &group,
+        &topic,
+        store.clone(),
+        &runs,
+        15,
+        |b| b,
+    ));
     let b_stats = b.stats.clone();
     wait_for("every key ran", Duration::from_secs(40), || {
         runs.distinct() == keys as usize
@@ -636,7 +660,14 @@ pub async fn scenario_dead_letters(broker: &Broker) {
         stats.snapshot().finished() >= 4
     })
     .await;
-    wait_committed(&broker.bootstrap(), &group, &topic, &[4], Duration::from_secs(10)).await;
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[4],
+        Duration::from_secs(10),
+    )
+    .await;
     let s = c.shutdown().await;
     assert_eq!((s.processed, s.dead_lettered), (1, 3), "{s:?}");
     assert_eq!(runs.total(), 1);
@@ -649,11 +680,26 @@ pub async fn scenario_dead_letters(broker: &Broker) {
             .unwrap_or_else(|| panic!("no dead letter with reason {r}"))
     };
     let c = by_reason("idempotency-key-conflict");
-    assert_eq!(header(c, "Idempotency-Key").as_deref(), Some("order-1"), "key header kept");
-    assert_eq!(header(c, "trace").as_deref(), Some("t-2"), "original headers kept");
-    assert_eq!(c.payload(), Some(&b"{\"amount\":999}"[..]), "original payload");
+    assert_eq!(
+        header(c, "Idempotency-Key").as_deref(),
+        Some("order-1"),
+        "key header kept"
+    );
+    assert_eq!(
+        header(c, "trace").as_deref(),
+        Some("t-2"),
+        "original headers kept"
+    );
+    assert_eq!(
+        c.payload(),
+        Some(&b"{\"amount\":999}"[..]),
+        "original payload"
+    );
     assert_eq!(c.key(), Some(&b"order-1"[..]), "original record key");
-    assert_eq!(header(c, "x-idemq-source-topic").as_deref(), Some(topic.as_str()));
+    assert_eq!(
+        header(c, "x-idemq-source-topic").as_deref(),
+        Some(topic.as_str())
+    );
     assert_eq!(header(c, "x-idemq-source-partition").as_deref(), Some("0"));
     assert_eq!(header(c, "x-idemq-source-offset").as_deref(), Some("1"));
     assert!(header(c, "x-idemq-error").is_some_and(|e| !e.is_empty()));
@@ -662,4 +708,12 @@ pub async fn scenario_dead_letters(broker: &Broker) {
     assert_eq!(header(m, "x-idemq-source-offset").as_deref(), Some("2"));
     let i = by_reason("invalid-idempotency-key");
     assert_eq!(header(i, "x-idemq-source-offset").as_deref(), Some("3"));
+}
+
+/// Installs a tracing subscriber honouring `RUST_LOG` (once per test binary).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }

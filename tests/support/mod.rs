@@ -5,5 +5,6 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod conformance;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod services;
-#[cfg(feature = "kafka")] pub mod kafka;
