@@ -105,6 +105,7 @@ impl Shared {
             let (tx, rx) = mpsc::unbounded_channel();
             let in_flight = Arc::new(AtomicUsize::new(0));
             info!(topic = %tp.0, partition = tp.1, "partition assigned");
+            self.stats.assigned.fetch_add(1, Ordering::Relaxed);
             self.runtime.spawn(partition_worker(
                 self.clone(),
                 tp.clone(),
@@ -182,6 +183,7 @@ impl Shared {
                 self.stats
                     .in_progress
                     .fetch_sub(p.tracker.unfinished() as u64, Ordering::Relaxed);
+                self.stats.assigned.fetch_sub(1, Ordering::Relaxed);
                 info!(topic = %tp.0, partition = tp.1, "partition revoked");
             }
         }

@@ -63,6 +63,8 @@ pub(crate) struct Stats {
     pub(crate) revocations: AtomicU64,
     /// Messages received and not finished or abandoned yet.
     pub(crate) in_progress: AtomicU64,
+    /// Partitions currently assigned.
+    pub(crate) assigned: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -119,5 +121,10 @@ impl StatsHandle {
     /// Messages received but not yet finished (in a handler, waiting for a retry, or queued).
     pub fn in_progress(&self) -> u64 {
         self.0.in_progress.load(Ordering::Relaxed)
+    }
+
+    /// Partitions currently assigned to this consumer (0 before the first assignment).
+    pub fn assigned_partitions(&self) -> u64 {
+        self.0.assigned.load(Ordering::Relaxed)
     }
 }
