@@ -1,0 +1,166 @@
+//! A real idempotent consumer for trying idemq against any Kafka broker.
+//!
+//! ```text
+//! cargo run --example kafka_orders -- --bootstrap localhost:9092 --topic orders --group payments \
+//!     --store redis://127.0.0.1:6379 --dead-letter-topic orders.dlq --handler-ms 5 \
+//!     --effects /tmp/effects.jsonl --exit-when-idle 10
+//! ```
+//!
+//! Several copies in one group together run each key's handler once; `--effects` appends one JSON
+//! line per handler execution (`{"key","topic","partition","offset","pid"}`) so that can be checked
+//! afterwards. Ctrl-C stops gracefully (in-flight messages finish, offsets are flushed).
+
+use idemq::kafka::KafkaConsumerBuilder;
+use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError, Source};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Debug)]
+struct Args {
+    bootstrap: String,
+    topic: String,
+    group: String,
+    store: String,
+    dead_letter_topic: Option<String>,
+    handler_ms: u64,
+    effects: Option<String>,
+    exit_when_idle: Option<u64>,
+}
+
+const USAGE: &str = "usage: kafka_orders [--bootstrap HOST:PORT] [--topic T] [--group G] \
+[--store memory|redis://..|postgres://..] [--dead-letter-topic T] [--handler-ms N] \
+[--effects FILE] [--exit-when-idle SECS]";
+
+fn parse_args() -> BoxResult<Args> {
+    let mut a = Args {
+        bootstrap: "localhost:9092".into(),
+        topic: "orders".into(),
+        group: "idemq-orders".into(),
+        store: "memory".into(),
+        dead_letter_topic: None,
+        handler_ms: 0,
+        effects: None,
+        exit_when_idle: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--bootstrap" => a.bootstrap = value,
+            "--topic" => a.topic = value,
+            "--group" => a.group = value,
+            "--store" => a.store = value,
+            "--dead-letter-topic" => a.dead_letter_topic = Some(value),
+            "--handler-ms" => a.handler_ms = value.parse()?,
+            "--effects" => a.effects = Some(value),
+            "--exit-when-idle" => a.exit_when_idle = Some(value.parse()?),
+            other => return Err(format!("unknown flag {other}\n{USAGE}").into()),
+        }
+    }
+    Ok(a)
+}
+
+#[tokio::main]
+async fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if let Err(err) = run().await {
+        eprintln!("kafka_orders: {err}");
+        std::process::exit(2);
+    }
+}
+
+async fn run() -> BoxResult<()> {
+    let args = parse_args()?;
+    let store = idemq::store::connect(&args.store).await?;
+    let effects = args.effects.clone();
+    let handler_ms = args.handler_ms;
+    let pid = std::process::id();
+    let mut builder = KafkaConsumerBuilder::new()
+        .bootstrap_servers(&args.bootstrap)
+        .group_id(&args.group)
+        .topic(&args.topic)
+        .store(store)
+        .engine_config(EngineConfig::new(&args.group))
+        // Short enough for brokers (like Tansu) that stall joins with the default.
+        .set("session.timeout.ms", "6000")
+        .handler(move |ctx: HandlerContext| {
+            let effects = effects.clone();
+            async move {
+                if handler_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(handler_ms)).await;
+                }
+                let (topic, partition, offset) = match &ctx.message.source {
+                    Source::Kafka {
+                        topic,
+                        partition,
+                        offset,
+                    } => (topic.clone(), *partition, *offset),
+                    _ => (String::new(), -1, -1),
+                };
+                let key = ctx.key.as_ref().map(|k| k.to_string());
+                if let Some(path) = effects {
+                    let line = serde_json::json!({
+                        "key": key, "topic": topic, "partition": partition,
+                        "offset": offset, "pid": pid,
+                    });
+                    // One write of a whole line in append mode, so several processes can share
+                    // the file. A failed write fails the attempt, which is then retried.
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(HandlerError::retriable)?;
+                    f.write_all(format!("{line}\n").as_bytes())
+                        .map_err(HandlerError::retriable)?;
+                }
+                Ok::<_, HandlerError>(serde_json::json!({ "handled_by": pid }))
+            }
+        });
+    if let Some(dlq) = &args.dead_letter_topic {
+        builder = builder.dead_letter_topic(dlq);
+    }
+    let consumer = builder.build()?;
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let ctrl_c = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctrl_c.cancel();
+        }
+    });
+    if let Some(secs) = args.exit_when_idle {
+        let (idle_stop, stats) = (stop.clone(), stats.clone());
+        tokio::spawn(async move {
+            let idle_for = Duration::from_secs(secs);
+            let mut last = (stats.snapshot().received, Instant::now());
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let received = stats.snapshot().received;
+                if received != last.0 || stats.in_progress() > 0 {
+                    last = (received, Instant::now());
+                } else if last.1.elapsed() >= idle_for {
+                    tracing::info!(?idle_for, "idle; exiting");
+                    idle_stop.cancel();
+                    return;
+                }
+            }
+        });
+    }
+    println!(
+        "consuming {} as group {} (store {}, pid {pid})",
+        args.topic, args.group, args.store
+    );
+    let summary = consumer.run(stop).await;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
