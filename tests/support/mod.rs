@@ -6,4 +6,5 @@
 
 pub mod conformance;
 pub mod faulty;
+pub mod redis_server;
 pub mod services;
