@@ -5,6 +5,8 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod conformance;
+pub mod faulty;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod redis_server;
 pub mod services;
