@@ -12,12 +12,12 @@ use support::services::unique;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn duplicate_publishes_run_the_handler_once() {
-    scenario_duplicate_publishes_run_once(&Broker::mock()).await;
+    scenario_duplicate_publishes_run_once(&Broker::mock(), Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_consumers_with_duplicates_and_a_rebalance_run_each_key_once() {
-    scenario_two_consumers_rebalance(&Broker::mock()).await;
+    scenario_two_consumers_rebalance(&Broker::mock(), Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -215,4 +215,64 @@ async fn offset_commit_errors_cause_redeliveries_that_are_deduplicated() {
     assert_eq!(sb.processed, 0);
     assert_eq!(runs.total(), 12);
     assert_eq!(runs.repeated(), vec![]);
+}
+
+/// A private Redis is killed mid-stream: nothing runs and nothing is committed until it is back,
+/// then everything completes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_mid_stream_runs_nothing_and_commits_nothing_until_it_is_back() {
+    let Some(mut redis) = support::redis_server::PrivateRedis::start(&[]) else {
+        return;
+    };
+    let broker = Broker::mock();
+    let (topic, group) = (unique("redis-outage"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    let batch = |from: i32| -> Vec<Rec> {
+        (from..from + 6)
+            .map(|k| Rec::keyed(&format!("k{k}"), "{}").on(k % 2))
+            .collect()
+    };
+    produce(&broker.bootstrap(), &topic, &batch(0)).await;
+    let store = idemq::store::connect(&redis.url())
+        .await
+        .expect("redis store");
+    let runs = Runs::default();
+    let c = Running::start(consumer(&broker, &group, &topic, store, &runs, 0, |b| b));
+    let stats = c.stats.clone();
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[3, 3],
+        Duration::from_secs(30),
+    )
+    .await;
+
+    redis.kill();
+    produce(&broker.bootstrap(), &topic, &batch(6)).await;
+    wait_for("the outage was noticed", Duration::from_secs(20), || {
+        stats.snapshot().store_unavailable >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(runs.total(), 6, "no handler runs while Redis is down");
+    assert_eq!(
+        committed(&broker.bootstrap(), &group, &topic, 2),
+        vec![3, 3],
+        "no commits while Redis is down"
+    );
+
+    redis.restart();
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[6, 6],
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!(runs.total(), 12);
+    assert_eq!(runs.repeated(), vec![]);
+    assert_eq!(s.processed, 12, "{s:?}");
 }

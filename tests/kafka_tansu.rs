@@ -4,14 +4,17 @@
 
 mod support;
 
+use idemq::store::MemoryStore;
+use std::sync::Arc;
 use support::kafka::*;
+use support::services::{redis_url, require_redis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tansu_duplicate_publishes_run_the_handler_once() {
     let Some(broker) = Broker::tansu() else {
         return;
     };
-    scenario_duplicate_publishes_run_once(&broker).await;
+    scenario_duplicate_publishes_run_once(&broker, Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -19,7 +22,7 @@ async fn tansu_two_consumers_with_duplicates_and_a_rebalance_run_each_key_once()
     let Some(broker) = Broker::tansu() else {
         return;
     };
-    scenario_two_consumers_rebalance(&broker).await;
+    scenario_two_consumers_rebalance(&broker, Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -28,4 +31,33 @@ async fn tansu_conflict_missing_and_invalid_keys_are_dead_lettered_and_committed
         return;
     };
     scenario_dead_letters(&broker).await;
+}
+
+/// The same with the shared Redis store (unique scope per test): one store, several consumers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tansu_redis_duplicate_publishes_run_the_handler_once() {
+    if !require_redis() {
+        return;
+    }
+    let Some(broker) = Broker::tansu() else {
+        return;
+    };
+    let store = idemq::store::connect(&redis_url())
+        .await
+        .expect("redis store");
+    scenario_duplicate_publishes_run_once(&broker, store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tansu_redis_two_consumers_with_duplicates_and_a_rebalance_run_each_key_once() {
+    if !require_redis() {
+        return;
+    }
+    let Some(broker) = Broker::tansu() else {
+        return;
+    };
+    let store = idemq::store::connect(&redis_url())
+        .await
+        .expect("redis store");
+    scenario_two_consumers_rebalance(&broker, store).await;
 }

@@ -524,7 +524,7 @@ pub async fn wait_committed(
 
 /// Duplicate publishes of each key (on different partitions) run the handler once; every record
 /// is committed.
-pub async fn scenario_duplicate_publishes_run_once(broker: &Broker) {
+pub async fn scenario_duplicate_publishes_run_once(broker: &Broker, store: Arc<dyn Store>) {
     let (topic, group) = (
         super::services::unique("dups"),
         super::services::unique("g"),
@@ -540,15 +540,7 @@ pub async fn scenario_duplicate_publishes_run_once(broker: &Broker) {
     }
     produce(&broker.bootstrap(), &topic, &recs).await;
     let runs = Runs::default();
-    let c = Running::start(consumer(
-        broker,
-        &group,
-        &topic,
-        Arc::new(MemoryStore::new()),
-        &runs,
-        2,
-        |b| b,
-    ));
+    let c = Running::start(consumer(broker, &group, &topic, store, &runs, 2, |b| b));
     let stats = c.stats.clone();
     wait_for("30 records finished", Duration::from_secs(30), || {
         stats.snapshot().finished() >= 30
@@ -573,7 +565,7 @@ pub async fn scenario_duplicate_publishes_run_once(broker: &Broker) {
 /// Two consumers of one group over duplicated keys, the second joining mid-stream (a rebalance),
 /// then a third copy of every key spread over both: each key runs once and every record is
 /// committed.
-pub async fn scenario_two_consumers_rebalance(broker: &Broker) {
+pub async fn scenario_two_consumers_rebalance(broker: &Broker, store: Arc<dyn Store>) {
     let (topic, group) = (
         super::services::unique("rebal"),
         super::services::unique("g"),
@@ -586,7 +578,6 @@ pub async fn scenario_two_consumers_rebalance(broker: &Broker) {
             .collect()
     };
     produce(&broker.bootstrap(), &topic, &[copy(0), copy(1)].concat()).await;
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let runs = Runs::default();
     let a = Running::start(consumer(
         broker,
