@@ -276,3 +276,52 @@ async fn redis_killed_mid_stream_runs_nothing_and_commits_nothing_until_it_is_ba
     assert_eq!(runs.repeated(), vec![]);
     assert_eq!(s.processed, 12, "{s:?}");
 }
+
+/// Without a dead-letter topic, a record that must be dead-lettered is not committed past: the
+/// partition stops there (logged as an error) instead of losing the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_dead_letter_topic_the_partition_does_not_commit_past_a_dead_letter() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("nodlq"), unique("g"));
+    broker.create_topic(&topic, 1).await;
+    let mut missing = Rec::keyed("x", "no key");
+    missing.headers.clear();
+    produce(
+        &broker.bootstrap(),
+        &topic,
+        &[Rec::keyed("a", "{}"), missing, Rec::keyed("b", "{}")],
+    )
+    .await;
+    let runs = Runs::default();
+    let c = Running::start(consumer(
+        &broker,
+        &group,
+        &topic,
+        Arc::new(MemoryStore::new()),
+        &runs,
+        0,
+        |b| b.no_dead_letter_retry(Duration::from_millis(100)),
+    ));
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[1],
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        committed(&broker.bootstrap(), &group, &topic, 1),
+        vec![1],
+        "never committed past the record that could not be dead-lettered"
+    );
+    assert_eq!(
+        runs.total(),
+        1,
+        "per-partition order: the next record waits"
+    );
+    let s = c.shutdown().await;
+    assert_eq!(s.dead_lettered, 0);
+    assert!(s.abandoned >= 1, "left for redelivery at shutdown: {s:?}");
+}
