@@ -325,3 +325,121 @@ async fn without_a_dead_letter_topic_the_partition_does_not_commit_past_a_dead_l
     assert_eq!(s.dead_lettered, 0);
     assert!(s.abandoned >= 1, "left for redelivery at shutdown: {s:?}");
 }
+
+/// With several records of a partition in flight, later ones finish first; commits still only
+/// move up to the lowest unfinished offset, and end at the partition's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partition_concurrency_above_one_commits_everything_and_runs_each_key_once() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("conc"), unique("g"));
+    broker.create_topic(&topic, 1).await;
+    let recs: Vec<Rec> = (0..60)
+        .map(|i| Rec::keyed(&format!("k{}", i % 40), "{}"))
+        .collect();
+    produce(&broker.bootstrap(), &topic, &recs).await;
+    let runs = Runs::default();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (r2, o2) = (runs.clone(), order.clone());
+    let mut b = idemq::kafka::KafkaConsumerBuilder::new()
+        .bootstrap_servers(broker.bootstrap())
+        .group_id(&group)
+        .topic(&topic)
+        .store(Arc::new(MemoryStore::new()))
+        .engine_config(fast_engine(&group))
+        .partition_concurrency(8)
+        .commit_every(1)
+        .commit_interval(Duration::from_millis(50))
+        .handler(move |ctx: idemq::HandlerContext| {
+            let (runs, order) = (r2.clone(), o2.clone());
+            async move {
+                let key = ctx.key.map(|k| k.to_string()).unwrap_or_default();
+                let n: u64 = key[1..].parse().unwrap_or(0);
+                // Earlier records sleep longer, so they finish after later ones.
+                tokio::time::sleep(Duration::from_millis(40 - n % 8 * 5)).await;
+                runs.record(&key);
+                order.lock().unwrap().push(n);
+                Ok::<_, idemq::HandlerError>(())
+            }
+        });
+    for (k, v) in broker.consumer_settings() {
+        b = b.set(k, v);
+    }
+    let c = Running::start(b.build().expect("builds"));
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[60],
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!(runs.repeated(), vec![]);
+    assert_eq!(runs.distinct(), 40);
+    assert_eq!((s.processed, s.replayed), (40, 20), "{s:?}");
+    let order = order.lock().unwrap().clone();
+    assert!(
+        order.windows(2).any(|w| w[0] > w[1]),
+        "records really finished out of order: {order:?}"
+    );
+}
+
+/// A retriable handler failure is retried in place (the partition waits, nothing is committed past
+/// it); once it succeeds everything completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retriable_failures_are_retried_in_place_before_later_records() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("retry"), unique("g"));
+    broker.create_topic(&topic, 1).await;
+    let recs: Vec<Rec> = ["a", "flaky", "b"]
+        .iter()
+        .map(|k| Rec::keyed(k, "{}"))
+        .collect();
+    produce(&broker.bootstrap(), &topic, &recs).await;
+    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (a2, o2) = (attempts.clone(), order.clone());
+    let mut b = idemq::kafka::KafkaConsumerBuilder::new()
+        .bootstrap_servers(broker.bootstrap())
+        .group_id(&group)
+        .topic(&topic)
+        .store(Arc::new(MemoryStore::new()))
+        .engine_config(fast_engine(&group))
+        .commit_interval(Duration::from_millis(50))
+        .handler(move |ctx: idemq::HandlerContext| {
+            let (attempts, order) = (a2.clone(), o2.clone());
+            async move {
+                let key = ctx.key.map(|k| k.to_string()).unwrap_or_default();
+                if key == "flaky" && attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2
+                {
+                    return Err(idemq::HandlerError::retriable("dependency down"));
+                }
+                order.lock().unwrap().push(key);
+                Ok(())
+            }
+        });
+    for (k, v) in broker.consumer_settings() {
+        b = b.set(k, v);
+    }
+    let c = Running::start(b.build().expect("builds"));
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[3],
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec!["a", "flaky", "b"],
+        "order kept"
+    );
+    assert_eq!(
+        (s.processed, s.retries, s.dead_lettered),
+        (3, 2, 0),
+        "{s:?}"
+    );
+}
