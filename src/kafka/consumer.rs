@@ -122,6 +122,27 @@ impl IdempotentConsumer {
         self.shared.processor.scope()
     }
 
+    /// [`run`](Self::run) until Ctrl-C (SIGINT) or `stop`, whichever comes first.
+    pub async fn run_until_ctrl_c(self, stop: CancellationToken) -> ConsumerSummary {
+        let on_signal = stop.clone();
+        let watcher = tokio::spawn(async move {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => match r {
+                    Ok(()) => {
+                        info!("Ctrl-C: shutting down");
+                        on_signal.cancel();
+                    }
+                    // No signal handler: keep running until `stop`.
+                    Err(err) => warn!(%err, "cannot listen for Ctrl-C"),
+                },
+                _ = on_signal.cancelled() => {}
+            }
+        });
+        let summary = self.run(stop).await;
+        watcher.abort();
+        summary
+    }
+
     /// Consumes until `stop` is cancelled, then shuts down gracefully: stops fetching, lets
     /// in-flight messages finish (bounded by the shutdown timeout; handlers get the engine's
     /// shutdown grace), commits what finished, and leaves the group. Returns what it did.
