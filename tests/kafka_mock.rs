@@ -445,3 +445,80 @@ async fn retriable_failures_are_retried_in_place_before_later_records() {
         "{s:?}"
     );
 }
+
+/// A record is committed only after the broker confirmed its dead-letter copy: while the
+/// dead-letter publish fails, the original stays uncommitted; once it succeeds, it is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_is_committed_only_after_the_broker_confirms_it() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("dlfail"), unique("g"));
+    let dlq = format!("{topic}.dlq");
+    broker.create_topic(&topic, 1).await;
+    broker.create_topic(&dlq, 1).await;
+    let mut missing = Rec::keyed("x", "no key");
+    missing.headers.clear();
+    produce(
+        &broker.bootstrap(),
+        &topic,
+        &[Rec::keyed("a", "{}"), missing],
+    )
+    .await;
+    broker.mock_cluster().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10_000],
+    );
+    let runs = Runs::default();
+    let c = Running::start(consumer(
+        &broker,
+        &group,
+        &topic,
+        Arc::new(MemoryStore::new()),
+        &runs,
+        0,
+        |b| {
+            b.dead_letter_topic(dlq.clone())
+                .dead_letter_timeout(Duration::from_millis(800))
+        },
+    ));
+    let stats = c.stats.clone();
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[1],
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for(
+        "a dead-letter publish failed",
+        Duration::from_secs(20),
+        || stats.snapshot().dead_letter_failures >= 1,
+    )
+    .await;
+    assert_eq!(
+        committed(&broker.bootstrap(), &group, &topic, 1),
+        vec![1],
+        "not committed while the dead-letter copy is unconfirmed"
+    );
+    assert_eq!(stats.snapshot().dead_lettered, 0);
+
+    broker
+        .mock_cluster()
+        .clear_request_errors(RDKafkaApiKey::Produce);
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[2],
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!(s.dead_lettered, 1, "{s:?}");
+    let dead = read_all(&broker.bootstrap(), &dlq, 1, Duration::from_secs(10));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], "x-idemq-reason").as_deref(),
+        Some("missing-idempotency-key")
+    );
+}
