@@ -522,3 +522,82 @@ async fn a_dead_letter_is_committed_only_after_the_broker_confirms_it() {
         Some("missing-idempotency-key")
     );
 }
+
+/// A rebalance while a slow handler runs: the revocation waits for it to finish (it is not
+/// abandoned) and tries to commit it. The MockCluster refuses commits while the group rebalances
+/// (`REBALANCE_IN_PROGRESS`), so the new owner gets the record again; it must ack it as a replay and
+/// never run the key a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_waits_for_the_in_flight_handler_and_nobody_runs_it_again() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("revoke"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    produce(
+        &broker.bootstrap(),
+        &topic,
+        &[
+            Rec::keyed("slow", "{}").on(0),
+            Rec::keyed("fast", "{}").on(1),
+        ],
+    )
+    .await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runs = Runs::default();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let build = |runs: Runs, started: Arc<tokio::sync::Notify>| {
+        let mut b = idemq::kafka::KafkaConsumerBuilder::new()
+            .bootstrap_servers(broker.bootstrap())
+            .group_id(&group)
+            .topic(&topic)
+            .store(store.clone())
+            .engine_config(fast_engine(&group))
+            .revoke_timeout(Duration::from_secs(5))
+            .commit_interval(Duration::from_millis(100))
+            .handler(move |ctx: idemq::HandlerContext| {
+                let (runs, started) = (runs.clone(), started.clone());
+                async move {
+                    let key = ctx.key.map(|k| k.to_string()).unwrap_or_default();
+                    if key == "slow" {
+                        started.notify_one();
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
+                    runs.record(&key);
+                    Ok::<_, idemq::HandlerError>(())
+                }
+            });
+        for (k, v) in broker.consumer_settings() {
+            b = b.set(k, v);
+        }
+        b.build().expect("builds")
+    };
+    let a = Running::start(build(runs.clone(), started.clone()));
+    tokio::time::timeout(Duration::from_secs(30), started.notified())
+        .await
+        .expect("slow handler started");
+    // Joining triggers a rebalance while "slow" is in flight.
+    let b = Running::start(build(runs.clone(), started.clone()));
+    let a_stats = a.stats.clone();
+    wait_for(
+        "the first consumer was revoked",
+        Duration::from_secs(30),
+        || a_stats.snapshot().revocations >= 1,
+    )
+    .await;
+    assert!(
+        runs.0.lock().unwrap().contains_key("slow"),
+        "the revocation waited for the in-flight handler"
+    );
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[1, 1],
+        Duration::from_secs(30),
+    )
+    .await;
+    let (sa, sb) = (a.shutdown().await, b.shutdown().await);
+    assert_eq!(runs.repeated(), vec![], "{sa:?} {sb:?}");
+    assert_eq!(runs.total(), 2);
+    assert_eq!(sa.processed, 2, "the first consumer finished both: {sa:?}");
+    assert_eq!(sa.abandoned, 0, "{sa:?}");
+}

@@ -138,7 +138,6 @@ impl Shared {
         consumer: &C,
         tpl: &TopicPartitionList,
     ) {
-        bump(&self.stats.revocations);
         let tps: Vec<Tp> = tpl
             .elements()
             .iter()
@@ -187,6 +186,7 @@ impl Shared {
                 info!(topic = %tp.0, partition = tp.1, "partition revoked");
             }
         }
+        bump(&self.stats.revocations);
     }
 
     /// Hands a received record to its partition's worker. Records of partitions we do not own (a
