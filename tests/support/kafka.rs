@@ -1,12 +1,8 @@
 //! Kafka test support: an in-process `MockCluster` or a Tansu broker process, produce/read helpers,
 //! committed-offset queries and a store that can be switched to failing.
 
-use async_trait::async_trait;
-use idemq::store::{
-    Claim, ClaimRequest, Fence, MemoryStore, Record, RecordKey, Release, ScanPage, StateFilter,
-    Token,
-};
-use idemq::{Outcome, Store, StoreError};
+use idemq::store::MemoryStore;
+use idemq::Store;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -16,7 +12,6 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,13 +45,9 @@ impl Broker {
     /// Consumer settings that keep group joins and rebalances fast on this broker.
     pub fn consumer_settings(&self) -> Vec<(&'static str, &'static str)> {
         match self {
-            Broker::Mock(_) => vec![
-                ("session.timeout.ms", "6000"),
-                ("heartbeat.interval.ms", "500"),
-                ("topic.metadata.refresh.interval.ms", "1000"),
-            ],
-            // Tansu stalls group joins with the default session timeout.
-            Broker::Tansu(_) => vec![
+            // Tansu stalls group joins with the default session timeout; short heartbeats make
+            // rebalances quick on both brokers.
+            Broker::Mock(_) | Broker::Tansu(_) => vec![
                 ("session.timeout.ms", "6000"),
                 ("heartbeat.interval.ms", "500"),
                 ("topic.metadata.refresh.interval.ms", "1000"),
@@ -307,85 +298,6 @@ pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bo
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A memory store that can be switched to answering every call with `Unavailable`, standing in
-/// for a store outage.
-#[derive(Debug, Default)]
-pub struct FlakyStore {
-    inner: MemoryStore,
-    down: AtomicBool,
-    /// Calls refused while down.
-    pub refused: AtomicU64,
-}
-
-impl FlakyStore {
-    /// Switches the outage on or off.
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-    }
-
-    fn check(&self, op: &'static str) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(StoreError::unavailable(op, "test outage"));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Store for FlakyStore {
-    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
-        self.check("claim")?;
-        self.inner.claim(req).await
-    }
-    async fn complete(
-        &self,
-        key: &RecordKey,
-        token: Token,
-        outcome: &Outcome,
-        retention: Duration,
-    ) -> Result<Fence, StoreError> {
-        self.check("complete")?;
-        self.inner.complete(key, token, outcome, retention).await
-    }
-    async fn release(
-        &self,
-        key: &RecordKey,
-        token: Token,
-        mode: Release,
-    ) -> Result<Fence, StoreError> {
-        self.check("release")?;
-        self.inner.release(key, token, mode).await
-    }
-    async fn renew(
-        &self,
-        key: &RecordKey,
-        token: Token,
-        lease: Duration,
-    ) -> Result<Fence, StoreError> {
-        self.check("renew")?;
-        self.inner.renew(key, token, lease).await
-    }
-    async fn get(&self, key: &RecordKey) -> Result<Option<Record>, StoreError> {
-        self.check("get")?;
-        self.inner.get(key).await
-    }
-    async fn forget(&self, key: &RecordKey) -> Result<bool, StoreError> {
-        self.check("forget")?;
-        self.inner.forget(key).await
-    }
-    async fn scan(
-        &self,
-        scope: &str,
-        filter: StateFilter,
-        cursor: Option<String>,
-        count: usize,
-    ) -> Result<ScanPage, StoreError> {
-        self.check("scan")?;
-        self.inner.scan(scope, filter, cursor, count).await
     }
 }
 
