@@ -606,3 +606,39 @@ async fn revocation_waits_for_the_in_flight_handler_and_nobody_runs_it_again() {
     assert_eq!(sa.processed, 2, "the first consumer finished both: {sa:?}");
     assert_eq!(sa.abandoned, 0, "{sa:?}");
 }
+
+/// An unreadable stored record: nothing runs; after bounded re-reads the record is dead-lettered
+/// with reason `corrupt-record` and committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_record_is_dead_lettered_after_bounded_retries() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("corrupt"), unique("g"));
+    let dlq = format!("{topic}.dlq");
+    broker.create_topic(&topic, 1).await;
+    broker.create_topic(&dlq, 1).await;
+    produce(&broker.bootstrap(), &topic, &[Rec::keyed("k1", "{}")]).await;
+    let store = support::faulty::FaultyStore::new(Arc::new(MemoryStore::new()));
+    store
+        .corrupt
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let runs = Runs::default();
+    let c = Running::start(consumer(&broker, &group, &topic, store, &runs, 0, |b| {
+        b.dead_letter_topic(dlq.clone())
+    }));
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[1],
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!((s.dead_lettered, runs.total()), (1, 0), "{s:?}");
+    let dead = read_all(&broker.bootstrap(), &dlq, 1, Duration::from_secs(10));
+    assert_eq!(
+        header(&dead[0], "x-idemq-reason").as_deref(),
+        Some("corrupt-record")
+    );
+    assert!(header(&dead[0], "x-idemq-error").is_some_and(|e| e.contains("k1")));
+}
