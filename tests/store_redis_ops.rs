@@ -360,17 +360,15 @@ async fn corrupt_records_are_typed_errors_naming_the_key_and_stay_untouched() {
             s.release(&k, token, Release::Reset).await.map(|_| ()),
             s.renew(&k, token, LEASE).await.map(|_| ()),
             s.get(&k).await.map(|_| ()),
-            s.scan("corrupt", StateFilter::All, None, 100)
-                .await
-                .map(|_| ()),
+            scan_all(&s, "corrupt").await,
         ];
-        for r in results {
+        for (op, r) in results.into_iter().enumerate() {
             match r {
                 Err(StoreError::Corrupt { key, detail }) => {
                     assert_eq!(key, rkey, "{what}");
                     assert!(!detail.is_empty());
                 }
-                other => panic!("{what}: expected Corrupt, got {other:?}"),
+                other => panic!("{what}, op #{op}: expected Corrupt, got {other:?}"),
             }
         }
         assert_eq!(
@@ -379,6 +377,18 @@ async fn corrupt_records_are_typed_errors_naming_the_key_and_stay_untouched() {
             "{what}: the record must stay untouched"
         );
         assert!(s.forget(&k).await.expect("forget"), "{what}");
+    }
+}
+
+/// Pages through a whole scope; the first error ends it.
+async fn scan_all(s: &RedisStore, scope: &str) -> Result<(), StoreError> {
+    let mut cursor = None;
+    loop {
+        let page = s.scan(scope, StateFilter::All, cursor, 100).await?;
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(()),
+        }
     }
 }
 
