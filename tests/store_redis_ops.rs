@@ -592,3 +592,62 @@ async fn store_connect_opens_redis_urls() {
     assert!(matches!(rec.state, RecordState::Completed { .. }));
     assert!(rec.expires_in.is_some_and(|d| d <= Duration::from_secs(5)));
 }
+
+#[tokio::test]
+async fn rediss_urls_use_tls() {
+    let dir = std::env::temp_dir().join(unique("idemq-tls"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        assert!(
+            !support::services::in_ci(),
+            "openssl is needed for the TLS test"
+        );
+        eprintln!("SKIPPED: openssl cannot make a test certificate");
+        return;
+    }
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let Some(server) = PrivateRedis::start(&[
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &cert,
+        "--tls-auth-clients",
+        "no",
+    ]) else {
+        return;
+    };
+    // `#insecure`: the certificate is self-signed.
+    let url = format!("rediss://127.0.0.1:{}/#insecure", server.port());
+    let s = RedisStore::connect(&url).await.expect("TLS connect");
+    let k = self::key("tls", "k");
+    let Claim::Acquired { token, .. } = claim(&s, &k, &fp("a")).await.expect("claim") else {
+        panic!("expected Acquired")
+    };
+    assert_eq!(
+        s.complete(&k, token, &Outcome::succeeded("ok"), RETENTION)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    // A plain connection to the TLS port does not work.
+    let plain = RedisStore::builder(format!("redis://127.0.0.1:{}", server.port()))
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(300))
+        .build()
+        .await;
+    assert!(plain.is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
