@@ -5,5 +5,6 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod conformance;
+pub mod faulty;
 pub mod redis_server;
 pub mod services;
