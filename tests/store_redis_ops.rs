@@ -307,7 +307,10 @@ async fn leases_follow_the_server_clock() {
 /// Ways a record can be unreadable, each applied with raw commands to a completed record.
 fn corruptions() -> Vec<(&'static str, Vec<Vec<&'static str>>)> {
     vec![
-        ("not a hash", vec![vec!["DEL"], vec!["SET", "garbage", "PX", "60000"]]),
+        (
+            "not a hash",
+            vec![vec!["DEL"], vec!["SET", "garbage", "PX", "60000"]],
+        ),
         ("unknown version", vec![vec!["HSET", "v", "2"]]),
         ("missing version", vec![vec!["HDEL", "v"]]),
         ("bad fingerprint", vec![vec!["HSET", "fp", "zz"]]),
