@@ -571,7 +571,9 @@ async fn store_connect_opens_redis_urls() {
     if !require_redis() {
         return;
     }
-    let s = idemq::store::connect(&redis_url()).await.expect("connect");
+    let prefix = unique("idemq-url");
+    let url = format!("{}/?prefix={prefix}", redis_url().trim_end_matches('/'));
+    let s = idemq::store::connect(&url).await.expect("connect");
     let k = key(&unique("connect"), "k");
     let Claim::Acquired { token, .. } = s
         .claim(&ClaimRequest::new(
@@ -594,6 +596,18 @@ async fn store_connect_opens_redis_urls() {
     let rec = s.get(&k).await.expect("get").expect("record");
     assert!(matches!(rec.state, RecordState::Completed { .. }));
     assert!(rec.expires_in.is_some_and(|d| d <= Duration::from_secs(5)));
+    // `?prefix=` chose the key prefix.
+    let same = RedisStore::builder(redis_url())
+        .prefix(prefix)
+        .build()
+        .await
+        .expect("connect");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(same.redis_key(&k))
+        .query_async(&mut admin(&redis_url()).await)
+        .await
+        .expect("EXISTS");
+    assert_eq!(exists, 1);
 }
 
 #[tokio::test]
