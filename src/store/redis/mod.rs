@@ -200,9 +200,10 @@ pub(crate) fn map_error(op: &'static str, e: RedisError, after: Duration) -> Sto
     }
 }
 
+/// Whole milliseconds, rounded up so a sub-millisecond lease never becomes "already expired".
 fn ms(d: Duration) -> u64 {
     // Lossless: MAX_MS fits in u64.
-    d.as_millis().min(MAX_MS) as u64
+    d.as_micros().div_ceil(1000).min(MAX_MS) as u64
 }
 
 #[async_trait]
@@ -367,6 +368,15 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::split_prefix_param;
+
+    #[test]
+    fn durations_round_up_to_milliseconds_and_are_capped() {
+        use std::time::Duration;
+        assert_eq!(super::ms(Duration::from_micros(1)), 1);
+        assert_eq!(super::ms(Duration::from_millis(600)), 600);
+        assert_eq!(super::ms(Duration::ZERO), 0);
+        assert_eq!(super::ms(Duration::MAX), super::MAX_MS as u64);
+    }
 
     #[test]
     fn prefix_query_parameter_is_ours() {
