@@ -5,4 +5,5 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod conformance;
+pub mod faulty;
 pub mod services;

@@ -40,9 +40,13 @@ pub fn require(service: &str, addr: &str) -> bool {
         return true;
     }
     if in_ci() {
-        panic!("{service} is not reachable at {addr}, and CI=true: integration tests must not skip");
+        panic!(
+            "{service} is not reachable at {addr}, and CI=true: integration tests must not skip"
+        );
     }
-    eprintln!("SKIPPED: {service} is not reachable at {addr} (start it, e.g. with scripts/services.sh)");
+    eprintln!(
+        "SKIPPED: {service} is not reachable at {addr} (start it, e.g. with scripts/services.sh)"
+    );
     false
 }
 
