@@ -211,3 +211,45 @@ async fn message_id_is_the_key_fallback_and_numeric_headers_work() {
     assert_eq!(rec.succeeded("42"), 1);
     rabbit.cleanup().await;
 }
+
+/// A dead-letter exchange that does not exist makes the broker close the publishing channel; the
+/// delivery must then be requeued, never acked, and the consumer must keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unconfirmed_dead_letter_is_requeued_not_lost() {
+    let Some(rabbit) = Rabbit::connect().await else {
+        return;
+    };
+    let queue = rabbit.queue("nodlx").await;
+    let rec = Recorder::default();
+    let missing = support::services::unique("no-such-exchange");
+    let run = Running::start(
+        consumer(&queue, memory(), &rec)
+            .dead_letter_exchange(&missing, None)
+            .publish_retries(
+                2,
+                idemq::Backoff::new(Duration::from_millis(20), Duration::from_millis(50)),
+                Duration::from_secs(2),
+            ),
+    );
+    rabbit.publish(&queue, None, b"no key").await;
+    run.wait(Duration::from_secs(10), "requeued", |s| s.requeued >= 1)
+        .await;
+    // The consumer still processes good messages on the same session.
+    rabbit.publish(&queue, Some("good"), b"{}").await;
+    run.wait(Duration::from_secs(10), "good processed", |s| {
+        s.acked_processed == 1
+    })
+    .await;
+    let stats = run.stop().await;
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    assert_eq!(
+        stats.reconnects, 0,
+        "a closed publishing channel is reopened in place"
+    );
+    assert_eq!(
+        rabbit.counts(&queue).await.0,
+        1,
+        "the keyless message is still queued"
+    );
+    rabbit.cleanup().await;
+}

@@ -40,8 +40,10 @@ pub struct AmqpConfig {
     pub reconnect_backoff: Backoff,
     /// Delay between tries of a dead-letter or reply publish that was not confirmed.
     pub publish_backoff: Backoff,
-    /// Tries of such a publish before the delivery is left for redelivery.
+    /// Tries of such a publish before the delivery is requeued.
     pub publish_tries: u32,
+    /// How long one publish may wait for its confirmation (a blocked connection never confirms).
+    pub publish_timeout: Duration,
     /// How long shutdown waits for in-flight deliveries before closing the channel anyway.
     pub shutdown_timeout: Duration,
 }
@@ -86,6 +88,7 @@ impl AmqpConsumerBuilder {
                 ),
                 publish_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
                 publish_tries: 10,
+                publish_timeout: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(15),
             },
             store: None,
@@ -181,6 +184,16 @@ impl AmqpConsumerBuilder {
     /// Reconnect delays (default 100 ms doubling to 10 s, ±20 % jitter).
     pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
         self.config.reconnect_backoff = backoff;
+        self
+    }
+
+    /// Retries of an unconfirmed dead-letter or reply publish: `tries` attempts (default 10) spaced
+    /// by `backoff` (default 100 ms doubling to 5 s), each waiting at most `timeout` (default 30 s)
+    /// for the confirm. When they are used up the delivery is requeued, never acked.
+    pub fn publish_retries(mut self, tries: u32, backoff: Backoff, timeout: Duration) -> Self {
+        self.config.publish_tries = tries;
+        self.config.publish_backoff = backoff;
+        self.config.publish_timeout = timeout;
         self
     }
 

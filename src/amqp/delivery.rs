@@ -285,13 +285,17 @@ impl Settle<'_> {
                 return Err(AmqpError::Disconnected);
             }
             n += 1;
-            let err = match self
-                .publisher
-                .publish(exchange, routing_key, body, props.clone(), mandatory)
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(err) => err,
+            let publish =
+                self.publisher
+                    .publish(exchange, routing_key, body, props.clone(), mandatory);
+            let err = match tokio::time::timeout(cfg.publish_timeout, publish).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(err)) => err,
+                Err(_) => AmqpError::NotConfirmed {
+                    exchange: exchange.to_string(),
+                    routing_key: routing_key.to_string(),
+                    detail: format!("no confirmation within {:?}", cfg.publish_timeout),
+                },
             };
             warn!(tag = self.facts.tag, %err, try_ = n, "{what} publish not confirmed");
             if n >= cfg.publish_tries || matches!(err, AmqpError::Disconnected) {
