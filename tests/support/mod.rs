@@ -7,4 +7,5 @@
 pub mod amqp;
 pub mod conformance;
 pub mod faulty;
+pub mod redis_server;
 pub mod services;
