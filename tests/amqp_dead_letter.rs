@@ -5,10 +5,12 @@
 mod support;
 
 use idemq::headers;
+use idemq::Store;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
+use std::sync::Arc;
 use std::time::Duration;
-use support::amqp::{consumer, memory, Rabbit, Recorder, Running};
+use support::amqp::{consumer, memory, redis, Rabbit, Recorder, Running};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conflict_missing_and_invalid_keys_are_dead_lettered_with_reasons() {
@@ -87,19 +89,19 @@ async fn conflict_missing_and_invalid_keys_are_dead_lettered_with_reasons() {
     rabbit.cleanup().await;
 }
 
+with_stores!(dlq_replay_skips_completed_and_processes_failed);
+
 /// With no dead-letter exchange of ours, a rejected message goes through the queue's own
 /// `x-dead-letter-exchange`. Moving the DLQ back replays it: keys completed meanwhile are skipped,
 /// keys whose earlier attempt failed run now.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dlq_replay_skips_completed_and_processes_failed() {
+async fn dlq_replay_skips_completed_and_processes_failed(store: Arc<dyn Store>) {
     let Some(rabbit) = Rabbit::connect().await else {
         return;
     };
     let (dlx, dlq) = rabbit.dead_letter_pair("replay").await;
     let queue = rabbit.queue_with_dlx("replay", &dlx).await;
     let rec = Recorder::default();
-    let store = memory();
-    let run = Running::start(consumer(&queue, store.clone(), &rec));
+    let run = Running::start(consumer(&queue, store, &rec));
 
     // An incident: the handler fails permanently for a while.
     rec.set_broken(true);

@@ -10,26 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::amqp::{consumer, memory, redis, Rabbit, Recorder, Running};
 
-/// Runs `scenario` with the memory store and (when available) the Redis store.
-macro_rules! with_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory_store {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() {
-                super::$name(super::memory()).await
-            })*
-        }
-        mod redis_store {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() {
-                if let Some(store) = super::redis().await {
-                    super::$name(store).await
-                }
-            })*
-        }
-    };
-}
-
 with_stores!(
     published_twice_runs_once,
     four_consumers_eight_copies_each_key_once,

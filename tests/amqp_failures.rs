@@ -8,19 +8,50 @@ use idemq::store::{RecordKey, RecordState};
 use idemq::{IdempotencyKey, Store};
 use std::sync::Arc;
 use std::time::Duration;
-use support::amqp::{consumer, eventually, force_close, memory, Rabbit, Recorder, Running};
+use support::amqp::{consumer, eventually, force_close, memory, redis, Rabbit, Recorder, Running};
 use support::faulty::FaultyStore;
+use support::redis_server::PrivateRedis;
 use support::services::unique;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_outage_acks_nothing_runs_nothing_then_recovers() {
+    let faulty = FaultyStore::new(memory());
+    let (down, up) = (faulty.clone(), faulty.clone());
+    outage(
+        faulty,
+        move || down.set_down(true),
+        move || up.set_down(false),
+    )
+    .await;
+}
+
+/// The real thing: the Redis server the store talks to is killed mid-stream, then restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_stopped_mid_stream_acks_nothing_runs_nothing_then_recovers() {
+    let Some(redis) = PrivateRedis::start(&[]) else {
+        return;
+    };
+    let store = idemq::store::connect(&redis.url())
+        .await
+        .expect("redis store");
+    let redis = Arc::new(std::sync::Mutex::new(redis));
+    let (down, up) = (redis.clone(), redis.clone());
+    outage(
+        store,
+        move || down.lock().unwrap().kill(),
+        move || up.lock().unwrap().restart(),
+    )
+    .await;
+}
+
+/// Store goes down after 3 keys; 10 more arrive; nothing may be acked or run until it is back.
+async fn outage(store: Arc<dyn Store>, take_down: impl FnOnce(), bring_back: impl FnOnce()) {
     let Some(rabbit) = Rabbit::connect().await else {
         return;
     };
     let queue = rabbit.queue("outage").await;
     let rec = Recorder::default();
-    let faulty = FaultyStore::new(memory());
-    let run = Running::start(consumer(&queue, faulty.clone(), &rec));
+    let run = Running::start(consumer(&queue, store, &rec));
     for i in 0..3 {
         rabbit
             .publish(&queue, Some(&format!("before-{i}")), b"{}")
@@ -31,7 +62,7 @@ async fn store_outage_acks_nothing_runs_nothing_then_recovers() {
     })
     .await;
 
-    faulty.set_down(true);
+    take_down();
     for i in 0..10 {
         rabbit
             .publish(&queue, Some(&format!("during-{i}")), b"{}")
@@ -59,8 +90,8 @@ async fn store_outage_acks_nothing_runs_nothing_then_recovers() {
         "intake bounded by the concurrency while paused: {during:?}"
     );
 
-    faulty.set_down(false);
-    run.wait(Duration::from_secs(15), "full recovery", |s| {
+    bring_back();
+    run.wait(Duration::from_secs(30), "full recovery", |s| {
         s.acked_processed == 13
     })
     .await;
@@ -73,15 +104,19 @@ async fn store_outage_acks_nothing_runs_nothing_then_recovers() {
     rabbit.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn connection_closed_mid_handler_runs_once_and_acks_after_completion() {
+with_stores!(
+    connection_closed_mid_handler_runs_once_and_acks_after_completion,
+    forced_close_under_load_reconnects_and_finishes,
+);
+
+async fn connection_closed_mid_handler_runs_once_and_acks_after_completion(store: Arc<dyn Store>) {
     let Some(rabbit) = Rabbit::connect().await else {
         return;
     };
     let queue = rabbit.queue("midhandler").await;
     let rec = Recorder::default();
     let name = unique("idemq-test-midhandler");
-    let run = Running::start(consumer(&queue, memory(), &rec).connection_name(&name));
+    let run = Running::start(consumer(&queue, store.clone(), &rec).connection_name(&name));
     rabbit
         .publish(&queue, Some("slow"), br#"{"sleep_ms":5000}"#)
         .await;
@@ -109,8 +144,7 @@ async fn connection_closed_mid_handler_runs_once_and_acks_after_completion() {
     rabbit.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn forced_close_under_load_reconnects_and_finishes() {
+async fn forced_close_under_load_reconnects_and_finishes(store: Arc<dyn Store>) {
     let Some(rabbit) = Rabbit::connect().await else {
         return;
     };
@@ -125,7 +159,7 @@ async fn forced_close_under_load_reconnects_and_finishes() {
         }
     }
     let name = unique("idemq-test-forced");
-    let run = Running::start(consumer(&queue, memory(), &rec).connection_name(&name));
+    let run = Running::start(consumer(&queue, store.clone(), &rec).connection_name(&name));
     run.wait(Duration::from_secs(20), "some progress", |s| {
         s.settled() >= 10
     })

@@ -338,6 +338,8 @@ pub fn test_engine(scope: &str) -> EngineConfig {
     c.store_backoff = idemq::Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
     c.in_flight_poll = idemq::Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
     c.max_attempts = 3;
+    // Test records in the shared Redis go away soon.
+    c.retention = Duration::from_secs(600);
     c.shutdown_grace = Duration::from_secs(2);
     c
 }
@@ -476,4 +478,27 @@ pub async fn force_close(name: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Generates `memory_store::<name>` and `redis_store::<name>` tests that run `async fn
+/// <name>(store: Arc<dyn Store>)` (the Redis variant skips, printing why, when Redis is absent
+/// outside CI). The calling file must import `memory` and `redis` from this module.
+#[macro_export]
+macro_rules! with_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                super::$name(super::memory()).await
+            })*
+        }
+        mod redis_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                if let Some(store) = super::redis().await {
+                    super::$name(store).await
+                }
+            })*
+        }
+    };
 }
