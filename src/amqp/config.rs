@@ -271,3 +271,52 @@ impl AmqpConsumerBuilder {
         Ok(AmqpConsumer::new(config, processor))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::{HandlerContext, HandlerError};
+
+    fn builder() -> AmqpConsumerBuilder {
+        AmqpConsumer::builder("amqp://127.0.0.1:5672/%2f", "orders")
+            .store(Arc::new(MemoryStore::new()))
+            .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) })
+    }
+
+    fn err(b: AmqpConsumerBuilder) -> String {
+        match b.build() {
+            Ok(_) => panic!("expected a configuration error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn rejects_contradictions() {
+        assert!(builder().build().is_ok());
+        assert!(err(builder().prefetch(0)).contains("prefetch"));
+        assert!(err(builder().prefetch(4).concurrency(5)).contains("concurrency"));
+        assert!(err(builder().concurrency(0)).contains("concurrency"));
+        assert!(err(AmqpConsumer::builder("amqp://h/%2f", "")).contains("queue"));
+        assert!(err(AmqpConsumer::builder("not a url", "q")).contains("URL"));
+        let no_store = AmqpConsumer::builder("amqp://h/%2f", "q")
+            .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) });
+        assert!(err(no_store).contains("store"));
+        assert!(err(AmqpConsumer::builder("amqp://h/%2f", "q")).contains("handler"));
+        assert!(err(builder().key_headers(Vec::<String>::new())).contains("key source"));
+    }
+
+    #[test]
+    fn scope_defaults_to_the_queue_and_message_id_fallback_is_applied() {
+        let c = builder().message_id_fallback(true).build().unwrap();
+        assert_eq!(c.processor_scope(), "orders");
+        let c = builder().scope("billing").build().unwrap();
+        assert_eq!(c.processor_scope(), "billing");
+        // With only the message_id as key source the engine accepts the configuration.
+        assert!(builder()
+            .key_headers(Vec::<String>::new())
+            .message_id_fallback(true)
+            .build()
+            .is_ok());
+    }
+}

@@ -48,6 +48,11 @@ impl AmqpConsumer {
         &self.config
     }
 
+    /// The scope keys are claimed in.
+    pub fn processor_scope(&self) -> &str {
+        self.processor.scope()
+    }
+
     /// Live counters (clone it before calling [`run`](Self::run)).
     pub fn stats(&self) -> StatsHandle {
         self.stats.clone()
