@@ -11,6 +11,9 @@
 //! they run each key's handler once. Every handler execution appends one JSON line to `--effects`
 //! (`{"key":..,"queue":..,"delivery_tag":..,"redelivered":..,"pid":..}`), so duplicates are easy to
 //! count. Messages need an `Idempotency-Key` header (or a `message_id`, which is used as fallback).
+//!
+//! `--publish N [--copies C]` instead publishes N orders, each C times (default 2), and exits: a
+//! quick way to feed the consumers above.
 
 use idemq::amqp::AmqpConsumer;
 use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError, Source};
@@ -31,11 +34,13 @@ struct Args {
     exit_when_idle: Option<u64>,
     prefetch: u16,
     concurrency: usize,
+    publish: Option<u64>,
+    copies: u64,
 }
 
 const USAGE: &str = "usage: amqp_orders [--amqp-url URL] [--queue NAME] [--dead-letter-exchange NAME] \
 [--store memory|redis://..|postgres://..] [--handler-ms N] [--effects FILE] [--exit-when-idle SECS] \
-[--prefetch N] [--concurrency N]";
+[--prefetch N] [--concurrency N] | --publish N [--copies C]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -48,6 +53,8 @@ fn parse() -> Result<Args, String> {
         exit_when_idle: None,
         prefetch: 32,
         concurrency: 16,
+        publish: None,
+        copies: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,34 +77,77 @@ fn parse() -> Result<Args, String> {
                 a.prefetch = u16::try_from(num(&value)?).map_err(|e| format!("{flag}: {e}"))?
             }
             "--concurrency" => a.concurrency = num(&value)? as usize,
+            "--publish" => a.publish = Some(num(&value)?),
+            "--copies" => a.copies = num(&value)?,
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
     Ok(a)
 }
 
-/// Declares the queue durable unless it already exists (with whatever arguments it has).
+/// Declares the queue durable if missing. A queue that exists with other arguments is used as it
+/// is (the durable declare fails with PRECONDITION_FAILED; a passive declare then checks it exists).
 async fn ensure_queue(url: &str, queue: &str) -> Result<(), lapin::Error> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    let passive = ch
+    let declared = conn
+        .create_channel()
+        .await?
         .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default().passive(),
-            FieldTable::default(),
-        )
-        .await;
-    if passive.is_err() {
-        // The failed passive declare closed that channel; declare on a fresh one.
-        let ch = conn.create_channel().await?;
-        ch.queue_declare(
             queue.into(),
             QueueDeclareOptions::durable(),
             FieldTable::default(),
         )
-        .await?;
+        .await;
+    if declared.is_err() {
+        // That failure closed its channel; check existence on a fresh one.
+        conn.create_channel()
+            .await?
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::default().passive(),
+                FieldTable::default(),
+            )
+            .await?;
     }
-    conn.close(200, "declared".into()).await
+    // Best effort: a channel closed by the broker above may still be closing.
+    let _ = conn.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// Publishes `n` orders, each `copies` times, with publisher confirms.
+async fn publish(
+    url: &str,
+    queue: &str,
+    n: u64,
+    copies: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::AMQPValue;
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    for copy in 0..copies {
+        for i in 0..n {
+            let mut h = FieldTable::default();
+            h.insert(
+                "Idempotency-Key".into(),
+                AMQPValue::LongString(format!("order-{i}").into()),
+            );
+            let body = serde_json::json!({ "order": i, "amount": i % 97 + 1 }).to_string();
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                lapin::BasicProperties::default().with_headers(h),
+            )
+            .await?;
+        }
+        ch.wait_for_confirms().await?;
+        eprintln!("published copy {} of {n} orders", copy + 1);
+    }
+    conn.close(200, "published".into()).await?;
+    Ok(())
 }
 
 #[tokio::main]
@@ -117,6 +167,9 @@ async fn main() {
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse()?;
     ensure_queue(&args.amqp_url, &args.queue).await?;
+    if let Some(n) = args.publish {
+        return publish(&args.amqp_url, &args.queue, n, args.copies).await;
+    }
     let store = idemq::store::connect(&args.store).await?;
     let effects = match &args.effects {
         Some(path) => Some(Arc::new(Mutex::new(
