@@ -52,6 +52,7 @@ mod delivery;
 mod error;
 mod gate;
 mod publish;
+mod replay;
 mod reply;
 mod stats;
 
@@ -59,5 +60,6 @@ pub use config::{AmqpConfig, AmqpConsumerBuilder, DeadLetterTarget};
 pub use consumer::AmqpConsumer;
 pub use dead_letter::header_text;
 pub use error::AmqpError;
+pub use replay::AmqpReplay;
 pub use reply::OUTCOME_STATUS;
 pub use stats::{ConsumerStats, StatsHandle};

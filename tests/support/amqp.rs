@@ -421,18 +421,13 @@ pub fn memory() -> Arc<dyn Store> {
     Arc::new(MemoryStore::new())
 }
 
-/// The Redis store, or `None` (skip) when Redis is unreachable outside CI or the Redis backend is
-/// not compiled into this build yet.
+/// The Redis store, or `None` (skip) when Redis is unreachable outside CI.
 pub async fn redis() -> Option<Arc<dyn Store>> {
     if !require_redis() {
         return None;
     }
     match idemq::store::connect(&redis_url()).await {
         Ok(store) => Some(store),
-        Err(idemq::StoreError::InvalidConfig(msg)) if msg.contains("not implemented") => {
-            eprintln!("SKIPPED: the Redis store is not implemented in this build: {msg}");
-            None
-        }
         Err(err) => panic!("redis store: {err}"),
     }
 }
