@@ -5,4 +5,6 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod conformance;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod services;
