@@ -129,11 +129,16 @@ impl Sql {
     }
 }
 
-/// The migration for `table`: the shipped file with the default names replaced.
+/// The migration for `table`: the shipped file with the default names replaced, preceded by
+/// `CREATE SCHEMA IF NOT EXISTS` for a schema-qualified name.
 fn render_migration(table: &TableName) -> String {
-    MIGRATION_0001
+    let body = MIGRATION_0001
         .replace("idemq_records_expires_at_idx", &table.index_sql())
-        .replace("idemq_records", &table.sql())
+        .replace("idemq_records", &table.sql());
+    match table.schema_sql() {
+        Some(schema) => format!("CREATE SCHEMA IF NOT EXISTS {schema};\n{body}"),
+        None => body,
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +150,7 @@ mod tests {
         let t = TableName::new("billing.jobs").unwrap();
         let sql = render_migration(&t);
         assert!(!sql.contains("idemq_records"), "{sql}");
+        assert!(sql.starts_with("CREATE SCHEMA IF NOT EXISTS \"billing\";"));
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"billing\".\"jobs\""));
         assert!(sql.contains("INDEX IF NOT EXISTS \"jobs_expires_at_idx\" ON \"billing\".\"jobs\""));
     }

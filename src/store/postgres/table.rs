@@ -59,6 +59,11 @@ impl TableName {
         }
     }
 
+    /// The quoted schema name, when the name is qualified.
+    pub fn schema_sql(&self) -> Option<String> {
+        self.schema.as_ref().map(|s| format!("\"{s}\""))
+    }
+
     /// The quoted, unqualified name of the expiry index (created in the table's schema).
     pub fn index_sql(&self) -> String {
         format!("\"{}{INDEX_SUFFIX}\"", self.name)
