@@ -53,7 +53,7 @@ mod transactional;
 /// `tokio_postgres::Transaction`, with a prepared-statement cache).
 pub use deadpool_postgres::Transaction;
 pub use table::{TableName, DEFAULT_TABLE};
-pub use transactional::{from_fn, TransactionalEngine, TransactionalHandler};
+pub use transactional::{from_fn, FnHandler, TransactionalEngine, TransactionalHandler};
 
 use super::types::*;
 use super::{Store, StoreError};

@@ -29,6 +29,8 @@ const SAVEPOINT: &str = "SAVEPOINT idemq_handler";
 const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idemq_handler";
 /// Re-runs of a claim that raced with a concurrent commit before giving up for now.
 const RACE_RETRIES: u32 = 8;
+/// Immediate retries of `BEGIN` on another pooled connection.
+const STALE_CONNECTION_RETRIES: u32 = 2;
 
 enum Run<T> {
     Finished(Result<T, HandlerError>),
@@ -101,7 +103,7 @@ impl<H: TransactionalHandler> Inner<H> {
         let fingerprint = Fingerprint::of(message, &cfg.fingerprint_headers);
         let req = ClaimRequest::new(&record, &fingerprint, cfg.lease, cfg.retention);
         let wait_until = Instant::now() + cfg.in_flight_bound();
-        let (mut polls, mut corrupt, mut races) = (0u32, 0u32, 0u32);
+        let (mut polls, mut corrupt, mut races, mut stale) = (0u32, 0u32, 0u32, 0u32);
         loop {
             let mut client = match self
                 .store_call("connect", self.store.client("connect"))
@@ -118,6 +120,14 @@ impl<H: TransactionalHandler> Inner<H> {
             };
             let tx = match self.store_call("begin", begin).await {
                 Ok(tx) => tx,
+                Err(err) if stale < STALE_CONNECTION_RETRIES => {
+                    // Most likely a pooled connection that died (server restart, terminated
+                    // session) before the pool noticed. Nothing ran yet, so try another one; the
+                    // pool discards the dead one when it comes back.
+                    stale += 1;
+                    debug!(%err, "BEGIN failed; retrying on another connection");
+                    continue;
+                }
                 Err(err) => return self.store_down(err),
             };
             let step = match self.claim_in(&tx, &req, wait_until).await {
