@@ -1,14 +1,14 @@
 //! # idemq — idempotent message consumers
 //!
 //! idemq sits between a broker (Kafka, RabbitMQ) and your handler. For every message it reads an
-//! idempotency key from a header, **claims** the key in a [`Store`](store::Store) before the handler
+//! idempotency key from a header, **claims** the key in a [`Store`] before the handler
 //! runs, **stores the handler's outcome**, and acknowledges later copies of a completed key without
 //! running the handler again. Broker redeliveries, rebalances, double publishes and dead-letter
 //! replays therefore run a handler at most once per key.
 //!
 //! The pieces, by folder:
 //! - [`key`]: where keys come from, validation, the missing-key policy.
-//! - [`store`]: the [`Store`](store::Store) trait and its backends (memory, Redis, Postgres).
+//! - [`store`]: the [`Store`] trait and its backends (memory, Redis, Postgres).
 //! - [`engine`]: claim → run with lease renewal → settle, returning a [`Disposition`].
 //! - `kafka` / `amqp` (features): consumer wrappers that map dispositions to commits and acks.
 //!

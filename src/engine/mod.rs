@@ -123,7 +123,10 @@ impl<H: Handler> Engine<H> {
         message: Arc<Message>,
         shutdown: &CancellationToken,
     ) -> Disposition {
-        self.inner.process(message, shutdown).await
+        // Going through the boxed `Processor` future (its `Send` bound is proven once, generically)
+        // lets callers `tokio::spawn` this future for any closure handler; awaiting the inner
+        // future directly runs into rustc's higher-ranked `Send` inference limits.
+        Processor::process(self, message, shutdown).await
     }
 }
 

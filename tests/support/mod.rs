@@ -5,6 +5,8 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod conformance;
+pub mod faulty;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod redis_server;
 pub mod services;

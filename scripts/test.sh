@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: prepares the machine (scripts/services.sh), then checks formatting, runs clippy
+# with warnings as errors, and runs every test (unit, conformance, engine, broker and store
+# integration tests, doc tests) with all features.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/services.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --all-features -- -D warnings
+cargo test --all-features

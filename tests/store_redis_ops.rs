@@ -1,0 +1,584 @@
+//! Redis-specific behaviour of the Redis store: round trips, key layout, TTLs, corrupt records,
+//! reconnects, timeouts and authentication. Tests that flush, pause or kill use a private
+//! `redis-server`; the rest use the shared Redis with a unique prefix.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use idemq::store::redis::RedisStore;
+use idemq::store::{
+    Claim, ClaimRequest, Fence, RecordKey, RecordState, Release, StateFilter, Store, StoreError,
+};
+use idemq::{Fingerprint, IdempotencyKey, Outcome};
+use redis::aio::MultiplexedConnection;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use support::redis_server::PrivateRedis;
+use support::services::{redis_url, require_redis, unique};
+
+const LEASE: Duration = Duration::from_secs(30);
+const RETENTION: Duration = Duration::from_secs(60);
+
+fn key(scope: &str, k: &str) -> RecordKey {
+    RecordKey::new(scope, IdempotencyKey::new(k).expect("key"))
+}
+
+fn fp(s: &str) -> Fingerprint {
+    Fingerprint::of_bytes(s.as_bytes())
+}
+
+async fn admin(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection")
+}
+
+async fn store(url: &str) -> RedisStore {
+    RedisStore::builder(url)
+        .prefix(unique("idemq-ops"))
+        .build()
+        .await
+        .expect("connect")
+}
+
+async fn claim(s: &RedisStore, k: &RecordKey, f: &Fingerprint) -> Result<Claim, StoreError> {
+    s.claim(&ClaimRequest::new(k, f, LEASE, RETENTION)).await
+}
+
+/// Calls per command from `INFO commandstats`.
+async fn commandstats(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// Commands the scripts run inside the server; they are not round trips.
+const SCRIPT_INTERNAL: &[&str] = &["hmget", "exists", "time", "hset", "hdel", "pexpire", "pttl"];
+
+/// Client commands (round trips) between two snapshots, ignoring our own INFO calls.
+fn round_trips(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+) -> HashMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info" && !SCRIPT_INTERNAL.contains(&name.as_str()))
+        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_operation_is_one_round_trip() {
+    let Some(server) = PrivateRedis::start(&[]) else {
+        return;
+    };
+    let s = store(&server.url()).await;
+    let mut admin = admin(&server.url()).await;
+    let evalsha = HashMap::from([("evalsha".to_string(), 1)]);
+    let k = key("rt", "k1");
+    let k2 = key("rt", "k2");
+
+    macro_rules! one_trip {
+        ($what:expr, $expect:expr) => {{
+            let before = commandstats(&mut admin).await;
+            let result = $what.await.expect(stringify!($what));
+            let after = commandstats(&mut admin).await;
+            assert_eq!(
+                round_trips(&before, &after),
+                $expect,
+                "{}",
+                stringify!($what)
+            );
+            result
+        }};
+    }
+
+    let Claim::Acquired { token, .. } = one_trip!(claim(&s, &k, &fp("a")), evalsha) else {
+        panic!("expected Acquired")
+    };
+    let f = one_trip!(
+        s.complete(&k, token, &Outcome::succeeded("out"), RETENTION),
+        evalsha
+    );
+    assert_eq!(f, Fence::Held);
+    // The replay carries the outcome in the claim's single round trip.
+    let replay = one_trip!(claim(&s, &k, &fp("a")), evalsha);
+    assert_eq!(
+        replay,
+        Claim::Completed {
+            outcome: Outcome::succeeded("out")
+        }
+    );
+    let conflict = one_trip!(claim(&s, &k, &fp("b")), evalsha);
+    assert!(matches!(conflict, Claim::Conflict { .. }));
+
+    let Claim::Acquired { token, .. } = one_trip!(claim(&s, &k2, &fp("a")), evalsha) else {
+        panic!("expected Acquired")
+    };
+    assert!(matches!(
+        one_trip!(claim(&s, &k2, &fp("a")), evalsha),
+        Claim::InFlight { .. }
+    ));
+    assert_eq!(one_trip!(s.renew(&k2, token, LEASE), evalsha), Fence::Held);
+    assert_eq!(
+        one_trip!(s.release(&k2, token, Release::Retry), evalsha),
+        Fence::Held
+    );
+    assert!(one_trip!(s.get(&k2), evalsha).is_some());
+    let del = HashMap::from([("del".to_string(), 1)]);
+    assert!(one_trip!(s.forget(&k2), del));
+}
+
+#[tokio::test]
+async fn scripts_are_reloaded_after_script_flush() {
+    let Some(server) = PrivateRedis::start(&[]) else {
+        return;
+    };
+    let s = store(&server.url()).await;
+    let mut admin = admin(&server.url()).await;
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .expect("SCRIPT FLUSH");
+    let k = key("flush", "k");
+    let before = commandstats(&mut admin).await;
+    assert!(matches!(
+        claim(&s, &k, &fp("a")).await.expect("claim"),
+        Claim::Acquired { .. }
+    ));
+    let after = commandstats(&mut admin).await;
+    // NOSCRIPT → SCRIPT LOAD → EVALSHA, once.
+    assert_eq!(round_trips(&before, &after).get("evalsha"), Some(&2));
+    assert_eq!(round_trips(&before, &after).get("script|load"), Some(&1));
+    assert!(matches!(
+        claim(&s, &k, &fp("a")).await.expect("claim"),
+        Claim::InFlight { .. }
+    ));
+}
+
+#[tokio::test]
+async fn keys_carry_a_hash_tag_and_scan_by_scope() {
+    if !require_redis() {
+        return;
+    }
+    let s = store(&redis_url()).await;
+    let mut admin = admin(&redis_url()).await;
+    let k = key("billing:eu", "order-{7}*");
+    claim(&s, &k, &fp("a")).await.expect("claim");
+
+    let rkey = s.redis_key(&k);
+    let rest = rkey
+        .strip_prefix(&format!("{}:{{", s.prefix()))
+        .expect("prefix");
+    let (tag, tail) = rest.split_once("}:").expect("hash tag");
+    assert_eq!(tag.len(), 16);
+    assert!(tag.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(tail, "billing%3Aeu:order-{7}*");
+    let kind: String = redis::cmd("TYPE")
+        .arg(&rkey)
+        .query_async(&mut admin)
+        .await
+        .expect("TYPE");
+    assert_eq!(kind, "hash");
+
+    // The documented SCAN pattern finds exactly this scope's record.
+    claim(&s, &key("billing", "eu:order-{7}*"), &fp("a"))
+        .await
+        .expect("claim");
+    let mut found = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(s.scan_pattern("billing:eu"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut admin)
+            .await
+            .expect("SCAN");
+        found.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(found, vec![rkey]);
+}
+
+async fn pttl(admin: &mut MultiplexedConnection, rkey: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(rkey)
+        .query_async(admin)
+        .await
+        .expect("PTTL")
+}
+
+#[tokio::test]
+async fn ttl_is_retention_never_shorter_than_the_lease() {
+    if !require_redis() {
+        return;
+    }
+    let s = store(&redis_url()).await;
+    let mut admin = admin(&redis_url()).await;
+
+    let k = key("ttl", "normal");
+    let f = fp("a");
+    let req = ClaimRequest::new(&k, &f, LEASE, RETENTION);
+    let Claim::Acquired { token, .. } = s.claim(&req).await.expect("claim") else {
+        panic!("expected Acquired")
+    };
+    let t = pttl(&mut admin, &s.redis_key(&k)).await;
+    assert!((59_000..=60_000).contains(&t), "{t}");
+    s.complete(&k, token, &Outcome::succeeded("x"), Duration::from_secs(5))
+        .await
+        .expect("complete");
+    let t = pttl(&mut admin, &s.redis_key(&k)).await;
+    assert!(
+        (4_000..=5_000).contains(&t),
+        "completed TTL is the retention: {t}"
+    );
+
+    // Retention shorter than the lease: the record lives as long as the lease.
+    let k = key("ttl", "short");
+    let f = fp("a");
+    let req = ClaimRequest::new(&k, &f, Duration::from_secs(10), Duration::from_secs(1));
+    let Claim::Acquired { token, .. } = s.claim(&req).await.expect("claim") else {
+        panic!("expected Acquired")
+    };
+    let t = pttl(&mut admin, &s.redis_key(&k)).await;
+    assert!((9_000..=10_000).contains(&t), "{t}");
+    // Renewing past the TTL extends it.
+    assert_eq!(
+        s.renew(&k, token, Duration::from_secs(20))
+            .await
+            .expect("renew"),
+        Fence::Held
+    );
+    let t = pttl(&mut admin, &s.redis_key(&k)).await;
+    assert!((19_000..=20_000).contains(&t), "{t}");
+}
+
+#[tokio::test]
+async fn leases_follow_the_server_clock() {
+    if !require_redis() {
+        return;
+    }
+    let s = store(&redis_url()).await;
+    let mut admin = admin(&redis_url()).await;
+    let k = key("clock", "k");
+    claim(&s, &k, &fp("a")).await.expect("claim");
+    let lu: u64 = redis::cmd("HGET")
+        .arg(s.redis_key(&k))
+        .arg("lu")
+        .query_async(&mut admin)
+        .await
+        .expect("HGET");
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut admin)
+        .await
+        .expect("TIME");
+    let server_now = secs * 1000 + micros / 1000;
+    let lease_ms = LEASE.as_millis() as u64;
+    assert!(
+        lu <= server_now + lease_ms && lu + 2_000 >= server_now + lease_ms,
+        "lease end {lu} vs server now {server_now} + {lease_ms}"
+    );
+}
+
+/// Ways a record can be unreadable, each applied with raw commands to a completed record.
+fn corruptions() -> Vec<(&'static str, Vec<Vec<&'static str>>)> {
+    vec![
+        ("not a hash", vec![vec!["DEL"], vec!["SET", "garbage"]]),
+        ("unknown version", vec![vec!["HSET", "v", "2"]]),
+        ("missing version", vec![vec!["HDEL", "v"]]),
+        ("bad fingerprint", vec![vec!["HSET", "fp", "zz"]]),
+        ("bad token", vec![vec!["HSET", "tok", "-1"]]),
+        ("missing token", vec![vec!["HDEL", "tok"]]),
+        ("bad state", vec![vec!["HSET", "st", "x"]]),
+        ("bad outcome status", vec![vec!["HSET", "os", "maybe"]]),
+        ("missing outcome", vec![vec!["HDEL", "ob"]]),
+    ]
+}
+
+#[tokio::test]
+async fn corrupt_records_are_typed_errors_naming_the_key_and_stay_untouched() {
+    if !require_redis() {
+        return;
+    }
+    let s = store(&redis_url()).await;
+    let mut admin = admin(&redis_url()).await;
+    for (i, (what, commands)) in corruptions().into_iter().enumerate() {
+        let k = key("corrupt", &format!("k{i}"));
+        let rkey = s.redis_key(&k);
+        let Claim::Acquired { token, .. } = claim(&s, &k, &fp("a")).await.expect("claim") else {
+            panic!("expected Acquired")
+        };
+        s.complete(&k, token, &Outcome::succeeded("ok"), RETENTION)
+            .await
+            .expect("complete");
+        for c in &commands {
+            let mut cmd = redis::cmd(c[0]);
+            cmd.arg(&rkey).arg(&c[1..]);
+            let _: redis::Value = cmd.query_async(&mut admin).await.expect("corrupt");
+        }
+        let dump = || {
+            let mut admin = admin.clone();
+            let rkey = rkey.clone();
+            async move {
+                redis::cmd("DUMP")
+                    .arg(&rkey)
+                    .query_async::<Vec<u8>>(&mut admin)
+                    .await
+                    .expect("DUMP")
+            }
+        };
+        let before = dump().await;
+        let results = [
+            claim(&s, &k, &fp("a")).await.map(|_| ()),
+            s.complete(&k, token, &Outcome::succeeded("x"), RETENTION)
+                .await
+                .map(|_| ()),
+            s.release(&k, token, Release::Reset).await.map(|_| ()),
+            s.renew(&k, token, LEASE).await.map(|_| ()),
+            s.get(&k).await.map(|_| ()),
+            s.scan("corrupt", StateFilter::All, None, 100)
+                .await
+                .map(|_| ()),
+        ];
+        for r in results {
+            match r {
+                Err(StoreError::Corrupt { key, detail }) => {
+                    assert_eq!(key, rkey, "{what}");
+                    assert!(!detail.is_empty());
+                }
+                other => panic!("{what}: expected Corrupt, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            dump().await,
+            before,
+            "{what}: the record must stay untouched"
+        );
+        assert!(s.forget(&k).await.expect("forget"), "{what}");
+    }
+}
+
+/// Retries `op` until it succeeds, asserting that every failure on the way is transient.
+async fn until_ok<T, F, Fut>(within: Duration, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let start = Instant::now();
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(e.is_transient(), "non-transient error: {e}");
+                assert!(
+                    start.elapsed() < within,
+                    "no recovery within {within:?}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn reconnects_after_the_connection_is_killed() {
+    let Some(server) = PrivateRedis::start(&[]) else {
+        return;
+    };
+    let s = store(&server.url()).await;
+    let mut admin = admin(&server.url()).await;
+    let k = key("kill", "k");
+    let Claim::Acquired { token, .. } = claim(&s, &k, &fp("a")).await.expect("claim") else {
+        panic!("expected Acquired")
+    };
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT KILL");
+    assert!(killed >= 1);
+    let ok = Outcome::succeeded("ok");
+    let fence = until_ok(Duration::from_secs(5), || {
+        s.complete(&k, token, &ok, RETENTION)
+    })
+    .await;
+    assert_eq!(fence, Fence::Held);
+    assert!(matches!(
+        claim(&s, &k, &fp("a")).await.expect("claim"),
+        Claim::Completed { .. }
+    ));
+}
+
+#[tokio::test]
+async fn server_loss_fails_fast_and_recovers_after_restart() {
+    let Some(mut server) = PrivateRedis::start(&[]) else {
+        return;
+    };
+    let s = RedisStore::builder(server.url())
+        .timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("connect");
+    let k = key("down", "k");
+    claim(&s, &k, &fp("a")).await.expect("claim");
+
+    server.kill();
+    let start = Instant::now();
+    let err = claim(&s, &k, &fp("a")).await.expect_err("server is down");
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "fail fast, took {:?}",
+        start.elapsed()
+    );
+
+    // The restarted server is empty and has no scripts: NOSCRIPT reloads them.
+    server.restart();
+    let f = fp("a");
+    let c = until_ok(Duration::from_secs(10), || claim(&s, &k, &f)).await;
+    assert_eq!(
+        c,
+        Claim::Acquired {
+            token: idemq::store::Token(1),
+            attempt: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_server_is_a_timeout() {
+    let Some(server) = PrivateRedis::start(&[]) else {
+        return;
+    };
+    let s = RedisStore::builder(server.url())
+        .timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .expect("connect");
+    let mut admin = admin(&server.url()).await;
+    let () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "1500", "ALL"])
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
+    let start = Instant::now();
+    match claim(&s, &key("pause", "k"), &fp("a")).await {
+        Err(StoreError::Timeout { op, after }) => {
+            assert_eq!((op, after), ("claim", Duration::from_millis(300)))
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn password_and_acl_user_in_the_url() {
+    let Some(server) = PrivateRedis::start(&["--requirepass", "s3cret"]) else {
+        return;
+    };
+    let port = server.port();
+    let with_password = format!("redis://:s3cret@127.0.0.1:{port}");
+    let s = RedisStore::connect(&with_password).await.expect("AUTH");
+    let k = key("auth", "k");
+    assert!(matches!(
+        claim(&s, &k, &fp("a")).await.expect("claim"),
+        Claim::Acquired { .. }
+    ));
+    assert!(
+        !format!("{s:?}").contains("s3cret"),
+        "Debug leaks the password"
+    );
+
+    let mut admin = admin(&with_password).await;
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", "app", "on", ">apppw", "~*", "+@all"])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    let user = format!("redis://app:apppw@127.0.0.1:{port}");
+    let s = idemq::store::connect(&user).await.expect("ACL user");
+    assert!(matches!(
+        s.claim(&ClaimRequest::new(&k, &fp("a"), LEASE, RETENTION))
+            .await
+            .expect("claim"),
+        Claim::InFlight { .. }
+    ));
+
+    let wrong = format!("redis://app:nope@127.0.0.1:{port}");
+    let err = RedisStore::builder(wrong)
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .expect_err("wrong password");
+    assert!(!err.to_string().contains("nope"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_configuration_is_a_typed_error() {
+    for (url, prefix) in [
+        ("redis://127.0.0.1:6379", "a{b}"),
+        ("redis://127.0.0.1:6379", ""),
+        ("redis://[bad", "idemq"),
+    ] {
+        let r = RedisStore::builder(url).prefix(prefix).build().await;
+        assert!(
+            matches!(r, Err(StoreError::InvalidConfig(_))),
+            "{url} {prefix}: {r:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn store_connect_opens_redis_urls() {
+    if !require_redis() {
+        return;
+    }
+    let s = idemq::store::connect(&redis_url()).await.expect("connect");
+    let k = key(&unique("connect"), "k");
+    let Claim::Acquired { token, .. } = s
+        .claim(&ClaimRequest::new(
+            &k,
+            &fp("a"),
+            LEASE,
+            Duration::from_secs(5),
+        ))
+        .await
+        .expect("claim")
+    else {
+        panic!("expected Acquired")
+    };
+    assert_eq!(
+        s.complete(&k, token, &Outcome::succeeded("ok"), Duration::from_secs(5))
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    let rec = s.get(&k).await.expect("get").expect("record");
+    assert!(matches!(rec.state, RecordState::Completed { .. }));
+    assert!(rec.expires_in.is_some_and(|d| d <= Duration::from_secs(5)));
+}

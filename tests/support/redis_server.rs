@@ -1,0 +1,92 @@
+//! A private `redis-server` child process for tests that must stop, pause, flush or kill
+//! connections (never done to the shared Redis other tests use).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running private Redis; killed on drop.
+pub struct PrivateRedis {
+    child: Option<Child>,
+    port: u16,
+    extra: Vec<String>,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` on a free port with persistence off and `extra` arguments
+    /// (e.g. `["--requirepass", "pw"]`). `None` (with a printed reason) when the binary is missing
+    /// outside CI; panics under CI.
+    pub fn start(extra: &[&str]) -> Option<Self> {
+        let port = free_port();
+        let mut me = Self {
+            child: None,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        match me.spawn() {
+            Ok(()) => Some(me),
+            Err(e) if !super::services::in_ci() => {
+                eprintln!("SKIPPED: cannot start a private redis-server: {e}");
+                None
+            }
+            Err(e) => panic!("cannot start a private redis-server under CI: {e}"),
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("redis-server did not listen on {}", self.port))
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (as a crash would: no shutdown handshake).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: persistence is off).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn().expect("restart redis-server");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
