@@ -324,3 +324,53 @@ async fn tokens_keep_growing_after_retention_and_release() {
     let rec = store.get(&k).await.expect("get").expect("tombstone");
     assert_eq!((rec.state, rec.token), (RecordState::Released, t2));
 }
+
+#[tokio::test]
+async fn replay_of_a_completed_key_takes_no_row_lock() {
+    let Some(store) = shared_store().await else {
+        return;
+    };
+    let k = key(&unique("nolock"), "done");
+    let t = acquire(&store, &k, &fp("a"), LEASE).await;
+    store
+        .complete(
+            &k,
+            idemq::store::Token(t),
+            &Outcome::succeeded("ok"),
+            RETENTION,
+        )
+        .await
+        .expect("complete");
+    // Another session holds the row lock (as a long transaction would).
+    let mut holder = store.pool().get().await.expect("client");
+    let tx = holder.transaction().await.expect("begin");
+    tx.execute(
+        &format!(
+            "SELECT 1 FROM {} WHERE scope = $1 AND idempotency_key = $2 FOR UPDATE",
+            store.table()
+        ),
+        &[&k.scope, &k.key.as_str()],
+    )
+    .await
+    .expect("lock");
+    // Replays (and conflicts) of a completed key answer without waiting for that lock.
+    let f = fp("a");
+    let replay = tokio::time::timeout(
+        Duration::from_secs(2),
+        store.claim(&ClaimRequest::new(&k, &f, LEASE, RETENTION)),
+    )
+    .await
+    .expect("replay must not wait on the row lock")
+    .expect("claim");
+    assert!(matches!(replay, Claim::Completed { .. }), "{replay:?}");
+    let other = fp("b");
+    let conflict = tokio::time::timeout(
+        Duration::from_secs(2),
+        store.claim(&ClaimRequest::new(&k, &other, LEASE, RETENTION)),
+    )
+    .await
+    .expect("conflict must not wait on the row lock")
+    .expect("claim");
+    assert!(matches!(conflict, Claim::Conflict { .. }), "{conflict:?}");
+    tx.rollback().await.expect("rollback");
+}

@@ -36,18 +36,26 @@ impl Sql {
         let t = table.sql();
         Self {
             migrate: render_migration(table),
-            // One round trip: the upsert acquires an absent, expired, released or lease-expired
-            // record (taking its row lock); otherwise the second branch reads the record as the
-            // statement's snapshot saw it. A record committed by a concurrent claim after that
-            // snapshot can make the second branch come back empty or claimable: the caller then
-            // runs the statement again (see `PostgresStore::claim`).
+            // One statement, one round trip:
+            // - `cur` reads the record without locking. A completed record is final while it is
+            //   retained, so for replays and conflicts on completed keys (the duplicate hot path)
+            //   nothing else runs: no row lock, no WAL write.
+            // - otherwise the upsert acquires an absent, expired, released or lease-expired record
+            //   (taking its row lock; it waits for a transaction that holds the lock).
+            // - if neither acquired, the last branch returns the record as `cur` read it. A
+            //   record committed by a concurrent claim after the statement's snapshot can make
+            //   that come back empty or claimable: the caller then runs the statement again
+            //   (with a fresh snapshot).
             claim: format!(
-                "WITH up AS (
+                "WITH cur AS (
+                    SELECT {READ_COLUMNS} FROM {t} WHERE scope = $1 AND idempotency_key = $2
+                ), up AS (
                     INSERT INTO {t} AS r (scope, idempotency_key, token, fingerprint, attempt, state,
                                           lease_until, expires_at)
-                    VALUES ($1, $2, 1, $3, 1, 'in_progress',
-                            statement_timestamp() + $4::int8 * interval '1 microsecond',
-                            statement_timestamp() + greatest($4::int8, $5::int8) * interval '1 microsecond')
+                    SELECT $1::text, $2::text, 1, $3::bytea, 1, 'in_progress',
+                           statement_timestamp() + $4::int8 * interval '1 microsecond',
+                           statement_timestamp() + greatest($4::int8, $5::int8) * interval '1 microsecond'
+                    WHERE NOT EXISTS (SELECT 1 FROM cur WHERE state = 'completed' AND expires_us > 0)
                     ON CONFLICT (scope, idempotency_key) DO UPDATE SET
                         token = r.token + 1,
                         fingerprint = excluded.fingerprint,
@@ -68,9 +76,7 @@ impl Sql {
                        NULL::int8 AS completed_at_us, NULL::int8 AS expires_us
                 FROM up
                 UNION ALL
-                SELECT false, {READ_COLUMNS}
-                FROM {t}
-                WHERE scope = $1 AND idempotency_key = $2 AND NOT EXISTS (SELECT 1 FROM up)"
+                SELECT false, * FROM cur WHERE NOT EXISTS (SELECT 1 FROM up)"
             ),
             // A repeated complete by the owner (after a lost reply) matches the completed row and
             // rewrites it with its own values, so the first outcome stays.
