@@ -575,3 +575,40 @@ async fn shutdown_past_the_grace_period_abandons_and_rolls_back() {
         .is_none());
     fx.drop_table().await;
 }
+
+#[tokio::test]
+async fn handler_statements_do_not_inherit_the_claim_lock_timeout() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let handler = from_fn(|_ctx, tx| {
+        Box::pin(async move {
+            let row = tx
+                .query_one("SHOW lock_timeout", &[])
+                .await
+                .map_err(HandlerError::retriable)?;
+            Ok::<_, HandlerError>(row.get::<_, String>(0))
+        })
+    });
+    let engine = TransactionalEngine::new(fx.store.clone(), fx.config(), handler).expect("engine");
+    let default: String = fx
+        .store
+        .pool()
+        .get()
+        .await
+        .expect("client")
+        .query_one("SHOW lock_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    match engine
+        .process(fx.message("timeout", "p"), &CancellationToken::new())
+        .await
+    {
+        Disposition::Processed { outcome } => {
+            assert_eq!(outcome.decode::<String>().expect("json"), default)
+        }
+        other => panic!("expected Processed, got {other:?}"),
+    }
+    fx.drop_table().await;
+}

@@ -25,7 +25,10 @@ use tracing::{debug, error, field, info, warn, Instrument, Span};
 
 /// Savepoint set right after the claim: rolling back to it undoes the handler's writes but keeps
 /// the claim (and its row lock), so a failure can be recorded in the same transaction.
-const SAVEPOINT: &str = "SAVEPOINT idemq_handler";
+///
+/// `lock_timeout` is set only for the claim (bounding the wait for a duplicate's transaction);
+/// the handler's own statements run with the configured default again.
+const SAVEPOINT: &str = "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT idemq_handler";
 const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idemq_handler";
 /// Re-runs of a claim that raced with a concurrent commit before giving up for now.
 const RACE_RETRIES: u32 = 8;
