@@ -40,6 +40,7 @@ pub mod headers;
 pub mod key;
 pub mod message;
 pub mod outcome;
+pub mod replay;
 pub mod store;
 
 #[cfg(feature = "amqp")]

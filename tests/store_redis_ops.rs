@@ -307,7 +307,10 @@ async fn leases_follow_the_server_clock() {
 /// Ways a record can be unreadable, each applied with raw commands to a completed record.
 fn corruptions() -> Vec<(&'static str, Vec<Vec<&'static str>>)> {
     vec![
-        ("not a hash", vec![vec!["DEL"], vec!["SET", "garbage"]]),
+        (
+            "not a hash",
+            vec![vec!["DEL"], vec!["SET", "garbage", "PX", "60000"]],
+        ),
         ("unknown version", vec![vec!["HSET", "v", "2"]]),
         ("missing version", vec![vec!["HDEL", "v"]]),
         ("bad fingerprint", vec![vec!["HSET", "fp", "zz"]]),
@@ -360,17 +363,15 @@ async fn corrupt_records_are_typed_errors_naming_the_key_and_stay_untouched() {
             s.release(&k, token, Release::Reset).await.map(|_| ()),
             s.renew(&k, token, LEASE).await.map(|_| ()),
             s.get(&k).await.map(|_| ()),
-            s.scan("corrupt", StateFilter::All, None, 100)
-                .await
-                .map(|_| ()),
+            scan_all(&s, "corrupt").await,
         ];
-        for r in results {
+        for (op, r) in results.into_iter().enumerate() {
             match r {
                 Err(StoreError::Corrupt { key, detail }) => {
                     assert_eq!(key, rkey, "{what}");
                     assert!(!detail.is_empty());
                 }
-                other => panic!("{what}: expected Corrupt, got {other:?}"),
+                other => panic!("{what}, op #{op}: expected Corrupt, got {other:?}"),
             }
         }
         assert_eq!(
@@ -379,6 +380,18 @@ async fn corrupt_records_are_typed_errors_naming_the_key_and_stay_untouched() {
             "{what}: the record must stay untouched"
         );
         assert!(s.forget(&k).await.expect("forget"), "{what}");
+    }
+}
+
+/// Pages through a whole scope; the first error ends it.
+async fn scan_all(s: &RedisStore, scope: &str) -> Result<(), StoreError> {
+    let mut cursor = None;
+    loop {
+        let page = s.scan(scope, StateFilter::All, cursor, 100).await?;
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(()),
+        }
     }
 }
 
@@ -558,7 +571,9 @@ async fn store_connect_opens_redis_urls() {
     if !require_redis() {
         return;
     }
-    let s = idemq::store::connect(&redis_url()).await.expect("connect");
+    let prefix = unique("idemq-url");
+    let url = format!("{}/?prefix={prefix}", redis_url().trim_end_matches('/'));
+    let s = idemq::store::connect(&url).await.expect("connect");
     let k = key(&unique("connect"), "k");
     let Claim::Acquired { token, .. } = s
         .claim(&ClaimRequest::new(
@@ -581,4 +596,75 @@ async fn store_connect_opens_redis_urls() {
     let rec = s.get(&k).await.expect("get").expect("record");
     assert!(matches!(rec.state, RecordState::Completed { .. }));
     assert!(rec.expires_in.is_some_and(|d| d <= Duration::from_secs(5)));
+    // `?prefix=` chose the key prefix.
+    let same = RedisStore::builder(redis_url())
+        .prefix(prefix)
+        .build()
+        .await
+        .expect("connect");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(same.redis_key(&k))
+        .query_async(&mut admin(&redis_url()).await)
+        .await
+        .expect("EXISTS");
+    assert_eq!(exists, 1);
+}
+
+#[tokio::test]
+async fn rediss_urls_use_tls() {
+    let dir = std::env::temp_dir().join(unique("idemq-tls"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        assert!(
+            !support::services::in_ci(),
+            "openssl is needed for the TLS test"
+        );
+        eprintln!("SKIPPED: openssl cannot make a test certificate");
+        return;
+    }
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let Some(server) = PrivateRedis::start(&[
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &cert,
+        "--tls-auth-clients",
+        "no",
+    ]) else {
+        return;
+    };
+    // `#insecure`: the certificate is self-signed.
+    let url = format!("rediss://127.0.0.1:{}/#insecure", server.port());
+    let s = RedisStore::connect(&url).await.expect("TLS connect");
+    let k = self::key("tls", "k");
+    let Claim::Acquired { token, .. } = claim(&s, &k, &fp("a")).await.expect("claim") else {
+        panic!("expected Acquired")
+    };
+    assert_eq!(
+        s.complete(&k, token, &Outcome::succeeded("ok"), RETENTION)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    // A plain connection to the TLS port does not work.
+    let plain = RedisStore::builder(format!("redis://127.0.0.1:{}", server.port()))
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(300))
+        .build()
+        .await;
+    assert!(plain.is_err());
+    let _ = std::fs::remove_dir_all(&dir);
 }

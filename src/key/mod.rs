@@ -33,6 +33,12 @@ impl IdempotencyKey {
         Ok(IdempotencyKey(raw))
     }
 
+    /// Rebuilds a key that a store wrote earlier (e.g. from a Redis key name): printable UTF-8 of
+    /// any length, since the configured length limit was applied when the message was read.
+    pub(crate) fn from_stored(raw: &str) -> Result<Self, KeyError> {
+        validate(raw.as_bytes(), usize::MAX, "store").map(|s| IdempotencyKey(s.to_owned()))
+    }
+
     /// The key text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -151,6 +157,15 @@ mod tests {
     fn reads_default_header_case_insensitively() {
         let m = msg().with_header("idempotency-key", "k1");
         assert_eq!(KeyConfig::default().extract(&m).unwrap().as_str(), "k1");
+    }
+
+    #[test]
+    fn stored_keys_skip_the_length_limit_but_not_the_character_rules() {
+        let long = "k".repeat(DEFAULT_MAX_KEY_LEN + 1);
+        assert!(IdempotencyKey::new(long.clone()).is_err());
+        assert_eq!(IdempotencyKey::from_stored(&long).unwrap().as_str(), long);
+        assert!(IdempotencyKey::from_stored("a\u{1}b").is_err());
+        assert!(IdempotencyKey::from_stored("").is_err());
     }
 
     #[test]

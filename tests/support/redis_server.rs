@@ -34,8 +34,25 @@ impl PrivateRedis {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
+        // With TLS files among the extra arguments, serve TLS only on our port.
+        let tls = self.extra.iter().any(|a| a == "--tls-cert-file");
+        let ports = if tls {
+            [
+                "--port".to_string(),
+                "0".into(),
+                "--tls-port".into(),
+                self.port.to_string(),
+            ]
+        } else {
+            [
+                "--port".to_string(),
+                self.port.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+            ]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(&ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(&self.extra)
             .stdout(Stdio::null())

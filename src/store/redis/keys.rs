@@ -66,7 +66,8 @@ impl KeyLayout {
         let rest = rest.strip_prefix("}:").ok_or("key name has no hash tag")?;
         let (scope, key) = rest.split_once(':').ok_or("key name has no scope")?;
         let scope = decode_scope(scope).ok_or("scope is not validly encoded")?;
-        let key = IdempotencyKey::new(key).map_err(|e| format!("stored key is invalid: {e}"))?;
+        let key =
+            IdempotencyKey::from_stored(key).map_err(|e| format!("stored key is invalid: {e}"))?;
         if hash_tag(&scope, key.as_str()) != tag {
             return Err("hash tag does not match scope and key".into());
         }
@@ -152,6 +153,15 @@ mod tests {
             let k = rk(scope, "{k}:*");
             assert_eq!(l.parse(l.record(&k).as_bytes()).unwrap(), k, "{scope}");
         }
+    }
+
+    #[test]
+    fn keys_longer_than_the_default_limit_parse() {
+        // A consumer may raise `KeyConfig::max_len`; scan must still read such records back.
+        let l = KeyLayout::new("p").unwrap();
+        let long = "k".repeat(1000);
+        let k = RecordKey::new("s", IdempotencyKey::from_stored(&long).unwrap());
+        assert_eq!(l.parse(l.record(&k).as_bytes()).unwrap(), k);
     }
 
     #[test]

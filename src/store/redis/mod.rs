@@ -23,7 +23,8 @@
 //!   slower than [`RedisStoreBuilder::timeout`] is [`StoreError::Timeout`] (it may still have been
 //!   applied). The connection manager reconnects in the background with backoff.
 //! - **URLs**: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS (append
-//!   `#insecure` to skip certificate verification in tests only).
+//!   `#insecure` to skip certificate verification in tests only). Through
+//!   [`store::connect`](super::connect) (and so the CLI), `?prefix=NAME` sets the key prefix.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), idemq::StoreError> {
@@ -64,9 +65,47 @@ const MIN_SCAN_COUNT: usize = 256;
 /// SCAN calls one [`Store::scan`] page may make while looking for matching keys.
 const SCAN_ROUNDS: usize = 16;
 
-/// Opens the store named by `url` with default options (used by [`connect`](super::connect)).
+/// Opens the store named by `url` (used by [`connect`](super::connect)): default options, except
+/// that a `prefix=NAME` query parameter sets the key prefix (`redis://host/0?prefix=payments`).
 pub(crate) async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(RedisStore::connect(url).await?))
+    let (url, prefix) = split_prefix_param(url);
+    let mut builder = RedisStore::builder(url);
+    if let Some(prefix) = prefix {
+        builder = builder.prefix(prefix);
+    }
+    Ok(Arc::new(builder.build().await?))
+}
+
+/// Removes idemq's own `prefix` query parameter from a Redis URL, returning it separately.
+fn split_prefix_param(url: &str) -> (String, Option<String>) {
+    let (rest, fragment) = match url.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (url, None),
+    };
+    let Some((base, query)) = rest.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut prefix = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("prefix=") {
+            Some(p) => {
+                prefix = Some(p.to_string());
+                false
+            }
+            None => !pair.is_empty(),
+        })
+        .collect();
+    let mut out = base.to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    (out, prefix)
 }
 
 /// [`Store`] on Redis: one Lua script (one round trip) per operation. Cheap to clone.
@@ -161,9 +200,10 @@ pub(crate) fn map_error(op: &'static str, e: RedisError, after: Duration) -> Sto
     }
 }
 
+/// Whole milliseconds, rounded up so a sub-millisecond lease never becomes "already expired".
 fn ms(d: Duration) -> u64 {
     // Lossless: MAX_MS fits in u64.
-    d.as_millis().min(MAX_MS) as u64
+    d.as_micros().div_ceil(1000).min(MAX_MS) as u64
 }
 
 #[async_trait]
@@ -322,5 +362,36 @@ impl Store for RedisStore {
             records,
             next: (cursor != 0).then(|| cursor.to_string()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_prefix_param;
+
+    #[test]
+    fn durations_round_up_to_milliseconds_and_are_capped() {
+        use std::time::Duration;
+        assert_eq!(super::ms(Duration::from_micros(1)), 1);
+        assert_eq!(super::ms(Duration::from_millis(600)), 600);
+        assert_eq!(super::ms(Duration::ZERO), 0);
+        assert_eq!(super::ms(Duration::MAX), super::MAX_MS as u64);
+    }
+
+    #[test]
+    fn prefix_query_parameter_is_ours() {
+        let cases = [
+            ("redis://h:1/0", ("redis://h:1/0", None)),
+            ("redis://h/0?prefix=pay", ("redis://h/0", Some("pay"))),
+            (
+                "rediss://u:p@h/?protocol=resp3&prefix=a:b#insecure",
+                ("rediss://u:p@h/?protocol=resp3#insecure", Some("a:b")),
+            ),
+            ("redis://h/?prefix=x&db=2", ("redis://h/?db=2", Some("x"))),
+        ];
+        for (url, (want_url, want_prefix)) in cases {
+            let (u, p) = split_prefix_param(url);
+            assert_eq!((u.as_str(), p.as_deref()), (want_url, want_prefix), "{url}");
+        }
     }
 }

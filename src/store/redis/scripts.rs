@@ -9,7 +9,7 @@
 //! | `tok` | fencing token |
 //! | `fp` | payload fingerprint, 64 lower-case hex digits |
 //! | `att` | attempt number |
-//! | `lu` | lease end, server clock in ms since the epoch (`p` only) |
+//! | `lu` | lease end, server clock in ms since the epoch; read in state `p` only (left in place afterwards: saves a command) |
 //! | `os`, `ob`, `ca` | outcome status, outcome body, completed-at ms (`c` only) |
 //!
 //! Times come from `redis.call('TIME')`, so consumers' clock skew does not matter. Redis ≥ 5 is
@@ -45,7 +45,8 @@ local function load(key)
   end
   local v, st, tok, fp, att, lu, os, ob, ca = f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]
   if not v then
-    if redis.call('EXISTS', key) == 0 then return nil end
+    -- No field at all: absent (Redis drops empty hashes). Some fields but no version: corrupt.
+    if not (st or tok or fp or att or lu or os or ob or ca) then return nil end
     return false, 'missing field v (format version)'
   end
   if v ~= '@VERSION@' then return false, 'unknown format version ' .. v end
@@ -97,7 +98,6 @@ if rec == false then return {'corrupt', why} end
 if rec == nil or rec.tok ~= tonumber(ARGV[1]) or rec.st == 'r' then return {'lost'} end
 if rec.st == 'c' then return {'held'} end
 redis.call('HSET', key, 'st', 'c', 'os', ARGV[2], 'ob', ARGV[3], 'ca', int(now_ms()))
-redis.call('HDEL', key, 'lu')
 redis.call('PEXPIRE', key, ARGV[4])
 return {'held'}
 "#;
@@ -113,7 +113,6 @@ if ARGV[2] == 'reset' then
 else
   redis.call('HSET', key, 'st', 'r')
 end
-redis.call('HDEL', key, 'lu')
 return {'held'}
 "#;
 

@@ -1,0 +1,539 @@
+//! Store benchmark: first-time and replay throughput, sequential and concurrent, Redis commands per
+//! message, and the bare two-round-trip floor, in one run.
+//!
+//! ```text
+//! cargo run --release --features redis --example store_bench -- --store redis://127.0.0.1:6379 --messages 20000
+//! cargo run --release --features redis --example store_bench -- --store memory --messages 20000
+//! ```
+//!
+//! Options: `--store URL` (`memory` or `redis://…` / `rediss://…`, default `memory`),
+//! `--messages N` (default 20000), `--in-flight N` (default 64), `--outcome-bytes N` (default 64).
+//!
+//! Phases (each over `--messages` distinct keys):
+//! - first-time, sequential: `claim` → `Acquired` → `complete`, one message after the other;
+//! - raw two-trip floor (Redis only): `SET k NX PX lease` + `SET k outcome PX retention`,
+//!   sequentially. It runs interleaved with the first-time phase in 10 chunks so both see the same
+//!   machine load;
+//! - replay, sequential: `claim` → `Completed` for the first-time keys;
+//! - first-time and replay with `--in-flight` messages in flight (that many tasks sharing one store).
+//!
+//! Commands per message come from `INFO commandstats` deltas, counting client commands only
+//! (`evalsha`, `eval`, `script|load`, `set`, …); commands the Lua scripts run inside the server are
+//! shown separately, and "server µs/msg" is the server time of the client commands. On a shared
+//! Redis, other clients' commands during the run inflate the counts. Records are deleted at the end.
+//!
+//! Prints a table, then as its last line one JSON object with the figures.
+
+use idemq::store::redis::RedisStore;
+use idemq::store::{Claim, ClaimRequest, Fence, MemoryStore, RecordKey, Store};
+use idemq::{Fingerprint, IdempotencyKey, Outcome};
+use redis::aio::MultiplexedConnection;
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+type BoxResult<T> = Result<T, BoxError>;
+
+const LEASE: Duration = Duration::from_secs(30);
+/// Long enough for the replay phases, short enough that a crashed run cleans itself up.
+const RETENTION: Duration = Duration::from_secs(300);
+/// Chunks the first-time and raw phases are interleaved in.
+const CHUNKS: usize = 10;
+/// Commands the store's Lua scripts run inside the server (not round trips).
+const SCRIPT_INTERNAL: &[&str] = &["hmget", "exists", "time", "hset", "hdel", "pexpire", "pttl"];
+
+struct Args {
+    store: String,
+    messages: usize,
+    in_flight: usize,
+    outcome_bytes: usize,
+}
+
+fn parse_args() -> BoxResult<Args> {
+    let mut args = Args {
+        store: "memory".into(),
+        messages: 20_000,
+        in_flight: 64,
+        outcome_bytes: 64,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--store" => args.store = value()?,
+            "--messages" => args.messages = value()?.parse()?,
+            "--in-flight" => args.in_flight = value()?.parse()?,
+            "--outcome-bytes" => args.outcome_bytes = value()?.parse()?,
+            "-h" | "--help" => {
+                println!(
+                    "store_bench --store memory|redis://HOST:PORT [--messages N] [--in-flight N] [--outcome-bytes N]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)").into()),
+        }
+    }
+    if args.messages < CHUNKS || args.in_flight == 0 {
+        return Err(format!("--messages must be at least {CHUNKS}, --in-flight positive").into());
+    }
+    Ok(args)
+}
+
+/// `INFO commandstats`: command → (calls, usec).
+type Counts = BTreeMap<String, (u64, u64)>;
+
+async fn commandstats(conn: &mut MultiplexedConnection) -> BoxResult<Counts> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |f: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(f)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+            };
+            Some((name.to_string(), (field("calls")?, field("usec")?)))
+        })
+        .collect())
+}
+
+/// One measured phase, possibly accumulated over several chunks.
+#[derive(Default)]
+struct Phase {
+    messages: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    /// Client commands: name → (calls, server usec).
+    client: Counts,
+    /// Calls made inside scripts.
+    internal_calls: u64,
+    counted: bool,
+}
+
+impl Phase {
+    fn add_counts(&mut self, before: &Counts, after: &Counts) {
+        self.counted = true;
+        for (name, (calls, usec)) in after {
+            let (c0, u0) = before.get(name).copied().unwrap_or((0, 0));
+            let (dc, du) = (calls.saturating_sub(c0), usec.saturating_sub(u0));
+            if dc == 0 || name == "info" {
+                continue;
+            }
+            if SCRIPT_INTERNAL.contains(&name.as_str()) {
+                self.internal_calls += dc;
+            } else {
+                let e = self.client.entry(name.clone()).or_default();
+                e.0 += dc;
+                e.1 += du;
+            }
+        }
+    }
+
+    fn msgs_per_s(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn per_msg(&self, n: u64) -> f64 {
+        n as f64 / self.messages as f64
+    }
+
+    fn cmds_per_msg(&self) -> Option<f64> {
+        self.counted
+            .then(|| self.per_msg(self.client.values().map(|c| c.0).sum()))
+    }
+
+    fn server_us_per_msg(&self) -> Option<f64> {
+        self.counted
+            .then(|| self.per_msg(self.client.values().map(|c| c.1).sum()))
+    }
+
+    fn percentile_us(&mut self, p: f64) -> Option<f64> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        self.latencies.sort_unstable();
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(i).map(|d| d.as_secs_f64() * 1e6)
+    }
+}
+
+struct Bench {
+    store: Arc<dyn Store>,
+    stats: Option<MultiplexedConnection>,
+    raw: Option<MultiplexedConnection>,
+    run: String,
+    outcome: Outcome,
+    in_flight: usize,
+}
+
+fn key(run: &str, phase: &str, i: usize) -> BoxResult<RecordKey> {
+    Ok(RecordKey::new(
+        "bench",
+        IdempotencyKey::new(format!("{run}-{phase}-{i}"))?,
+    ))
+}
+
+fn raw_key(run: &str, i: usize) -> String {
+    format!("idemq-bench-raw:{run}:{i}")
+}
+
+fn fingerprint(i: usize) -> Fingerprint {
+    Fingerprint::of_bytes(format!("payload-{i}").as_bytes())
+}
+
+/// claim → Acquired → complete, as a consumer does for a new message.
+async fn first_time(
+    store: &dyn Store,
+    k: &RecordKey,
+    f: &Fingerprint,
+    o: &Outcome,
+) -> BoxResult<()> {
+    match store
+        .claim(&ClaimRequest::new(k, f, LEASE, RETENTION))
+        .await?
+    {
+        Claim::Acquired { token, .. } => match store.complete(k, token, o, RETENTION).await? {
+            Fence::Held => Ok(()),
+            Fence::Lost => Err(format!("{k}: complete lost its fence").into()),
+        },
+        other => Err(format!("{k}: expected Acquired, got {other:?}").into()),
+    }
+}
+
+/// claim → Completed, as a consumer does for a duplicate.
+async fn replay(store: &dyn Store, k: &RecordKey, f: &Fingerprint) -> BoxResult<()> {
+    match store
+        .claim(&ClaimRequest::new(k, f, LEASE, RETENTION))
+        .await?
+    {
+        Claim::Completed { .. } => Ok(()),
+        other => Err(format!("{k}: expected Completed, got {other:?}").into()),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    First,
+    Replay,
+    Raw,
+}
+
+impl Bench {
+    async fn snapshot(&mut self) -> BoxResult<Option<Counts>> {
+        match &mut self.stats {
+            Some(c) => Ok(Some(commandstats(c).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs messages `range` of `set` one after the other into `phase`.
+    async fn sequential(
+        &mut self,
+        phase: &mut Phase,
+        op: Op,
+        set: &str,
+        range: std::ops::Range<usize>,
+    ) -> BoxResult<()> {
+        let keys: Vec<RecordKey> = range
+            .clone()
+            .map(|i| key(&self.run, set, i))
+            .collect::<BoxResult<_>>()?;
+        let before = self.snapshot().await?;
+        let start = Instant::now();
+        for (k, i) in keys.iter().zip(range.clone()) {
+            let t = Instant::now();
+            match op {
+                Op::First => first_time(&*self.store, k, &fingerprint(i), &self.outcome).await?,
+                Op::Replay => replay(&*self.store, k, &fingerprint(i)).await?,
+                Op::Raw => self.raw_two_trips(i).await?,
+            }
+            phase.latencies.push(t.elapsed());
+        }
+        phase.elapsed += start.elapsed();
+        phase.messages += range.len();
+        if let (Some(b), Some(a)) = (before, self.snapshot().await?) {
+            phase.add_counts(&b, &a);
+        }
+        Ok(())
+    }
+
+    /// The floor: `SET key NX PX lease`, then `SET key outcome PX retention`.
+    async fn raw_two_trips(&mut self, i: usize) -> BoxResult<()> {
+        let conn = self.raw.as_mut().ok_or("raw phase needs Redis")?;
+        let k = raw_key(&self.run, i);
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(&k)
+            .arg("claimed")
+            .arg("NX")
+            .arg("PX")
+            .arg(LEASE.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+        if claimed.is_none() {
+            return Err(format!("raw key {k} already existed").into());
+        }
+        let () = redis::cmd("SET")
+            .arg(&k)
+            .arg(&self.outcome.body[..])
+            .arg("PX")
+            .arg(RETENTION.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `messages` of `set` with `in_flight` tasks.
+    async fn concurrent(&mut self, op: Op, set: &str, messages: usize) -> BoxResult<Phase> {
+        let keys: Arc<Vec<RecordKey>> = Arc::new(
+            (0..messages)
+                .map(|i| key(&self.run, set, i))
+                .collect::<BoxResult<_>>()?,
+        );
+        let before = self.snapshot().await?;
+        let next = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let workers: Vec<_> = (0..self.in_flight)
+            .map(|_| {
+                let (store, keys, next, outcome) = (
+                    self.store.clone(),
+                    keys.clone(),
+                    next.clone(),
+                    self.outcome.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(k) = keys.get(i) else {
+                            return Ok::<_, BoxError>(());
+                        };
+                        match op {
+                            Op::Replay => replay(&*store, k, &fingerprint(i)).await?,
+                            _ => first_time(&*store, k, &fingerprint(i), &outcome).await?,
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await??;
+        }
+        let mut phase = Phase {
+            messages,
+            elapsed: start.elapsed(),
+            ..Phase::default()
+        };
+        if let (Some(b), Some(a)) = (before, self.snapshot().await?) {
+            phase.add_counts(&b, &a);
+        }
+        Ok(phase)
+    }
+
+    /// Deletes what the run wrote (not measured).
+    async fn clean_up(&mut self, sets: &[(&str, usize)], raw: usize) -> BoxResult<()> {
+        for (set, n) in sets {
+            for i in 0..*n {
+                self.store.forget(&key(&self.run, set, i)?).await?;
+            }
+        }
+        if let Some(conn) = self.raw.as_mut() {
+            for chunk in (0..raw).collect::<Vec<_>>().chunks(1000) {
+                let mut cmd = redis::cmd("UNLINK");
+                for i in chunk {
+                    cmd.arg(raw_key(&self.run, *i));
+                }
+                let _: i64 = cmd.query_async(conn).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn fmt_cmds(p: &Phase) -> String {
+    if !p.counted {
+        return "-".into();
+    }
+    p.client
+        .iter()
+        .map(|(name, (calls, _))| format!("{name} {:.2}", p.per_msg(*calls)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> BoxResult<()> {
+    let args = parse_args()?;
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let is_redis = args.store.starts_with("redis://") || args.store.starts_with("rediss://");
+    let mut bench = if is_redis {
+        let store = RedisStore::builder(args.store.as_str())
+            .prefix("idemq-bench")
+            .build()
+            .await?;
+        let client = redis::Client::open(args.store.as_str())?;
+        Bench {
+            store: Arc::new(store),
+            stats: Some(client.get_multiplexed_async_connection().await?),
+            raw: Some(client.get_multiplexed_async_connection().await?),
+            run,
+            outcome: Outcome::succeeded(vec![b'o'; args.outcome_bytes]),
+            in_flight: args.in_flight,
+        }
+    } else if args.store == "memory" || args.store == "mem" {
+        Bench {
+            store: Arc::new(MemoryStore::new()),
+            stats: None,
+            raw: None,
+            run,
+            outcome: Outcome::succeeded(vec![b'o'; args.outcome_bytes]),
+            in_flight: args.in_flight,
+        }
+    } else {
+        return Err(format!("--store must be memory or redis://…, got {:?}", args.store).into());
+    };
+    let n = args.messages;
+
+    // Warm-up: connections, script cache, allocator.
+    let warm = n.min(1000);
+    let mut scratch = Phase::default();
+    bench
+        .sequential(&mut scratch, Op::First, "warm", 0..warm)
+        .await?;
+    if is_redis {
+        bench
+            .sequential(&mut scratch, Op::Raw, "", n..n + warm)
+            .await?;
+    }
+
+    let (mut first, mut raw) = (Phase::default(), Phase::default());
+    for c in 0..CHUNKS {
+        let range = c * n / CHUNKS..(c + 1) * n / CHUNKS;
+        bench
+            .sequential(&mut first, Op::First, "seq", range.clone())
+            .await?;
+        if is_redis {
+            bench.sequential(&mut raw, Op::Raw, "", range).await?;
+        }
+    }
+    let mut replayed = Phase::default();
+    bench
+        .sequential(&mut replayed, Op::Replay, "seq", 0..n)
+        .await?;
+    let mut conc_first = bench.concurrent(Op::First, "conc", n).await?;
+    let mut conc_replay = bench.concurrent(Op::Replay, "conc", n).await?;
+    bench
+        .clean_up(&[("warm", warm), ("seq", n), ("conc", n)], n + warm)
+        .await?;
+
+    println!(
+        "store_bench: store={} messages={n} in_flight={} outcome_bytes={}",
+        redact(&args.store),
+        args.in_flight,
+        args.outcome_bytes
+    );
+    println!();
+    println!("| phase | msgs/s | p50 µs | p99 µs | client cmds/msg | server µs/msg | in-script cmds/msg |");
+    println!("|---|---:|---:|---:|---|---:|---:|");
+    let in_flight = format!("{} in flight", args.in_flight);
+    let mut rows: Vec<(String, &mut Phase)> = vec![
+        ("first-time, sequential".into(), &mut first),
+        ("replay, sequential".into(), &mut replayed),
+        (format!("first-time, {in_flight}"), &mut conc_first),
+        (format!("replay, {in_flight}"), &mut conc_replay),
+    ];
+    if is_redis {
+        rows.push(("raw SET NX PX + SET, sequential".into(), &mut raw));
+    }
+    for (name, p) in rows {
+        println!(
+            "| {name} | {:.0} | {} | {} | {} | {} | {} |",
+            p.msgs_per_s(),
+            fmt_opt(p.percentile_us(0.5), 0),
+            fmt_opt(p.percentile_us(0.99), 0),
+            fmt_cmds(p),
+            fmt_opt(p.server_us_per_msg(), 1),
+            fmt_opt(p.counted.then(|| p.per_msg(p.internal_calls)), 2),
+        );
+    }
+
+    let raw_rate = is_redis.then(|| raw.msgs_per_s());
+    let first_vs_raw = raw_rate.map(|r| first.msgs_per_s() / r);
+    let speedup = conc_first.msgs_per_s() / first.msgs_per_s();
+    let (first_cmds, replay_cmds) = (first.cmds_per_msg(), replayed.cmds_per_msg());
+    let verdict = |ok: Option<bool>| match ok {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "n/a (no Redis)",
+    };
+    println!();
+    println!("targets:");
+    println!(
+        "  first-time commands/msg = {} (target 2): {}",
+        fmt_opt(first_cmds, 2),
+        verdict(first_cmds.map(|c| c <= 2.005))
+    );
+    println!(
+        "  replay commands/msg = {} (target 1): {}",
+        fmt_opt(replay_cmds, 2),
+        verdict(replay_cmds.map(|c| c <= 1.005))
+    );
+    println!(
+        "  sequential first-time / raw two-trip loop = {} (target >= 0.9): {}",
+        fmt_opt(first_vs_raw, 2),
+        verdict(first_vs_raw.map(|r| r >= 0.9))
+    );
+    println!(
+        "  {in_flight} / sequential first-time = {speedup:.2} (target >= 5): {}",
+        verdict(Some(speedup >= 5.0))
+    );
+
+    let json = serde_json::json!({
+        "store": if is_redis { "redis" } else { "memory" },
+        "messages": n,
+        "in_flight": args.in_flight,
+        "outcome_bytes": args.outcome_bytes,
+        "first_msgs_per_s": first.msgs_per_s().round(),
+        "replay_msgs_per_s": replayed.msgs_per_s().round(),
+        "concurrent_first_msgs_per_s": conc_first.msgs_per_s().round(),
+        "concurrent_replay_msgs_per_s": conc_replay.msgs_per_s().round(),
+        "raw_two_trip_msgs_per_s": raw_rate.map(f64::round),
+        "first_p50_us": first.percentile_us(0.5),
+        "first_p99_us": first.percentile_us(0.99),
+        "replay_p50_us": replayed.percentile_us(0.5),
+        "raw_p50_us": if is_redis { raw.percentile_us(0.5) } else { None },
+        "first_cmds_per_msg": first_cmds,
+        "replay_cmds_per_msg": replay_cmds,
+        "concurrent_first_cmds_per_msg": conc_first.cmds_per_msg(),
+        "raw_cmds_per_msg": if is_redis { raw.cmds_per_msg() } else { None },
+        "first_server_us_per_msg": first.server_us_per_msg(),
+        "raw_server_us_per_msg": if is_redis { raw.server_us_per_msg() } else { None },
+        "first_vs_raw_ratio": first_vs_raw,
+        "concurrent_vs_sequential_ratio": speedup,
+        "replay_vs_first_ratio": replayed.msgs_per_s() / first.msgs_per_s(),
+    });
+    println!("{json}");
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! The `idemq` binary against a real Redis store: key get / forget, keys list, stats, output
+//! formats and exit codes.
+
+mod support;
+
+use assert_cmd::Command;
+use idemq::store::redis::RedisStore;
+use idemq::store::{Claim, ClaimRequest, Fence, RecordKey, Release, Store};
+use idemq::{Fingerprint, IdempotencyKey, Outcome};
+use serde_json::Value;
+use std::time::Duration;
+use support::services::{redis_url, require_redis, unique};
+
+const LEASE: Duration = Duration::from_secs(60);
+const RETENTION: Duration = Duration::from_secs(600);
+
+fn idemq() -> Command {
+    Command::cargo_bin("idemq").expect("idemq binary")
+}
+
+/// A scope holding: `done` (completed, outcome {"receipt":7}), `running` (in progress),
+/// `failed` (released after a failure).
+async fn seeded() -> Option<(RedisStore, String)> {
+    if !require_redis() {
+        return None;
+    }
+    let store = RedisStore::connect(&redis_url()).await.expect("redis");
+    let scope = unique("cli");
+    let fp = Fingerprint::of_bytes(b"payload");
+    for (key, action) in [("done", 0), ("running", 1), ("failed", 2)] {
+        let k = RecordKey::new(scope.clone(), IdempotencyKey::new(key).expect("key"));
+        let Claim::Acquired { token, .. } = store
+            .claim(&ClaimRequest::new(&k, &fp, LEASE, RETENTION))
+            .await
+            .expect("claim")
+        else {
+            panic!("fresh key not acquired")
+        };
+        match action {
+            0 => {
+                let o = Outcome::succeeded(r#"{"receipt":7}"#);
+                assert_eq!(
+                    store
+                        .complete(&k, token, &o, RETENTION)
+                        .await
+                        .expect("complete"),
+                    Fence::Held
+                );
+            }
+            2 => {
+                assert_eq!(
+                    store
+                        .release(&k, token, Release::Reset)
+                        .await
+                        .expect("release"),
+                    Fence::Held
+                );
+            }
+            _ => {}
+        }
+    }
+    Some((store, scope))
+}
+
+fn json_of(out: &[u8]) -> Value {
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
+
+#[tokio::test]
+async fn key_get_shows_state_and_outcome() {
+    let Some((_store, scope)) = seeded().await else {
+        return;
+    };
+    let out = idemq()
+        .args([
+            "key",
+            "get",
+            "done",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out.stdout);
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["outcome"]["receipt"], 7);
+    assert_eq!(v["outcome_status"], "succeeded");
+    assert_eq!(v["attempt"], 1);
+    assert_eq!(v["fingerprint"], Fingerprint::of_bytes(b"payload").to_hex());
+
+    let text = idemq()
+        .args([
+            "key",
+            "get",
+            "running",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+        ])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("in_progress") && text.contains("lease_remaining_ms"),
+        "{text}"
+    );
+
+    let raw = idemq()
+        .args([
+            "key",
+            "get",
+            "done",
+            "--raw",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+        ])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&raw.stdout).contains(r#"{"receipt":7}"#));
+}
+
+#[tokio::test]
+async fn missing_key_exits_1_and_unreachable_store_exits_3() {
+    let Some((_store, scope)) = seeded().await else {
+        return;
+    };
+    idemq()
+        .args([
+            "key",
+            "get",
+            "nope",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+        ])
+        .assert()
+        .code(1);
+    idemq()
+        .args([
+            "key",
+            "get",
+            "done",
+            "--scope",
+            &scope,
+            "--store",
+            "redis://127.0.0.1:1",
+            "--output",
+            "json",
+        ])
+        .assert()
+        .code(3);
+    idemq().args(["key", "get", "done"]).assert().code(2);
+    idemq()
+        .args(["stats", "--scope", &scope, "--store", "kafka://nope"])
+        .assert()
+        .code(2);
+}
+
+#[tokio::test]
+async fn forget_refuses_in_progress_without_force() {
+    let Some((store, scope)) = seeded().await else {
+        return;
+    };
+    let running = RecordKey::new(scope.clone(), IdempotencyKey::new("running").expect("key"));
+    idemq()
+        .args([
+            "key",
+            "forget",
+            "running",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+        ])
+        .assert()
+        .code(1);
+    assert!(
+        store.get(&running).await.expect("get").is_some(),
+        "refused forget deleted the record"
+    );
+    idemq()
+        .args([
+            "key",
+            "forget",
+            "running",
+            "--force",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+        ])
+        .assert()
+        .success();
+    assert!(store.get(&running).await.expect("get").is_none());
+
+    let out = idemq()
+        .args([
+            "key",
+            "forget",
+            "done",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(json_of(&out.stdout)["forgotten"], true);
+    let done = RecordKey::new(scope, IdempotencyKey::new("done").expect("key"));
+    assert!(store.get(&done).await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn keys_list_filters_by_state_and_limit() {
+    let Some((_store, scope)) = seeded().await else {
+        return;
+    };
+    let list = |extra: &[&str]| {
+        let mut args = vec![
+            "keys", "list", "--scope", &scope, "--store", "", "--output", "json",
+        ];
+        let url = redis_url();
+        args[5] = &url;
+        args.extend_from_slice(extra);
+        let out = idemq().args(&args).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = json_of(&out.stdout);
+        let mut keys: Vec<String> = v["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .map(|r| r["key"].as_str().expect("key").to_string())
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(list(&[]), ["done", "failed", "running"]);
+    assert_eq!(list(&["--state", "completed"]), ["done"]);
+    assert_eq!(list(&["--state", "in-progress"]), ["running"]);
+    assert_eq!(list(&["--state", "released"]), ["failed"]);
+    assert_eq!(list(&["--limit", "2"]).len(), 2);
+}
+
+#[tokio::test]
+async fn stats_counts_by_state() {
+    let Some((_store, scope)) = seeded().await else {
+        return;
+    };
+    let out = idemq()
+        .args([
+            "stats",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_of(&out.stdout);
+    assert_eq!(
+        (
+            v["in_progress"].as_u64(),
+            v["completed"].as_u64(),
+            v["released"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+    assert_eq!(v["oldest_in_progress"]["key"], "running");
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["key", "--help"],
+        vec!["key", "get", "--help"],
+        vec!["key", "forget", "--help"],
+        vec!["keys", "list", "--help"],
+        vec!["stats", "--help"],
+    ] {
+        let out = idemq().args(&args).output().expect("run");
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
