@@ -374,3 +374,28 @@ async fn replay_of_a_completed_key_takes_no_row_lock() {
     assert!(matches!(conflict, Claim::Conflict { .. }), "{conflict:?}");
     tx.rollback().await.expect("rollback");
 }
+
+#[tokio::test]
+async fn scan_reads_back_keys_longer_than_the_default_limit() {
+    let Some(store) = shared_store().await else {
+        return;
+    };
+    // A consumer configured with a larger key limit stores long keys; operators must be able to
+    // list them.
+    let config = idemq::KeyConfig {
+        max_len: 1000,
+        ..idemq::KeyConfig::default()
+    };
+    let long = "k".repeat(600);
+    let msg = idemq::Message::new("p", idemq::Source::Other("test".into()))
+        .with_header("Idempotency-Key", long.clone());
+    let scope = unique("long");
+    let k = RecordKey::new(scope.clone(), config.extract(&msg).expect("long key"));
+    acquire(&store, &k, &fp("a"), LEASE).await;
+    let page = store
+        .scan(&scope, idemq::store::StateFilter::All, None, 10)
+        .await
+        .expect("scan");
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].key.key.as_str(), long);
+}

@@ -510,10 +510,11 @@ impl Store for PostgresStore {
                 key: format!("{scope}/?"),
                 detail: e.to_string(),
             })?;
-            let key = crate::key::IdempotencyKey::new(raw).map_err(|e| StoreError::Corrupt {
-                key: format!("{scope}/{raw}"),
-                detail: e.to_string(),
-            })?;
+            let key =
+                crate::key::IdempotencyKey::from_stored(raw).map_err(|e| StoreError::Corrupt {
+                    key: format!("{scope}/{raw}"),
+                    detail: e.to_string(),
+                })?;
             let key = RecordKey::new(scope, key);
             records.push(row::stored(row, 1, &key)?.into_record(key));
         }
