@@ -219,7 +219,8 @@ impl<H: TransactionalHandler> Inner<H> {
         let lock_ms = wait_until
             .saturating_duration_since(Instant::now())
             .as_millis()
-            .max(1);
+            // 0 would mean "no timeout"; the server's maximum is i32::MAX ms.
+            .clamp(1, i32::MAX as u128);
         let set = format!("SET LOCAL lock_timeout = {lock_ms}");
         let params = claim_params(req);
         let params = params.as_params();
