@@ -184,20 +184,29 @@ impl Classifier {
 /// Headers for a republished copy: the originals without idemq's dead-letter headers, plus
 /// `x-idemq-replayed` counting replays (previous value + 1).
 pub fn replay_headers(original: &[Header]) -> Vec<Header> {
-    let previous = original
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(headers::REPLAYED))
-        .and_then(|h| h.value.as_deref())
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
     let mut out: Vec<Header> = original
         .iter()
         .filter(|h| !is_dead_letter_header(&h.name))
         .cloned()
         .collect();
-    out.push(Header::new(headers::REPLAYED, (previous + 1).to_string()));
+    out.push(Header::new(
+        headers::REPLAYED,
+        next_replay_count(original).to_string(),
+    ));
     out
+}
+
+/// The `x-idemq-replayed` value for the next replay: the current one (0 if absent or unreadable)
+/// plus one.
+pub fn next_replay_count(original: &[Header]) -> u64 {
+    original
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(headers::REPLAYED))
+        .and_then(|h| h.value.as_deref())
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1
 }
 
 /// Whether a header is one idemq adds when dead-lettering (or the replay counter).

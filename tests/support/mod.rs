@@ -4,6 +4,7 @@
 //! used by every test crate.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+pub mod amqp;
 pub mod conformance;
 pub mod faulty;
 #[cfg(feature = "postgres")]

@@ -1,6 +1,6 @@
 //! Command-line arguments.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// Inspect and manage idemq's idempotency records.
 ///
@@ -42,6 +42,71 @@ pub enum Command {
     },
     /// Counts of records by state in a scope, and the in-progress record closest to expiry.
     Stats(ScopeArgs),
+    /// Dead-letter queues: replay them safely.
+    Dlq {
+        /// Dead-letter operation.
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+/// `idemq dlq …`
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Move dead-lettered messages back for processing, skipping what already completed.
+    ///
+    /// Each message is classified against the store: would_run (no record, released or in
+    /// progress) is republished with its original payload and headers minus the x-idemq-*
+    /// dead-letter headers plus x-idemq-replayed, and removed from the DLQ only after the broker
+    /// confirmed the republish; would_skip (completed) is removed without republishing; conflict
+    /// and no_key are left in place (they would only be dead-lettered again). --dry-run prints the
+    /// counts and samples and moves nothing.
+    Replay(ReplayArgs),
+}
+
+/// `idemq dlq replay`
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("broker").required(true).args(["amqp_url", "bootstrap"])))]
+pub struct ReplayArgs {
+    /// Scope and store the consumer uses.
+    #[command(flatten)]
+    pub at: ScopeArgs,
+    /// RabbitMQ: the broker URL (amqp://user:pass@host:5672/vhost).
+    #[arg(long, env = "IDEMQ_AMQP_URL")]
+    pub amqp_url: Option<String>,
+    /// Kafka: bootstrap servers.
+    #[arg(long, env = "IDEMQ_BOOTSTRAP")]
+    pub bootstrap: Option<String>,
+    /// The dead-letter queue (RabbitMQ) or topic (Kafka) to read.
+    #[arg(long)]
+    pub from: String,
+    /// Where to republish: a topic (Kafka), or EXCHANGE/ROUTING_KEY (RabbitMQ; `/orders` is the
+    /// default exchange with routing key `orders`; a bare EXCHANGE keeps each message's original
+    /// routing key).
+    #[arg(long)]
+    pub to: String,
+    /// Examine at most this many messages.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Classify and count only; move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Key header names, as configured on the consumer (repeatable).
+    #[arg(long = "key-header", default_value = "Idempotency-Key")]
+    pub key_headers: Vec<String>,
+    /// Fall back to the AMQP message_id property, as configured on the consumer.
+    #[arg(long)]
+    pub message_id_fallback: bool,
+    /// Headers that take part in the fingerprint, as configured on the consumer (repeatable).
+    #[arg(long = "fingerprint-header")]
+    pub fingerprint_headers: Vec<String>,
+    /// Kafka: consumer group whose committed offsets mark what was replayed
+    /// (default `idemq-replay-<from>`).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Kafka: stop after this long without a new message (the end of the topic).
+    #[arg(long, default_value_t = 5000)]
+    pub idle_timeout_ms: u64,
 }
 
 /// `idemq key …`

@@ -11,13 +11,13 @@ use std::time::Duration;
 /// Largest page asked of the store per scan call.
 const PAGE: usize = 500;
 
-async fn open(at: &ScopeArgs) -> Result<Arc<dyn Store>, Failure> {
+pub(crate) async fn open(at: &ScopeArgs) -> Result<Arc<dyn Store>, Failure> {
     idemq::store::connect(&at.store)
         .await
         .map_err(store_failure)
 }
 
-fn store_failure(e: StoreError) -> Failure {
+pub(crate) fn store_failure(e: StoreError) -> Failure {
     match e {
         StoreError::InvalidConfig(msg) => Failure::Usage(msg),
         other => Failure::Unreachable(other.to_string()),

@@ -1,12 +1,14 @@
-//! `idemq`: the operator tool. Inspect and forget keys, read store statistics.
+//! `idemq`: the operator tool. Inspect and forget keys, read store statistics, replay dead-letter
+//! queues safely.
 //!
 //! Exit codes: 0 success, 1 not found (or refused), 2 usage error, 3 store or broker unreachable.
 
 mod args;
+mod dlq;
 mod keys;
 mod output;
 
-use args::{Cli, Command, KeyCommand, KeysCommand};
+use args::{Cli, Command, DlqCommand, KeyCommand, KeysCommand};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -40,6 +42,9 @@ async fn main() -> ExitCode {
             KeysCommand::List(a) => keys::list(a, cli.output).await,
         },
         Command::Stats(a) => keys::stats(a, cli.output).await,
+        Command::Dlq { command } => match command {
+            DlqCommand::Replay(a) => dlq::replay(a, cli.output).await,
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,322 @@
+//! Consumer settings and the builder that checks them.
+
+use super::consumer::AmqpConsumer;
+use super::error::AmqpError;
+use crate::engine::{Backoff, ConfigError, Engine, EngineConfig, Processor};
+use crate::handler::Handler;
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where dead-lettered messages are published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterTarget {
+    /// Exchange name (must exist; idemq does not declare it).
+    pub exchange: String,
+    /// Routing key; `None` keeps the message's original routing key.
+    pub routing_key: Option<String>,
+}
+
+/// Resolved consumer settings (see [`AmqpConsumerBuilder`] for what each one means).
+#[derive(Clone, Debug)]
+pub struct AmqpConfig {
+    /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: String,
+    /// Queue consumed from (must exist).
+    pub queue: String,
+    /// Consumer tag; empty lets the broker choose one.
+    pub consumer_tag: String,
+    /// `basic.qos` prefetch count: unacknowledged deliveries the broker may push to us.
+    pub prefetch: u16,
+    /// Deliveries processed at the same time.
+    pub concurrency: usize,
+    /// `connection_name` client property shown by the broker (management UI, `rabbitmqctl`).
+    pub connection_name: Option<String>,
+    /// Dead-letter exchange; `None` rejects without requeue so the queue's own DLX applies.
+    pub dead_letter: Option<DeadLetterTarget>,
+    /// Publish the outcome to `reply_to` for request/reply deliveries (default on).
+    pub replies: bool,
+    /// Delay between reconnect attempts (exponential with jitter).
+    pub reconnect_backoff: Backoff,
+    /// Delay between tries of a dead-letter or reply publish that was not confirmed.
+    pub publish_backoff: Backoff,
+    /// Tries of such a publish before the delivery is requeued.
+    pub publish_tries: u32,
+    /// How long one publish may wait for its confirmation (a blocked connection never confirms).
+    pub publish_timeout: Duration,
+    /// How long shutdown waits for in-flight deliveries before closing the channel anyway.
+    pub shutdown_timeout: Duration,
+}
+
+type MakeProcessor =
+    Box<dyn FnOnce(Arc<dyn Store>, EngineConfig) -> Result<Arc<dyn Processor>, ConfigError> + Send>;
+
+enum ProcessorSpec {
+    Ready(Arc<dyn Processor>),
+    Handler(MakeProcessor),
+}
+
+/// Builds an [`AmqpConsumer`].
+///
+/// Required: URL and queue (given to [`AmqpConsumer::builder`]), and either a store plus a
+/// [`handler`](Self::handler), or a ready [`processor`](Self::processor).
+pub struct AmqpConsumerBuilder {
+    config: AmqpConfig,
+    store: Option<Arc<dyn Store>>,
+    engine: Option<EngineConfig>,
+    scope: Option<String>,
+    key_headers: Option<Vec<String>>,
+    message_id_fallback: Option<bool>,
+    processor: Option<ProcessorSpec>,
+}
+
+impl AmqpConsumerBuilder {
+    pub(crate) fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
+        Self {
+            config: AmqpConfig {
+                url: url.into(),
+                queue: queue.into(),
+                consumer_tag: String::new(),
+                prefetch: 32,
+                concurrency: 16,
+                connection_name: None,
+                dead_letter: None,
+                replies: true,
+                reconnect_backoff: Backoff::new(
+                    Duration::from_millis(100),
+                    Duration::from_secs(10),
+                ),
+                publish_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+                publish_tries: 10,
+                publish_timeout: Duration::from_secs(30),
+                shutdown_timeout: Duration::from_secs(15),
+            },
+            store: None,
+            engine: None,
+            scope: None,
+            key_headers: None,
+            message_id_fallback: None,
+            processor: None,
+        }
+    }
+
+    /// Consumer tag (default: chosen by the broker).
+    pub fn consumer_tag(mut self, tag: impl Into<String>) -> Self {
+        self.config.consumer_tag = tag.into();
+        self
+    }
+
+    /// `basic.qos` prefetch count (default 32, at least 1). Bounds how many unacknowledged
+    /// deliveries — and so how much memory — one consumer holds.
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.config.prefetch = prefetch;
+        self
+    }
+
+    /// Deliveries processed concurrently (default 16; at least 1, at most the prefetch).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+
+    /// Scope the keys are claimed in (default: the queue name).
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// The store (required with [`handler`](Self::handler)).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Engine settings (lease, retention, retries, …). Its scope is used unless
+    /// [`scope`](Self::scope) is set; without this call the defaults with the queue name as scope
+    /// apply.
+    pub fn engine_config(mut self, config: EngineConfig) -> Self {
+        self.engine = Some(config);
+        self
+    }
+
+    /// Header names the key is read from, tried in order (default `Idempotency-Key`).
+    pub fn key_headers<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.key_headers = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Fall back to the AMQP `message_id` property when no key header is present.
+    pub fn message_id_fallback(mut self, on: bool) -> Self {
+        self.message_id_fallback = Some(on);
+        self
+    }
+
+    /// Dead-letter exchange and optional routing key (default: keep the original routing key).
+    /// Without one, dead-lettered deliveries are rejected without requeue.
+    pub fn dead_letter_exchange(
+        mut self,
+        exchange: impl Into<String>,
+        routing_key: Option<String>,
+    ) -> Self {
+        self.config.dead_letter = Some(DeadLetterTarget {
+            exchange: exchange.into(),
+            routing_key,
+        });
+        self
+    }
+
+    /// Publish outcomes to `reply_to` for request/reply deliveries (default `true`).
+    pub fn replies(mut self, on: bool) -> Self {
+        self.config.replies = on;
+        self
+    }
+
+    /// `connection_name` client property, shown by the broker.
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.config.connection_name = Some(name.into());
+        self
+    }
+
+    /// Reconnect delays (default 100 ms doubling to 10 s, ±20 % jitter).
+    pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
+        self.config.reconnect_backoff = backoff;
+        self
+    }
+
+    /// Retries of an unconfirmed dead-letter or reply publish: `tries` attempts (default 10) spaced
+    /// by `backoff` (default 100 ms doubling to 5 s), each waiting at most `timeout` (default 30 s)
+    /// for the confirm. When they are used up the delivery is requeued, never acked.
+    pub fn publish_retries(mut self, tries: u32, backoff: Backoff, timeout: Duration) -> Self {
+        self.config.publish_tries = tries;
+        self.config.publish_backoff = backoff;
+        self.config.publish_timeout = timeout;
+        self
+    }
+
+    /// How long shutdown waits for in-flight deliveries (default 15 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The handler; an [`Engine`] is built from the store and the engine settings.
+    pub fn handler<H: Handler>(mut self, handler: H) -> Self {
+        self.processor = Some(ProcessorSpec::Handler(Box::new(move |store, config| {
+            Ok(Arc::new(Engine::new(store, config, handler)?) as Arc<dyn Processor>)
+        })));
+        self
+    }
+
+    /// A ready processor (an [`Engine`] you built, or the Postgres transactional engine). The store,
+    /// scope, key and engine settings of this builder are then not used.
+    pub fn processor(mut self, processor: Arc<dyn Processor>) -> Self {
+        self.processor = Some(ProcessorSpec::Ready(processor));
+        self
+    }
+
+    /// Checks the settings and builds the consumer (nothing connects until
+    /// [`run`](AmqpConsumer::run)).
+    pub fn build(self) -> Result<AmqpConsumer, AmqpError> {
+        let config = self.config;
+        let bad = |m: &str| Err(AmqpError::Config(m.to_string()));
+        if let Err(e) = config.url.parse::<lapin::uri::AMQPUri>() {
+            return Err(AmqpError::Config(format!("invalid AMQP URL: {e}")));
+        }
+        if config.queue.is_empty() || config.queue.len() > 255 {
+            return bad("queue name must be 1..=255 bytes");
+        }
+        if config.consumer_tag.len() > 255 {
+            return bad("consumer tag must be at most 255 bytes");
+        }
+        if config.prefetch == 0 {
+            return bad("prefetch must be at least 1 (0 would mean unbounded)");
+        }
+        if config.concurrency == 0 || config.concurrency > usize::from(config.prefetch) {
+            return bad("concurrency must be between 1 and the prefetch count");
+        }
+        if config.publish_tries == 0 {
+            return bad("publish_tries must be at least 1");
+        }
+        if let Some(dl) = &config.dead_letter {
+            if dl.exchange.len() > 255 || dl.routing_key.as_ref().is_some_and(|r| r.len() > 255) {
+                return bad("dead-letter exchange and routing key must be at most 255 bytes");
+            }
+        }
+        let processor = match self.processor {
+            None => return bad("no handler or processor given"),
+            Some(ProcessorSpec::Ready(p)) => p,
+            Some(ProcessorSpec::Handler(make)) => {
+                let Some(store) = self.store else {
+                    return bad("a handler needs a store");
+                };
+                let mut engine = self
+                    .engine
+                    .unwrap_or_else(|| EngineConfig::new(config.queue.clone()));
+                if let Some(scope) = self.scope {
+                    engine.scope = scope;
+                }
+                if let Some(headers) = self.key_headers {
+                    engine.key.headers = headers;
+                }
+                if let Some(on) = self.message_id_fallback {
+                    engine.key.use_message_id = on;
+                }
+                make(store, engine)?
+            }
+        };
+        Ok(AmqpConsumer::new(config, processor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::{HandlerContext, HandlerError};
+
+    fn builder() -> AmqpConsumerBuilder {
+        AmqpConsumer::builder("amqp://127.0.0.1:5672/%2f", "orders")
+            .store(Arc::new(MemoryStore::new()))
+            .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) })
+    }
+
+    fn err(b: AmqpConsumerBuilder) -> String {
+        match b.build() {
+            Ok(_) => panic!("expected a configuration error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn rejects_contradictions() {
+        assert!(builder().build().is_ok());
+        assert!(err(builder().prefetch(0)).contains("prefetch"));
+        assert!(err(builder().prefetch(4).concurrency(5)).contains("concurrency"));
+        assert!(err(builder().concurrency(0)).contains("concurrency"));
+        assert!(err(AmqpConsumer::builder("amqp://h/%2f", "")).contains("queue"));
+        assert!(err(AmqpConsumer::builder("not a url", "q")).contains("URL"));
+        let no_store = AmqpConsumer::builder("amqp://h/%2f", "q")
+            .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) });
+        assert!(err(no_store).contains("store"));
+        assert!(err(AmqpConsumer::builder("amqp://h/%2f", "q")).contains("handler"));
+        assert!(err(builder().key_headers(Vec::<String>::new())).contains("key source"));
+    }
+
+    #[test]
+    fn scope_defaults_to_the_queue_and_message_id_fallback_is_applied() {
+        let c = builder().message_id_fallback(true).build().unwrap();
+        assert_eq!(c.processor_scope(), "orders");
+        let c = builder().scope("billing").build().unwrap();
+        assert_eq!(c.processor_scope(), "billing");
+        // With only the message_id as key source the engine accepts the configuration.
+        assert!(builder()
+            .key_headers(Vec::<String>::new())
+            .message_id_fallback(true)
+            .build()
+            .is_ok());
+    }
+}

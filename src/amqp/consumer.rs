@@ -1,0 +1,228 @@
+//! The consumer loop: sessions, intake with bounded concurrency, reconnects, graceful shutdown.
+
+use super::config::{AmqpConfig, AmqpConsumerBuilder};
+use super::connection::Session;
+use super::delivery::{handle, sleep_or_cancel, Shared};
+use super::error::AmqpError;
+use super::gate::Gate;
+use super::stats::{ConsumerStats, StatsHandle};
+use crate::engine::Processor;
+use futures::StreamExt;
+use lapin::options::BasicCancelOptions;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// An idempotent RabbitMQ queue consumer. Build one with [`AmqpConsumer::builder`], then
+/// [`run`](Self::run) it until the cancellation token fires.
+pub struct AmqpConsumer {
+    config: AmqpConfig,
+    processor: Arc<dyn Processor>,
+    stats: StatsHandle,
+}
+
+/// Why a session ended.
+enum End {
+    Shutdown,
+    Lost(String),
+}
+
+impl AmqpConsumer {
+    /// Starts a builder for the given AMQP URL and queue.
+    pub fn builder(url: impl Into<String>, queue: impl Into<String>) -> AmqpConsumerBuilder {
+        AmqpConsumerBuilder::new(url, queue)
+    }
+
+    pub(crate) fn new(config: AmqpConfig, processor: Arc<dyn Processor>) -> Self {
+        Self {
+            config,
+            processor,
+            stats: StatsHandle::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AmqpConfig {
+        &self.config
+    }
+
+    /// The scope keys are claimed in.
+    pub fn processor_scope(&self) -> &str {
+        self.processor.scope()
+    }
+
+    /// Live counters (clone it before calling [`run`](Self::run)).
+    pub fn stats(&self) -> StatsHandle {
+        self.stats.clone()
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting with backoff after connection losses;
+    /// returns the counts per decision.
+    ///
+    /// On shutdown: the consumer is cancelled at the broker, in-flight deliveries get
+    /// [`AmqpConfig::shutdown_timeout`] to finish (running handlers get the engine's
+    /// `shutdown_grace`, then their claims are released and the deliveries requeued), then the
+    /// channels and the connection are closed; whatever is still unacknowledged is redelivered by
+    /// the broker.
+    ///
+    /// Fails only if the very first session cannot be set up for a reason that retrying cannot fix
+    /// (access refused, queue missing); later losses are retried forever.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<ConsumerStats, AmqpError> {
+        let shared = Arc::new(Shared {
+            config: self.config,
+            processor: self.processor,
+            stats: self.stats,
+            gate: Gate::new(),
+            shutdown,
+        });
+        let permits = Arc::new(Semaphore::new(shared.config.concurrency));
+        let mut tasks = JoinSet::new();
+        let (mut failures, mut connected_once) = (0u32, false);
+        let result = loop {
+            if shared.shutdown.is_cancelled() {
+                break Ok(());
+            }
+            let opened = tokio::select! {
+                s = Session::open(&shared.config) => s,
+                _ = shared.shutdown.cancelled() => break Ok(()),
+            };
+            let mut session = match opened {
+                Ok(session) => session,
+                Err(err) => {
+                    if !connected_once && is_permanent(&err) {
+                        break Err(err);
+                    }
+                    failures += 1;
+                    let delay = shared.config.reconnect_backoff.delay(failures);
+                    warn!(%err, failures, ?delay, "AMQP connection failed; retrying");
+                    if sleep_or_cancel(delay, &shared.shutdown).await {
+                        break Ok(());
+                    }
+                    continue;
+                }
+            };
+            if connected_once {
+                shared.stats.bump(|c| &c.reconnects);
+                info!(queue = %shared.config.queue, "reconnected; unacked deliveries come back as redeliveries");
+            }
+            connected_once = true;
+            match intake(&shared, &mut session, &permits, &mut tasks).await {
+                End::Shutdown => {
+                    finish(&shared, &session, &mut tasks).await;
+                    return Ok(shared.stats.snapshot());
+                }
+                End::Lost(why) => {
+                    warn!(queue = %shared.config.queue, why, "AMQP session lost; reconnecting");
+                    session.close().await;
+                    failures = 1;
+                    let delay = shared.config.reconnect_backoff.delay(failures);
+                    if sleep_or_cancel(delay, &shared.shutdown).await {
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        // Shut down (or failed) while disconnected: in-flight work still gets its deadline.
+        drain(&shared, &mut tasks).await;
+        result.map(|()| shared.stats.snapshot())
+    }
+}
+
+/// Takes deliveries while the store answers and a concurrency permit is free.
+async fn intake(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    permits: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+) -> End {
+    let shutdown = &shared.shutdown;
+    loop {
+        while let Some(done) = tasks.try_join_next() {
+            if let Err(err) = done {
+                error!(%err, "delivery task failed; its delivery is redelivered");
+            }
+        }
+        if !shared.gate.is_open() {
+            tokio::select! {
+                _ = shared.gate.opened() => {}
+                _ = shutdown.cancelled() => return End::Shutdown,
+            }
+        }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return End::Shutdown, // never closed; treat as shutdown
+            },
+            _ = shutdown.cancelled() => return End::Shutdown,
+        };
+        let next = tokio::select! {
+            d = session.consumer.next() => d,
+            _ = shutdown.cancelled() => return End::Shutdown,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                shared.stats.bump(|c| &c.received);
+                tasks.spawn(handle(
+                    shared.clone(),
+                    session.publisher.clone(),
+                    delivery,
+                    permit,
+                ));
+            }
+            Some(Err(err)) => return End::Lost(err.to_string()),
+            None => return End::Lost("consumer cancelled by the broker".into()),
+        }
+    }
+}
+
+/// Graceful end of a live session: stop deliveries, let in-flight work finish, close cleanly.
+async fn finish(shared: &Shared, session: &Session, tasks: &mut JoinSet<()>) {
+    let tag = session.consumer.tag();
+    if let Err(err) = session
+        .channel
+        .basic_cancel(tag, BasicCancelOptions::default())
+        .await
+    {
+        warn!(%err, "basic.cancel failed");
+    }
+    drain(shared, tasks).await;
+    // Deliveries prefetched but never started are requeued by the broker when the channel closes.
+    session.close().await;
+    info!(queue = %shared.config.queue, stats = ?shared.stats.snapshot(), "AMQP consumer stopped");
+}
+
+/// Waits for in-flight deliveries up to the shutdown deadline, then aborts the rest (their
+/// deliveries stay unacknowledged and are redelivered; their claims expire with the lease).
+async fn drain(shared: &Shared, tasks: &mut JoinSet<()>) {
+    let deadline = tokio::time::sleep(shared.config.shutdown_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => match next {
+                None => return,
+                Some(Err(err)) if err.is_panic() => error!(%err, "delivery task panicked"),
+                Some(_) => {}
+            },
+            _ = &mut deadline => {
+                warn!(left = tasks.len(), "shutdown deadline reached; aborting in-flight deliveries");
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                return;
+            }
+        }
+    }
+}
+
+/// Errors that reconnecting cannot fix when they happen before the first session.
+fn is_permanent(err: &AmqpError) -> bool {
+    match err {
+        AmqpError::Broker { source, .. } => {
+            matches!(source.kind(), lapin::ErrorKind::ProtocolError(_))
+                || !source.can_be_recovered()
+        }
+        AmqpError::Config(_) => true,
+        _ => false,
+    }
+}

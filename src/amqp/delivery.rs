@@ -1,0 +1,348 @@
+//! What happens to one delivery: process it, then ack, publish-and-ack, requeue or reject as the
+//! disposition says. Nothing is acknowledged before the outcome is durable or the dead letter is
+//! confirmed.
+
+use super::config::AmqpConfig;
+use super::convert::{to_message, x_death_count};
+use super::dead_letter::dead_letter_publish;
+use super::error::AmqpError;
+use super::gate::Gate;
+use super::publish::Publisher;
+use super::reply::reply_properties;
+use super::stats::{Counters, StatsHandle};
+use crate::engine::{Disposition, Processor, RetryCause};
+use crate::message::Message;
+use crate::outcome::Outcome;
+use bytes::Bytes;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::{Acker, BasicProperties};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// State shared by all delivery tasks of one consumer (across reconnects).
+pub(crate) struct Shared {
+    pub(crate) config: AmqpConfig,
+    pub(crate) processor: Arc<dyn Processor>,
+    pub(crate) stats: StatsHandle,
+    pub(crate) gate: Gate,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The broker facts about a delivery that every log line carries.
+struct Facts {
+    tag: u64,
+    redelivered: bool,
+    x_death: u64,
+    exchange: String,
+    routing_key: String,
+    properties: BasicProperties,
+    payload: Bytes,
+}
+
+/// Processes and settles one delivery. `permit` bounds concurrency; it is given back before any
+/// requeue delay so a backing-off message does not block the others.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    publisher: Arc<Publisher>,
+    mut delivery: Delivery,
+    permit: OwnedSemaphorePermit,
+) {
+    let facts = Facts {
+        tag: delivery.delivery_tag,
+        redelivered: delivery.redelivered,
+        x_death: x_death_count(&delivery.properties),
+        exchange: delivery.exchange.as_str().to_string(),
+        routing_key: delivery.routing_key.as_str().to_string(),
+        payload: Bytes::from(std::mem::take(&mut delivery.data)),
+        properties: delivery.properties.clone(),
+    };
+    let acker = delivery.acker.clone();
+    let message = Arc::new(to_message(
+        &shared.config.queue,
+        &facts.exchange,
+        &facts.routing_key,
+        facts.tag,
+        facts.redelivered,
+        &facts.properties,
+        facts.payload.clone(),
+    ));
+    let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await else {
+        return;
+    };
+    let settle = Settle {
+        shared: &shared,
+        publisher: &publisher,
+        acker: &acker,
+        facts: &facts,
+    };
+    settle.apply(disposition, permit).await;
+}
+
+/// Runs the processor; while the store is unavailable, holds the delivery (intake paused) and
+/// tries again after the suggested delay. `None`: the delivery was left for redelivery.
+async fn process_holding(
+    shared: &Shared,
+    acker: &Acker,
+    message: &Arc<Message>,
+    facts: &Facts,
+) -> Option<Disposition> {
+    let mut hold = None;
+    loop {
+        let d = shared
+            .processor
+            .process(message.clone(), &shared.shutdown)
+            .await;
+        log_decision(&shared.config.queue, facts, &d);
+        let Disposition::Retry {
+            after,
+            cause: RetryCause::StoreUnavailable { .. },
+        } = &d
+        else {
+            if hold.is_some() {
+                info!(tag = facts.tag, "store answered again; resuming intake");
+            }
+            return Some(d);
+        };
+        shared.stats.bump(|c| &c.store_retries);
+        if hold.is_none() {
+            let (guard, was_open) = shared.gate.hold();
+            if was_open {
+                warn!(queue = %shared.config.queue, "store unavailable: pausing intake, acking nothing");
+            }
+            hold = Some(guard);
+        }
+        if sleep_or_cancel(*after, &shared.shutdown).await {
+            return Some(Disposition::Abandoned);
+        }
+        if !acker.usable() {
+            // The channel is gone; the broker redelivers the message to the next session.
+            shared.stats.bump(|c| &c.left_unacked);
+            return None;
+        }
+    }
+}
+
+fn log_decision(queue: &str, f: &Facts, d: &Disposition) {
+    let decision = d.decision();
+    match d {
+        Disposition::DeadLetter(dl) => warn!(
+            queue, tag = f.tag, redelivered = f.redelivered, x_death = f.x_death, decision,
+            reason = dl.reason.as_str(), error = %dl.error, "amqp decision"
+        ),
+        Disposition::Retry { after, cause } => info!(
+            queue,
+            tag = f.tag,
+            redelivered = f.redelivered,
+            x_death = f.x_death,
+            decision,
+            ?after,
+            ?cause,
+            "amqp decision"
+        ),
+        Disposition::Processed { .. } if !f.redelivered && f.x_death == 0 => debug!(
+            queue,
+            tag = f.tag,
+            redelivered = f.redelivered,
+            x_death = f.x_death,
+            decision,
+            "amqp decision"
+        ),
+        _ => info!(
+            queue,
+            tag = f.tag,
+            redelivered = f.redelivered,
+            x_death = f.x_death,
+            decision,
+            "amqp decision"
+        ),
+    }
+}
+
+struct Settle<'a> {
+    shared: &'a Shared,
+    publisher: &'a Publisher,
+    acker: &'a Acker,
+    facts: &'a Facts,
+}
+
+impl Settle<'_> {
+    async fn apply(&self, disposition: Disposition, permit: OwnedSemaphorePermit) {
+        match disposition {
+            Disposition::Processed { outcome } => {
+                self.reply_then_ack(&outcome, false, |c| &c.acked_processed)
+                    .await
+            }
+            Disposition::Replayed { outcome } => {
+                self.reply_then_ack(&outcome, true, |c| &c.acked_replayed)
+                    .await
+            }
+            Disposition::Unkeyed { outcome } => {
+                self.reply_then_ack(&outcome, false, |c| &c.acked_unkeyed)
+                    .await
+            }
+            Disposition::Superseded => self.ack(|c| &c.acked_superseded).await,
+            Disposition::DeadLetter(dl) => self.dead_letter(&dl).await,
+            Disposition::Retry { after, .. } => {
+                // Retriable handler failure (claim released, attempt counted in the store) or the
+                // key still held elsewhere: give the message back to the queue after the delay, so
+                // any consumer can take the next attempt.
+                drop(permit);
+                if sleep_or_cancel(after, &self.shared.shutdown).await {
+                    debug!(tag = self.facts.tag, "shutdown: requeueing at once");
+                }
+                self.requeue().await;
+            }
+            Disposition::Abandoned => self.requeue().await,
+        }
+    }
+
+    /// Request/reply: publish the outcome (confirmed) before acknowledging the request.
+    async fn reply_then_ack(
+        &self,
+        outcome: &Outcome,
+        replayed: bool,
+        counter: fn(&Counters) -> &AtomicU64,
+    ) {
+        let reply_to = self
+            .facts
+            .properties
+            .reply_to()
+            .as_ref()
+            .filter(|r| !r.as_str().is_empty());
+        if let (true, Some(reply_to)) = (self.shared.config.replies, reply_to) {
+            let props = reply_properties(&self.facts.properties, outcome, replayed);
+            // Not mandatory: a requester that went away must not block the queue.
+            let published = self
+                .publish_retrying("reply", "", reply_to.as_str(), &outcome.body, props, false)
+                .await;
+            if published.is_err() {
+                // The outcome is durable: the redelivery replays it as the reply.
+                return self.requeue().await;
+            }
+            self.shared.stats.bump(|c| &c.replies);
+        }
+        self.ack(counter).await;
+    }
+
+    async fn dead_letter(&self, dl: &crate::engine::DeadLetter) {
+        let Some(target) = &self.shared.config.dead_letter else {
+            // No exchange of our own: reject without requeue so the queue's x-dead-letter-exchange
+            // (if any) applies.
+            return match self
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+            {
+                Ok(true) => self.shared.stats.bump(|c| &c.rejected),
+                other => self.unsettled("reject", other),
+            };
+        };
+        let (routing_key, props) = dead_letter_publish(
+            target,
+            dl,
+            &self.facts.properties,
+            &self.shared.config.queue,
+            &self.facts.exchange,
+            &self.facts.routing_key,
+        );
+        // Mandatory: an unroutable dead letter would be lost, so it counts as not confirmed.
+        match self
+            .publish_retrying(
+                "dead letter",
+                &target.exchange,
+                &routing_key,
+                &self.facts.payload,
+                props,
+                true,
+            )
+            .await
+        {
+            Ok(()) => self.ack(|c| &c.dead_lettered).await,
+            Err(_) => self.requeue().await,
+        }
+    }
+
+    /// Publishes with bounded retries; stops early when the delivery's channel is gone (the
+    /// delivery will be redelivered, so publishing now would duplicate the dead letter).
+    async fn publish_retrying(
+        &self,
+        what: &str,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), AmqpError> {
+        let cfg = &self.shared.config;
+        let mut n = 0;
+        loop {
+            if !self.acker.usable() {
+                return Err(AmqpError::Disconnected);
+            }
+            n += 1;
+            let publish =
+                self.publisher
+                    .publish(exchange, routing_key, body, props.clone(), mandatory);
+            let err = match tokio::time::timeout(cfg.publish_timeout, publish).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(err)) => err,
+                Err(_) => AmqpError::NotConfirmed {
+                    exchange: exchange.to_string(),
+                    routing_key: routing_key.to_string(),
+                    detail: format!("no confirmation within {:?}", cfg.publish_timeout),
+                },
+            };
+            warn!(tag = self.facts.tag, %err, try_ = n, "{what} publish not confirmed");
+            if n >= cfg.publish_tries || matches!(err, AmqpError::Disconnected) {
+                return Err(err);
+            }
+            if sleep_or_cancel(cfg.publish_backoff.delay(n), &self.shared.shutdown).await {
+                return Err(err);
+            }
+        }
+    }
+
+    async fn ack(&self, counter: fn(&Counters) -> &AtomicU64) {
+        match self.acker.ack(BasicAckOptions { multiple: false }).await {
+            Ok(true) => self.shared.stats.bump(counter),
+            other => self.unsettled("ack", other),
+        }
+    }
+
+    async fn requeue(&self) {
+        let opts = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        match self.acker.nack(opts).await {
+            Ok(true) => self.shared.stats.bump(|c| &c.requeued),
+            other => self.unsettled("nack", other),
+        }
+    }
+
+    /// The channel closed before we could settle: the broker redelivers the message to the next
+    /// session, where it is deduplicated.
+    fn unsettled(&self, op: &str, result: Result<bool, lapin::Error>) {
+        self.shared.stats.bump(|c| &c.left_unacked);
+        match result {
+            Err(err) => warn!(tag = self.facts.tag, %err, "{op} failed; the broker will redeliver"),
+            Ok(_) => info!(
+                tag = self.facts.tag,
+                "{op} skipped: channel gone; the broker will redeliver"
+            ),
+        }
+    }
+}
+
+/// Sleeps for `d`; `true` if shutdown was requested first.
+pub(crate) async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}

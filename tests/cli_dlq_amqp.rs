@@ -1,0 +1,179 @@
+//! `idemq dlq replay` against RabbitMQ and Redis: dry run moves nothing; the real run republishes
+//! only what still has to run, removes what completed, and keeps what would bounce.
+#![cfg(feature = "amqp")]
+
+mod support;
+
+use assert_cmd::Command;
+use idemq::store::{Claim, ClaimRequest, RecordKey, Release};
+use idemq::{Fingerprint, IdempotencyKey, Message, Outcome, Source};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use serde_json::Value;
+use std::time::Duration;
+use support::amqp::{redis, Rabbit};
+use support::services::{amqp_url, redis_url, unique};
+
+fn dead_lettered(key: Option<&str>) -> BasicProperties {
+    let mut h = FieldTable::default();
+    if let Some(k) = key {
+        h.insert("Idempotency-Key".into(), AMQPValue::LongString(k.into()));
+    }
+    h.insert(
+        "x-idemq-reason".into(),
+        AMQPValue::LongString("handler-failed".into()),
+    );
+    h.insert(
+        "x-idemq-error".into(),
+        AMQPValue::LongString("db down".into()),
+    );
+    h.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+    BasicProperties::default().with_headers(h)
+}
+
+fn replay(scope: &str, dlq: &str, to: &str, dry: bool) -> Value {
+    let mut cmd = Command::cargo_bin("idemq").expect("binary");
+    cmd.args([
+        "dlq",
+        "replay",
+        "--amqp-url",
+        &amqp_url(),
+        "--from",
+        dlq,
+        "--to",
+        to,
+        "--scope",
+        scope,
+        "--store",
+        &redis_url(),
+        "--output",
+        "json",
+    ]);
+    if dry {
+        cmd.arg("--dry-run");
+    }
+    let out = cmd.output().expect("run idemq");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json report")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_classifies_then_moves_only_what_must_run() {
+    let Some(rabbit) = Rabbit::connect().await else {
+        return;
+    };
+    let Some(store) = redis().await else { return };
+    let scope = unique("replay");
+    let dlq = rabbit.queue("dlq").await;
+    let main = rabbit.queue("main").await;
+
+    // The store: "done" completed for payload p-done; "failed" released after a failure.
+    let lease = Duration::from_secs(30);
+    let retention = Duration::from_secs(600);
+    for (key, payload, completed) in [("done", "p-done", true), ("failed", "p-failed", false)] {
+        let k = RecordKey::new(scope.clone(), IdempotencyKey::new(key).expect("key"));
+        // Exactly as the consumer fingerprints a message: payload only, no chosen headers.
+        let f = Fingerprint::of(&Message::new(payload, Source::Other("seed".into())), &[]);
+        let Claim::Acquired { token, .. } = store
+            .claim(&ClaimRequest::new(&k, &f, lease, retention))
+            .await
+            .expect("claim")
+        else {
+            panic!("not acquired")
+        };
+        if completed {
+            store
+                .complete(&k, token, &Outcome::succeeded("1"), retention)
+                .await
+                .expect("complete");
+        } else {
+            store
+                .release(&k, token, Release::Reset)
+                .await
+                .expect("release");
+        }
+    }
+    let messages: [(Option<&str>, &str); 5] = [
+        (Some("done"), "p-done"),     // would_skip
+        (Some("done"), "tampered"),   // conflict
+        (Some("failed"), "p-failed"), // would_run
+        (Some("new"), "p-new"),       // would_run
+        (None, "no key"),             // no_key
+    ];
+    for (key, payload) in messages {
+        rabbit
+            .publish_props("", &dlq, payload.as_bytes(), dead_lettered(key))
+            .await;
+    }
+
+    let dry = replay(&scope, &dlq, &format!("/{main}"), true);
+    assert_eq!(dry["examined"], 5);
+    assert_eq!(dry["classes"]["would_run"], 2);
+    assert_eq!(dry["classes"]["would_skip"], 1);
+    assert_eq!(dry["classes"]["conflict"], 1);
+    assert_eq!(dry["classes"]["no_key"], 1);
+    assert_eq!(dry["republished"], 0);
+    let mut ready = 0;
+    for _ in 0..50 {
+        ready = rabbit.counts(&dlq).await.0;
+        if ready == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 5, "a dry run must leave every message in the DLQ");
+    assert_eq!(rabbit.counts(&main).await.0, 0);
+
+    let real = replay(&scope, &dlq, &format!("/{main}"), false);
+    assert_eq!(
+        (
+            real["republished"].as_u64(),
+            real["removed"].as_u64(),
+            real["kept"].as_u64()
+        ),
+        (Some(2), Some(1), Some(2))
+    );
+    let moved = rabbit.wait_drain(&main, 2, Duration::from_secs(5)).await;
+    let mut bodies: Vec<String> = moved
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["p-failed", "p-new"]);
+    for m in &moved {
+        assert_eq!(m.header("x-idemq-replayed").as_deref(), Some("1"));
+        assert_eq!(
+            m.header("x-idemq-reason"),
+            None,
+            "dead-letter headers are dropped"
+        );
+        assert_eq!(m.header("x-idemq-error"), None);
+        assert_eq!(
+            m.header("tenant").as_deref(),
+            Some("acme"),
+            "other headers are kept"
+        );
+        assert!(m.header("Idempotency-Key").is_some());
+    }
+    let mut left = 0;
+    for _ in 0..50 {
+        left = rabbit.counts(&dlq).await.0;
+        if left == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 2, "conflict and no-key stay in the DLQ");
+    let kept = rabbit.drain(&dlq).await;
+    let mut kept_bodies: Vec<String> = kept
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    kept_bodies.sort();
+    assert_eq!(kept_bodies, ["no key", "tampered"]);
+    rabbit.cleanup().await;
+}
