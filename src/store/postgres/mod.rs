@@ -527,21 +527,29 @@ impl Store for PostgresStore {
     }
 }
 
-/// Opens the store named by `url` (used by [`connect`](super::connect)); understands the extra
-/// query parameters `idemq_table` and `idemq_migrate`.
+impl PostgresStore {
+    /// Opens the store named by a URL as [`connect`](super::connect) does: the extra query
+    /// parameters `idemq_table=schema.name` and `idemq_migrate=true` are understood; without
+    /// `idemq_migrate=true` the table must exist (else [`StoreError::InvalidConfig`]).
+    pub async fn from_url(url: &str) -> Result<Self, StoreError> {
+        let (url, table, migrate) = split_url_options(url)?;
+        let mut options = PostgresOptions::default();
+        if let Some(table) = table {
+            options = options.with_table(&table)?;
+        }
+        let store = PostgresStore::connect_with(&url, options).await?;
+        if migrate {
+            store.migrate().await?;
+        } else {
+            store.check_table().await?;
+        }
+        Ok(store)
+    }
+}
+
+/// Opens the store named by `url` (used by [`connect`](super::connect)).
 pub(crate) async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    let (url, table, migrate) = split_url_options(url)?;
-    let mut options = PostgresOptions::default();
-    if let Some(table) = table {
-        options = options.with_table(&table)?;
-    }
-    let store = PostgresStore::connect_with(&url, options).await?;
-    if migrate {
-        store.migrate().await?;
-    } else {
-        store.check_table().await?;
-    }
-    Ok(Arc::new(store))
+    Ok(Arc::new(PostgresStore::from_url(url).await?))
 }
 
 /// Removes idemq's own query parameters (tokio-postgres rejects unknown ones).
