@@ -612,3 +612,39 @@ async fn handler_statements_do_not_inherit_the_claim_lock_timeout() {
     }
     fx.drop_table().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_behind_a_duplicates_row_lock() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = Arc::new(fx.engine(fx.config(), always(Then::WaitThenSucceed)));
+    let msg = fx.message("locked", "p");
+    let first_stop = CancellationToken::new();
+    let first = tokio::spawn({
+        let (e, m, s) = (engine.clone(), msg.clone(), first_stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    fx.inserted.notified().await;
+    // The duplicate blocks on the first transaction's row lock; its consumer shuts down.
+    let stop = CancellationToken::new();
+    let duplicate = tokio::spawn({
+        let (e, m, s) = (engine.clone(), msg.clone(), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.cancel();
+    let d = tokio::time::timeout(Duration::from_secs(5), duplicate)
+        .await
+        .expect("shutdown is prompt")
+        .expect("task");
+    assert_eq!(d, Disposition::Abandoned);
+    fx.resume.notify_one();
+    assert!(matches!(
+        first.await.expect("task"),
+        Disposition::Processed { .. }
+    ));
+    assert_eq!(fx.effects("locked").await, 1);
+    assert_eq!(fx.runs.load(Ordering::SeqCst), 1);
+    fx.drop_table().await;
+}

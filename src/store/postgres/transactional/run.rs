@@ -133,7 +133,12 @@ impl<H: TransactionalHandler> Inner<H> {
                 }
                 Err(err) => return self.store_down(err),
             };
-            let step = match self.claim_in(&tx, &req, wait_until).await {
+            // The claim may wait on a duplicate's row lock; shutdown must not wait with it.
+            let claimed = tokio::select! {
+                r = self.claim_in(&tx, &req, wait_until) => r,
+                _ = shutdown.cancelled() => return Disposition::Abandoned,
+            };
+            let step = match claimed {
                 Ok(Ok((token, attempt))) => {
                     if attempt > 1 {
                         info!(%token, attempt, "claimed (retry or takeover)");
