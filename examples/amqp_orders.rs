@@ -14,6 +14,13 @@
 //!
 //! `--publish N [--copies C]` instead publishes N orders, each C times (default 2), and exits: a
 //! quick way to feed the consumers above.
+//!
+//! `--transactional` (feature `postgres`, with `--store postgres://…`) runs the handler in the
+//! Postgres transaction that claimed the key (`TransactionalEngine`): every handler execution
+//! inserts one row (key, pid, at) into `--effects-table` (default `order_effects`, created if
+//! missing) inside that transaction, so the row, the claim and the outcome commit together —
+//! exactly one row per key however the consumers crash. The effects file, if given, is still
+//! written (outside the transaction, so at-least-once).
 
 use idemq::amqp::AmqpConsumer;
 use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError, Source};
@@ -36,11 +43,13 @@ struct Args {
     concurrency: usize,
     publish: Option<u64>,
     copies: u64,
+    transactional: bool,
+    effects_table: String,
 }
 
 const USAGE: &str = "usage: amqp_orders [--amqp-url URL] [--queue NAME] [--dead-letter-exchange NAME] \
 [--store memory|redis://..|postgres://..] [--handler-ms N] [--effects FILE] [--exit-when-idle SECS] \
-[--prefetch N] [--concurrency N] | --publish N [--copies C]";
+[--prefetch N] [--concurrency N] [--transactional [--effects-table NAME]] | --publish N [--copies C]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -55,11 +64,17 @@ fn parse() -> Result<Args, String> {
         concurrency: 16,
         publish: None,
         copies: 2,
+        transactional: false,
+        effects_table: "order_effects".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             return Err(USAGE.into());
+        }
+        if flag == "--transactional" {
+            a.transactional = true;
+            continue;
         }
         let value = it
             .next()
@@ -79,6 +94,7 @@ fn parse() -> Result<Args, String> {
             "--concurrency" => a.concurrency = num(&value)? as usize,
             "--publish" => a.publish = Some(num(&value)?),
             "--copies" => a.copies = num(&value)?,
+            "--effects-table" => a.effects_table = value,
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
@@ -170,7 +186,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = args.publish {
         return publish(&args.amqp_url, &args.queue, n, args.copies).await;
     }
-    let store = idemq::store::connect(&args.store).await?;
     let effects = match &args.effects {
         Some(path) => Some(Arc::new(Mutex::new(
             std::fs::OpenOptions::new()
@@ -213,14 +228,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             Ok::<_, HandlerError>(serde_json::json!({ "charged": order.get("amount"), "key": key }))
         }
     };
-    let mut builder = AmqpConsumer::builder(&args.amqp_url, &args.queue)
-        .store(store)
-        .engine_config(EngineConfig::new(args.queue.clone()))
-        .message_id_fallback(true)
+    let builder = AmqpConsumer::builder(&args.amqp_url, &args.queue)
         .prefetch(args.prefetch)
         .concurrency(args.concurrency)
-        .connection_name(format!("amqp_orders-{}", std::process::id()))
-        .handler(handler);
+        .connection_name(format!("amqp_orders-{}", std::process::id()));
+    let mut builder = if args.transactional {
+        builder.processor(transactional::processor(&args, handler).await?)
+    } else {
+        builder
+            .store(idemq::store::connect(&args.store).await?)
+            .engine_config(EngineConfig::new(args.queue.clone()))
+            .message_id_fallback(true)
+            .handler(handler)
+    };
     if let Some(dlx) = &args.dead_letter_exchange {
         builder = builder.dead_letter_exchange(dlx, None);
     }
@@ -265,4 +285,80 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let totals = running.await??;
     println!("{}", serde_json::to_string(&totals)?);
     Ok(())
+}
+
+/// `--transactional`: the same handler, run inside the claim's Postgres transaction, plus one
+/// `--effects-table` row per execution written through that transaction.
+#[cfg(feature = "postgres")]
+mod transactional {
+    use super::Args;
+    use idemq::store::postgres::{from_fn, PostgresStore, TransactionalEngine};
+    use idemq::{EngineConfig, Handler, HandlerContext, HandlerError, Processor};
+    use std::sync::Arc;
+
+    pub async fn processor<H: Handler>(
+        args: &Args,
+        handler: H,
+    ) -> Result<Arc<dyn Processor>, Box<dyn std::error::Error>> {
+        if !args.store.starts_with("postgres://") && !args.store.starts_with("postgresql://") {
+            return Err("--transactional needs --store postgres://…".into());
+        }
+        let table = &args.effects_table;
+        if table.is_empty()
+            || !table
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+        {
+            return Err("--effects-table: lower-case letters, digits, `_` and `.` only".into());
+        }
+        let store = PostgresStore::from_url(&args.store).await?;
+        {
+            // Several consumers may start at once: serialize the CREATE.
+            let mut client = store.pool().get().await?;
+            let tx = client.transaction().await?;
+            tx.batch_execute(&format!(
+                "SELECT pg_advisory_xact_lock(hashtext('amqp_orders:{table}'));
+                 CREATE TABLE IF NOT EXISTS {table} (
+                     idempotency_key text NOT NULL,
+                     pid integer NOT NULL,
+                     at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            ))
+            .await?;
+            tx.commit().await?;
+        }
+        let insert = format!("INSERT INTO {table} (idempotency_key, pid) VALUES ($1, $2)");
+        let handler = Arc::new(handler);
+        let mut config = EngineConfig::new(args.queue.clone());
+        config.key.use_message_id = true;
+        let engine = TransactionalEngine::new(
+            store,
+            config,
+            from_fn(move |ctx: HandlerContext, tx| {
+                let (insert, handler) = (insert.clone(), handler.clone());
+                Box::pin(async move {
+                    let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+                    let pid = std::process::id() as i32;
+                    tx.execute(&insert, &[&key, &pid])
+                        .await
+                        .map_err(HandlerError::retriable)?;
+                    handler.handle(ctx).await
+                })
+            }),
+        )?;
+        Ok(Arc::new(engine))
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+mod transactional {
+    use super::Args;
+    use idemq::{Handler, Processor};
+    use std::sync::Arc;
+
+    pub async fn processor<H: Handler>(
+        _args: &Args,
+        _handler: H,
+    ) -> Result<Arc<dyn Processor>, Box<dyn std::error::Error>> {
+        Err("--transactional needs the `postgres` feature".into())
+    }
 }

@@ -32,6 +32,12 @@ mod telemetry;
 
 pub use config::{Backoff, EngineConfig};
 pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
+// Shared with other processors (the Postgres transactional engine), so they behave and report
+// like the engine.
+#[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
+pub(crate) use process::{panic_text, sleep_or_cancel};
+#[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
+pub(crate) use telemetry::{record_decision, timed};
 
 use crate::handler::Handler;
 use crate::message::Message;

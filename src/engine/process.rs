@@ -470,14 +470,14 @@ impl<H: Handler> Inner<H> {
 }
 
 /// Sleeps for `d`; returns `true` if shutdown was requested first.
-async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
+pub(crate) async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = shutdown.cancelled() => true,
     }
 }
 
-fn panic_text(panic: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {

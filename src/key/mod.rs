@@ -35,6 +35,7 @@ impl IdempotencyKey {
 
     /// Rebuilds a key that a store wrote earlier (e.g. from a Redis key name): printable UTF-8 of
     /// any length, since the configured length limit was applied when the message was read.
+    #[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
     pub(crate) fn from_stored(raw: &str) -> Result<Self, KeyError> {
         validate(raw.as_bytes(), usize::MAX, "store").map(|s| IdempotencyKey(s.to_owned()))
     }

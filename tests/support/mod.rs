@@ -9,5 +9,7 @@ pub mod conformance;
 pub mod faulty;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod redis_server;
 pub mod services;

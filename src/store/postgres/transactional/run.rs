@@ -1,0 +1,595 @@
+//! The processing flow of one message inside one transaction. Mirrors `engine/process.rs`; the
+//! difference is that every settlement (outcome, release) is written in the handler's transaction.
+
+use super::{Inner, TransactionalHandler};
+use crate::engine::{
+    panic_text, record_decision, sleep_or_cancel, timed, DeadLetterReason, Disposition, RetryCause,
+};
+use crate::fingerprint::Fingerprint;
+use crate::handler::{HandlerContext, HandlerError};
+use crate::key::{derive_from_payload, MissingKeyPolicy};
+use crate::message::Message;
+use crate::outcome::Outcome;
+use crate::store::postgres::{claim_params, interpret_claim, row, Transaction};
+use crate::store::{Claim, ClaimRequest, RecordKey, Release, StoreError, Token};
+use futures::FutureExt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, field, info, warn, Instrument, Span};
+
+/// Savepoint set right after the claim: rolling back to it undoes the handler's writes but keeps
+/// the claim (and its row lock), so a failure can be recorded in the same transaction.
+///
+/// `lock_timeout` is set only for the claim (bounding the wait for a duplicate's transaction);
+/// the handler's own statements run with the configured default again.
+const SAVEPOINT: &str = "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT idemq_handler";
+const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idemq_handler";
+/// Re-runs of a claim that raced with a concurrent commit before giving up for now.
+const RACE_RETRIES: u32 = 8;
+/// Immediate retries of `BEGIN` on another pooled connection.
+const STALE_CONNECTION_RETRIES: u32 = 2;
+
+enum Run<T> {
+    Finished(Result<T, HandlerError>),
+    Interrupted,
+}
+
+/// How a failed run is recorded in its transaction.
+enum Settle {
+    Release(Release),
+    StoreFailure(Outcome),
+}
+
+/// What one claim attempt found, when it did not acquire the key.
+enum Step {
+    Settled(Disposition),
+    InFlight(Duration),
+    LockTimeout,
+    Raced,
+    Corrupt(StoreError),
+}
+
+impl<H: TransactionalHandler> Inner<H> {
+    pub(super) async fn process(
+        &self,
+        message: Arc<Message>,
+        shutdown: &CancellationToken,
+    ) -> Disposition {
+        let span = tracing::info_span!(
+            "idemq.process",
+            scope = %self.scope,
+            source = %message.source,
+            transactional = true,
+            key = field::Empty,
+            decision = field::Empty,
+        );
+        async {
+            let d = self.decide(&message, shutdown).await;
+            Span::current().record("decision", d.decision());
+            record_decision(&self.scope, &d);
+            match &d {
+                Disposition::DeadLetter(dl) => {
+                    warn!(reason = dl.reason.as_str(), error = %dl.error, "dead-lettering")
+                }
+                Disposition::Retry { after, cause } => info!(?after, ?cause, "retry later"),
+                other => debug!(decision = other.decision(), "settled"),
+            }
+            d
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn decide(&self, message: &Arc<Message>, shutdown: &CancellationToken) -> Disposition {
+        let cfg = &self.config;
+        let key = match cfg.key.extract(message) {
+            Ok(key) => key,
+            Err(err) => match cfg.key.missing {
+                MissingKeyPolicy::Reject => {
+                    return Disposition::dead_letter(err.reason(), err.to_string())
+                }
+                MissingKeyPolicy::ProcessWithoutDedup => {
+                    warn!(%err, "processing without deduplication (ProcessWithoutDedup policy)");
+                    return self.run_unkeyed(message, shutdown).await;
+                }
+                MissingKeyPolicy::DeriveFromPayload => derive_from_payload(message),
+            },
+        };
+        Span::current().record("key", key.as_str());
+        let record = RecordKey::new(&*self.scope, key);
+        let fingerprint = Fingerprint::of(message, &cfg.fingerprint_headers);
+        let req = ClaimRequest::new(&record, &fingerprint, cfg.lease, cfg.retention);
+        let wait_until = Instant::now() + cfg.in_flight_bound();
+        let (mut polls, mut corrupt, mut races, mut stale) = (0u32, 0u32, 0u32, 0u32);
+        loop {
+            let mut client = match self
+                .store_call("connect", self.store.client("connect"))
+                .await
+            {
+                Ok(client) => client,
+                Err(err) => return self.store_down(err),
+            };
+            let begin = async {
+                client
+                    .transaction()
+                    .await
+                    .map_err(|e| self.store.db("begin", e))
+            };
+            let tx = match self.store_call("begin", begin).await {
+                Ok(tx) => tx,
+                Err(err) if stale < STALE_CONNECTION_RETRIES => {
+                    // Most likely a pooled connection that died (server restart, terminated
+                    // session) before the pool noticed. Nothing ran yet, so try another one; the
+                    // pool discards the dead one when it comes back.
+                    stale += 1;
+                    debug!(%err, "BEGIN failed; retrying on another connection");
+                    continue;
+                }
+                Err(err) => return self.store_down(err),
+            };
+            // The claim may wait on a duplicate's row lock; shutdown must not wait with it.
+            let claimed = tokio::select! {
+                r = self.claim_in(&tx, &req, wait_until) => r,
+                _ = shutdown.cancelled() => return Disposition::Abandoned,
+            };
+            let step = match claimed {
+                Ok(Ok((token, attempt))) => {
+                    if attempt > 1 {
+                        info!(%token, attempt, "claimed (retry or takeover)");
+                    }
+                    return self
+                        .run_claimed(message, &record, tx, token, attempt, shutdown)
+                        .await;
+                }
+                Ok(Err(step)) => step,
+                Err(err) => return self.store_down(err),
+            };
+            // Not ours to run. Dropping the transaction queues its ROLLBACK on the connection
+            // without waiting for the answer (the connection's next user is served after it), so
+            // a replay costs two round trips, not three.
+            drop(tx);
+            match step {
+                Step::Settled(d) => return d,
+                Step::LockTimeout => {
+                    return Disposition::Retry {
+                        after: cfg.in_flight_poll.max,
+                        cause: RetryCause::InFlightElsewhere,
+                    }
+                }
+                Step::Raced => {
+                    races += 1;
+                    if races > RACE_RETRIES {
+                        return self.store_down(StoreError::unavailable(
+                            "claim",
+                            format!("record {record} kept changing under concurrent claims"),
+                        ));
+                    }
+                }
+                Step::InFlight(retry_after) => {
+                    // Held by a non-transactional consumer of the same table: wait as the engine
+                    // does, bounded.
+                    let now = Instant::now();
+                    if now >= wait_until {
+                        return Disposition::Retry {
+                            after: retry_after.min(cfg.in_flight_poll.max),
+                            cause: RetryCause::InFlightElsewhere,
+                        };
+                    }
+                    polls += 1;
+                    let nap = cfg
+                        .in_flight_poll
+                        .delay(polls)
+                        .min(retry_after + Duration::from_millis(1))
+                        .min(wait_until - now);
+                    if sleep_or_cancel(nap, shutdown).await {
+                        return Disposition::Abandoned;
+                    }
+                }
+                Step::Corrupt(err) => {
+                    corrupt += 1;
+                    if corrupt > cfg.corrupt_record_retries {
+                        return Disposition::dead_letter(
+                            DeadLetterReason::CorruptRecord,
+                            err.to_string(),
+                        );
+                    }
+                    warn!(%err, corrupt, "unreadable record; retrying");
+                    if sleep_or_cancel(cfg.store_backoff.delay(corrupt), shutdown).await {
+                        return Disposition::Abandoned;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims inside `tx`. `SET LOCAL lock_timeout`, the claim and the savepoint are pipelined
+    /// (sent together, one round trip); the claim waits on the row lock of a transaction that holds
+    /// the same key, at most until `wait_until`.
+    async fn claim_in(
+        &self,
+        tx: &Transaction<'_>,
+        req: &ClaimRequest<'_>,
+        wait_until: Instant,
+    ) -> Result<Result<(Token, u32), Step>, StoreError> {
+        let stmt = self
+            .store
+            .prepare(tx, "claim", &self.store.sql().claim)
+            .await?;
+        let lock_ms = wait_until
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            // 0 would mean "no timeout"; the server's maximum is i32::MAX ms.
+            .clamp(1, i32::MAX as u128);
+        let set = format!("SET LOCAL lock_timeout = {lock_ms}");
+        let params = claim_params(req);
+        let params = params.as_params();
+        let pipelined = async {
+            tokio::join!(
+                tx.batch_execute(&set),
+                tx.query(&stmt, &params),
+                tx.batch_execute(SAVEPOINT)
+            )
+        };
+        // The lock wait is bounded by lock_timeout; the deadline adds the usual store timeout.
+        let bound =
+            wait_until.saturating_duration_since(Instant::now()) + self.config.store_timeout;
+        let (set, rows, savepoint) = match tokio::time::timeout(bound, pipelined).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    op: "claim",
+                    after: bound,
+                })
+            }
+        };
+        set.map_err(|e| self.store.db("claim", e))?;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e)
+                if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+                    || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                return Ok(Err(Step::LockTimeout))
+            }
+            Err(e) => return Err(self.store.db("claim", e)),
+        };
+        self.store_failures.store(0, Ordering::Relaxed);
+        let claim = match interpret_claim(rows, req) {
+            Ok(Some(claim)) => claim,
+            Ok(None) => return Ok(Err(Step::Raced)),
+            Err(err @ StoreError::Corrupt { .. }) => return Ok(Err(Step::Corrupt(err))),
+            Err(err) => return Err(err),
+        };
+        Ok(Err(match claim {
+            Claim::Acquired { token, attempt } => {
+                savepoint.map_err(|e| self.store.db("claim", e))?;
+                return Ok(Ok((token, attempt)));
+            }
+            Claim::Completed { outcome } => Step::Settled(Disposition::Replayed { outcome }),
+            Claim::Conflict { stored } => Step::Settled(Disposition::dead_letter(
+                DeadLetterReason::Conflict,
+                format!(
+                    "key {} is recorded with payload fingerprint {stored}; this message has {}",
+                    req.key.key, req.fingerprint
+                ),
+            )),
+            Claim::InFlight { retry_after } => Step::InFlight(retry_after),
+        }))
+    }
+
+    async fn run_claimed(
+        &self,
+        message: &Arc<Message>,
+        record: &RecordKey,
+        tx: Transaction<'_>,
+        token: Token,
+        attempt: u32,
+        shutdown: &CancellationToken,
+    ) -> Disposition {
+        let ctx = HandlerContext {
+            message: message.clone(),
+            key: Some(record.key.clone()),
+            scope: self.scope.clone(),
+            attempt,
+            token: Some(token),
+        };
+        let result = match self.run_handler(ctx, &tx, shutdown).await {
+            Run::Finished(r) => r,
+            Run::Interrupted => {
+                warn!("shutdown grace exceeded; handler dropped, transaction rolled back");
+                let _ = tx.rollback().await;
+                return Disposition::Abandoned;
+            }
+        };
+        let value = match result {
+            Ok(value) => value,
+            Err(HandlerError::Retriable(e)) => {
+                return self
+                    .on_retriable(tx, record, token, attempt, e.to_string())
+                    .await
+            }
+            Err(HandlerError::Permanent(e)) => {
+                return self.on_permanent(tx, record, token, e.to_string()).await
+            }
+        };
+        let body = match serde_json::to_vec(&value) {
+            Ok(body) => body,
+            Err(e) => {
+                let error = format!("outcome could not be serialized: {e}");
+                return self.on_permanent(tx, record, token, error).await;
+            }
+        };
+        let limit = self
+            .config
+            .max_outcome_bytes
+            .min(self.store.max_outcome_bytes());
+        if body.len() > limit {
+            self.settle(tx, record, token, Settle::Release(Release::Reset))
+                .await;
+            return Disposition::dead_letter(
+                DeadLetterReason::OutcomeTooLarge,
+                format!(
+                    "outcome is {} bytes; the limit is {limit} bytes",
+                    body.len()
+                ),
+            );
+        }
+        let outcome = Outcome::succeeded(body);
+        match self.write_outcome(&tx, record, token, &outcome).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Cannot happen while we hold the row lock, unless the record's retention ran out
+                // during the handler; undo everything and let the redelivery start over.
+                let _ = tx.rollback().await;
+                return self.store_down(StoreError::unavailable(
+                    "complete",
+                    format!("record {record} expired while its handler ran"),
+                ));
+            }
+            Err(e) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+                // The handler swallowed a failed statement: its writes are not all there.
+                let error = "the handler returned Ok but left its transaction aborted \
+                             (a statement failed)"
+                    .to_string();
+                return self.on_retriable(tx, record, token, attempt, error).await;
+            }
+            Err(e) => return self.store_down(self.store.db("complete", e)),
+        }
+        let commit = async { tx.commit().await.map_err(|e| self.store.db("commit", e)) };
+        match self.store_call("commit", commit).await {
+            Ok(()) => Disposition::Processed { outcome },
+            Err(err) => {
+                // Committed or not, the redelivery finds either the outcome or a clean slate.
+                error!(%err, "commit failed; leaving the message unacknowledged");
+                self.store_down(err)
+            }
+        }
+    }
+
+    /// Runs the handler with the transaction (panics become retriable errors), honouring the
+    /// shutdown grace period.
+    async fn run_handler(
+        &self,
+        ctx: HandlerContext,
+        tx: &Transaction<'_>,
+        shutdown: &CancellationToken,
+    ) -> Run<H::Output> {
+        let handler = AssertUnwindSafe(self.handler.handle(ctx, tx)).catch_unwind();
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.config.shutdown_grace).await;
+        };
+        tokio::select! {
+            biased;
+            r = handler => Run::Finished(r.unwrap_or_else(|panic| {
+                Err(HandlerError::retriable(format!("handler panicked: {}", panic_text(&*panic))))
+            })),
+            _ = grace => Run::Interrupted,
+        }
+    }
+
+    /// Stores the outcome in the open transaction; `Ok(false)` if the fence did not match.
+    async fn write_outcome(
+        &self,
+        tx: &Transaction<'_>,
+        record: &RecordKey,
+        token: Token,
+        outcome: &Outcome,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let stmt = tx.prepare_cached(&self.store.sql().complete).await?;
+        let token = i64::try_from(token.0).unwrap_or(i64::MAX);
+        let status = outcome.status.as_str();
+        let body: &[u8] = &outcome.body;
+        let retention = row::to_micros(self.config.retention);
+        let n = tx
+            .execute(
+                &stmt,
+                &[
+                    &record.scope,
+                    &record.key.as_str(),
+                    &token,
+                    &status,
+                    &body,
+                    &retention,
+                ],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn on_retriable(
+        &self,
+        tx: Transaction<'_>,
+        record: &RecordKey,
+        token: Token,
+        attempt: u32,
+        error: String,
+    ) -> Disposition {
+        if attempt >= self.config.max_attempts {
+            self.settle(tx, record, token, Settle::Release(Release::Reset))
+                .await;
+            return Disposition::dead_letter(
+                DeadLetterReason::RetriesExhausted,
+                format!("failed {attempt} attempts; last error: {error}"),
+            );
+        }
+        self.settle(tx, record, token, Settle::Release(Release::Retry))
+            .await;
+        Disposition::Retry {
+            after: self.config.retry_backoff.delay(attempt),
+            cause: RetryCause::HandlerFailed { attempt, error },
+        }
+    }
+
+    async fn on_permanent(
+        &self,
+        tx: Transaction<'_>,
+        record: &RecordKey,
+        token: Token,
+        error: String,
+    ) -> Disposition {
+        let how = if self.config.store_permanent_failures {
+            let body = serde_json::json!({ "error": error }).to_string();
+            Settle::StoreFailure(Outcome::failed(body))
+        } else {
+            Settle::Release(Release::Reset)
+        };
+        self.settle(tx, record, token, how).await;
+        Disposition::dead_letter(DeadLetterReason::HandlerFailed, error)
+    }
+
+    /// Undoes the handler's writes, records the failure on the claimed row and commits. Best
+    /// effort: if it fails, the whole transaction rolls back (claim included) and the key is
+    /// simply claimable again, with this attempt not counted.
+    async fn settle(&self, tx: Transaction<'_>, record: &RecordKey, token: Token, how: Settle) {
+        let result = async {
+            tx.batch_execute(ROLLBACK_TO_SAVEPOINT).await?;
+            let token_sql = i64::try_from(token.0).unwrap_or(i64::MAX);
+            match &how {
+                Settle::Release(mode) => {
+                    let stmt = tx.prepare_cached(&self.store.sql().release).await?;
+                    let reset = *mode == Release::Reset;
+                    tx.execute(
+                        &stmt,
+                        &[&record.scope, &record.key.as_str(), &token_sql, &reset],
+                    )
+                    .await?;
+                }
+                Settle::StoreFailure(outcome) => {
+                    self.write_outcome(&tx, record, token, outcome).await?;
+                }
+            }
+            tx.commit().await
+        };
+        let result = timed("settle", self.config.store_timeout, async {
+            result.await.map_err(|e| self.store.db("settle", e))
+        })
+        .await;
+        if let Err(err) = result {
+            warn!(%err, "could not record the failure; the claim was rolled back instead");
+        }
+    }
+
+    /// `ProcessWithoutDedup`: run in a transaction without a claim, with in-process retries.
+    async fn run_unkeyed(
+        &self,
+        message: &Arc<Message>,
+        shutdown: &CancellationToken,
+    ) -> Disposition {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut client = match self
+                .store_call("connect", self.store.client("connect"))
+                .await
+            {
+                Ok(client) => client,
+                Err(err) => return self.store_down(err),
+            };
+            let begin = async {
+                client
+                    .transaction()
+                    .await
+                    .map_err(|e| self.store.db("begin", e))
+            };
+            let tx = match self.store_call("begin", begin).await {
+                Ok(tx) => tx,
+                Err(err) => return self.store_down(err),
+            };
+            let ctx = HandlerContext {
+                message: message.clone(),
+                key: None,
+                scope: self.scope.clone(),
+                attempt,
+                token: None,
+            };
+            let error = match self.run_handler(ctx, &tx, shutdown).await {
+                Run::Interrupted => return Disposition::Abandoned,
+                Run::Finished(Ok(value)) => {
+                    let body = match serde_json::to_vec(&value) {
+                        Ok(body) => body,
+                        Err(e) => {
+                            return Disposition::dead_letter(
+                                DeadLetterReason::HandlerFailed,
+                                format!("outcome could not be serialized: {e}"),
+                            )
+                        }
+                    };
+                    let commit =
+                        async { tx.commit().await.map_err(|e| self.store.db("commit", e)) };
+                    return match self.store_call("commit", commit).await {
+                        Ok(()) => Disposition::Unkeyed {
+                            outcome: Outcome::succeeded(body),
+                        },
+                        Err(err) => self.store_down(err),
+                    };
+                }
+                Run::Finished(Err(HandlerError::Permanent(e))) => {
+                    return Disposition::dead_letter(DeadLetterReason::HandlerFailed, e.to_string())
+                }
+                Run::Finished(Err(HandlerError::Retriable(e))) => e.to_string(),
+            };
+            let _ = tx.rollback().await;
+            if attempt >= self.config.max_attempts {
+                return Disposition::dead_letter(
+                    DeadLetterReason::RetriesExhausted,
+                    format!("failed {attempt} attempts; last error: {error}"),
+                );
+            }
+            if sleep_or_cancel(self.config.retry_backoff.delay(attempt), shutdown).await {
+                return Disposition::Abandoned;
+            }
+        }
+    }
+
+    fn store_down(&self, err: StoreError) -> Disposition {
+        let n = self.store_failures.load(Ordering::Relaxed).max(1);
+        Disposition::Retry {
+            after: self.config.store_backoff.delay(n),
+            cause: RetryCause::StoreUnavailable {
+                error: err.to_string(),
+            },
+        }
+    }
+
+    async fn store_call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let r = timed(op, self.config.store_timeout, fut).await;
+        match &r {
+            Err(e) if e.is_transient() => {
+                self.store_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => self.store_failures.store(0, Ordering::Relaxed),
+        }
+        r
+    }
+}

@@ -1,0 +1,216 @@
+//! Crash test with the real example on RabbitMQ: `amqp_orders --transactional` consumers on the
+//! Postgres store are SIGKILLed at random moments and restarted; afterwards every key has exactly
+//! one `order_effects` row and the queue is empty.
+//!
+//! Needs the example binary (`cargo test --all-features` builds examples before running tests; with
+//! `--test postgres_amqp_crash` alone, build it first: `cargo build --all-features --example
+//! amqp_orders`).
+#![cfg(all(feature = "postgres", feature = "amqp"))]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use support::amqp::Rabbit;
+use support::postgres::{exec, shared_store, unique_table, SHARED_TABLE};
+use support::services::{amqp_url, in_ci, postgres_url};
+use tokio::process::Command;
+
+const ORDERS: i64 = 1000;
+const COPIES: u64 = 3;
+const KILLS: u32 = 10;
+
+/// `target/<profile>/examples/amqp_orders`, next to this test binary's `deps/` directory.
+fn example_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe
+        .parent()?
+        .parent()?
+        .join("examples")
+        .join(format!("amqp_orders{}", std::env::consts::EXE_SUFFIX));
+    if path.exists() {
+        return Some(path);
+    }
+    let why = format!(
+        "{} is missing: run `cargo build --all-features --example amqp_orders` first",
+        path.display()
+    );
+    if in_ci() {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+fn consumer(bin: &PathBuf, queue: &str, effects: &str, idle_exit: bool) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--amqp-url", &amqp_url(), "--queue", queue])
+        .args([
+            "--store",
+            &format!(
+                "{}?idemq_table={SHARED_TABLE}&idemq_migrate=true",
+                postgres_url()
+            ),
+        ])
+        .args(["--transactional", "--effects-table", effects])
+        // A slow handler (inside the transaction) and little concurrency, so the work spans all
+        // the kills: ~1,000 keys × 20 ms / 4 ≈ 5 s of handler time.
+        .args([
+            "--handler-ms",
+            "20",
+            "--prefetch",
+            "8",
+            "--concurrency",
+            "4",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if idle_exit {
+        cmd.args(["--exit-when-idle", "3"]);
+    }
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_amqp_orders_consumers_leave_exactly_one_effect_row_per_key() {
+    let Some(store) = shared_store().await else {
+        return;
+    };
+    let Some(rabbit) = Rabbit::connect().await else {
+        return;
+    };
+    let Some(bin) = example_binary() else {
+        return;
+    };
+    let queue = rabbit.queue("pg-crash").await;
+    let effects = unique_table("order_effects");
+
+    let published = Command::new(&bin)
+        .args(["--amqp-url", &amqp_url(), "--queue", &queue])
+        .args([
+            "--publish",
+            &ORDERS.to_string(),
+            "--copies",
+            &COPIES.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .expect("run publisher");
+    assert!(published.success(), "publishing failed");
+    let total = ORDERS as u64 * COPIES;
+    assert!(total >= 2000);
+
+    let count_effects = || async {
+        let client = store.pool().get().await.expect("client");
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&effects])
+            .await
+            .expect("regclass")
+            .get(0);
+        if !exists {
+            return 0i64;
+        }
+        client
+            .query_one(&format!("SELECT count(*) FROM {effects}"), &[])
+            .await
+            .expect("count")
+            .get(0)
+    };
+
+    let mut kills_mid_work = 0;
+    for round in 0..KILLS {
+        let mut child = consumer(&bin, &queue, &effects, false)
+            .spawn()
+            .expect("spawn consumer");
+        // Wait until this consumer makes progress (startup time varies with machine load), then
+        // kill it a random 50..550 ms later.
+        let before = count_effects().await;
+        let started = tokio::time::Instant::now();
+        while count_effects().await == before && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(50 + u64::from(nanos % 500))).await;
+        child.start_kill().expect("SIGKILL");
+        let _ = child.wait().await;
+        let done = count_effects().await;
+        // Unacked deliveries of the killed consumer are back in the queue.
+        let (ready, _) = rabbit.counts(&queue).await;
+        if done > before && ready > 0 {
+            kills_mid_work += 1;
+        }
+        eprintln!(
+            "kill {}: {done} keys with effects, {ready} messages left",
+            round + 1
+        );
+    }
+
+    let mut last = consumer(&bin, &queue, &effects, true)
+        .spawn()
+        .expect("spawn final consumer");
+    let exited = tokio::time::timeout(Duration::from_secs(180), last.wait())
+        .await
+        .expect("final consumer drains and exits when idle")
+        .expect("wait");
+    assert!(exited.success(), "final consumer failed: {exited}");
+
+    let client = store.pool().get().await.expect("client");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT idempotency_key, count(*) FROM {effects} GROUP BY idempotency_key \
+                 HAVING count(*) <> 1"
+            ),
+            &[],
+        )
+        .await
+        .expect("effects");
+    let doubled: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(
+        doubled.is_empty(),
+        "keys whose effect ran more than once: {doubled:?}"
+    );
+    let keys: i64 = client
+        .query_one(
+            &format!("SELECT count(DISTINCT idempotency_key) FROM {effects}"),
+            &[],
+        )
+        .await
+        .expect("keys")
+        .get(0);
+    assert_eq!(keys, ORDERS, "every key has its effect");
+    let pids: i64 = client
+        .query_one(&format!("SELECT count(DISTINCT pid) FROM {effects}"), &[])
+        .await
+        .expect("pids")
+        .get(0);
+    assert!(pids > 1, "effects come from several consumer processes");
+    let completed: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {SHARED_TABLE} WHERE scope = $1 AND state = 'completed'"
+            ),
+            &[&queue],
+        )
+        .await
+        .expect("records")
+        .get(0);
+    assert_eq!(completed, ORDERS, "every key's outcome is stored");
+    drop(client);
+    let (ready, _) = rabbit.counts(&queue).await;
+    assert_eq!(ready, 0, "no message is left unprocessed");
+    assert!(
+        kills_mid_work == KILLS,
+        "kills must land while consumers work: {kills_mid_work} of {KILLS}"
+    );
+    exec(&store, &format!("DROP TABLE {effects}")).await;
+    rabbit.cleanup().await;
+}

@@ -1,0 +1,650 @@
+//! Transactional handlers: the handler's writes, the claim and the outcome commit together.
+//!
+//! Every test writes "effects" (one row per handler execution that reached its insert) into its
+//! own table and checks how many of them survive.
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use idemq::store::postgres::{from_fn, PostgresStore, TransactionalEngine, TransactionalHandler};
+use idemq::store::{RecordKey, RecordState, Store};
+use idemq::{
+    Backoff, CancellationToken, DeadLetterReason, Disposition, EngineConfig, HandlerError,
+    IdempotencyKey, Message, OutcomeStatus, Processor, RetryCause, Source,
+};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::postgres::{exec, shared_store, unique_table};
+use support::services::unique;
+use tokio::sync::Notify;
+
+/// What the test handler does after inserting its effect row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Then {
+    Succeed,
+    FailRetriable,
+    FailPermanent,
+    Panic,
+    /// Wait for `Fixture::resume` before succeeding.
+    WaitThenSucceed,
+    /// Never finish (the future is dropped by the test).
+    Hang,
+    /// Run a failing statement, ignore the error, return Ok.
+    SwallowSqlError,
+    /// Return an outcome above the size limit.
+    HugeOutcome,
+}
+
+struct Fixture {
+    store: PostgresStore,
+    effects: String,
+    scope: String,
+    runs: Arc<AtomicU32>,
+    inserted: Arc<Notify>,
+    resume: Arc<Notify>,
+}
+
+impl Fixture {
+    async fn new() -> Option<Self> {
+        let store = shared_store().await?;
+        let effects = unique_table("order_effects");
+        exec(
+            &store,
+            &format!(
+                "CREATE TABLE {effects} (idempotency_key text NOT NULL, attempt int NOT NULL, \
+                 at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            ),
+        )
+        .await;
+        Some(Self {
+            store,
+            effects,
+            scope: unique("tx"),
+            runs: Arc::new(AtomicU32::new(0)),
+            inserted: Arc::new(Notify::new()),
+            resume: Arc::new(Notify::new()),
+        })
+    }
+
+    fn config(&self) -> EngineConfig {
+        let mut c = EngineConfig::new(self.scope.clone());
+        c.retry_backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
+        c.max_attempts = 3;
+        c.shutdown_grace = Duration::from_millis(100);
+        c
+    }
+
+    /// An engine whose handler inserts one effect row, then does what `plan(attempt)` says.
+    fn engine(
+        &self,
+        config: EngineConfig,
+        plan: fn(u32) -> Then,
+    ) -> TransactionalEngine<impl TransactionalHandler<Output = serde_json::Value>> {
+        self.engine_on(self.store.clone(), config, plan)
+    }
+
+    /// [`Fixture::engine`] on another store (another pool, like another consumer process).
+    fn engine_on(
+        &self,
+        store: PostgresStore,
+        config: EngineConfig,
+        plan: fn(u32) -> Then,
+    ) -> TransactionalEngine<impl TransactionalHandler<Output = serde_json::Value>> {
+        let (runs, inserted, resume) = (
+            self.runs.clone(),
+            self.inserted.clone(),
+            self.resume.clone(),
+        );
+        let insert = format!(
+            "INSERT INTO {} (idempotency_key, attempt) VALUES ($1, $2)",
+            self.effects
+        );
+        let handler = from_fn(move |ctx, tx| {
+            let (runs, inserted, resume, insert) = (
+                runs.clone(),
+                inserted.clone(),
+                resume.clone(),
+                insert.clone(),
+            );
+            Box::pin(async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+                let attempt = ctx.attempt as i32;
+                tx.execute(&insert, &[&key, &attempt])
+                    .await
+                    .map_err(HandlerError::retriable)?;
+                inserted.notify_one();
+                match plan(ctx.attempt) {
+                    Then::Succeed => {}
+                    Then::FailRetriable => return Err(HandlerError::retriable("flaky dependency")),
+                    Then::FailPermanent => return Err(HandlerError::permanent("invalid order")),
+                    Then::Panic => panic!("handler bug"),
+                    Then::WaitThenSucceed => resume.notified().await,
+                    Then::Hang => std::future::pending::<()>().await,
+                    Then::SwallowSqlError => {
+                        let _ = tx.batch_execute("SELECT 1/0").await;
+                    }
+                    Then::HugeOutcome => {
+                        return Ok(serde_json::json!({ "blob": "x".repeat(2 * 1024 * 1024) }))
+                    }
+                }
+                Ok::<_, HandlerError>(serde_json::json!({ "booked": key }))
+            })
+        });
+        TransactionalEngine::new(store, config, handler).expect("engine")
+    }
+
+    fn message(&self, key: &str, payload: &str) -> Arc<Message> {
+        Arc::new(
+            Message::new(payload.to_string(), Source::Other("test".into()))
+                .with_header("Idempotency-Key", key.to_string()),
+        )
+    }
+
+    fn record_key(&self, key: &str) -> RecordKey {
+        RecordKey::new(self.scope.clone(), IdempotencyKey::new(key).expect("key"))
+    }
+
+    /// Committed effect rows for `key`, read on another connection.
+    async fn effects(&self, key: &str) -> i64 {
+        let client = self.store.pool().get().await.expect("client");
+        client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE idempotency_key = $1",
+                    self.effects
+                ),
+                &[&key],
+            )
+            .await
+            .expect("count")
+            .get(0)
+    }
+
+    async fn drop_table(self) {
+        exec(&self.store, &format!("DROP TABLE {}", self.effects)).await;
+    }
+}
+
+fn always(then: Then) -> fn(u32) -> Then {
+    match then {
+        Then::Succeed => |_| Then::Succeed,
+        Then::FailRetriable => |_| Then::FailRetriable,
+        Then::FailPermanent => |_| Then::FailPermanent,
+        Then::Panic => |_| Then::Panic,
+        Then::WaitThenSucceed => |_| Then::WaitThenSucceed,
+        Then::Hang => |_| Then::Hang,
+        Then::SwallowSqlError => |_| Then::SwallowSqlError,
+        Then::HugeOutcome => |_| Then::HugeOutcome,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_produce_exactly_one_effect_row() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    // Two engines on separate pools, like two consumer processes.
+    let other_store = shared_store().await.expect("second store");
+    let a = Arc::new(fx.engine(fx.config(), always(Then::Succeed)));
+    let b = Arc::new(fx.engine_on(other_store, fx.config(), always(Then::Succeed)));
+    for round in 0..3 {
+        let key = format!("order-{round}");
+        let msg = fx.message(&key, "{\"amount\":5}");
+        let stop = CancellationToken::new();
+        let tasks: Vec<_> = (0..12)
+            .map(|i| {
+                let (a, b, msg, stop) = (a.clone(), b.clone(), msg.clone(), stop.clone());
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        a.process(msg, &stop).await
+                    } else {
+                        b.process(msg, &stop).await
+                    }
+                })
+            })
+            .collect();
+        let (mut processed, mut replayed) = (0, 0);
+        for t in tasks {
+            match t.await.expect("task") {
+                Disposition::Processed { .. } => processed += 1,
+                Disposition::Replayed { outcome } => {
+                    assert_eq!(outcome.status, OutcomeStatus::Succeeded);
+                    replayed += 1
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((processed, replayed), (1, 11), "round {round}");
+        assert_eq!(fx.effects(&key).await, 1, "round {round}");
+    }
+    assert_eq!(
+        fx.runs.load(Ordering::SeqCst),
+        3,
+        "the handler ran once per key"
+    );
+    fx.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_waits_on_the_row_lock_then_replays_the_outcome() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = Arc::new(fx.engine(fx.config(), always(Then::WaitThenSucceed)));
+    let msg = fx.message("k", "p");
+    let stop = CancellationToken::new();
+    let first = tokio::spawn({
+        let (e, m, s) = (engine.clone(), msg.clone(), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    fx.inserted.notified().await;
+    let second = tokio::spawn({
+        let (e, m, s) = (engine.clone(), msg.clone(), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the duplicate must wait for the first transaction"
+    );
+    assert_eq!(fx.runs.load(Ordering::SeqCst), 1);
+    fx.resume.notify_one();
+    let first = first.await.expect("task");
+    let Disposition::Processed { outcome } = first else {
+        panic!("expected Processed, got {first:?}");
+    };
+    match second.await.expect("task") {
+        Disposition::Replayed { outcome: replayed } => assert_eq!(replayed, outcome),
+        other => panic!("expected Replayed, got {other:?}"),
+    }
+    assert_eq!(fx.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(fx.effects("k").await, 1);
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn outcome_commits_atomically_with_the_effects() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = Arc::new(fx.engine(fx.config(), always(Then::WaitThenSucceed)));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let (e, m, s) = (engine.clone(), fx.message("atomic", "p"), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    fx.inserted.notified().await;
+    // Inside the open transaction: neither the effect nor the claim is visible to others.
+    assert_eq!(fx.effects("atomic").await, 0);
+    assert!(fx
+        .store
+        .get(&fx.record_key("atomic"))
+        .await
+        .expect("get")
+        .is_none());
+    fx.resume.notify_one();
+    assert!(matches!(
+        running.await.expect("task"),
+        Disposition::Processed { .. }
+    ));
+    // After the commit: both.
+    assert_eq!(fx.effects("atomic").await, 1);
+    let rec = fx
+        .store
+        .get(&fx.record_key("atomic"))
+        .await
+        .expect("get")
+        .expect("record");
+    match rec.state {
+        RecordState::Completed { outcome, .. } => {
+            let v: serde_json::Value = outcome.decode().expect("json");
+            assert_eq!(v["booked"], "atomic");
+        }
+        other => panic!("expected completed, got {other:?}"),
+    }
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn dropped_future_mid_transaction_leaves_nothing_and_the_next_attempt_succeeds() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let crashing = Arc::new(fx.engine(fx.config(), always(Then::Hang)));
+    let stop = CancellationToken::new();
+    let msg = fx.message("crash", "p");
+    let task = tokio::spawn({
+        let (e, m, s) = (crashing.clone(), msg.clone(), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    fx.inserted.notified().await;
+    // Simulated crash: the processing future is dropped with its transaction open.
+    task.abort();
+    assert!(task.await.is_err_and(|e| e.is_cancelled()));
+    let healthy = fx.engine(fx.config(), always(Then::Succeed));
+    match healthy.process(msg.clone(), &stop).await {
+        Disposition::Processed { .. } => {}
+        other => panic!("expected Processed after the crash, got {other:?}"),
+    }
+    assert_eq!(
+        fx.effects("crash").await,
+        1,
+        "the crashed run left no effect"
+    );
+    assert!(matches!(
+        healthy.process(msg, &stop).await,
+        Disposition::Replayed { .. }
+    ));
+    assert_eq!(fx.effects("crash").await, 1);
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn lost_connection_before_commit_is_not_acked_and_leaves_a_clean_slate() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = Arc::new(fx.engine(fx.config(), always(Then::WaitThenSucceed)));
+    let stop = CancellationToken::new();
+    let msg = fx.message("severed", "p");
+    let task = tokio::spawn({
+        let (e, m, s) = (engine.clone(), msg.clone(), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    fx.inserted.notified().await;
+    // The consumer's database session dies (crash of the connection, failover) mid-transaction.
+    let client = fx.store.pool().get().await.expect("client");
+    let killed: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE state = 'idle in transaction' AND query LIKE $1",
+            &[&format!("%{}%", fx.effects)],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(killed, 1, "the handler's session was found and terminated");
+    drop(client);
+    fx.resume.notify_one();
+    match task.await.expect("task") {
+        Disposition::Retry {
+            cause: RetryCause::StoreUnavailable { .. },
+            ..
+        } => {}
+        other => panic!("expected a store retry (no ack), got {other:?}"),
+    }
+    assert_eq!(fx.effects("severed").await, 0);
+    let healthy = fx.engine(fx.config(), always(Then::Succeed));
+    let again = healthy.process(msg, &stop).await;
+    assert!(matches!(again, Disposition::Processed { .. }), "{again:?}");
+    assert_eq!(fx.effects("severed").await, 1);
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn retriable_error_rolls_back_effects_releases_and_counts_attempts() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = fx.engine(fx.config(), |attempt| {
+        if attempt < 2 {
+            Then::FailRetriable
+        } else {
+            Then::Succeed
+        }
+    });
+    let msg = fx.message("flaky", "p");
+    let stop = CancellationToken::new();
+    match engine.process(msg.clone(), &stop).await {
+        Disposition::Retry {
+            cause: RetryCause::HandlerFailed { attempt: 1, error },
+            ..
+        } => assert!(error.contains("flaky dependency"), "{error}"),
+        other => panic!("expected Retry, got {other:?}"),
+    }
+    assert_eq!(fx.effects("flaky").await, 0, "effects rolled back");
+    let rec = fx
+        .store
+        .get(&fx.record_key("flaky"))
+        .await
+        .expect("get")
+        .expect("tombstone");
+    assert_eq!((rec.state, rec.attempt), (RecordState::Released, 1));
+    assert!(matches!(
+        engine.process(msg, &stop).await,
+        Disposition::Processed { .. }
+    ));
+    assert_eq!(fx.effects("flaky").await, 1);
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn retries_exhausted_and_panics_dead_letter_without_effects() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = fx.engine(fx.config(), always(Then::Panic));
+    let msg = fx.message("panics", "p");
+    let stop = CancellationToken::new();
+    for attempt in 1..=2 {
+        match engine.process(msg.clone(), &stop).await {
+            Disposition::Retry {
+                cause: RetryCause::HandlerFailed { attempt: a, error },
+                ..
+            } => {
+                assert_eq!(a, attempt);
+                assert!(error.contains("panicked"), "{error}");
+            }
+            other => panic!("expected Retry, got {other:?}"),
+        }
+    }
+    match engine.process(msg.clone(), &stop).await {
+        Disposition::DeadLetter(dl) => assert_eq!(dl.reason, DeadLetterReason::RetriesExhausted),
+        other => panic!("expected DeadLetter, got {other:?}"),
+    }
+    assert_eq!(fx.effects("panics").await, 0);
+    let rec = fx
+        .store
+        .get(&fx.record_key("panics"))
+        .await
+        .expect("get")
+        .expect("tombstone");
+    assert_eq!(
+        (rec.state, rec.attempt),
+        (RecordState::Released, 0),
+        "dead-lettering resets the attempt count for a later replay"
+    );
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn permanent_error_rolls_back_and_dead_letters_or_stores_the_failure() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let stop = CancellationToken::new();
+    let engine = fx.engine(fx.config(), always(Then::FailPermanent));
+    match engine.process(fx.message("bad", "p"), &stop).await {
+        Disposition::DeadLetter(dl) => {
+            assert_eq!(dl.reason, DeadLetterReason::HandlerFailed);
+            assert!(dl.error.contains("invalid order"));
+        }
+        other => panic!("expected DeadLetter, got {other:?}"),
+    }
+    assert_eq!(fx.effects("bad").await, 0);
+    let rec = fx.store.get(&fx.record_key("bad")).await.expect("get");
+    assert_eq!(rec.map(|r| r.state), Some(RecordState::Released));
+
+    let mut config = fx.config();
+    config.store_permanent_failures = true;
+    let storing = fx.engine(config, always(Then::FailPermanent));
+    let msg = fx.message("bad-stored", "p");
+    assert!(matches!(
+        storing.process(msg.clone(), &stop).await,
+        Disposition::DeadLetter(_)
+    ));
+    match storing.process(msg, &stop).await {
+        Disposition::Replayed { outcome } => assert_eq!(outcome.status, OutcomeStatus::Failed),
+        other => panic!("expected the stored failure to replay, got {other:?}"),
+    }
+    assert_eq!(fx.effects("bad-stored").await, 0);
+    assert_eq!(fx.runs.load(Ordering::SeqCst), 2);
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn swallowed_sql_error_is_not_committed_as_success() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = fx.engine(fx.config(), always(Then::SwallowSqlError));
+    let stop = CancellationToken::new();
+    match engine.process(fx.message("swallow", "p"), &stop).await {
+        Disposition::Retry {
+            cause: RetryCause::HandlerFailed { error, .. },
+            ..
+        } => assert!(error.contains("aborted"), "{error}"),
+        other => panic!("expected Retry, got {other:?}"),
+    }
+    assert_eq!(fx.effects("swallow").await, 0);
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn outcome_too_large_dead_letters_without_effects() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = fx.engine(fx.config(), always(Then::HugeOutcome));
+    let stop = CancellationToken::new();
+    match engine.process(fx.message("huge", "p"), &stop).await {
+        Disposition::DeadLetter(dl) => assert_eq!(dl.reason, DeadLetterReason::OutcomeTooLarge),
+        other => panic!("expected DeadLetter, got {other:?}"),
+    }
+    assert_eq!(fx.effects("huge").await, 0);
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn conflicts_and_missing_keys_never_run_the_handler() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = fx.engine(fx.config(), always(Then::Succeed));
+    let stop = CancellationToken::new();
+    assert!(matches!(
+        engine.process(fx.message("k", "first"), &stop).await,
+        Disposition::Processed { .. }
+    ));
+    match engine.process(fx.message("k", "different"), &stop).await {
+        Disposition::DeadLetter(dl) => assert_eq!(dl.reason, DeadLetterReason::Conflict),
+        other => panic!("expected conflict, got {other:?}"),
+    }
+    let unkeyed = Arc::new(Message::new("p", Source::Other("test".into())));
+    match engine.process(unkeyed, &stop).await {
+        Disposition::DeadLetter(dl) => assert_eq!(dl.reason, DeadLetterReason::MissingKey),
+        other => panic!("expected missing key, got {other:?}"),
+    }
+    assert_eq!(fx.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(engine.scope(), fx.scope);
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn shutdown_past_the_grace_period_abandons_and_rolls_back() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = Arc::new(fx.engine(fx.config(), always(Then::Hang)));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (e, m, s) = (engine.clone(), fx.message("slow", "p"), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    fx.inserted.notified().await;
+    stop.cancel();
+    assert_eq!(task.await.expect("task"), Disposition::Abandoned);
+    assert_eq!(fx.effects("slow").await, 0);
+    assert!(fx
+        .store
+        .get(&fx.record_key("slow"))
+        .await
+        .expect("get")
+        .is_none());
+    fx.drop_table().await;
+}
+
+#[tokio::test]
+async fn handler_statements_do_not_inherit_the_claim_lock_timeout() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let handler = from_fn(|_ctx, tx| {
+        Box::pin(async move {
+            let row = tx
+                .query_one("SHOW lock_timeout", &[])
+                .await
+                .map_err(HandlerError::retriable)?;
+            Ok::<_, HandlerError>(row.get::<_, String>(0))
+        })
+    });
+    let engine = TransactionalEngine::new(fx.store.clone(), fx.config(), handler).expect("engine");
+    let default: String = fx
+        .store
+        .pool()
+        .get()
+        .await
+        .expect("client")
+        .query_one("SHOW lock_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    match engine
+        .process(fx.message("timeout", "p"), &CancellationToken::new())
+        .await
+    {
+        Disposition::Processed { outcome } => {
+            assert_eq!(outcome.decode::<String>().expect("json"), default)
+        }
+        other => panic!("expected Processed, got {other:?}"),
+    }
+    fx.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_behind_a_duplicates_row_lock() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let engine = Arc::new(fx.engine(fx.config(), always(Then::WaitThenSucceed)));
+    let msg = fx.message("locked", "p");
+    let first_stop = CancellationToken::new();
+    let first = tokio::spawn({
+        let (e, m, s) = (engine.clone(), msg.clone(), first_stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    fx.inserted.notified().await;
+    // The duplicate blocks on the first transaction's row lock; its consumer shuts down.
+    let stop = CancellationToken::new();
+    let duplicate = tokio::spawn({
+        let (e, m, s) = (engine.clone(), msg.clone(), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.cancel();
+    let d = tokio::time::timeout(Duration::from_secs(5), duplicate)
+        .await
+        .expect("shutdown is prompt")
+        .expect("task");
+    assert_eq!(d, Disposition::Abandoned);
+    fx.resume.notify_one();
+    assert!(matches!(
+        first.await.expect("task"),
+        Disposition::Processed { .. }
+    ));
+    assert_eq!(fx.effects("locked").await, 1);
+    assert_eq!(fx.runs.load(Ordering::SeqCst), 1);
+    fx.drop_table().await;
+}

@@ -1,0 +1,21 @@
+//! The Postgres store against the store conformance suite (one shared, migrated table; every case
+//! uses its own scope).
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use futures::FutureExt;
+use idemq::store::RecordKey;
+use std::sync::Arc;
+use support::conformance::{store_conformance, Subject};
+
+store_conformance!(|| async {
+    let store = support::postgres::shared_store().await?;
+    let raw = store.clone();
+    Some(
+        Subject::new(Arc::new(store)).with_corrupter(Box::new(move |key: RecordKey| {
+            let raw = raw.clone();
+            async move { support::postgres::corrupt(&raw, &key).await }.boxed()
+        })),
+    )
+});

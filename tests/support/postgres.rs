@@ -1,0 +1,54 @@
+//! Postgres test helpers: a migrated store on a shared test table, raw SQL access.
+
+use super::services::{postgres_url, require_postgres, unique};
+use idemq::store::postgres::{PostgresOptions, PostgresStore};
+use idemq::store::RecordKey;
+
+/// Table shared by tests that isolate themselves by scope.
+pub const SHARED_TABLE: &str = "idemq_test_records";
+
+/// A store on [`SHARED_TABLE`] (migrated), or `None` to skip outside CI.
+pub async fn shared_store() -> Option<PostgresStore> {
+    store_on(SHARED_TABLE).await
+}
+
+/// A store on `table` (migrated), or `None` to skip outside CI.
+pub async fn store_on(table: &str) -> Option<PostgresStore> {
+    if !require_postgres() {
+        return None;
+    }
+    let options = PostgresOptions::default()
+        .with_table(table)
+        .expect("valid table name");
+    let store = PostgresStore::connect_with(&postgres_url(), options)
+        .await
+        .expect("connect to postgres");
+    store.migrate().await.expect("migrate");
+    Some(store)
+}
+
+/// A table name nobody else uses (lower-case, valid identifier).
+pub fn unique_table(prefix: &str) -> String {
+    unique(prefix).replace('-', "_").to_ascii_lowercase()
+}
+
+/// Runs raw SQL (no parameters) on the store's database.
+pub async fn exec(store: &PostgresStore, sql: &str) {
+    let client = store.pool().get().await.expect("pooled connection");
+    client.batch_execute(sql).await.expect("raw sql");
+}
+
+/// Overwrites a record's state and fingerprint with garbage.
+pub async fn corrupt(store: &PostgresStore, key: &RecordKey) {
+    let client = store.pool().get().await.expect("pooled connection");
+    let sql = format!(
+        "UPDATE {} SET state = 'zombie', fingerprint = '\\x00'::bytea \
+         WHERE scope = $1 AND idempotency_key = $2",
+        store.table()
+    );
+    let n = client
+        .execute(&sql, &[&key.scope, &key.key.as_str()])
+        .await
+        .expect("corrupt");
+    assert_eq!(n, 1, "record to corrupt exists");
+}
