@@ -27,6 +27,7 @@
 
 mod config;
 mod disposition;
+mod health;
 mod process;
 mod telemetry;
 
@@ -35,15 +36,16 @@ pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 // Shared with other processors (the Postgres transactional engine), so they behave and report
 // like the engine.
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
-pub(crate) use process::{panic_text, sleep_or_cancel};
+pub(crate) use health::StoreHealth;
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
+pub(crate) use process::{panic_text, sleep_or_cancel};
 pub(crate) use telemetry::{record_decision, timed};
 
 use crate::handler::Handler;
 use crate::message::Message;
 use crate::store::Store;
 use async_trait::async_trait;
-use std::sync::atomic::AtomicU32;
+
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -83,9 +85,7 @@ struct Inner<H> {
     config: EngineConfig,
     scope: Arc<str>,
     handler: H,
-    /// Consecutive store failures, shared by all messages, so the suggested backoff grows while
-    /// the store stays down and resets on the first success.
-    store_failures: AtomicU32,
+    health: StoreHealth,
 }
 
 impl<H: Handler> Engine<H> {
@@ -102,7 +102,7 @@ impl<H: Handler> Engine<H> {
                 scope: Arc::from(config.scope.as_str()),
                 config,
                 handler,
-                store_failures: AtomicU32::new(0),
+                health: StoreHealth::default(),
             }),
         })
     }

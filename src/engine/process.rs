@@ -1,7 +1,7 @@
 //! The processing flow of one message. The table in `shared/SEMANTICS.md` is the specification;
 //! each branch below names the row it implements.
 
-use super::telemetry::{record_decision, timed};
+use super::telemetry::record_decision;
 use super::{Disposition, Inner, RetryCause};
 use crate::engine::DeadLetterReason;
 use crate::fingerprint::Fingerprint;
@@ -14,7 +14,6 @@ use futures::FutureExt;
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -444,13 +443,7 @@ impl<H: Handler> Inner<H> {
     }
 
     fn store_down(&self, err: StoreError) -> Disposition {
-        let n = self.store_failures.load(Ordering::Relaxed).max(1);
-        Disposition::Retry {
-            after: self.config.store_backoff.delay(n),
-            cause: RetryCause::StoreUnavailable {
-                error: err.to_string(),
-            },
-        }
+        self.health.unavailable(err, &self.config.store_backoff)
     }
 
     async fn store_call<T>(
@@ -458,14 +451,7 @@ impl<H: Handler> Inner<H> {
         op: &'static str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let r = timed(op, self.config.store_timeout, fut).await;
-        match &r {
-            Err(e) if e.is_transient() => {
-                self.store_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => self.store_failures.store(0, Ordering::Relaxed),
-        }
-        r
+        self.health.call(op, self.config.store_timeout, fut).await
     }
 }
 

@@ -46,13 +46,13 @@
 mod run;
 
 use super::{PostgresStore, Transaction};
+use crate::engine::StoreHealth;
 use crate::engine::{ConfigError, Disposition, EngineConfig, Processor};
 use crate::handler::{HandlerContext, HandlerError};
 use crate::message::Message;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::Serialize;
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -131,8 +131,7 @@ struct Inner<H> {
     config: EngineConfig,
     scope: Arc<str>,
     handler: H,
-    /// Consecutive store failures, for a growing backoff while the database is down.
-    store_failures: AtomicU32,
+    health: StoreHealth,
 }
 
 impl<H: TransactionalHandler> TransactionalEngine<H> {
@@ -149,7 +148,7 @@ impl<H: TransactionalHandler> TransactionalEngine<H> {
                 scope: Arc::from(config.scope.as_str()),
                 config,
                 handler,
-                store_failures: AtomicU32::new(0),
+                health: StoreHealth::default(),
             }),
         })
     }

@@ -15,7 +15,6 @@ use crate::store::{Claim, ClaimRequest, RecordKey, Release, StoreError, Token};
 use futures::FutureExt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -259,7 +258,7 @@ impl<H: TransactionalHandler> Inner<H> {
             }
             Err(e) => return Err(self.store.db("claim", e)),
         };
-        self.store_failures.store(0, Ordering::Relaxed);
+        self.health.succeeded();
         let claim = match interpret_claim(rows, req) {
             Ok(Some(claim)) => claim,
             Ok(None) => return Ok(Err(Step::Raced)),
@@ -569,13 +568,7 @@ impl<H: TransactionalHandler> Inner<H> {
     }
 
     fn store_down(&self, err: StoreError) -> Disposition {
-        let n = self.store_failures.load(Ordering::Relaxed).max(1);
-        Disposition::Retry {
-            after: self.config.store_backoff.delay(n),
-            cause: RetryCause::StoreUnavailable {
-                error: err.to_string(),
-            },
-        }
+        self.health.unavailable(err, &self.config.store_backoff)
     }
 
     async fn store_call<T>(
@@ -583,13 +576,6 @@ impl<H: TransactionalHandler> Inner<H> {
         op: &'static str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let r = timed(op, self.config.store_timeout, fut).await;
-        match &r {
-            Err(e) if e.is_transient() => {
-                self.store_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => self.store_failures.store(0, Ordering::Relaxed),
-        }
-        r
+        self.health.call(op, self.config.store_timeout, fut).await
     }
 }
