@@ -105,3 +105,26 @@ async fn same_source_and_target_is_a_config_error() {
         .expect_err("rejected");
     assert!(matches!(err, KafkaReplayError::Config(_)), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_fails_after_the_join_timeout() {
+    let port = support::kafka::free_port();
+    let store = FaultyStore::new(Arc::new(MemoryStore::new()));
+    let err = KafkaReplay::new(
+        format!("127.0.0.1:{port}"),
+        "dlq",
+        "main",
+        Classifier::new(store, "s", KeyConfig::default()),
+    )
+    .join_timeout(Duration::from_secs(1))
+    .run(|_| {})
+    .await
+    .expect_err("no broker");
+    assert!(
+        matches!(
+            err,
+            KafkaReplayError::NotAssigned { .. } | KafkaReplayError::Broker { .. }
+        ),
+        "{err:?}"
+    );
+}

@@ -45,3 +45,30 @@ pub(crate) fn to_kafka_headers<'a>(headers: impl IntoIterator<Item = &'a Header>
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_headers_keep_order_duplicates_and_null_values() {
+        let hs = [
+            Header::new("a", "1"),
+            Header {
+                name: "null".into(),
+                value: None,
+            },
+            Header::new("a", "2"),
+        ];
+        let out = to_kafka_headers(&hs);
+        let got: Vec<(&str, Option<&[u8]>)> = out.iter().map(|h| (h.key, h.value)).collect();
+        assert_eq!(
+            got,
+            [
+                ("a", Some(&b"1"[..])),
+                ("null", None),
+                ("a", Some(&b"2"[..]))
+            ]
+        );
+    }
+}

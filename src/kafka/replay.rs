@@ -222,19 +222,16 @@ impl KafkaReplay {
         while self.limit.is_none_or(|l| report.examined < l) {
             let record = match tokio::time::timeout(step, consumer.recv()).await {
                 Ok(Ok(record)) => record,
-                Ok(Err(err)) => {
-                    warn!(%err, topic = %self.from_topic, "consumer error");
-                    last_error = Some(err);
-                    continue;
-                }
-                Err(_) if assigned => {
-                    if last_record.elapsed() >= self.idle_timeout {
-                        break;
+                waited => {
+                    if let Ok(Err(err)) = waited {
+                        warn!(%err, topic = %self.from_topic, "consumer error");
+                        last_error = Some(err);
                     }
-                    continue;
-                }
-                Err(_) => {
-                    if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    if assigned {
+                        if last_record.elapsed() >= self.idle_timeout {
+                            break;
+                        }
+                    } else if consumer.assignment().is_ok_and(|a| a.count() > 0) {
                         assigned = true;
                         last_record = Instant::now();
                     } else if started.elapsed() >= self.join_timeout {
