@@ -128,3 +128,40 @@ async fn unreachable_broker_fails_after_the_join_timeout() {
         "{err:?}"
     );
 }
+
+/// The same replay on a real broker process (Tansu; skipped without the binary unless CI=true).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_replay_republishes_and_commits() {
+    let Some(broker) = Broker::tansu() else {
+        return;
+    };
+    let (dlq, main, group) = (unique("dlq"), unique("main"), unique("g"));
+    broker.create_topic(&dlq, 1).await;
+    broker.create_topic(&main, 1).await;
+    let mut no_key = Rec::keyed("x", "no key").on(0);
+    no_key.headers.clear();
+    let recs = vec![
+        Rec::keyed("k0", "p0").on(0),
+        no_key,
+        Rec::keyed("k1", "p1").on(0),
+    ];
+    produce(&broker.bootstrap(), &dlq, &recs).await;
+    let store = FaultyStore::new(Arc::new(MemoryStore::new()));
+    let r = replay(&broker, store.clone(), &dlq, &main, &group)
+        .idle_timeout(Duration::from_secs(2))
+        .run(|_| {})
+        .await
+        .expect("replay");
+    assert_eq!((r.examined, r.republished, r.kept), (3, 2, 1), "{r:?}");
+    assert_eq!(committed(&broker.bootstrap(), &group, &dlq, 1), [3]);
+    assert_eq!(
+        read_all(&broker.bootstrap(), &main, 3, Duration::from_secs(3)).len(),
+        2
+    );
+    let again = replay(&broker, store, &dlq, &main, &group)
+        .idle_timeout(Duration::from_secs(2))
+        .run(|_| {})
+        .await
+        .expect("second replay");
+    assert_eq!(again.examined, 0, "resumes after the committed offset");
+}
