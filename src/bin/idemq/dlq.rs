@@ -1,7 +1,7 @@
 //! `idemq dlq replay`.
 
 use crate::args::{Output, ReplayArgs};
-use crate::keys::{open, store_failure};
+use crate::keys::open;
 use crate::{output, Failure};
 use idemq::replay::{Classifier, ReplayClass, ReplayReport};
 use idemq::KeyConfig;
@@ -74,7 +74,7 @@ async fn amqp(
         replay = replay.limit(n);
     }
     replay.run(tick).await.map_err(|e| match e {
-        AmqpError::Store(s) => store_failure(s),
+        AmqpError::Store(s) => crate::keys::store_failure(s),
         AmqpError::Config(msg) => Failure::Usage(msg),
         other => Failure::Unreachable(other.to_string()),
     })
@@ -108,7 +108,7 @@ async fn kafka(
         replay = replay.limit(n);
     }
     replay.run(tick).await.map_err(|e| match e {
-        KafkaReplayError::Store(s) => store_failure(s),
+        KafkaReplayError::Store(s) => crate::keys::store_failure(s),
         KafkaReplayError::Config(msg) => Failure::Usage(msg),
         other => Failure::Unreachable(other.to_string()),
     })
