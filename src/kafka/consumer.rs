@@ -1,6 +1,7 @@
 //! [`IdempotentConsumer`]: the poll loop, commits and graceful shutdown.
 
 use super::config::LoopSettings;
+use super::convert::to_message;
 use super::dead_letter::DeadLetterProducer;
 use super::error::KafkaConsumerError;
 use super::partitions::Shared;
@@ -8,11 +9,10 @@ use super::summary::{ConsumerSummary, StatsHandle};
 use super::worker::Work;
 use super::IdemqContext;
 use crate::engine::Processor;
-use crate::message::{Header, Message, Source};
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::FutureProducer;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -218,30 +218,12 @@ fn close(consumer: StreamConsumer<IdemqContext>) {
 
 /// Copies a record out of librdkafka's buffer and hands it to its partition.
 fn dispatch(shared: &Shared, record: &BorrowedMessage<'_>) {
-    let headers = record
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| Header {
-                    name: h.key.to_string(),
-                    value: h.value.map(Bytes::copy_from_slice),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let topic = record.topic().to_string();
-    let (partition, offset) = (record.partition(), record.offset());
-    let message = Message {
-        headers,
-        payload: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
-        source: Source::Kafka {
-            topic: topic.clone(),
-            partition,
-            offset,
-        },
-        message_id: None,
-        redelivered: false,
-    };
+    let message = to_message(record);
+    let (topic, partition, offset) = (
+        record.topic().to_string(),
+        record.partition(),
+        record.offset(),
+    );
     let work = Work {
         message: Arc::new(message),
         kafka_key: record.key().map(Bytes::copy_from_slice),

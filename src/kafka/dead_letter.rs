@@ -1,11 +1,12 @@
 //! Publishing dead-lettered messages and waiting for the broker's confirmation.
 
+use super::convert::to_kafka_headers;
 use super::error::DeadLetterError;
 use crate::engine::DeadLetter;
 use crate::headers;
 use crate::message::{Message, Source};
 use bytes::Bytes;
-use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
+use rdkafka::message::Header as KafkaHeader;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use std::time::Duration;
@@ -44,16 +45,11 @@ impl DeadLetterProducer {
         kafka_key: Option<&Bytes>,
         dead_letter: &DeadLetter,
     ) -> Result<(), DeadLetterError> {
-        let mut out = OwnedHeaders::new_with_capacity(message.headers.len() + OWN_HEADERS.len());
-        for h in &message.headers {
-            if OWN_HEADERS.iter().any(|o| h.name.eq_ignore_ascii_case(o)) {
-                continue;
-            }
-            out = out.insert(KafkaHeader {
-                key: &h.name,
-                value: h.value.as_deref(),
-            });
-        }
+        let kept = message
+            .headers
+            .iter()
+            .filter(|h| !OWN_HEADERS.iter().any(|o| h.name.eq_ignore_ascii_case(o)));
+        let mut out = to_kafka_headers(kept);
         let source_headers: Vec<(&str, String)> = match &message.source {
             Source::Kafka {
                 topic,

@@ -39,3 +39,50 @@ pub enum DeadLetterError {
         after: std::time::Duration,
     },
 }
+
+/// A [`KafkaReplay`](super::KafkaReplay) run stopped. Offsets of every record handled before the
+/// failure are committed; nothing after it is.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaReplayError {
+    /// The replay settings are invalid (empty topic names, bad librdkafka setting).
+    #[error("invalid kafka replay configuration: {0}")]
+    Config(String),
+    /// The store could not classify a record.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A broker operation failed (metadata, group join, commit).
+    #[error("kafka {during} failed: {source}")]
+    Broker {
+        /// What was being done.
+        during: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The consumer got no partitions of the dead-letter topic in time (broker unreachable, or
+    /// the group has more members than the topic has partitions).
+    #[error("no partition of {topic} was assigned within {after:?}")]
+    NotAssigned {
+        /// Dead-letter topic.
+        topic: String,
+        /// How long the replay waited.
+        after: std::time::Duration,
+    },
+    /// The broker rejected a republished record; the dead-lettered original was not committed.
+    #[error("republish to {topic} failed: {source}")]
+    Publish {
+        /// Target topic.
+        topic: String,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A republished record was not confirmed in time; the original was not committed.
+    #[error("republish to {topic} was not confirmed within {after:?}")]
+    Timeout {
+        /// Target topic.
+        topic: String,
+        /// The configured bound.
+        after: std::time::Duration,
+    },
+}

@@ -44,16 +44,19 @@
 
 mod config;
 mod consumer;
+mod convert;
 mod dead_letter;
 mod error;
 mod partitions;
+mod replay;
 mod summary;
 mod tracker;
 mod worker;
 
 pub use config::KafkaConsumerBuilder;
 pub use consumer::IdempotentConsumer;
-pub use error::{DeadLetterError, KafkaConsumerError};
+pub use error::{DeadLetterError, KafkaConsumerError, KafkaReplayError};
+pub use replay::KafkaReplay;
 pub use summary::{ConsumerSummary, StatsHandle};
 
 use partitions::Shared;

@@ -1,7 +1,7 @@
 //! `idemq dlq replay`.
 
 use crate::args::{Output, ReplayArgs};
-use crate::keys::{open, store_failure};
+use crate::keys::open;
 use crate::{output, Failure};
 use idemq::replay::{Classifier, ReplayClass, ReplayReport};
 use idemq::KeyConfig;
@@ -74,7 +74,7 @@ async fn amqp(
         replay = replay.limit(n);
     }
     replay.run(tick).await.map_err(|e| match e {
-        AmqpError::Store(s) => store_failure(s),
+        AmqpError::Store(s) => crate::keys::store_failure(s),
         AmqpError::Config(msg) => Failure::Usage(msg),
         other => Failure::Unreachable(other.to_string()),
     })
@@ -90,13 +90,38 @@ async fn amqp(
     Err(Failure::Usage("built without the `amqp` feature".into()))
 }
 
+#[cfg(feature = "kafka")]
 async fn kafka(
-    _a: &ReplayArgs,
-    _bootstrap: &str,
-    _classifier: Classifier,
-    _tick: impl Fn(&ReplayReport),
+    a: &ReplayArgs,
+    bootstrap: &str,
+    classifier: Classifier,
+    tick: impl Fn(&ReplayReport),
 ) -> Result<ReplayReport, Failure> {
-    Err(Failure::Usage("Kafka replay is not available yet".into()))
+    use idemq::kafka::{KafkaReplay, KafkaReplayError};
+    let mut replay = KafkaReplay::new(bootstrap, &a.from, &a.to, classifier)
+        .dry_run(a.dry_run)
+        .idle_timeout(std::time::Duration::from_millis(a.idle_timeout_ms));
+    if let Some(group) = &a.group {
+        replay = replay.group(group);
+    }
+    if let Some(n) = a.limit {
+        replay = replay.limit(n);
+    }
+    replay.run(tick).await.map_err(|e| match e {
+        KafkaReplayError::Store(s) => crate::keys::store_failure(s),
+        KafkaReplayError::Config(msg) => Failure::Usage(msg),
+        other => Failure::Unreachable(other.to_string()),
+    })
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn kafka(
+    _: &ReplayArgs,
+    _: &str,
+    _: Classifier,
+    _: impl Fn(&ReplayReport),
+) -> Result<ReplayReport, Failure> {
+    Err(Failure::Usage("built without the `kafka` feature".into()))
 }
 
 fn print_report(out: Output, r: &ReplayReport) {

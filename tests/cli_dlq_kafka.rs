@@ -1,0 +1,196 @@
+//! `idemq dlq replay` against a Kafka broker (librdkafka's MockCluster) and Redis: the dry run moves
+//! and commits nothing; the real run republishes only what still has to run, and commits past every
+//! record so a second run has nothing left.
+#![cfg(all(feature = "kafka", feature = "cli"))]
+
+mod support;
+
+use assert_cmd::Command;
+use idemq::store::{Claim, ClaimRequest, RecordKey, Release};
+use idemq::{Fingerprint, IdempotencyKey, Message, Outcome, Source, Store};
+use rdkafka::message::Message as _;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use support::kafka::{committed, header, produce, read_all, Broker, Rec};
+use support::services::{redis_url, require_redis, unique};
+
+fn replay(bootstrap: &str, scope: &str, dlq: &str, to: &str, dry: bool) -> Value {
+    let mut cmd = Command::cargo_bin("idemq").expect("binary");
+    cmd.args([
+        "dlq",
+        "replay",
+        "--bootstrap",
+        bootstrap,
+        "--from",
+        dlq,
+        "--to",
+        to,
+        "--scope",
+        scope,
+        "--store",
+        &redis_url(),
+        "--idle-timeout-ms",
+        "1500",
+        "--output",
+        "json",
+    ]);
+    if dry {
+        cmd.arg("--dry-run");
+    }
+    let out = cmd.output().expect("run idemq");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json report")
+}
+
+/// A dead-lettered record as the consumer writes it: original key, payload and headers plus the
+/// `x-idemq-*` dead-letter headers.
+fn dead_lettered(key: Option<&str>, payload: &str) -> Rec {
+    let mut headers = Vec::new();
+    if let Some(k) = key {
+        headers.push(("Idempotency-Key".to_string(), k.as_bytes().to_vec()));
+    }
+    headers.push(("tenant".to_string(), b"acme".to_vec()));
+    headers.push(("x-idemq-reason".to_string(), b"handler-failed".to_vec()));
+    headers.push(("x-idemq-error".to_string(), b"db down".to_vec()));
+    headers.push(("x-idemq-source-topic".to_string(), b"main".to_vec()));
+    Rec {
+        partition: Some(0),
+        kafka_key: key.map(|k| format!("rk-{k}")),
+        headers,
+        payload: payload.as_bytes().to_vec(),
+    }
+}
+
+async fn seed(store: &Arc<dyn Store>, scope: &str) {
+    let lease = Duration::from_secs(30);
+    let retention = Duration::from_secs(600);
+    for (key, payload, completed) in [("done", "p-done", true), ("failed", "p-failed", false)] {
+        let k = RecordKey::new(scope.to_string(), IdempotencyKey::new(key).expect("key"));
+        // Exactly as the consumer fingerprints a message: payload only, no chosen headers.
+        let f = Fingerprint::of(&Message::new(payload, Source::Other("seed".into())), &[]);
+        let Claim::Acquired { token, .. } = store
+            .claim(&ClaimRequest::new(&k, &f, lease, retention))
+            .await
+            .expect("claim")
+        else {
+            panic!("not acquired")
+        };
+        if completed {
+            store
+                .complete(&k, token, &Outcome::succeeded("1"), retention)
+                .await
+                .expect("complete");
+        } else {
+            store
+                .release(&k, token, Release::Reset)
+                .await
+                .expect("release");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_classifies_then_moves_only_what_must_run() {
+    if !require_redis() {
+        return;
+    }
+    let store = idemq::store::connect(&redis_url()).await.expect("redis");
+    let scope = unique("kreplay");
+    seed(&store, &scope).await;
+
+    let broker = Broker::mock();
+    let bootstrap = broker.bootstrap();
+    let (dlq, main) = (unique("dlq"), unique("main"));
+    broker.create_topic(&dlq, 1).await;
+    broker.create_topic(&main, 1).await;
+    let records = [
+        dead_lettered(Some("done"), "p-done"),     // would_skip
+        dead_lettered(Some("done"), "tampered"),   // conflict
+        dead_lettered(Some("failed"), "p-failed"), // would_run
+        dead_lettered(Some("new"), "p-new"),       // would_run
+        dead_lettered(None, "no key"),             // no_key
+    ];
+    produce(&bootstrap, &dlq, &records).await;
+    let group = format!("idemq-replay-{dlq}");
+
+    let dry = replay(&bootstrap, &scope, &dlq, &main, true);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["examined"], 5);
+    assert_eq!(dry["classes"]["would_run"], 2);
+    assert_eq!(dry["classes"]["would_skip"], 1);
+    assert_eq!(dry["classes"]["conflict"], 1);
+    assert_eq!(dry["classes"]["no_key"], 1);
+    assert_eq!(dry["republished"], 0);
+    assert_eq!(dry["removed"], 0);
+    assert_eq!(
+        read_all(&bootstrap, &main, 1, Duration::from_millis(1500)).len(),
+        0,
+        "a dry run produces nothing"
+    );
+    assert_eq!(
+        committed(&bootstrap, &group, &dlq, 1),
+        [-1],
+        "a dry run commits nothing"
+    );
+
+    let real = replay(&bootstrap, &scope, &dlq, &main, false);
+    assert_eq!(real["examined"], 5);
+    assert_eq!(
+        (
+            real["republished"].as_u64(),
+            real["removed"].as_u64(),
+            real["kept"].as_u64()
+        ),
+        (Some(2), Some(1), Some(2))
+    );
+    assert_eq!(
+        committed(&bootstrap, &group, &dlq, 1),
+        [5],
+        "committed past every handled record"
+    );
+    let moved = read_all(&bootstrap, &main, 3, Duration::from_secs(3));
+    let mut bodies: Vec<String> = moved
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        ["p-failed", "p-new"],
+        "exactly the two that must run"
+    );
+    for m in &moved {
+        let key = header(m, "Idempotency-Key").expect("key header kept");
+        assert_eq!(
+            m.key(),
+            Some(format!("rk-{key}").as_bytes()),
+            "original record key"
+        );
+        assert_eq!(header(m, "x-idemq-replayed").as_deref(), Some("1"));
+        assert_eq!(
+            header(m, "x-idemq-reason"),
+            None,
+            "dead-letter headers are dropped"
+        );
+        assert_eq!(header(m, "x-idemq-error"), None);
+        assert_eq!(header(m, "x-idemq-source-topic"), None);
+        assert_eq!(
+            header(m, "tenant").as_deref(),
+            Some("acme"),
+            "other headers are kept"
+        );
+    }
+
+    let again = replay(&bootstrap, &scope, &dlq, &main, false);
+    assert_eq!(again["examined"], 0, "the group resumes after the last run");
+    assert_eq!(again["republished"], 0);
+    assert_eq!(
+        read_all(&bootstrap, &main, 3, Duration::from_millis(1500)).len(),
+        2
+    );
+}
