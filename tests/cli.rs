@@ -314,3 +314,34 @@ fn every_command_has_help() {
         );
     }
 }
+
+#[test]
+#[cfg(feature = "kafka")]
+fn dlq_replay_with_an_unreachable_broker_exits_3() {
+    idemq()
+        .args([
+            "dlq",
+            "replay",
+            "--bootstrap",
+            "127.0.0.1:1",
+            "--from",
+            "dlq",
+            "--to",
+            "main",
+            "--scope",
+            "s",
+            "--store",
+            "memory",
+            "--join-timeout-ms",
+            "1500",
+        ])
+        .assert()
+        .code(3);
+    // Exactly one broker must be named.
+    idemq()
+        .args([
+            "dlq", "replay", "--from", "dlq", "--to", "main", "--scope", "s", "--store", "memory",
+        ])
+        .assert()
+        .code(2);
+}

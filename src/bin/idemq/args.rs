@@ -107,6 +107,9 @@ pub struct ReplayArgs {
     /// Kafka: stop after this long without a new message (the end of the topic).
     #[arg(long, default_value_t = 5000)]
     pub idle_timeout_ms: u64,
+    /// Kafka: give up (exit 3) if no partition is assigned within this long (broker unreachable).
+    #[arg(long, default_value_t = 30000)]
+    pub join_timeout_ms: u64,
 }
 
 /// `idemq key …`

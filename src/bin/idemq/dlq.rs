@@ -100,7 +100,8 @@ async fn kafka(
     use idemq::kafka::{KafkaReplay, KafkaReplayError};
     let mut replay = KafkaReplay::new(bootstrap, &a.from, &a.to, classifier)
         .dry_run(a.dry_run)
-        .idle_timeout(std::time::Duration::from_millis(a.idle_timeout_ms));
+        .idle_timeout(std::time::Duration::from_millis(a.idle_timeout_ms))
+        .join_timeout(std::time::Duration::from_millis(a.join_timeout_ms));
     if let Some(group) = &a.group {
         replay = replay.group(group);
     }
