@@ -8,7 +8,7 @@
 //!
 //! Several copies in one group together run each key's handler once; `--effects` appends one JSON
 //! line per handler execution (`{"key","topic","partition","offset","pid"}`) so that can be checked
-//! afterwards. Ctrl-C stops gracefully (in-flight messages finish, offsets are flushed).
+//! afterwards. `--exit-when-idle` counts only while partitions are assigned. Ctrl-C stops gracefully (in-flight messages finish, offsets are flushed).
 //!
 //! `--transactional` (feature `postgres`, with `--store postgres://…`) runs the handler in the
 //! Postgres transaction that claimed the key (`TransactionalEngine`): every handler execution
@@ -164,7 +164,9 @@ async fn run() -> BoxResult<()> {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let received = stats.snapshot().received;
-                if received != last.0 || stats.in_progress() > 0 {
+                // Waiting for a partition (a group join can take a session timeout) is not idle.
+                if received != last.0 || stats.in_progress() > 0 || stats.assigned_partitions() == 0
+                {
                     last = (received, Instant::now());
                 } else if last.1.elapsed() >= idle_for {
                     tracing::info!(?idle_for, "idle; exiting");
