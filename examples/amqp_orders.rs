@@ -233,7 +233,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .concurrency(args.concurrency)
         .connection_name(format!("amqp_orders-{}", std::process::id()));
     let mut builder = if args.transactional {
-        builder.processor(transactional::processor(&args, handler).await?)
+        let mut config = EngineConfig::new(args.queue.clone());
+        config.key.use_message_id = true;
+        builder.processor(
+            transactional::processor(&args.store, &args.effects_table, config, handler)
+                .await
+                .map_err(|e| e as Box<dyn std::error::Error>)?,
+        )
     } else {
         builder
             .store(idemq::store::connect(&args.store).await?)
@@ -287,78 +293,5 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `--transactional`: the same handler, run inside the claim's Postgres transaction, plus one
-/// `--effects-table` row per execution written through that transaction.
-#[cfg(feature = "postgres")]
-mod transactional {
-    use super::Args;
-    use idemq::store::postgres::{from_fn, PostgresStore, TransactionalEngine};
-    use idemq::{EngineConfig, Handler, HandlerContext, HandlerError, Processor};
-    use std::sync::Arc;
-
-    pub async fn processor<H: Handler>(
-        args: &Args,
-        handler: H,
-    ) -> Result<Arc<dyn Processor>, Box<dyn std::error::Error>> {
-        if !args.store.starts_with("postgres://") && !args.store.starts_with("postgresql://") {
-            return Err("--transactional needs --store postgres://…".into());
-        }
-        let table = &args.effects_table;
-        if table.is_empty()
-            || !table
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
-        {
-            return Err("--effects-table: lower-case letters, digits, `_` and `.` only".into());
-        }
-        let store = PostgresStore::from_url(&args.store).await?;
-        {
-            // Several consumers may start at once: serialize the CREATE.
-            let mut client = store.pool().get().await?;
-            let tx = client.transaction().await?;
-            tx.batch_execute(&format!(
-                "SELECT pg_advisory_xact_lock(hashtext('amqp_orders:{table}'));
-                 CREATE TABLE IF NOT EXISTS {table} (
-                     idempotency_key text NOT NULL,
-                     pid integer NOT NULL,
-                     at timestamptz NOT NULL DEFAULT clock_timestamp())"
-            ))
-            .await?;
-            tx.commit().await?;
-        }
-        let insert = format!("INSERT INTO {table} (idempotency_key, pid) VALUES ($1, $2)");
-        let handler = Arc::new(handler);
-        let mut config = EngineConfig::new(args.queue.clone());
-        config.key.use_message_id = true;
-        let engine = TransactionalEngine::new(
-            store,
-            config,
-            from_fn(move |ctx: HandlerContext, tx| {
-                let (insert, handler) = (insert.clone(), handler.clone());
-                Box::pin(async move {
-                    let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
-                    let pid = std::process::id() as i32;
-                    tx.execute(&insert, &[&key, &pid])
-                        .await
-                        .map_err(HandlerError::retriable)?;
-                    handler.handle(ctx).await
-                })
-            }),
-        )?;
-        Ok(Arc::new(engine))
-    }
-}
-
-#[cfg(not(feature = "postgres"))]
-mod transactional {
-    use super::Args;
-    use idemq::{Handler, Processor};
-    use std::sync::Arc;
-
-    pub async fn processor<H: Handler>(
-        _args: &Args,
-        _handler: H,
-    ) -> Result<Arc<dyn Processor>, Box<dyn std::error::Error>> {
-        Err("--transactional needs the `postgres` feature".into())
-    }
-}
+#[path = "shared/transactional.rs"]
+mod transactional;

@@ -8,7 +8,14 @@
 //!
 //! Several copies in one group together run each key's handler once; `--effects` appends one JSON
 //! line per handler execution (`{"key","topic","partition","offset","pid"}`) so that can be checked
-//! afterwards. Ctrl-C stops gracefully (in-flight messages finish, offsets are flushed).
+//! afterwards. `--exit-when-idle` counts only while partitions are assigned. Ctrl-C stops gracefully (in-flight messages finish, offsets are flushed).
+//!
+//! `--transactional` (feature `postgres`, with `--store postgres://…`) runs the handler in the
+//! Postgres transaction that claimed the key (`TransactionalEngine`): every handler execution
+//! inserts one row (key, pid, at) into `--effects-table` (default `order_effects`, created if
+//! missing) inside that transaction, so the row, the claim and the outcome commit together —
+//! exactly one row per key however the consumers crash. The effects file, if given, is still
+//! written (outside the transaction, so at-least-once).
 
 use idemq::kafka::KafkaConsumerBuilder;
 use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError, Source};
@@ -27,11 +34,13 @@ struct Args {
     handler_ms: u64,
     effects: Option<String>,
     exit_when_idle: Option<u64>,
+    transactional: bool,
+    effects_table: String,
 }
 
 const USAGE: &str = "usage: kafka_orders [--bootstrap HOST:PORT] [--topic T] [--group G] \
 [--store memory|redis://..|postgres://..] [--dead-letter-topic T] [--handler-ms N] \
-[--effects FILE] [--exit-when-idle SECS]";
+[--effects FILE] [--exit-when-idle SECS] [--transactional [--effects-table NAME]]";
 
 fn parse_args() -> BoxResult<Args> {
     let mut a = Args {
@@ -43,12 +52,18 @@ fn parse_args() -> BoxResult<Args> {
         handler_ms: 0,
         effects: None,
         exit_when_idle: None,
+        transactional: false,
+        effects_table: "order_effects".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--transactional" {
+            a.transactional = true;
+            continue;
         }
         let value = it
             .next()
@@ -62,6 +77,7 @@ fn parse_args() -> BoxResult<Args> {
             "--handler-ms" => a.handler_ms = value.parse()?,
             "--effects" => a.effects = Some(value),
             "--exit-when-idle" => a.exit_when_idle = Some(value.parse()?),
+            "--effects-table" => a.effects_table = value,
             other => return Err(format!("unknown flag {other}\n{USAGE}").into()),
         }
     }
@@ -81,51 +97,59 @@ async fn main() {
 
 async fn run() -> BoxResult<()> {
     let args = parse_args()?;
-    let store = idemq::store::connect(&args.store).await?;
     let effects = args.effects.clone();
     let handler_ms = args.handler_ms;
     let pid = std::process::id();
-    let mut builder = KafkaConsumerBuilder::new()
+    let handler = move |ctx: HandlerContext| {
+        let effects = effects.clone();
+        async move {
+            if handler_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(handler_ms)).await;
+            }
+            let (topic, partition, offset) = match &ctx.message.source {
+                Source::Kafka {
+                    topic,
+                    partition,
+                    offset,
+                } => (topic.clone(), *partition, *offset),
+                _ => (String::new(), -1, -1),
+            };
+            let key = ctx.key.as_ref().map(|k| k.to_string());
+            if let Some(path) = effects {
+                let line = serde_json::json!({
+                    "key": key, "topic": topic, "partition": partition,
+                    "offset": offset, "pid": pid,
+                });
+                // One write of a whole line in append mode, so several processes can share
+                // the file. A failed write fails the attempt, which is then retried.
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(HandlerError::retriable)?;
+                f.write_all(format!("{line}\n").as_bytes())
+                    .map_err(HandlerError::retriable)?;
+            }
+            Ok::<_, HandlerError>(serde_json::json!({ "handled_by": pid }))
+        }
+    };
+    let builder = KafkaConsumerBuilder::new()
         .bootstrap_servers(&args.bootstrap)
         .group_id(&args.group)
         .topic(&args.topic)
-        .store(store)
-        .engine_config(EngineConfig::new(&args.group))
         // Short enough for brokers (like Tansu) that stall joins with the default.
-        .set("session.timeout.ms", "6000")
-        .handler(move |ctx: HandlerContext| {
-            let effects = effects.clone();
-            async move {
-                if handler_ms > 0 {
-                    tokio::time::sleep(Duration::from_millis(handler_ms)).await;
-                }
-                let (topic, partition, offset) = match &ctx.message.source {
-                    Source::Kafka {
-                        topic,
-                        partition,
-                        offset,
-                    } => (topic.clone(), *partition, *offset),
-                    _ => (String::new(), -1, -1),
-                };
-                let key = ctx.key.as_ref().map(|k| k.to_string());
-                if let Some(path) = effects {
-                    let line = serde_json::json!({
-                        "key": key, "topic": topic, "partition": partition,
-                        "offset": offset, "pid": pid,
-                    });
-                    // One write of a whole line in append mode, so several processes can share
-                    // the file. A failed write fails the attempt, which is then retried.
-                    let mut f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .map_err(HandlerError::retriable)?;
-                    f.write_all(format!("{line}\n").as_bytes())
-                        .map_err(HandlerError::retriable)?;
-                }
-                Ok::<_, HandlerError>(serde_json::json!({ "handled_by": pid }))
-            }
-        });
+        .set("session.timeout.ms", "6000");
+    let config = EngineConfig::new(&args.group);
+    let mut builder = if args.transactional {
+        builder.processor(
+            transactional::processor(&args.store, &args.effects_table, config, handler).await?,
+        )
+    } else {
+        builder
+            .store(idemq::store::connect(&args.store).await?)
+            .engine_config(config)
+            .handler(handler)
+    };
     if let Some(dlq) = &args.dead_letter_topic {
         builder = builder.dead_letter_topic(dlq);
     }
@@ -140,7 +164,9 @@ async fn run() -> BoxResult<()> {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let received = stats.snapshot().received;
-                if received != last.0 || stats.in_progress() > 0 {
+                // Waiting for a partition (a group join can take a session timeout) is not idle.
+                if received != last.0 || stats.in_progress() > 0 || stats.assigned_partitions() == 0
+                {
                     last = (received, Instant::now());
                 } else if last.1.elapsed() >= idle_for {
                     tracing::info!(?idle_for, "idle; exiting");
@@ -158,3 +184,6 @@ async fn run() -> BoxResult<()> {
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
+
+#[path = "shared/transactional.rs"]
+mod transactional;

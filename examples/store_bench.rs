@@ -4,9 +4,12 @@
 //! ```text
 //! cargo run --release --features redis --example store_bench -- --store redis://127.0.0.1:6379 --messages 20000
 //! cargo run --release --features redis --example store_bench -- --store memory --messages 20000
+//! cargo run --release --features redis,postgres --example store_bench -- \
+//!     --store "postgres://postgres@127.0.0.1:5432/test?idemq_migrate=true" --messages 20000
 //! ```
 //!
-//! Options: `--store URL` (`memory` or `redis://…` / `rediss://…`, default `memory`),
+//! Options: `--store URL` (`memory`, `redis://…` / `rediss://…` or, with feature `postgres`,
+//! `postgres://…` as accepted by `PostgresStore::from_url`; default `memory`),
 //! `--messages N` (default 20000), `--in-flight N` (default 64), `--outcome-bytes N` (default 64).
 //!
 //! Phases (each over `--messages` distinct keys):
@@ -20,7 +23,10 @@
 //! Commands per message come from `INFO commandstats` deltas, counting client commands only
 //! (`evalsha`, `eval`, `script|load`, `set`, …); commands the Lua scripts run inside the server are
 //! shown separately, and "server µs/msg" is the server time of the client commands. On a shared
-//! Redis, other clients' commands during the run inflate the counts. Records are deleted at the end.
+//! Redis, other clients' commands during the run inflate the counts. For Postgres the store talks
+//! through a local TCP proxy that counts round trips (the client speaking again after the server
+//! answered; pipelined statements count once), shown as `round trips` in the commands column; the
+//! proxy's extra hop is included in the Postgres throughput. Records are deleted at the end.
 //!
 //! Prints a table, then as its last line one JSON object with the figures.
 
@@ -30,7 +36,7 @@ use idemq::{Fingerprint, IdempotencyKey, Outcome};
 use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
 use std::error::Error;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -168,6 +174,8 @@ struct Bench {
     store: Arc<dyn Store>,
     stats: Option<MultiplexedConnection>,
     raw: Option<MultiplexedConnection>,
+    /// Postgres round trips so far (through the counting proxy).
+    round_trips: Option<Arc<AtomicU64>>,
     run: String,
     outcome: Outcome,
     in_flight: usize,
@@ -229,7 +237,10 @@ impl Bench {
     async fn snapshot(&mut self) -> BoxResult<Option<Counts>> {
         match &mut self.stats {
             Some(c) => Ok(Some(commandstats(c).await?)),
-            None => Ok(None),
+            None => Ok(self.round_trips.as_ref().map(|n| {
+                let trips = n.load(Ordering::SeqCst);
+                Counts::from([("round trips".to_string(), (trips, 0))])
+            })),
         }
     }
 
@@ -388,6 +399,8 @@ async fn main() -> BoxResult<()> {
             .as_millis()
     );
     let is_redis = args.store.starts_with("redis://") || args.store.starts_with("rediss://");
+    let is_postgres =
+        args.store.starts_with("postgres://") || args.store.starts_with("postgresql://");
     let mut bench = if is_redis {
         let store = RedisStore::builder(args.store.as_str())
             .prefix("idemq-bench")
@@ -398,6 +411,7 @@ async fn main() -> BoxResult<()> {
             store: Arc::new(store),
             stats: Some(client.get_multiplexed_async_connection().await?),
             raw: Some(client.get_multiplexed_async_connection().await?),
+            round_trips: None,
             run,
             outcome: Outcome::succeeded(vec![b'o'; args.outcome_bytes]),
             in_flight: args.in_flight,
@@ -407,12 +421,19 @@ async fn main() -> BoxResult<()> {
             store: Arc::new(MemoryStore::new()),
             stats: None,
             raw: None,
+            round_trips: None,
             run,
             outcome: Outcome::succeeded(vec![b'o'; args.outcome_bytes]),
             in_flight: args.in_flight,
         }
+    } else if is_postgres {
+        postgres_bench(&args, run).await?
     } else {
-        return Err(format!("--store must be memory or redis://…, got {:?}", args.store).into());
+        return Err(format!(
+            "--store must be memory, redis://… or postgres://…, got {:?}",
+            args.store
+        )
+        .into());
     };
     let n = args.messages;
 
@@ -474,8 +495,13 @@ async fn main() -> BoxResult<()> {
             fmt_opt(p.percentile_us(0.5), 0),
             fmt_opt(p.percentile_us(0.99), 0),
             fmt_cmds(p),
-            fmt_opt(p.server_us_per_msg(), 1),
-            fmt_opt(p.counted.then(|| p.per_msg(p.internal_calls)), 2),
+            fmt_opt(p.server_us_per_msg().filter(|_| !is_postgres), 1),
+            fmt_opt(
+                p.counted
+                    .then(|| p.per_msg(p.internal_calls))
+                    .filter(|_| !is_postgres),
+                2
+            ),
         );
     }
 
@@ -511,7 +537,7 @@ async fn main() -> BoxResult<()> {
     );
 
     let json = serde_json::json!({
-        "store": if is_redis { "redis" } else { "memory" },
+        "store": if is_redis { "redis" } else if is_postgres { "postgres" } else { "memory" },
         "messages": n,
         "in_flight": args.in_flight,
         "outcome_bytes": args.outcome_bytes,
@@ -528,7 +554,7 @@ async fn main() -> BoxResult<()> {
         "replay_cmds_per_msg": replay_cmds,
         "concurrent_first_cmds_per_msg": conc_first.cmds_per_msg(),
         "raw_cmds_per_msg": if is_redis { raw.cmds_per_msg() } else { None },
-        "first_server_us_per_msg": first.server_us_per_msg(),
+        "first_server_us_per_msg": first.server_us_per_msg().filter(|_| !is_postgres),
         "raw_server_us_per_msg": if is_redis { raw.server_us_per_msg() } else { None },
         "first_vs_raw_ratio": first_vs_raw,
         "concurrent_vs_sequential_ratio": speedup,
@@ -537,3 +563,35 @@ async fn main() -> BoxResult<()> {
     println!("{json}");
     Ok(())
 }
+
+/// A bench on the Postgres store, connected through a round-trip counting proxy.
+#[cfg(feature = "postgres")]
+async fn postgres_bench(args: &Args, run: String) -> BoxResult<Bench> {
+    use idemq::store::postgres::PostgresStore;
+    // The proxy needs only host, port, user and database; the user's options (table, pool size,
+    // …) go on the proxied URL.
+    let (base, query) = match args.store.find('?') {
+        Some(i) => args.store.split_at(i),
+        None => (args.store.as_str(), ""),
+    };
+    let (proxied, round_trips) = pg_round_trips::counting_proxy(base).await?;
+    let store = PostgresStore::from_url(&format!("{proxied}{query}")).await?;
+    Ok(Bench {
+        store: Arc::new(store),
+        stats: None,
+        raw: None,
+        round_trips: Some(round_trips),
+        run,
+        outcome: Outcome::succeeded(vec![b'o'; args.outcome_bytes]),
+        in_flight: args.in_flight,
+    })
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_bench(_args: &Args, _run: String) -> BoxResult<Bench> {
+    Err("--store postgres://… needs the `postgres` feature".into())
+}
+
+#[cfg(feature = "postgres")]
+#[path = "shared/pg_round_trips.rs"]
+mod pg_round_trips;
