@@ -1,4 +1,4 @@
-//! A TCP proxy that counts Postgres round trips (included with `#[path]` by `store_bench`).
+//! A TCP proxy that counts Postgres round trips (included with `#[path]` by `store_bench` and `postgres_bench`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
