@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use support::amqp::Rabbit;
-use support::postgres::{exec, shared_store, unique_table, SHARED_TABLE};
+use support::postgres::{
+    assert_exactly_one_effect_per_key, exec, shared_store, unique_table, SHARED_TABLE,
+};
 use support::services::{amqp_url, in_ci, postgres_url};
 use tokio::process::Command;
 
@@ -162,49 +164,7 @@ async fn sigkilled_amqp_orders_consumers_leave_exactly_one_effect_row_per_key() 
         .expect("wait");
     assert!(exited.success(), "final consumer failed: {exited}");
 
-    let client = store.pool().get().await.expect("client");
-    let rows = client
-        .query(
-            &format!(
-                "SELECT idempotency_key, count(*) FROM {effects} GROUP BY idempotency_key \
-                 HAVING count(*) <> 1"
-            ),
-            &[],
-        )
-        .await
-        .expect("effects");
-    let doubled: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert!(
-        doubled.is_empty(),
-        "keys whose effect ran more than once: {doubled:?}"
-    );
-    let keys: i64 = client
-        .query_one(
-            &format!("SELECT count(DISTINCT idempotency_key) FROM {effects}"),
-            &[],
-        )
-        .await
-        .expect("keys")
-        .get(0);
-    assert_eq!(keys, ORDERS, "every key has its effect");
-    let pids: i64 = client
-        .query_one(&format!("SELECT count(DISTINCT pid) FROM {effects}"), &[])
-        .await
-        .expect("pids")
-        .get(0);
-    assert!(pids > 1, "effects come from several consumer processes");
-    let completed: i64 = client
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {SHARED_TABLE} WHERE scope = $1 AND state = 'completed'"
-            ),
-            &[&queue],
-        )
-        .await
-        .expect("records")
-        .get(0);
-    assert_eq!(completed, ORDERS, "every key's outcome is stored");
-    drop(client);
+    assert_exactly_one_effect_per_key(&store, &effects, &queue, ORDERS).await;
     let (ready, _) = rabbit.counts(&queue).await;
     assert_eq!(ready, 0, "no message is left unprocessed");
     assert!(

@@ -52,3 +52,55 @@ pub async fn corrupt(store: &PostgresStore, key: &RecordKey) {
         .expect("corrupt");
     assert_eq!(n, 1, "record to corrupt exists");
 }
+
+/// The crash tests' verdict: every one of `keys` distinct keys has exactly one row in `effects`
+/// (written by several processes), and its outcome is stored as completed in `scope`.
+pub async fn assert_exactly_one_effect_per_key(
+    store: &PostgresStore,
+    effects: &str,
+    scope: &str,
+    keys: i64,
+) {
+    let client = store.pool().get().await.expect("client");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT idempotency_key, count(*) FROM {effects} GROUP BY idempotency_key \
+                 HAVING count(*) <> 1"
+            ),
+            &[],
+        )
+        .await
+        .expect("effects");
+    let doubled: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(
+        doubled.is_empty(),
+        "keys whose effect ran more than once: {doubled:?}"
+    );
+    let distinct: i64 = client
+        .query_one(
+            &format!("SELECT count(DISTINCT idempotency_key) FROM {effects}"),
+            &[],
+        )
+        .await
+        .expect("keys")
+        .get(0);
+    assert_eq!(distinct, keys, "every key has its effect");
+    let pids: i64 = client
+        .query_one(&format!("SELECT count(DISTINCT pid) FROM {effects}"), &[])
+        .await
+        .expect("pids")
+        .get(0);
+    assert!(pids > 1, "effects come from several consumer processes");
+    let completed: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {SHARED_TABLE} WHERE scope = $1 AND state = 'completed'"
+            ),
+            &[&scope],
+        )
+        .await
+        .expect("records")
+        .get(0);
+    assert_eq!(completed, keys, "every key's outcome is stored");
+}
