@@ -171,6 +171,7 @@ async fn forced_close_under_load_reconnects_and_finishes(store: Arc<dyn Store>) 
         |s| s.reconnects >= 1 && s.settled() >= (2 * KEYS) as u64,
     )
     .await;
+    run.drained(&rabbit, &queue, Duration::from_secs(30)).await;
     let stats = run.stop().await;
     assert!(stats.reconnects >= 1, "{stats:?}");
     let runs = rec.successes();

@@ -396,6 +396,32 @@ impl Running {
         }
     }
 
+    /// Waits until the queue holds no ready message and every delivery this consumer received has
+    /// reached its end (acked, dead-lettered, rejected, requeued or left to the broker), twice in a
+    /// row. Counting settled deliveries alone is not enough after a forced close: an ack written
+    /// just before the close can be lost, and its redelivery is settled a second time as a replay.
+    pub async fn drained(&self, rabbit: &Rabbit, queue: &str, timeout: Duration) {
+        let start = Instant::now();
+        let mut quiet = 0;
+        loop {
+            let s = self.stats.snapshot();
+            let ended = s.settled() + s.requeued + s.left_unacked;
+            if s.received == ended && rabbit.counts(queue).await.0 == 0 {
+                quiet += 1;
+                if quiet == 2 {
+                    return;
+                }
+            } else {
+                quiet = 0;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "queue {queue} not drained: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Cancels and returns the final stats.
     pub async fn stop(self) -> ConsumerStats {
         self.stop.cancel();
