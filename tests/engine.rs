@@ -617,3 +617,34 @@ async fn scopes_separate_consumers_of_the_same_message() {
     assert_eq!(billing_runs.load(Ordering::SeqCst), 1);
     assert_eq!(shipping_runs.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn process_without_dedup_retries_in_place_then_dead_letters() {
+    let mut cfg = config();
+    cfg.key.missing = MissingKeyPolicy::ProcessWithoutDedup;
+    cfg.max_attempts = 3;
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let engine = Engine::new(
+        Arc::new(MemoryStore::new()),
+        cfg,
+        move |ctx: HandlerContext| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                assert!(ctx.key.is_none() && ctx.token.is_none());
+                Err::<(), _>(HandlerError::retriable("downstream busy"))
+            }
+        },
+    )
+    .expect("engine");
+    let m = Arc::new(Message::new("p", Source::Other("t".into())));
+    match engine.process(m, &stop()).await {
+        Disposition::DeadLetter(dl) => {
+            assert_eq!(dl.reason, DeadLetterReason::RetriesExhausted);
+            assert!(dl.error.contains("downstream busy"), "{}", dl.error);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}

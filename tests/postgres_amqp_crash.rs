@@ -16,34 +16,12 @@ use support::amqp::Rabbit;
 use support::postgres::{
     assert_exactly_one_effect_per_key, exec, shared_store, unique_table, SHARED_TABLE,
 };
-use support::services::{amqp_url, in_ci, postgres_url};
+use support::services::{amqp_url, example_binary, postgres_url};
 use tokio::process::Command;
 
 const ORDERS: i64 = 1000;
 const COPIES: u64 = 3;
 const KILLS: u32 = 10;
-
-/// `target/<profile>/examples/amqp_orders`, next to this test binary's `deps/` directory.
-fn example_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe
-        .parent()?
-        .parent()?
-        .join("examples")
-        .join(format!("amqp_orders{}", std::env::consts::EXE_SUFFIX));
-    if path.exists() {
-        return Some(path);
-    }
-    let why = format!(
-        "{} is missing: run `cargo build --all-features --example amqp_orders` first",
-        path.display()
-    );
-    if in_ci() {
-        panic!("{why}");
-    }
-    eprintln!("SKIPPED: {why}");
-    None
-}
 
 fn consumer(bin: &PathBuf, queue: &str, effects: &str, idle_exit: bool) -> Command {
     let mut cmd = Command::new(bin);
@@ -84,7 +62,7 @@ async fn sigkilled_amqp_orders_consumers_leave_exactly_one_effect_row_per_key() 
     let Some(rabbit) = Rabbit::connect().await else {
         return;
     };
-    let Some(bin) = example_binary() else {
+    let Some(bin) = example_binary("amqp_orders") else {
         return;
     };
     let queue = rabbit.queue("pg-crash").await;

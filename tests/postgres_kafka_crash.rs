@@ -17,35 +17,13 @@ use support::kafka::{committed, produce, Broker, Rec};
 use support::postgres::{
     assert_exactly_one_effect_per_key, exec, shared_store, unique_table, SHARED_TABLE,
 };
-use support::services::{in_ci, postgres_url, unique};
+use support::services::{example_binary, postgres_url, unique};
 use tokio::process::Command;
 
 const KEYS: i64 = 800;
 const COPIES: i64 = 3;
 const PARTITIONS: i32 = 2;
 const KILLS: u32 = 10;
-
-/// `target/<profile>/examples/kafka_orders`, next to this test binary's `deps/` directory.
-fn example_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe
-        .parent()?
-        .parent()?
-        .join("examples")
-        .join(format!("kafka_orders{}", std::env::consts::EXE_SUFFIX));
-    if path.exists() {
-        return Some(path);
-    }
-    let why = format!(
-        "{} is missing: run `cargo build --all-features --example kafka_orders` first",
-        path.display()
-    );
-    if in_ci() {
-        panic!("{why}");
-    }
-    eprintln!("SKIPPED: {why}");
-    None
-}
 
 fn consumer(
     bin: &PathBuf,
@@ -84,7 +62,7 @@ async fn sigkilled_kafka_orders_consumers_leave_exactly_one_effect_row_per_key()
     let Some(store) = shared_store().await else {
         return;
     };
-    let Some(bin) = example_binary() else {
+    let Some(bin) = example_binary("kafka_orders") else {
         return;
     };
     let Some(broker) = Broker::tansu() else {

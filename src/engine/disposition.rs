@@ -134,6 +134,22 @@ impl Disposition {
         })
     }
 
+    /// `retries-exhausted` after `attempt` failed attempts.
+    pub fn retries_exhausted(attempt: u32, last_error: &str) -> Self {
+        Self::dead_letter(
+            DeadLetterReason::RetriesExhausted,
+            format!("failed {attempt} attempts; last error: {last_error}"),
+        )
+    }
+
+    /// `handler-failed` for a handler output that cannot be serialized as the outcome.
+    pub fn unserializable(err: &serde_json::Error) -> Self {
+        Self::dead_letter(
+            DeadLetterReason::HandlerFailed,
+            format!("outcome could not be serialized: {err}"),
+        )
+    }
+
     /// Whether the message may be acknowledged right away (dead-letters need a confirmed publish
     /// first).
     pub fn is_ack(&self) -> bool {

@@ -38,7 +38,7 @@ pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use health::StoreHealth;
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
-pub(crate) use process::{panic_text, sleep_or_cancel};
+pub(crate) use process::{panic_text, sleep_or_cancel, unkeyed_retry};
 pub(crate) use telemetry::{record_decision, timed};
 
 use crate::handler::Handler;

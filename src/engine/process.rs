@@ -2,7 +2,7 @@
 //! each branch below names the row it implements.
 
 use super::telemetry::record_decision;
-use super::{Disposition, Inner, RetryCause};
+use super::{Disposition, EngineConfig, Inner, RetryCause};
 use crate::engine::DeadLetterReason;
 use crate::fingerprint::Fingerprint;
 use crate::handler::{Handler, HandlerContext, HandlerError};
@@ -290,10 +290,7 @@ impl<H: Handler> Inner<H> {
     ) -> Disposition {
         if attempt >= self.config.max_attempts {
             self.release(record, token, Release::Reset).await;
-            return Disposition::dead_letter(
-                DeadLetterReason::RetriesExhausted,
-                format!("failed {attempt} attempts; last error: {error}"),
-            );
+            return Disposition::retries_exhausted(attempt, &error);
         }
         self.release(record, token, Release::Retry).await;
         Disposition::Retry {
@@ -419,10 +416,7 @@ impl<H: Handler> Inner<H> {
                         Ok(body) => Disposition::Unkeyed {
                             outcome: Outcome::succeeded(body),
                         },
-                        Err(e) => Disposition::dead_letter(
-                            DeadLetterReason::HandlerFailed,
-                            format!("outcome could not be serialized: {e}"),
-                        ),
+                        Err(e) => Disposition::unserializable(&e),
                     }
                 }
                 Err(HandlerError::Permanent(e)) => {
@@ -430,14 +424,8 @@ impl<H: Handler> Inner<H> {
                 }
                 Err(HandlerError::Retriable(e)) => e.to_string(),
             };
-            if attempt >= self.config.max_attempts {
-                return Disposition::dead_letter(
-                    DeadLetterReason::RetriesExhausted,
-                    format!("failed {attempt} attempts; last error: {error}"),
-                );
-            }
-            if sleep_or_cancel(self.config.retry_backoff.delay(attempt), shutdown).await {
-                return Disposition::Abandoned;
+            if let Some(stop) = unkeyed_retry(&self.config, attempt, &error, shutdown).await {
+                return stop;
             }
         }
     }
@@ -453,6 +441,24 @@ impl<H: Handler> Inner<H> {
     ) -> Result<T, StoreError> {
         self.health.call(op, self.config.store_timeout, fut).await
     }
+}
+
+/// After a retriable failure of a run without deduplication (nothing in the store counts the
+/// attempts, so the engine retries in place): `Some` to stop with that disposition, `None` to run
+/// again after the backoff.
+pub(crate) async fn unkeyed_retry(
+    config: &EngineConfig,
+    attempt: u32,
+    error: &str,
+    shutdown: &CancellationToken,
+) -> Option<Disposition> {
+    if attempt >= config.max_attempts {
+        return Some(Disposition::retries_exhausted(attempt, error));
+    }
+    if sleep_or_cancel(config.retry_backoff.delay(attempt), shutdown).await {
+        return Some(Disposition::Abandoned);
+    }
+    None
 }
 
 /// Sleeps for `d`; returns `true` if shutdown was requested first.

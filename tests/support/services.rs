@@ -96,3 +96,27 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// `target/<profile>/examples/<name>`, next to this test binary's `deps/` directory. When it is
+/// missing: panics under CI, otherwise prints why the test is skipped and returns `None`.
+/// (`cargo test` builds the examples before running tests; `cargo test --test X` does not.)
+pub fn example_binary(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe
+        .parent()?
+        .parent()?
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if path.exists() {
+        return Some(path);
+    }
+    let why = format!(
+        "{} is missing: run `cargo build --all-features --example {name}` first",
+        path.display()
+    );
+    if in_ci() {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}

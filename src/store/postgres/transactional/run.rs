@@ -3,7 +3,8 @@
 
 use super::{Inner, TransactionalHandler};
 use crate::engine::{
-    panic_text, record_decision, sleep_or_cancel, timed, DeadLetterReason, Disposition, RetryCause,
+    panic_text, record_decision, sleep_or_cancel, timed, unkeyed_retry, DeadLetterReason,
+    Disposition, RetryCause,
 };
 use crate::fingerprint::Fingerprint;
 use crate::handler::{HandlerContext, HandlerError};
@@ -433,10 +434,7 @@ impl<H: TransactionalHandler> Inner<H> {
         if attempt >= self.config.max_attempts {
             self.settle(tx, record, token, Settle::Release(Release::Reset))
                 .await;
-            return Disposition::dead_letter(
-                DeadLetterReason::RetriesExhausted,
-                format!("failed {attempt} attempts; last error: {error}"),
-            );
+            return Disposition::retries_exhausted(attempt, &error);
         }
         self.settle(tx, record, token, Settle::Release(Release::Retry))
             .await;
@@ -533,12 +531,7 @@ impl<H: TransactionalHandler> Inner<H> {
                 Run::Finished(Ok(value)) => {
                     let body = match serde_json::to_vec(&value) {
                         Ok(body) => body,
-                        Err(e) => {
-                            return Disposition::dead_letter(
-                                DeadLetterReason::HandlerFailed,
-                                format!("outcome could not be serialized: {e}"),
-                            )
-                        }
+                        Err(e) => return Disposition::unserializable(&e),
                     };
                     let commit =
                         async { tx.commit().await.map_err(|e| self.store.db("commit", e)) };
@@ -555,14 +548,8 @@ impl<H: TransactionalHandler> Inner<H> {
                 Run::Finished(Err(HandlerError::Retriable(e))) => e.to_string(),
             };
             let _ = tx.rollback().await;
-            if attempt >= self.config.max_attempts {
-                return Disposition::dead_letter(
-                    DeadLetterReason::RetriesExhausted,
-                    format!("failed {attempt} attempts; last error: {error}"),
-                );
-            }
-            if sleep_or_cancel(self.config.retry_backoff.delay(attempt), shutdown).await {
-                return Disposition::Abandoned;
+            if let Some(stop) = unkeyed_retry(&self.config, attempt, &error, shutdown).await {
+                return stop;
             }
         }
     }
