@@ -5,13 +5,12 @@
 mod support;
 
 use assert_cmd::Command;
-use idemq::store::{Claim, ClaimRequest, RecordKey, Release};
-use idemq::{Fingerprint, IdempotencyKey, Message, Outcome, Source};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use serde_json::Value;
 use std::time::Duration;
 use support::amqp::{redis, Rabbit};
+use support::replay::seed;
 use support::services::{amqp_url, redis_url, unique};
 
 fn dead_lettered(key: Option<&str>) -> BasicProperties {
@@ -71,32 +70,7 @@ async fn replay_classifies_then_moves_only_what_must_run() {
     let dlq = rabbit.queue("dlq").await;
     let main = rabbit.queue("main").await;
 
-    // The store: "done" completed for payload p-done; "failed" released after a failure.
-    let lease = Duration::from_secs(30);
-    let retention = Duration::from_secs(600);
-    for (key, payload, completed) in [("done", "p-done", true), ("failed", "p-failed", false)] {
-        let k = RecordKey::new(scope.clone(), IdempotencyKey::new(key).expect("key"));
-        // Exactly as the consumer fingerprints a message: payload only, no chosen headers.
-        let f = Fingerprint::of(&Message::new(payload, Source::Other("seed".into())), &[]);
-        let Claim::Acquired { token, .. } = store
-            .claim(&ClaimRequest::new(&k, &f, lease, retention))
-            .await
-            .expect("claim")
-        else {
-            panic!("not acquired")
-        };
-        if completed {
-            store
-                .complete(&k, token, &Outcome::succeeded("1"), retention)
-                .await
-                .expect("complete");
-        } else {
-            store
-                .release(&k, token, Release::Reset)
-                .await
-                .expect("release");
-        }
-    }
+    seed(&store, &scope).await;
     let messages: [(Option<&str>, &str); 5] = [
         (Some("done"), "p-done"),     // would_skip
         (Some("done"), "tampered"),   // conflict

@@ -6,13 +6,12 @@
 mod support;
 
 use assert_cmd::Command;
-use idemq::store::{Claim, ClaimRequest, RecordKey, Release};
-use idemq::{Fingerprint, IdempotencyKey, Message, Outcome, Source, Store};
 use rdkafka::message::Message as _;
 use serde_json::Value;
-use std::sync::Arc;
+
 use std::time::Duration;
 use support::kafka::{committed, header, produce, read_all, Broker, Rec};
+use support::replay::seed;
 use support::services::{redis_url, require_redis, unique};
 
 fn replay(bootstrap: &str, scope: &str, dlq: &str, to: &str, dry: bool) -> Value {
@@ -63,34 +62,6 @@ fn dead_lettered(key: Option<&str>, payload: &str) -> Rec {
         kafka_key: key.map(|k| format!("rk-{k}")),
         headers,
         payload: payload.as_bytes().to_vec(),
-    }
-}
-
-async fn seed(store: &Arc<dyn Store>, scope: &str) {
-    let lease = Duration::from_secs(30);
-    let retention = Duration::from_secs(600);
-    for (key, payload, completed) in [("done", "p-done", true), ("failed", "p-failed", false)] {
-        let k = RecordKey::new(scope.to_string(), IdempotencyKey::new(key).expect("key"));
-        // Exactly as the consumer fingerprints a message: payload only, no chosen headers.
-        let f = Fingerprint::of(&Message::new(payload, Source::Other("seed".into())), &[]);
-        let Claim::Acquired { token, .. } = store
-            .claim(&ClaimRequest::new(&k, &f, lease, retention))
-            .await
-            .expect("claim")
-        else {
-            panic!("not acquired")
-        };
-        if completed {
-            store
-                .complete(&k, token, &Outcome::succeeded("1"), retention)
-                .await
-                .expect("complete");
-        } else {
-            store
-                .release(&k, token, Release::Reset)
-                .await
-                .expect("release");
-        }
     }
 }
 

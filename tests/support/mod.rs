@@ -12,4 +12,5 @@ pub mod kafka;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod redis_server;
+pub mod replay;
 pub mod services;
