@@ -8,7 +8,8 @@
 //!     --store "postgres://postgres@127.0.0.1:5432/test?idemq_migrate=true" --messages 20000
 //! ```
 //!
-//! Options: `--store URL` (`memory`, `redis://…` / `rediss://…` or, with feature `postgres`,
+//! Options: `--store URL` (`memory`, `redis://…` / `rediss://…`, where `?batch=N` sets the store's
+//! batching, `?batch=1` turning it off, or, with feature `postgres`,
 //! `postgres://…` as accepted by `PostgresStore::from_url`; default `memory`),
 //! `--messages N` (default 20000), `--in-flight N` (default 64), `--outcome-bytes N` (default 64).
 //!
@@ -30,7 +31,7 @@
 //!
 //! Prints a table, then as its last line one JSON object with the figures.
 
-use idemq::store::redis::RedisStore;
+use idemq::store::redis::RedisStoreBuilder;
 use idemq::store::{Claim, ClaimRequest, Fence, MemoryStore, RecordKey, Store};
 use idemq::{Fingerprint, IdempotencyKey, Outcome};
 use redis::aio::MultiplexedConnection;
@@ -48,8 +49,10 @@ const LEASE: Duration = Duration::from_secs(30);
 const RETENTION: Duration = Duration::from_secs(300);
 /// Chunks the first-time and raw phases are interleaved in.
 const CHUNKS: usize = 10;
-/// Commands the store's Lua scripts run inside the server (not round trips).
-const SCRIPT_INTERNAL: &[&str] = &["hmget", "exists", "time", "hset", "hdel", "pexpire", "pttl"];
+/// Commands the store's Lua scripts run inside the server (not round trips) in the store phases;
+/// the store itself never sends a plain `GET` or `SET`. In the raw phase every command is a
+/// client command.
+const SCRIPT_INTERNAL: &[&str] = &["get", "set", "time", "pttl"];
 
 struct Args {
     store: String,
@@ -124,7 +127,8 @@ struct Phase {
 }
 
 impl Phase {
-    fn add_counts(&mut self, before: &Counts, after: &Counts) {
+    /// Adds the commandstats deltas; `scripted`: the phase ran store scripts (not the raw loop).
+    fn add_counts(&mut self, before: &Counts, after: &Counts, scripted: bool) {
         self.counted = true;
         for (name, (calls, usec)) in after {
             let (c0, u0) = before.get(name).copied().unwrap_or((0, 0));
@@ -132,7 +136,7 @@ impl Phase {
             if dc == 0 || name == "info" {
                 continue;
             }
-            if SCRIPT_INTERNAL.contains(&name.as_str()) {
+            if scripted && SCRIPT_INTERNAL.contains(&name.as_str()) {
                 self.internal_calls += dc;
             } else {
                 let e = self.client.entry(name.clone()).or_default();
@@ -270,7 +274,7 @@ impl Bench {
         phase.elapsed += start.elapsed();
         phase.messages += range.len();
         if let (Some(b), Some(a)) = (before, self.snapshot().await?) {
-            phase.add_counts(&b, &a);
+            phase.add_counts(&b, &a, op != Op::Raw);
         }
         Ok(())
     }
@@ -341,7 +345,7 @@ impl Bench {
             ..Phase::default()
         };
         if let (Some(b), Some(a)) = (before, self.snapshot().await?) {
-            phase.add_counts(&b, &a);
+            phase.add_counts(&b, &a, true);
         }
         Ok(phase)
     }
@@ -402,7 +406,8 @@ async fn main() -> BoxResult<()> {
     let is_postgres =
         args.store.starts_with("postgres://") || args.store.starts_with("postgresql://");
     let mut bench = if is_redis {
-        let store = RedisStore::builder(args.store.as_str())
+        // `?batch=N` in the URL sets the store's batching (`batch=1`: one EVALSHA per operation).
+        let store = RedisStoreBuilder::from_url(&args.store)?
             .prefix("idemq-bench")
             .build()
             .await?;

@@ -13,7 +13,7 @@ use idemq::{Fingerprint, IdempotencyKey, Outcome};
 use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use support::redis_server::PrivateRedis;
+use support::redis_server::{admin, commandstats, PrivateRedis};
 use support::services::{redis_url, require_redis, unique};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -25,14 +25,6 @@ fn key(scope: &str, k: &str) -> RecordKey {
 
 fn fp(s: &str) -> Fingerprint {
     Fingerprint::of_bytes(s.as_bytes())
-}
-
-async fn admin(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("admin connection")
 }
 
 async fn store(url: &str) -> RedisStore {
@@ -47,29 +39,9 @@ async fn claim(s: &RedisStore, k: &RecordKey, f: &Fingerprint) -> Result<Claim, 
     s.claim(&ClaimRequest::new(k, f, LEASE, RETENTION)).await
 }
 
-/// Calls per command from `INFO commandstats`.
-async fn commandstats(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO");
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
-        })
-        .collect()
-}
-
 /// Commands the scripts run inside the server; they are not round trips.
-const SCRIPT_INTERNAL: &[&str] = &["hmget", "exists", "time", "hset", "hdel", "pexpire", "pttl"];
+/// (The store itself never sends a plain `GET` or `SET`.)
+const SCRIPT_INTERNAL: &[&str] = &["get", "set", "time", "pttl"];
 
 /// Client commands (round trips) between two snapshots, ignoring our own INFO calls.
 fn round_trips(
@@ -146,6 +118,89 @@ async fn every_operation_is_one_round_trip() {
     assert!(one_trip!(s.forget(&k2), del));
 }
 
+/// Commands run inside the scripts between two snapshots (Redis counts them in commandstats too).
+fn inner_calls(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+) -> HashMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| SCRIPT_INTERNAL.contains(&name.as_str()))
+        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// Redis CPU per operation is mostly the `redis.call`s inside the script, so the format keeps
+/// them to a minimum: a first-time message is `GET`+`TIME`+`SET` twice, a replay one `GET`.
+#[tokio::test]
+async fn scripts_make_the_fewest_redis_calls() {
+    let Some(server) = PrivateRedis::start(&[]) else {
+        return;
+    };
+    let s = RedisStore::builder(server.url())
+        .prefix(unique("idemq-calls"))
+        .max_batch(1)
+        .build()
+        .await
+        .expect("connect");
+    let mut admin = admin(&server.url()).await;
+    let calls = |list: &[(&str, u64)]| -> HashMap<String, u64> {
+        list.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+    };
+    let k = key("calls", "k1");
+    let k2 = key("calls", "k2");
+
+    macro_rules! inner {
+        ($what:expr, $expect:expr) => {{
+            let before = commandstats(&mut admin).await;
+            let result = $what.await.expect(stringify!($what));
+            let after = commandstats(&mut admin).await;
+            assert_eq!(
+                inner_calls(&before, &after),
+                calls($expect),
+                "{}",
+                stringify!($what)
+            );
+            result
+        }};
+    }
+
+    let first = [("get", 1), ("time", 1), ("set", 1)];
+    let Claim::Acquired { token, .. } = inner!(claim(&s, &k, &fp("a")), &first) else {
+        panic!("expected Acquired")
+    };
+    inner!(
+        s.complete(&k, token, &Outcome::succeeded("out"), RETENTION),
+        &first
+    );
+    // Replays and conflicts read the record and nothing else.
+    let replay = inner!(claim(&s, &k, &fp("a")), &[("get", 1)]);
+    assert!(matches!(replay, Claim::Completed { .. }));
+    let conflict = inner!(claim(&s, &k, &fp("b")), &[("get", 1)]);
+    assert!(matches!(conflict, Claim::Conflict { .. }));
+    // A late complete of a completed record (a retry after a lost reply) writes nothing.
+    inner!(
+        s.complete(&k, token, &Outcome::succeeded("out"), RETENTION),
+        &[("get", 1)]
+    );
+
+    let Claim::Acquired { token, .. } = inner!(claim(&s, &k2, &fp("a")), &first) else {
+        panic!("expected Acquired")
+    };
+    let inflight = inner!(claim(&s, &k2, &fp("a")), &[("get", 1), ("time", 1)]);
+    assert!(matches!(inflight, Claim::InFlight { .. }));
+    inner!(
+        s.renew(&k2, token, LEASE),
+        &[("get", 1), ("time", 1), ("pttl", 1), ("set", 1)]
+    );
+    inner!(
+        s.release(&k2, token, Release::Retry),
+        &[("get", 1), ("set", 1)]
+    );
+    inner!(s.get(&k2), &[("get", 1), ("time", 1), ("pttl", 1)]);
+}
+
 #[tokio::test]
 async fn scripts_are_reloaded_after_script_flush() {
     let Some(server) = PrivateRedis::start(&[]) else {
@@ -197,7 +252,7 @@ async fn keys_carry_a_hash_tag_and_scan_by_scope() {
         .query_async(&mut admin)
         .await
         .expect("TYPE");
-    assert_eq!(kind, "hash");
+    assert_eq!(kind, "string");
 
     // The documented SCAN pattern finds exactly this scope's record.
     claim(&s, &key("billing", "eu:order-{7}*"), &fp("a"))
@@ -286,12 +341,12 @@ async fn leases_follow_the_server_clock() {
     let mut admin = admin(&redis_url()).await;
     let k = key("clock", "k");
     claim(&s, &k, &fp("a")).await.expect("claim");
-    let lu: u64 = redis::cmd("HGET")
-        .arg(s.redis_key(&k))
-        .arg("lu")
-        .query_async(&mut admin)
-        .await
-        .expect("HGET");
+    let value = raw_value(&mut admin, &s.redis_key(&k)).await;
+    let lu: u64 = value
+        .split('|')
+        .nth(4)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("lease end in {value:?}"));
     let (secs, micros): (u64, u64) = redis::cmd("TIME")
         .query_async(&mut admin)
         .await
@@ -304,21 +359,189 @@ async fn leases_follow_the_server_clock() {
     );
 }
 
-/// Ways a record can be unreadable, each applied with raw commands to a completed record.
-fn corruptions() -> Vec<(&'static str, Vec<Vec<&'static str>>)> {
+/// The documented value layout, an outcome body holding the separator and non-UTF-8 bytes, and
+/// release keeping the TTL.
+#[tokio::test]
+async fn records_are_one_string_in_the_documented_layout() {
+    if !require_redis() {
+        return;
+    }
+    let s = store(&redis_url()).await;
+    let mut admin = admin(&redis_url()).await;
+    let k = key("layout", "k");
+    let rkey = s.redis_key(&k);
+    let f = fp("a");
+    let Claim::Acquired { token, .. } = claim(&s, &k, &f).await.expect("claim") else {
+        panic!("expected Acquired")
+    };
+    let value = raw_value(&mut admin, &rkey).await;
+    let fields: Vec<&str> = value.split('|').collect();
+    assert_eq!(fields.len(), 9, "{value:?}");
+    assert_eq!(&fields[..4], ["2", "p", "1", "1"], "{value:?}");
+    assert!(fields[4].parse::<u64>().is_ok(), "lease end: {value:?}");
+    assert_eq!(&fields[5..], ["", "", &f.to_hex()[..], ""], "{value:?}");
+
+    let body: &[u8] = b"a|b\x00\xff|2|c|";
+    let outcome = Outcome {
+        status: idemq::OutcomeStatus::Failed,
+        body: bytes::Bytes::from_static(body),
+    };
+    s.complete(&k, token, &outcome, RETENTION)
+        .await
+        .expect("complete");
+    let raw: Vec<u8> = redis::cmd("GET")
+        .arg(&rkey)
+        .query_async(&mut admin)
+        .await
+        .expect("GET");
+    let head = "2|c|1|1||";
+    assert!(raw.starts_with(head.as_bytes()), "{raw:?}");
+    let tail = [format!("|failed|{}|", f.to_hex()).as_bytes(), body].concat();
+    assert!(raw.ends_with(&tail), "{raw:?}");
+    let completed_at = &raw[head.len()..raw.len() - tail.len()];
+    assert!(
+        !completed_at.is_empty() && completed_at.iter().all(u8::is_ascii_digit),
+        "{raw:?}"
+    );
+    assert_eq!(
+        claim(&s, &k, &f).await.expect("replay"),
+        Claim::Completed { outcome }
+    );
+
+    // Release keeps the TTL the claim set (`SET … KEEPTTL`).
+    let k = key("layout", "released");
+    let rkey = s.redis_key(&k);
+    let req = ClaimRequest::new(&k, &f, LEASE, Duration::from_secs(40));
+    let Claim::Acquired { token, .. } = s.claim(&req).await.expect("claim") else {
+        panic!("expected Acquired")
+    };
+    s.release(&k, token, Release::Reset).await.expect("release");
+    assert_eq!(
+        raw_value(&mut admin, &rkey).await,
+        format!("2|r|1|0||||{}|", f.to_hex())
+    );
+    let t = pttl(&mut admin, &rkey).await;
+    assert!((39_000..=40_000).contains(&t), "{t}");
+}
+
+/// The raw value of a record, as text.
+async fn raw_value(admin: &mut MultiplexedConnection, rkey: &str) -> String {
+    redis::cmd("GET")
+        .arg(rkey)
+        .query_async(admin)
+        .await
+        .expect("GET")
+}
+
+/// A completed record's value with field `i` (0 = version … 8 = body) replaced by `with`.
+fn with_field(value: &str, i: usize, with: &str) -> String {
+    let mut fields: Vec<&str> = value.splitn(9, '|').collect();
+    assert_eq!(fields.len(), 9, "{value:?}");
+    fields[i] = with;
+    fields.join("|")
+}
+
+/// How a record is made unreadable: raw commands on its key, given its valid value.
+type Corruption = fn(&str) -> Vec<Vec<String>>;
+
+/// Replaces the value, keeping the TTL.
+fn set(value: String) -> Vec<Vec<String>> {
+    vec![vec!["SET".into(), value, "KEEPTTL".into()]]
+}
+
+/// Ways a record can be unreadable (name, part of the error detail, how), each applied with raw
+/// commands to a completed record whose value is `2|c|1|1||<ca>|succeeded|<fp>|ok`.
+fn corruptions() -> Vec<(&'static str, &'static str, Corruption)> {
     vec![
+        ("format 1 record (a hash)", "not a string", |v| {
+            let fp = v.split('|').nth(7).unwrap_or_default().to_string();
+            let hset = [
+                "HSET",
+                "v",
+                "1",
+                "st",
+                "c",
+                "tok",
+                "1",
+                "att",
+                "1",
+                "os",
+                "succeeded",
+            ];
+            let mut hset: Vec<String> = hset.iter().map(|s| s.to_string()).collect();
+            hset.extend([
+                "fp".into(),
+                fp,
+                "ob".into(),
+                "ok".into(),
+                "ca".into(),
+                "1".into(),
+            ]);
+            vec![vec!["DEL".into()], hset]
+        }),
+        ("a list", "not a string", |_| {
+            vec![vec!["DEL".into()], vec!["RPUSH".into(), "x".into()]]
+        }),
+        ("not a record", "malformed value", |_| set("garbage".into())),
+        ("empty value", "malformed value", |_| set(String::new())),
+        ("unknown version", "unknown format version 3", |v| {
+            set(with_field(v, 0, "3"))
+        }),
+        ("format 1 version", "unknown format version 1", |v| {
+            set(with_field(v, 0, "1"))
+        }),
+        ("missing version", "malformed value", |v| {
+            set(v.split_once('|').map(|x| x.1).unwrap_or_default().into())
+        }),
+        ("bad state", "bad field st", |v| set(with_field(v, 1, "x"))),
+        ("bad token", "bad field tok", |v| {
+            set(with_field(v, 2, "-1"))
+        }),
+        ("missing token", "bad field tok", |v| {
+            set(with_field(v, 2, ""))
+        }),
+        ("bad attempt", "bad field att", |v| {
+            set(with_field(v, 3, "1e3"))
+        }),
         (
-            "not a hash",
-            vec![vec!["DEL"], vec!["SET", "garbage", "PX", "60000"]],
+            "lease end in a completed record",
+            "field lu set in state c",
+            |v| set(with_field(v, 4, "5")),
         ),
-        ("unknown version", vec![vec!["HSET", "v", "2"]]),
-        ("missing version", vec![vec!["HDEL", "v"]]),
-        ("bad fingerprint", vec![vec!["HSET", "fp", "zz"]]),
-        ("bad token", vec![vec!["HSET", "tok", "-1"]]),
-        ("missing token", vec![vec!["HDEL", "tok"]]),
-        ("bad state", vec![vec!["HSET", "st", "x"]]),
-        ("bad outcome status", vec![vec!["HSET", "os", "maybe"]]),
-        ("missing outcome", vec![vec!["HDEL", "ob"]]),
+        ("bad completed-at", "bad field ca", |v| {
+            set(with_field(v, 5, "x"))
+        }),
+        ("missing completed-at", "bad field ca", |v| {
+            set(with_field(v, 5, ""))
+        }),
+        ("bad outcome status", "bad field os", |v| {
+            set(with_field(v, 6, "maybe"))
+        }),
+        ("bad fingerprint", "bad field fp", |v| {
+            set(with_field(v, 7, "zz"))
+        }),
+        ("upper-case fingerprint", "bad field fp", |v| {
+            let fp = v.split('|').nth(7).unwrap_or_default().to_uppercase();
+            set(with_field(v, 7, &fp))
+        }),
+        ("truncated before the body", "malformed value", |v| {
+            set(v.rsplit_once('|').map(|x| x.0).unwrap_or_default().into())
+        }),
+        (
+            "in progress with an outcome",
+            "outcome fields set in state p",
+            |v| {
+                set(with_field(
+                    &with_field(&with_field(v, 1, "p"), 4, "1"),
+                    5,
+                    "",
+                ))
+            },
+        ),
+        ("released with a body", "fields set in state r", |v| {
+            let v = with_field(&with_field(&with_field(v, 1, "r"), 5, ""), 6, "");
+            set(v)
+        }),
     ]
 }
 
@@ -329,7 +552,7 @@ async fn corrupt_records_are_typed_errors_naming_the_key_and_stay_untouched() {
     }
     let s = store(&redis_url()).await;
     let mut admin = admin(&redis_url()).await;
-    for (i, (what, commands)) in corruptions().into_iter().enumerate() {
+    for (i, (what, want, corruption)) in corruptions().into_iter().enumerate() {
         let k = key("corrupt", &format!("k{i}"));
         let rkey = s.redis_key(&k);
         let Claim::Acquired { token, .. } = claim(&s, &k, &fp("a")).await.expect("claim") else {
@@ -338,8 +561,12 @@ async fn corrupt_records_are_typed_errors_naming_the_key_and_stay_untouched() {
         s.complete(&k, token, &Outcome::succeeded("ok"), RETENTION)
             .await
             .expect("complete");
-        for c in &commands {
-            let mut cmd = redis::cmd(c[0]);
+        let value = raw_value(&mut admin, &rkey).await;
+        assert!(value.starts_with("2|c|1|1||"), "{value:?}");
+        let tail = format!("|succeeded|{}|ok", fp("a").to_hex());
+        assert!(value.ends_with(&tail), "{value:?}");
+        for c in corruption(&value) {
+            let mut cmd = redis::cmd(&c[0]);
             cmd.arg(&rkey).arg(&c[1..]);
             let _: redis::Value = cmd.query_async(&mut admin).await.expect("corrupt");
         }
@@ -369,7 +596,7 @@ async fn corrupt_records_are_typed_errors_naming_the_key_and_stay_untouched() {
             match r {
                 Err(StoreError::Corrupt { key, detail }) => {
                     assert_eq!(key, rkey, "{what}");
-                    assert!(!detail.is_empty());
+                    assert!(detail.contains(want), "{what}, op #{op}: {detail}");
                 }
                 other => panic!("{what}, op #{op}: expected Corrupt, got {other:?}"),
             }

@@ -7,7 +7,7 @@
 //! | backend | feature | use |
 //! |---|---|---|
 //! | [`MemoryStore`] | always | dev, tests, single-process consumers |
-//! | `RedisStore` | `redis` | production, one round trip per operation |
+//! | `RedisStore` | `redis` | production, one round trip per operation (concurrent claims / completes batched) |
 //! | `PostgresStore` | `postgres` | exactly-once effects with transactional handlers |
 //!
 //! ```

@@ -1,6 +1,10 @@
 //! A private `redis-server` child process for tests that must stop, pause, flush or kill
 //! connections (never done to the shared Redis other tests use).
 
+#[cfg(feature = "redis")]
+use redis::aio::MultiplexedConnection;
+#[cfg(feature = "redis")]
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,4 +110,36 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+#[cfg(feature = "redis")]
+/// A plain connection for inspecting or disturbing a server behind the store's back.
+pub async fn admin(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection")
+}
+
+#[cfg(feature = "redis")]
+/// Calls per command from `INFO commandstats`.
+pub async fn commandstats(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
 }

@@ -1,10 +1,12 @@
-//! [`RedisStoreBuilder`]: URL, key prefix, outcome limit and timeouts.
+//! [`RedisStoreBuilder`]: URL, key prefix, outcome limit, timeouts and batching.
 
+use super::batch::{Batcher, Worker};
 use super::keys::KeyLayout;
-use super::scripts::Scripts;
+use super::scripts::{Scripts, CLAIM_ARGS, COMPLETE_ARGS};
 use super::{Inner, RedisStore};
 use crate::store::{StoreError, DEFAULT_MAX_OUTCOME_BYTES};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ pub const DEFAULT_PREFIX: &str = "idemq";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default bound on one connection attempt.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default largest number of concurrent `claim` (or `complete`) calls sent as one script call.
+pub const DEFAULT_MAX_BATCH: usize = 64;
 
 /// Configures and opens a [`RedisStore`].
 ///
@@ -37,6 +41,7 @@ pub struct RedisStoreBuilder {
     max_outcome_bytes: usize,
     timeout: Duration,
     connect_timeout: Duration,
+    max_batch: usize,
 }
 
 impl std::fmt::Debug for RedisStoreBuilder {
@@ -47,6 +52,7 @@ impl std::fmt::Debug for RedisStoreBuilder {
             .field("max_outcome_bytes", &self.max_outcome_bytes)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_batch", &self.max_batch)
             .finish()
     }
 }
@@ -60,7 +66,33 @@ impl RedisStoreBuilder {
             max_outcome_bytes: DEFAULT_MAX_OUTCOME_BYTES,
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_batch: DEFAULT_MAX_BATCH,
         }
+    }
+
+    /// A builder for `url` that first takes idemq's own query parameters out of it, as
+    /// [`store::connect`](crate::store::connect) does: `prefix=NAME` sets [`prefix`](Self::prefix)
+    /// and `batch=N` sets [`max_batch`](Self::max_batch), e.g.
+    /// `redis://host:6379/0?prefix=payments&batch=1`. Other parameters stay in the URL.
+    ///
+    /// Fails with [`StoreError::InvalidConfig`] when `batch` is not a positive integer.
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let (url, params) = super::split_params(url);
+        let mut builder = Self::new(url);
+        if let Some(prefix) = params.prefix {
+            builder = builder.prefix(prefix);
+        }
+        if let Some(batch) = params.batch {
+            match batch.parse::<usize>() {
+                Ok(n) if n > 0 => builder = builder.max_batch(n),
+                _ => {
+                    return Err(StoreError::InvalidConfig(format!(
+                        "Redis URL parameter batch={batch:?}: expected a positive integer"
+                    )))
+                }
+            }
+        }
+        Ok(builder)
     }
 
     /// First part of every key (default `idemq`); must not contain `{` or `}`.
@@ -88,12 +120,29 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Group commit: up to `n` concurrent `claim` calls (and, separately, `complete` calls) of
+    /// this store and its clones travel as one script call (default [`DEFAULT_MAX_BATCH`], 64).
+    /// A call is sent as soon as the previous batch of its kind has been answered, together with
+    /// whatever calls queued meanwhile; nothing waits for a timer, so a lone call is not delayed.
+    /// Each call keeps its own result, errors and [`timeout`](Self::timeout). `1` turns batching
+    /// off: one `EVALSHA` per operation, sent without queueing. `0` is rejected by
+    /// [`build`](Self::build).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+
     /// Connects, loads the scripts and returns the store.
     ///
     /// Fails with [`StoreError::InvalidConfig`] for a bad URL or prefix and with
     /// [`StoreError::Unavailable`] / [`StoreError::Timeout`] when Redis cannot be reached.
     pub async fn build(self) -> Result<RedisStore, StoreError> {
         let layout = KeyLayout::new(&self.prefix).map_err(StoreError::InvalidConfig)?;
+        if self.max_batch == 0 {
+            return Err(StoreError::InvalidConfig(
+                "max_batch must be at least 1 (1 turns batching off)".into(),
+            ));
+        }
         let client = redis::Client::open(self.url.as_str()).map_err(|e| {
             StoreError::InvalidConfig(format!("invalid Redis URL {}: {e}", redact(&self.url)))
         })?;
@@ -123,11 +172,31 @@ impl RedisStoreBuilder {
                 })
             }
         };
+        let round_trips = Arc::new(AtomicU64::new(0));
+        let batcher = |op, script: &redis::Script, args_per_key| {
+            (self.max_batch > 1).then(|| {
+                Batcher::spawn(Worker {
+                    op,
+                    script: script.clone(),
+                    args_per_key,
+                    conn: conn.clone(),
+                    max_batch: self.max_batch,
+                    timeout: self.timeout,
+                    round_trips: round_trips.clone(),
+                })
+            })
+        };
+        let claim_batch = batcher("claim", &scripts.claim_many, CLAIM_ARGS);
+        let complete_batch = batcher("complete", &scripts.complete_many, COMPLETE_ARGS);
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 layout,
                 scripts,
+                claim_batch,
+                complete_batch,
+                max_batch: self.max_batch,
+                round_trips,
                 max_outcome_bytes: self.max_outcome_bytes,
                 timeout: self.timeout,
                 url: redact(&self.url),

@@ -1,30 +1,52 @@
 //! The production store: Redis (standalone, or one Cluster slot per record), one round trip per
-//! operation.
+//! operation, fewer under concurrency.
 //!
-//! Each record is one hash at `{prefix}:{<hash tag>}:<scope>:<key>` (see the key layout below) and
+//! Each record is one string at `{prefix}:{<hash tag>}:<scope>:<key>` (see the key layout below) and
 //! every operation is one `EVALSHA` of a Lua script that reads, checks and updates the record
 //! atomically on the server. A replay of a completed key gets its stored outcome in the claim's
 //! single round trip. `Script::invoke_async` sends `EVALSHA` and, on `NOSCRIPT` (after a server
 //! restart, failover or `SCRIPT FLUSH`), loads the script and retries; the scripts are also loaded
 //! when the store connects, so the steady state is one command per operation.
 //!
+//! - **Batching (group commit)**: Redis spends most of a script call's CPU on the call, not on the
+//!   record. So concurrent `claim` calls of one store (and its clones) share one `EVALSHA` of a
+//!   multi-key script, and so do concurrent `complete` calls: a background task per kind sends
+//!   the first queued call at once, and the calls that queue while it is on the wire form the
+//!   next batch (up to [`RedisStoreBuilder::max_batch`], default 64; no timer, so a lone call is
+//!   not delayed). The script handles the keys in order with the single-key logic, so results are
+//!   the same as one call after the other (the same key twice in a batch: `Acquired`, then
+//!   `InFlight`). A failed batch call fails each of its callers with its own error; a corrupt
+//!   record fails only its own call; each call keeps its own timeout. `max_batch(1)` (or `?batch=1`
+//!   in the URL) sends one `EVALSHA` per operation. `release`, `renew`, `get` are never batched.
+//!   [`RedisStore::round_trips`] counts the commands actually sent.
+//! - **Cluster**: a batch holds keys of different hash slots, which standalone Redis (the only
+//!   client mode today) accepts. A Cluster client would have to group each batch by slot.
 //! - **Clocks**: lease ends are computed from the Redis server clock (`TIME` inside the script), so
 //!   the consumers' clocks may disagree.
-//! - **Expiry**: a record's TTL is the retention (never shorter than the lease); Redis drops it.
-//!   Renewal extends the TTL when the lease would outlive it.
+//! - **Expiry**: a record's TTL is the retention (never shorter than the lease), set by the same
+//!   `SET … PX` that writes it; Redis drops it. Release keeps the TTL (`KEEPTTL`); renewal extends
+//!   it when the lease would outlive it.
 //! - **Key layout**: `idemq:{3fa4…16 hex}:<scope>:<key>`. The hash tag is derived from (scope, key),
 //!   so a record's keys share a Cluster slot and records spread over all slots. `:` and `%` in the
 //!   scope are percent-encoded, so `SCAN MATCH idemq:{????????????????}:<scope>:*` lists one scope
 //!   exactly (see [`RedisStore::scan_pattern`]); [`RedisStore::redis_key`] names one record.
-//! - **Format**: field `v` holds the format version; a record with missing or malformed fields,
-//!   another version, or a key of another type is reported as [`StoreError::Corrupt`] naming the
-//!   Redis key, and left untouched ([`Store::forget`] still deletes it).
+//! - **Format** (version 2): the value is `2|<st>|<tok>|<att>|<lu>|<ca>|<os>|<fp>|<ob>` — state
+//!   (`p`, `r`, `c`), token, attempt, lease end (ms, state `p` only), completed-at (ms, state `c`
+//!   only), outcome status, fingerprint (64 hex), then the outcome body as raw bytes to the end.
+//!   One string (not a hash) so that each operation makes as few `redis.call`s as possible inside
+//!   its script (claim: `GET` + `SET … PX`; a replay: `GET` only), which is where Redis spends its
+//!   CPU. Operators read a record with `redis-cli GET <key>` (see [`RedisStore::redis_key`]).
+//!   A value that does not parse, another version, or a key of another type (format 1 wrote
+//!   hashes; they are not migrated) is reported as [`StoreError::Corrupt`] naming the Redis key,
+//!   and left untouched ([`Store::forget`] still deletes it, and so does its TTL). Requires
+//!   Redis ≥ 6 (`SET … KEEPTTL`).
 //! - **Failures**: connection and protocol errors are [`StoreError::Unavailable`], an operation
 //!   slower than [`RedisStoreBuilder::timeout`] is [`StoreError::Timeout`] (it may still have been
 //!   applied). The connection manager reconnects in the background with backoff.
 //! - **URLs**: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS (append
 //!   `#insecure` to skip certificate verification in tests only). Through
-//!   [`store::connect`](super::connect) (and so the CLI), `?prefix=NAME` sets the key prefix.
+//!   [`store::connect`](super::connect) (and so the CLI) or [`RedisStoreBuilder::from_url`],
+//!   `?prefix=NAME` sets the key prefix and `?batch=N` the largest batch.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), idemq::StoreError> {
@@ -38,23 +60,29 @@
 //! # let _ = engine; Ok(()) }
 //! ```
 
+mod batch;
 mod config;
 mod keys;
 mod reply;
 mod scripts;
 
-pub use config::{RedisStoreBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
+pub use config::{
+    RedisStoreBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_PREFIX, DEFAULT_TIMEOUT,
+};
 
 use super::types::*;
 use super::{Store, StoreError};
 use crate::outcome::Outcome;
 use async_trait::async_trait;
+use batch::Batcher;
+use bytes::Bytes;
 use keys::KeyLayout;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult, Value};
 use reply::Reply;
 use scripts::Scripts;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,34 +94,41 @@ const MIN_SCAN_COUNT: usize = 256;
 const SCAN_ROUNDS: usize = 16;
 
 /// Opens the store named by `url` (used by [`connect`](super::connect)): default options, except
-/// that a `prefix=NAME` query parameter sets the key prefix (`redis://host/0?prefix=payments`).
+/// for idemq's own query parameters (see [`RedisStoreBuilder::from_url`]).
 pub(crate) async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    let (url, prefix) = split_prefix_param(url);
-    let mut builder = RedisStore::builder(url);
-    if let Some(prefix) = prefix {
-        builder = builder.prefix(prefix);
-    }
-    Ok(Arc::new(builder.build().await?))
+    Ok(Arc::new(RedisStoreBuilder::from_url(url)?.build().await?))
 }
 
-/// Removes idemq's own `prefix` query parameter from a Redis URL, returning it separately.
-fn split_prefix_param(url: &str) -> (String, Option<String>) {
+/// idemq's own query parameters of a Redis URL (not meant for the Redis client).
+#[derive(Debug, Default, PartialEq)]
+struct UrlParams {
+    /// `prefix=NAME`: the key prefix.
+    prefix: Option<String>,
+    /// `batch=N`: the largest batch, still unparsed.
+    batch: Option<String>,
+}
+
+/// Removes idemq's own query parameters from a Redis URL, returning them separately.
+fn split_params(url: &str) -> (String, UrlParams) {
+    let mut params = UrlParams::default();
     let (rest, fragment) = match url.split_once('#') {
         Some((r, f)) => (r, Some(f)),
         None => (url, None),
     };
     let Some((base, query)) = rest.split_once('?') else {
-        return (url.to_string(), None);
+        return (url.to_string(), params);
     };
-    let mut prefix = None;
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| match pair.strip_prefix("prefix=") {
-            Some(p) => {
-                prefix = Some(p.to_string());
-                false
-            }
-            None => !pair.is_empty(),
+        .filter(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match name {
+                "prefix" => &mut params.prefix,
+                "batch" => &mut params.batch,
+                _ => return !pair.is_empty(),
+            };
+            *slot = Some(value.to_string());
+            false
         })
         .collect();
     let mut out = base.to_string();
@@ -105,10 +140,11 @@ fn split_prefix_param(url: &str) -> (String, Option<String>) {
         out.push('#');
         out.push_str(f);
     }
-    (out, prefix)
+    (out, params)
 }
 
-/// [`Store`] on Redis: one Lua script (one round trip) per operation. Cheap to clone.
+/// [`Store`] on Redis: one Lua script (one round trip) per operation, or per batch of concurrent
+/// `claim` / `complete` calls. Cheap to clone; clones share the connection and the batches.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -118,6 +154,12 @@ struct Inner {
     conn: ConnectionManager,
     layout: KeyLayout,
     scripts: Scripts,
+    /// Group commit of `claim` / `complete`; `None` when `max_batch` is 1.
+    claim_batch: Option<Batcher>,
+    complete_batch: Option<Batcher>,
+    max_batch: usize,
+    /// Commands sent (a batch counts once).
+    round_trips: Arc<AtomicU64>,
     max_outcome_bytes: usize,
     timeout: Duration,
     /// URL without password, for Debug.
@@ -132,6 +174,7 @@ impl std::fmt::Debug for RedisStore {
             .field("prefix", &self.inner.prefix)
             .field("max_outcome_bytes", &self.inner.max_outcome_bytes)
             .field("timeout", &self.inner.timeout)
+            .field("max_batch", &self.inner.max_batch)
             .finish()
     }
 }
@@ -152,7 +195,7 @@ impl RedisStore {
         &self.inner.prefix
     }
 
-    /// The Redis key holding `key`'s record (for operators: `redis-cli HGETALL <this>`).
+    /// The Redis key holding `key`'s record (for operators: `redis-cli GET <this>`).
     pub fn redis_key(&self, key: &RecordKey) -> String {
         self.inner.layout.record(key)
     }
@@ -162,15 +205,41 @@ impl RedisStore {
         self.inner.layout.scan_pattern(scope)
     }
 
+    /// Redis commands this store and its clones have sent so far: one per `EVALSHA` (a batch of
+    /// `claim` or `complete` calls counts once), `DEL` and `SCAN`, not counting script reloads
+    /// after `NOSCRIPT`. Divided by the messages handled, it gives round trips per message.
+    pub fn round_trips(&self) -> u64 {
+        self.inner.round_trips.load(Ordering::Relaxed)
+    }
+
     /// Runs one Redis call under the operation timeout.
     async fn run<T>(
         &self,
         op: &'static str,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
+        self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(self.inner.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(map_error(op, e, self.inner.timeout)),
+            Err(_) => Err(StoreError::Timeout {
+                op,
+                after: self.inner.timeout,
+            }),
+        }
+    }
+
+    /// Queues one operation for `batcher`, bounded by the operation timeout like [`Self::run`].
+    async fn batched(
+        &self,
+        op: &'static str,
+        batcher: &Batcher,
+        rkey: String,
+        args: Vec<Bytes>,
+    ) -> Result<Value, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        match tokio::time::timeout_at(deadline, batcher.call(rkey, args, deadline)).await {
+            Ok(result) => result,
             Err(_) => Err(StoreError::Timeout {
                 op,
                 after: self.inner.timeout,
@@ -210,13 +279,24 @@ fn ms(d: Duration) -> u64 {
 impl Store for RedisStore {
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
         let rkey = self.inner.layout.record(req.key);
-        let mut inv = self.inner.scripts.claim.prepare_invoke();
-        inv.key(&rkey)
-            .arg(req.fingerprint.to_hex())
-            .arg(ms(req.lease))
-            .arg(ms(req.retention));
-        let mut conn = self.inner.conn.clone();
-        let v: Value = self.run("claim", inv.invoke_async(&mut conn)).await?;
+        let fingerprint = req.fingerprint.to_hex();
+        let (lease, retention) = (ms(req.lease), ms(req.retention));
+        let v: Value = match &self.inner.claim_batch {
+            Some(batcher) => {
+                let args = vec![
+                    Bytes::from(fingerprint),
+                    Bytes::from(lease.to_string()),
+                    Bytes::from(retention.to_string()),
+                ];
+                self.batched("claim", batcher, rkey.clone(), args).await?
+            }
+            None => {
+                let mut inv = self.inner.scripts.claim.prepare_invoke();
+                inv.key(&rkey).arg(fingerprint).arg(lease).arg(retention);
+                let mut conn = self.inner.conn.clone();
+                self.run("claim", inv.invoke_async(&mut conn)).await?
+            }
+        };
         Reply::new("claim", &rkey, v)?.claim()
     }
 
@@ -234,14 +314,28 @@ impl Store for RedisStore {
             });
         }
         let rkey = self.inner.layout.record(key);
-        let mut inv = self.inner.scripts.complete.prepare_invoke();
-        inv.key(&rkey)
-            .arg(token.0)
-            .arg(outcome.status.as_str())
-            .arg(&outcome.body[..])
-            .arg(ms(retention));
-        let mut conn = self.inner.conn.clone();
-        let v: Value = self.run("complete", inv.invoke_async(&mut conn)).await?;
+        let v: Value = match &self.inner.complete_batch {
+            Some(batcher) => {
+                let args = vec![
+                    Bytes::from(token.0.to_string()),
+                    Bytes::from_static(outcome.status.as_str().as_bytes()),
+                    outcome.body.clone(),
+                    Bytes::from(ms(retention).to_string()),
+                ];
+                self.batched("complete", batcher, rkey.clone(), args)
+                    .await?
+            }
+            None => {
+                let mut inv = self.inner.scripts.complete.prepare_invoke();
+                inv.key(&rkey)
+                    .arg(token.0)
+                    .arg(outcome.status.as_str())
+                    .arg(&outcome.body[..])
+                    .arg(ms(retention));
+                let mut conn = self.inner.conn.clone();
+                self.run("complete", inv.invoke_async(&mut conn)).await?
+            }
+        };
         Reply::new("complete", &rkey, v)?.fence()
     }
 
@@ -367,7 +461,7 @@ impl Store for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::split_prefix_param;
+    use super::{split_params, UrlParams};
 
     #[test]
     fn durations_round_up_to_milliseconds_and_are_capped() {
@@ -379,19 +473,70 @@ mod tests {
     }
 
     #[test]
-    fn prefix_query_parameter_is_ours() {
+    fn prefix_and_batch_query_parameters_are_ours() {
+        let p = |prefix: Option<&str>, batch: Option<&str>| UrlParams {
+            prefix: prefix.map(str::to_string),
+            batch: batch.map(str::to_string),
+        };
         let cases = [
-            ("redis://h:1/0", ("redis://h:1/0", None)),
-            ("redis://h/0?prefix=pay", ("redis://h/0", Some("pay"))),
+            ("redis://h:1/0", ("redis://h:1/0", p(None, None))),
+            (
+                "redis://h/0?prefix=pay",
+                ("redis://h/0", p(Some("pay"), None)),
+            ),
             (
                 "rediss://u:p@h/?protocol=resp3&prefix=a:b#insecure",
-                ("rediss://u:p@h/?protocol=resp3#insecure", Some("a:b")),
+                (
+                    "rediss://u:p@h/?protocol=resp3#insecure",
+                    p(Some("a:b"), None),
+                ),
             ),
-            ("redis://h/?prefix=x&db=2", ("redis://h/?db=2", Some("x"))),
+            (
+                "redis://h/?prefix=x&db=2",
+                ("redis://h/?db=2", p(Some("x"), None)),
+            ),
+            (
+                "redis://h/?batch=1&prefix=x",
+                ("redis://h/", p(Some("x"), Some("1"))),
+            ),
+            (
+                "redis://h/?protocol=resp3&batch=16#insecure",
+                ("redis://h/?protocol=resp3#insecure", p(None, Some("16"))),
+            ),
+            // A name that merely starts like ours is not ours.
+            (
+                "redis://h/?batches=2",
+                ("redis://h/?batches=2", p(None, None)),
+            ),
         ];
-        for (url, (want_url, want_prefix)) in cases {
-            let (u, p) = split_prefix_param(url);
-            assert_eq!((u.as_str(), p.as_deref()), (want_url, want_prefix), "{url}");
+        for (url, (want_url, want)) in cases {
+            let (u, params) = split_params(url);
+            assert_eq!((u.as_str(), params), (want_url, want), "{url}");
         }
+    }
+
+    #[test]
+    fn batch_parameter_must_be_a_positive_integer() {
+        use super::RedisStoreBuilder;
+        use crate::store::StoreError;
+        for url in [
+            "redis://h/?batch=0",
+            "redis://h/?batch=x",
+            "redis://h/?batch=",
+        ] {
+            assert!(
+                matches!(
+                    RedisStoreBuilder::from_url(url),
+                    Err(StoreError::InvalidConfig(_))
+                ),
+                "{url}"
+            );
+        }
+        let b = RedisStoreBuilder::from_url("redis://h/?batch=8&prefix=p").expect("valid");
+        let shown = format!("{b:?}");
+        assert!(
+            shown.contains("max_batch: 8") && shown.contains("prefix: \"p\""),
+            "{shown}"
+        );
     }
 }

@@ -152,7 +152,8 @@ impl<'a> Reply<'a> {
     }
 }
 
-fn bad(op: &'static str, detail: String) -> StoreError {
+/// An answer of the wrong shape: the server is not speaking our protocol, so transient.
+pub(crate) fn bad(op: &'static str, detail: String) -> StoreError {
     StoreError::unavailable(op, format!("unexpected reply from Redis: {detail}"))
 }
 

@@ -1,32 +1,59 @@
 //! The Lua scripts: each store operation is one `EVALSHA` (one round trip), atomic on the server.
 //!
-//! Record hash fields (format version 1):
+//! A record is one Redis **string** (format version 2), fixed-format fields first and the outcome
+//! body last, so the body may hold any bytes (including `|`):
+//!
+//! ```text
+//! 2|<st>|<tok>|<att>|<lu>|<ca>|<os>|<fp>|<ob>
+//! ```
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `v` | format version, `"1"` |
+//! | `2` | format version |
 //! | `st` | state: `p` in progress, `r` released tombstone, `c` completed |
-//! | `tok` | fencing token |
+//! | `tok` | fencing token (decimal) |
+//! | `att` | attempt number (decimal) |
+//! | `lu` | lease end, server clock in ms since the epoch; state `p` only, empty otherwise |
+//! | `ca` | completed-at, ms since the epoch; state `c` only, empty otherwise |
+//! | `os` | outcome status `succeeded` / `failed`; state `c` only, empty otherwise |
 //! | `fp` | payload fingerprint, 64 lower-case hex digits |
-//! | `att` | attempt number |
-//! | `lu` | lease end, server clock in ms since the epoch; read in state `p` only (left in place afterwards: saves a command) |
-//! | `os`, `ob`, `ca` | outcome status, outcome body, completed-at ms (`c` only) |
+//! | `ob` | outcome body, raw bytes to the end of the value; empty unless state `c` |
 //!
-//! Times come from `redis.call('TIME')`, so consumers' clock skew does not matter. Redis ≥ 5 is
-//! required (effects replication makes `TIME` inside a writing script safe).
+//! Why a string rather than a hash (format 1): Redis CPU per operation is dominated by the
+//! `redis.call`s a script makes (each one marshals its arguments and reply between Lua and RESP), so
+//! one `GET` plus one `SET … PX` (value and TTL in one command) replaces `HMGET` + `HSET` +
+//! `PEXPIRE`. A first-time message costs 4 calls (claim `GET` + `SET`, complete `GET` + `SET`) plus
+//! one shared `TIME` per script run; a replay costs one `GET`. Format-1 records (hashes) are not
+//! migrated: they read as corrupt (`WRONGTYPE`) until `idemq key forget` or their TTL removes them.
+//!
+//! Times come from `redis.call('TIME')`, read lazily and at most once per script run, so consumers'
+//! clock skew does not matter. Redis ≥ 6 is required (`SET … KEEPTTL`; effects replication, which
+//! makes `TIME` inside a writing script safe, is the default since 5).
 //!
 //! Every script first validates the record (`load`), and answers `{'corrupt', detail}` instead of
-//! acting on a record it cannot read.
+//! acting on a record it cannot read: a key of another type, a value that does not parse, another
+//! format version, a malformed field, or a field the state does not use being set.
+//!
+//! `claim` and `complete` also come as `*_MANY` scripts for group commit (see `batch.rs`): they
+//! run the same per-record Lua function over every key in `KEYS`, in order, and answer an array
+//! holding, per key, exactly the reply the single-key script gives. A batch reads `TIME` at most
+//! once. The keys of one batch may lie in different Cluster slots, which standalone Redis allows.
 
 use redis::Script;
 
-/// Version written in field `v`; records with another version are reported as corrupt.
-pub(crate) const FORMAT_VERSION: &str = "1";
+/// Format version: the value's first field; records with another version are reported as corrupt.
+pub(crate) const FORMAT_VERSION: &str = "2";
 
 const PRELUDE: &str = r#"
+-- Server clock in ms, read at most once per script run (a batch shares one reading), and only
+-- by the paths that need it.
+local clock
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock
 end
 
 local function int(n)
@@ -34,34 +61,46 @@ local function int(n)
 end
 
 local function digits(s)
-  return s and string.match(s, '^%d+$') ~= nil
+  return string.match(s, '^%d+$') ~= nil
+end
+
+-- The value of a record; lu and ca are strings ('' when unused), ob may be any bytes.
+local function encode(st, tok, att, lu, ca, os, fp, ob)
+  return table.concat({'@VERSION@', st, int(tok), int(att), lu, ca, os, fp, ob}, '|')
 end
 
 -- nil: absent; false, why: unreadable; otherwise the record.
 local function load(key)
-  local ok, f = pcall(redis.call, 'HMGET', key, 'v', 'st', 'tok', 'fp', 'att', 'lu', 'os', 'ob', 'ca')
+  local ok, s = pcall(redis.call, 'GET', key)
   if not ok then
-    return false, 'not a hash (' .. tostring(type(f) == 'table' and f.err or f) .. ')'
+    return false, 'not a string (' .. tostring(type(s) == 'table' and s.err or s) ..
+      '); format 1 records were hashes: forget the key or let it expire'
   end
-  local v, st, tok, fp, att, lu, os, ob, ca = f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]
-  if not v then
-    -- No field at all: absent (Redis drops empty hashes). Some fields but no version: corrupt.
-    if not (st or tok or fp or att or lu or os or ob or ca) then return nil end
-    return false, 'missing field v (format version)'
+  if not s then return nil end
+  local st, tok, att, lu, ca, os, fp, body =
+    string.match(s, '^@VERSION@|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|()')
+  if not st then
+    local v = string.match(s, '^(%d+)|')
+    if v and v ~= '@VERSION@' then return false, 'unknown format version ' .. string.sub(v, 1, 20) end
+    return false, 'malformed value (expected @VERSION@|st|tok|att|lu|ca|os|fp|ob)'
   end
-  if v ~= '@VERSION@' then return false, 'unknown format version ' .. v end
   if not digits(tok) then return false, 'bad field tok' end
   if not digits(att) then return false, 'bad field att' end
-  if not fp or #fp ~= 64 or not string.match(fp, '^[0-9a-f]+$') then
-    return false, 'bad field fp'
-  end
+  if #fp ~= 64 or string.find(fp, '[^0-9a-f]') then return false, 'bad field fp' end
+  local ob = ''
   if st == 'p' then
     if not digits(lu) then return false, 'bad field lu' end
+    if ca ~= '' or os ~= '' or body <= #s then return false, 'outcome fields set in state p' end
   elseif st == 'c' then
     if os ~= 'succeeded' and os ~= 'failed' then return false, 'bad field os' end
-    if not ob then return false, 'missing field ob' end
     if not digits(ca) then return false, 'bad field ca' end
-  elseif st ~= 'r' then
+    if lu ~= '' then return false, 'field lu set in state c' end
+    ob = string.sub(s, body)
+  elseif st == 'r' then
+    if lu ~= '' or ca ~= '' or os ~= '' or body <= #s then
+      return false, 'lease or outcome fields set in state r'
+    end
+  else
     return false, 'bad field st'
   end
   return {st = st, tok = tonumber(tok), fp = fp, att = tonumber(att), lu = tonumber(lu),
@@ -69,63 +108,99 @@ local function load(key)
 end
 "#;
 
-/// KEYS[1] record; ARGV fingerprint, lease ms, retention ms.
-const CLAIM: &str = r#"
-local key, fp = KEYS[1], ARGV[1]
-local lease, retention = tonumber(ARGV[2]), tonumber(ARGV[3])
-local rec, why = load(key)
-if rec == false then return {'corrupt', why} end
-local now = now_ms()
-if rec == nil then
-  redis.call('HSET', key, 'v', '@VERSION@', 'st', 'p', 'tok', '1', 'fp', fp, 'att', '1', 'lu', int(now + lease))
-  redis.call('PEXPIRE', key, int(math.max(retention, lease)))
-  return {'acquired', 1, 1}
+/// `claim_one(key, fingerprint, lease ms, retention ms)`: one record's claim. Replay, conflict:
+/// `GET` only; in flight: `GET` + `TIME`; acquire: `GET` + `TIME` + one `SET … PX`.
+const CLAIM_FN: &str = r#"
+local function claim_one(key, fp, lease, retention)
+  lease, retention = tonumber(lease), tonumber(retention)
+  local rec, why = load(key)
+  if rec == false then return {'corrupt', why} end
+  local tok, att = 1, 1
+  if rec then
+    if rec.st ~= 'r' and rec.fp ~= fp then return {'conflict', rec.fp} end
+    if rec.st == 'c' then return {'completed', rec.os, rec.ob} end
+    if rec.st == 'p' and rec.lu > now_ms() then return {'inflight', rec.lu - now_ms()} end
+    tok, att = rec.tok + 1, rec.att + 1
+  end
+  redis.call('SET', key, encode('p', tok, att, int(now_ms() + lease), '', '', fp, ''),
+             'PX', int(math.max(retention, lease)))
+  return {'acquired', tok, att}
 end
-if rec.st ~= 'r' and rec.fp ~= fp then return {'conflict', rec.fp} end
-if rec.st == 'c' then return {'completed', rec.os, rec.ob} end
-if rec.st == 'p' and rec.lu > now then return {'inflight', rec.lu - now} end
-local tok, att = rec.tok + 1, rec.att + 1
-redis.call('HSET', key, 'st', 'p', 'tok', int(tok), 'fp', fp, 'att', int(att), 'lu', int(now + lease))
-redis.call('PEXPIRE', key, int(math.max(retention, lease)))
-return {'acquired', tok, att}
+"#;
+/// KEYS[1] record; ARGV fingerprint, lease ms, retention ms.
+const CLAIM: &str = "return claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])";
+
+/// KEYS records; ARGV [`CLAIM_ARGS`] per key, in key order. One `claim` reply per key.
+const CLAIM_MANY: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local a = (i - 1) * 3
+  out[i] = claim_one(key, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+end
+return out
+"#;
+
+/// Arguments per key of the claim scripts.
+pub(crate) const CLAIM_ARGS: usize = 3;
+
+/// `complete_one(key, token, outcome status, outcome body, retention ms)`: `GET`, and for the
+/// owner `TIME` (shared) + one `SET … PX retention`.
+const COMPLETE_FN: &str = r#"
+local function complete_one(key, tok, os, ob, retention)
+  local rec, why = load(key)
+  if rec == false then return {'corrupt', why} end
+  if rec == nil or rec.tok ~= tonumber(tok) or rec.st == 'r' then return {'lost'} end
+  if rec.st == 'c' then return {'held'} end
+  redis.call('SET', key, encode('c', rec.tok, rec.att, '', int(now_ms()), os, rec.fp, ob),
+             'PX', retention)
+  return {'held'}
+end
 "#;
 
 /// KEYS[1] record; ARGV token, outcome status, outcome body, retention ms.
-const COMPLETE: &str = r#"
-local key = KEYS[1]
-local rec, why = load(key)
-if rec == false then return {'corrupt', why} end
-if rec == nil or rec.tok ~= tonumber(ARGV[1]) or rec.st == 'r' then return {'lost'} end
-if rec.st == 'c' then return {'held'} end
-redis.call('HSET', key, 'st', 'c', 'os', ARGV[2], 'ob', ARGV[3], 'ca', int(now_ms()))
-redis.call('PEXPIRE', key, ARGV[4])
-return {'held'}
+const COMPLETE: &str = "return complete_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])";
+
+/// KEYS records; ARGV [`COMPLETE_ARGS`] per key, in key order. One `complete` reply per key.
+const COMPLETE_MANY: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local a = (i - 1) * 4
+  out[i] = complete_one(key, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+end
+return out
 "#;
 
-/// KEYS[1] record; ARGV token, `retry` or `reset`.
+/// Arguments per key of the complete scripts.
+pub(crate) const COMPLETE_ARGS: usize = 4;
+
+/// KEYS[1] record; ARGV token, `retry` or `reset`. `GET` + `SET … KEEPTTL`: a tombstone lives
+/// until the claim's TTL ends.
 const RELEASE: &str = r#"
 local key = KEYS[1]
 local rec, why = load(key)
 if rec == false then return {'corrupt', why} end
 if rec == nil or rec.tok ~= tonumber(ARGV[1]) or rec.st == 'c' then return {'lost'} end
-if ARGV[2] == 'reset' then
-  redis.call('HSET', key, 'st', 'r', 'att', '0')
-else
-  redis.call('HSET', key, 'st', 'r')
-end
+local att = rec.att
+if ARGV[2] == 'reset' then att = 0 end
+redis.call('SET', key, encode('r', rec.tok, att, '', '', '', rec.fp, ''), 'KEEPTTL')
 return {'held'}
 "#;
 
-/// KEYS[1] record; ARGV token, lease ms.
+/// KEYS[1] record; ARGV token, lease ms. `GET` + `TIME` + `PTTL` + one `SET`: `KEEPTTL` when the
+/// TTL outlives the new lease (or there is none), else `PX lease`.
 const RENEW: &str = r#"
 local key = KEYS[1]
 local lease = tonumber(ARGV[2])
 local rec, why = load(key)
 if rec == false then return {'corrupt', why} end
 if rec == nil or rec.tok ~= tonumber(ARGV[1]) or rec.st ~= 'p' then return {'lost'} end
-redis.call('HSET', key, 'lu', int(now_ms() + lease))
+local value = encode('p', rec.tok, rec.att, int(now_ms() + lease), '', '', rec.fp, '')
 local ttl = redis.call('PTTL', key)
-if ttl >= 0 and ttl < lease then redis.call('PEXPIRE', key, int(lease)) end
+if ttl >= 0 and ttl < lease then
+  redis.call('SET', key, value, 'PX', int(lease))
+else
+  redis.call('SET', key, value, 'KEEPTTL')
+end
 return {'held'}
 "#;
 
@@ -139,15 +214,19 @@ if rec == nil then return {'absent'} end
 local now = now_ms()
 local left = 0
 if rec.st == 'p' and rec.lu > now then left = rec.lu - now end
+local ca = rec.ca
+if ca == '' then ca = '0' end
 return {'record', now, redis.call('PTTL', key), rec.st, rec.tok, rec.fp, rec.att, left,
-        rec.os or '', rec.ob or '', rec.ca or '0'}
+        rec.os, rec.ob, ca}
 "#;
 
 /// The loaded scripts of one store.
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub(crate) claim: Script,
+    pub(crate) claim_many: Script,
     pub(crate) complete: Script,
+    pub(crate) complete_many: Script,
     pub(crate) release: Script,
     pub(crate) renew: Script,
     pub(crate) get: Script,
@@ -155,22 +234,31 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     pub(crate) fn new() -> Self {
-        let s = |body: &str| {
-            Script::new(&format!("{PRELUDE}\n{body}").replace("@VERSION@", FORMAT_VERSION))
+        let s = |parts: &[&str]| {
+            let mut text = PRELUDE.to_string();
+            for part in parts {
+                text.push('\n');
+                text.push_str(part);
+            }
+            Script::new(&text.replace("@VERSION@", FORMAT_VERSION))
         };
         Self {
-            claim: s(CLAIM),
-            complete: s(COMPLETE),
-            release: s(RELEASE),
-            renew: s(RENEW),
-            get: s(GET),
+            claim: s(&[CLAIM_FN, CLAIM]),
+            claim_many: s(&[CLAIM_FN, CLAIM_MANY]),
+            complete: s(&[COMPLETE_FN, COMPLETE]),
+            complete_many: s(&[COMPLETE_FN, COMPLETE_MANY]),
+            release: s(&[RELEASE]),
+            renew: s(&[RENEW]),
+            get: s(&[GET]),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 5] {
+    pub(crate) fn all(&self) -> [&Script; 7] {
         [
             &self.claim,
+            &self.claim_many,
             &self.complete,
+            &self.complete_many,
             &self.release,
             &self.renew,
             &self.get,
