@@ -86,73 +86,151 @@ async fn consumer_dropped_before_committing_redeliveries_are_replayed() {
     assert_eq!(runs.total(), 15);
 }
 
+/// A MockCluster topic, consumed over a store that can be switched down (the outage tests).
+struct Outage {
+    broker: Broker,
+    topic: String,
+    group: String,
+    partitions: i32,
+    store: Arc<support::faulty::FaultyStore>,
+    runs: Runs,
+}
+
+impl Outage {
+    async fn new(name: &str, partitions: i32) -> Outage {
+        let broker = Broker::mock();
+        let (topic, group) = (unique(name), unique("g"));
+        broker.create_topic(&topic, partitions).await;
+        Outage {
+            broker,
+            topic,
+            group,
+            partitions,
+            store: support::faulty::FaultyStore::new(Arc::new(MemoryStore::new())),
+            runs: Runs::default(),
+        }
+    }
+
+    /// Produces keys `k{from}`.. `k{from + n - 1}`, round-robin over the partitions.
+    async fn produce(&self, from: i32, n: i32) {
+        let recs: Vec<Rec> = (from..from + n)
+            .map(|k| Rec::keyed(&format!("k{k}"), "{}").on(k % self.partitions))
+            .collect();
+        produce(&self.broker.bootstrap(), &self.topic, &recs).await;
+    }
+
+    /// A consumer of the topic in the group, over the switchable store.
+    fn consumer(&self) -> Running {
+        Running::start(consumer(
+            &self.broker,
+            &self.group,
+            &self.topic,
+            self.store.clone(),
+            &self.runs,
+            0,
+            |b| b,
+        ))
+    }
+
+    fn committed(&self) -> Vec<i64> {
+        committed(
+            &self.broker.bootstrap(),
+            &self.group,
+            &self.topic,
+            self.partitions,
+        )
+    }
+
+    async fn wait_committed(&self, expected: &[i64]) {
+        wait_committed(
+            &self.broker.bootstrap(),
+            &self.group,
+            &self.topic,
+            expected,
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+}
+
 /// While the store is down nothing runs and nothing is committed; the consumer stays in its group
 /// and completes everything once the store is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_outage_runs_nothing_and_commits_nothing_until_it_is_back() {
-    let broker = Broker::mock();
-    let (topic, group) = (unique("outage"), unique("g"));
-    broker.create_topic(&topic, 2).await;
-    let batch = |from: i32| -> Vec<Rec> {
-        (from..from + 6)
-            .map(|k| Rec::keyed(&format!("k{k}"), "{}").on(k % 2))
-            .collect()
-    };
-    produce(&broker.bootstrap(), &topic, &batch(0)).await;
-    let store = support::faulty::FaultyStore::new(Arc::new(MemoryStore::new()));
-    let runs = Runs::default();
-    let c = Running::start(consumer(
-        &broker,
-        &group,
-        &topic,
-        store.clone(),
-        &runs,
-        0,
-        |b| b,
-    ));
+    let t = Outage::new("outage", 2).await;
+    t.produce(0, 6).await;
+    let c = t.consumer();
     let stats = c.stats.clone();
-    wait_committed(
-        &broker.bootstrap(),
-        &group,
-        &topic,
-        &[3, 3],
-        Duration::from_secs(30),
-    )
-    .await;
+    t.wait_committed(&[3, 3]).await;
 
-    store.set_down(true);
-    let claims_before = store.claims.load(std::sync::atomic::Ordering::SeqCst);
-    produce(&broker.bootstrap(), &topic, &batch(6)).await;
+    t.store.set_down(true);
+    let claims_before = t.store.claims.load(std::sync::atomic::Ordering::SeqCst);
+    t.produce(6, 6).await;
     wait_for("the outage was noticed", Duration::from_secs(20), || {
         stats.snapshot().store_unavailable >= 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(runs.total(), 6, "no handler runs during the outage");
+    assert_eq!(t.runs.total(), 6, "no handler runs during the outage");
     assert_eq!(
-        store.claims.load(std::sync::atomic::Ordering::SeqCst),
+        t.store.claims.load(std::sync::atomic::Ordering::SeqCst),
         claims_before,
         "no claim reached the store during the outage"
     );
-    assert_eq!(
-        committed(&broker.bootstrap(), &group, &topic, 2),
-        vec![3, 3],
-        "no commits during the outage"
-    );
+    assert_eq!(t.committed(), vec![3, 3], "no commits during the outage");
 
-    store.set_down(false);
-    wait_committed(
-        &broker.bootstrap(),
-        &group,
-        &topic,
-        &[6, 6],
+    t.store.set_down(false);
+    t.wait_committed(&[6, 6]).await;
+    let s = c.shutdown().await;
+    assert_eq!(t.runs.total(), 12);
+    assert_eq!(t.runs.repeated(), vec![]);
+    assert_eq!(s.processed, 12, "{s:?}");
+}
+
+/// Regression (found by the chaos harness): a partition paused during a store outage, then
+/// revoked and assigned back to the same consumer by a rebalance, fetches again once the store
+/// is back. librdkafka keeps a partition's pause across revoke/assign, so a consumer that
+/// forgot it had paused the partition never resumed it and the partition stalled for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_paused_for_a_store_outage_fetches_again_after_a_rebalance() {
+    let t = Outage::new("pause-rebal", 1).await;
+    t.produce(0, 3).await;
+    let a = t.consumer();
+    let a_stats = a.stats.clone();
+    t.wait_committed(&[3]).await;
+
+    // The outage pauses the partition.
+    t.store.set_down(true);
+    t.produce(3, 3).await;
+    wait_for("the outage was noticed", Duration::from_secs(20), || {
+        a_stats.snapshot().store_unavailable >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A second member joins (the partition is revoked from the first) and leaves again (the
+    // partition comes back to the first).
+    let b = t.consumer();
+    wait_for(
+        "the join revoked the partition",
         Duration::from_secs(30),
+        || a_stats.snapshot().revocations >= 1,
     )
     .await;
-    let s = c.shutdown().await;
-    assert_eq!(runs.total(), 12);
-    assert_eq!(runs.repeated(), vec![]);
-    assert_eq!(s.processed, 12, "{s:?}");
+    b.shutdown().await;
+    wait_for(
+        "the partition is back with the first consumer",
+        Duration::from_secs(30),
+        || a_stats.assigned_partitions() == 1,
+    )
+    .await;
+
+    t.store.set_down(false);
+    t.wait_committed(&[6]).await;
+    let s = a.shutdown().await;
+    assert_eq!(t.runs.total(), 6, "every key ran once");
+    assert_eq!(t.runs.repeated(), vec![]);
+    assert!(s.revocations >= 2, "{s:?}");
 }
 
 /// The broker rejects offset commits: the consumer's records are redelivered to the next member of

@@ -177,6 +177,22 @@ impl Shared {
         }
         self.commit_ready(consumer, Some(&tps), CommitMode::Sync);
         let mut parts = self.lock();
+        // librdkafka keeps a partition's pause flag across revoke and assign: a partition we
+        // paused (store outage, backpressure) would come back paused in a later assignment, with
+        // fresh state here that knows nothing of it, and never be fetched again. So resume what we
+        // paused before letting it go. (Resuming on assign instead would race the new
+        // assignment's offset lookup: a resume bumps the partition's op version.)
+        let mut paused = TopicPartitionList::new();
+        for tp in &tps {
+            if parts.get(tp).is_some_and(|p| p.paused) {
+                paused.add_partition(&tp.0, tp.1);
+            }
+        }
+        if paused.count() > 0 {
+            if let Err(err) = consumer.resume(&paused) {
+                warn!(%err, "resuming revoked partitions failed");
+            }
+        }
         for tp in &tps {
             if let Some(p) = parts.remove(tp) {
                 self.stats
