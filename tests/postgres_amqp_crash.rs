@@ -14,7 +14,8 @@ use std::process::Stdio;
 use std::time::Duration;
 use support::amqp::Rabbit;
 use support::postgres::{
-    assert_exactly_one_effect_per_key, exec, shared_store, unique_table, SHARED_TABLE,
+    assert_exactly_one_effect_per_key, effect_rows, exec, shared_store, unique_table,
+    wait_for_work_then_random_pause, SHARED_TABLE,
 };
 use support::services::{amqp_url, example_binary, postgres_url};
 use tokio::process::Command;
@@ -85,23 +86,6 @@ async fn sigkilled_amqp_orders_consumers_leave_exactly_one_effect_row_per_key() 
     let total = ORDERS as u64 * COPIES;
     assert!(total >= 2000);
 
-    let count_effects = || async {
-        let client = store.pool().get().await.expect("client");
-        let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&effects])
-            .await
-            .expect("regclass")
-            .get(0);
-        if !exists {
-            return 0i64;
-        }
-        client
-            .query_one(&format!("SELECT count(*) FROM {effects}"), &[])
-            .await
-            .expect("count")
-            .get(0)
-    };
-
     let mut kills_mid_work = 0;
     for round in 0..KILLS {
         let mut child = consumer(&bin, &queue, &effects, false)
@@ -109,19 +93,11 @@ async fn sigkilled_amqp_orders_consumers_leave_exactly_one_effect_row_per_key() 
             .expect("spawn consumer");
         // Wait until this consumer makes progress (startup time varies with machine load), then
         // kill it a random 50..550 ms later.
-        let before = count_effects().await;
-        let started = tokio::time::Instant::now();
-        while count_effects().await == before && started.elapsed() < Duration::from_secs(30) {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(50 + u64::from(nanos % 500))).await;
+        let before =
+            wait_for_work_then_random_pause(&store, &effects, Duration::from_secs(30)).await;
         child.start_kill().expect("SIGKILL");
         let _ = child.wait().await;
-        let done = count_effects().await;
+        let done = effect_rows(&store, &effects).await;
         // Unacked deliveries of the killed consumer are back in the queue.
         let (ready, _) = rabbit.counts(&queue).await;
         if done > before && ready > 0 {

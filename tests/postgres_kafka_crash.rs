@@ -15,7 +15,8 @@ use std::process::Stdio;
 use std::time::Duration;
 use support::kafka::{committed, produce, Broker, Rec};
 use support::postgres::{
-    assert_exactly_one_effect_per_key, exec, shared_store, unique_table, SHARED_TABLE,
+    assert_exactly_one_effect_per_key, effect_rows, exec, shared_store, unique_table,
+    wait_for_work_then_random_pause, SHARED_TABLE,
 };
 use support::services::{example_binary, postgres_url, unique};
 use tokio::process::Command;
@@ -89,22 +90,6 @@ async fn sigkilled_kafka_orders_consumers_leave_exactly_one_effect_row_per_key()
     assert!(total >= 2000);
     produce(&bootstrap, &topic, &recs).await;
 
-    let count_effects = || async {
-        let client = store.pool().get().await.expect("client");
-        let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&effects])
-            .await
-            .expect("regclass")
-            .get(0);
-        if !exists {
-            return 0i64;
-        }
-        client
-            .query_one(&format!("SELECT count(*) FROM {effects}"), &[])
-            .await
-            .expect("count")
-            .get(0)
-    };
     let committed_total = || {
         tokio::task::block_in_place(|| {
             committed(&bootstrap, &group, &topic, PARTITIONS)
@@ -121,19 +106,11 @@ async fn sigkilled_kafka_orders_consumers_leave_exactly_one_effect_row_per_key()
             .expect("spawn consumer");
         // Wait until this consumer makes progress (the group join waits for the killed member's
         // session to expire), then kill it a random 50..550 ms later.
-        let before = count_effects().await;
-        let started = tokio::time::Instant::now();
-        while count_effects().await == before && started.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(50 + u64::from(nanos % 500))).await;
+        let before =
+            wait_for_work_then_random_pause(&store, &effects, Duration::from_secs(60)).await;
         child.start_kill().expect("SIGKILL");
         let _ = child.wait().await;
-        let done = count_effects().await;
+        let done = effect_rows(&store, &effects).await;
         if done > before && done < KEYS {
             kills_mid_work += 1;
         }

@@ -104,3 +104,45 @@ pub async fn assert_exactly_one_effect_per_key(
         .get(0);
     assert_eq!(completed, keys, "every key's outcome is stored");
 }
+
+/// Rows in an effects table (0 while no consumer has created it yet).
+pub async fn effect_rows(store: &PostgresStore, table: &str) -> i64 {
+    let client = store.pool().get().await.expect("client");
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .expect("regclass")
+        .get(0);
+    if !exists {
+        return 0;
+    }
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// The moment a crash test kills its consumer: waits (at most `within`; startup and group joins
+/// vary with load) until the effects table grows past its current size, then a random
+/// 50..550 ms more. Returns the row count seen before.
+pub async fn wait_for_work_then_random_pause(
+    store: &PostgresStore,
+    table: &str,
+    within: std::time::Duration,
+) -> i64 {
+    let before = effect_rows(store, table).await;
+    let started = tokio::time::Instant::now();
+    while effect_rows(store, table).await == before && started.elapsed() < within {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        50 + u64::from(nanos % 500),
+    ))
+    .await;
+    before
+}
