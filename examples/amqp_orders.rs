@@ -45,11 +45,13 @@ struct Args {
     copies: u64,
     transactional: bool,
     effects_table: String,
+    lease_ms: Option<u64>,
+    after_effect_ms: u64,
 }
 
 const USAGE: &str = "usage: amqp_orders [--amqp-url URL] [--queue NAME] [--dead-letter-exchange NAME] \
 [--store memory|redis://..|postgres://..] [--handler-ms N] [--effects FILE] [--exit-when-idle SECS] \
-[--prefetch N] [--concurrency N] [--transactional [--effects-table NAME]] | --publish N [--copies C]";
+[--prefetch N] [--concurrency N] [--lease-ms N] [--after-effect-ms N] [--transactional [--effects-table NAME]] | --publish N [--copies C]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -66,6 +68,8 @@ fn parse() -> Result<Args, String> {
         copies: 2,
         transactional: false,
         effects_table: "order_effects".into(),
+        lease_ms: None,
+        after_effect_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -95,6 +99,8 @@ fn parse() -> Result<Args, String> {
             "--publish" => a.publish = Some(num(&value)?),
             "--copies" => a.copies = num(&value)?,
             "--effects-table" => a.effects_table = value,
+            "--lease-ms" => a.lease_ms = Some(num(&value)?),
+            "--after-effect-ms" => a.after_effect_ms = num(&value)?,
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
@@ -196,6 +202,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let handler_ms = args.handler_ms;
+    let after_effect_ms = args.after_effect_ms;
     let handler = move |ctx: HandlerContext| {
         let effects = effects.clone();
         async move {
@@ -225,6 +232,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 f.write_all(format!("{line}\n").as_bytes())
                     .map_err(HandlerError::retriable)?;
             }
+            if after_effect_ms > 0 {
+                // Widens the window between the effect and the outcome write (chaos runs).
+                tokio::time::sleep(Duration::from_millis(after_effect_ms)).await;
+            }
             Ok::<_, HandlerError>(serde_json::json!({ "charged": order.get("amount"), "key": key }))
         }
     };
@@ -232,8 +243,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .prefetch(args.prefetch)
         .concurrency(args.concurrency)
         .connection_name(format!("amqp_orders-{}", std::process::id()));
+    let mut config = EngineConfig::new(args.queue.clone());
+    if let Some(ms) = args.lease_ms {
+        // A short lease lets a killed consumer's claims be taken over quickly (chaos runs).
+        config.lease = Duration::from_millis(ms);
+    }
     let mut builder = if args.transactional {
-        let mut config = EngineConfig::new(args.queue.clone());
         config.key.use_message_id = true;
         builder.processor(
             transactional::processor(&args.store, &args.effects_table, config, handler)
@@ -243,7 +258,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         builder
             .store(idemq::store::connect(&args.store).await?)
-            .engine_config(EngineConfig::new(args.queue.clone()))
+            .engine_config(config)
             .message_id_fallback(true)
             .handler(handler)
     };

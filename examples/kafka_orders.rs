@@ -36,11 +36,13 @@ struct Args {
     exit_when_idle: Option<u64>,
     transactional: bool,
     effects_table: String,
+    lease_ms: Option<u64>,
+    after_effect_ms: u64,
 }
 
 const USAGE: &str = "usage: kafka_orders [--bootstrap HOST:PORT] [--topic T] [--group G] \
 [--store memory|redis://..|postgres://..] [--dead-letter-topic T] [--handler-ms N] \
-[--effects FILE] [--exit-when-idle SECS] [--transactional [--effects-table NAME]]";
+[--effects FILE] [--exit-when-idle SECS] [--lease-ms N] [--after-effect-ms N] [--transactional [--effects-table NAME]]";
 
 fn parse_args() -> BoxResult<Args> {
     let mut a = Args {
@@ -54,6 +56,8 @@ fn parse_args() -> BoxResult<Args> {
         exit_when_idle: None,
         transactional: false,
         effects_table: "order_effects".into(),
+        lease_ms: None,
+        after_effect_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,6 +82,8 @@ fn parse_args() -> BoxResult<Args> {
             "--effects" => a.effects = Some(value),
             "--exit-when-idle" => a.exit_when_idle = Some(value.parse()?),
             "--effects-table" => a.effects_table = value,
+            "--lease-ms" => a.lease_ms = Some(value.parse()?),
+            "--after-effect-ms" => a.after_effect_ms = value.parse()?,
             other => return Err(format!("unknown flag {other}\n{USAGE}").into()),
         }
     }
@@ -99,6 +105,7 @@ async fn run() -> BoxResult<()> {
     let args = parse_args()?;
     let effects = args.effects.clone();
     let handler_ms = args.handler_ms;
+    let after_effect_ms = args.after_effect_ms;
     let pid = std::process::id();
     let handler = move |ctx: HandlerContext| {
         let effects = effects.clone();
@@ -130,6 +137,10 @@ async fn run() -> BoxResult<()> {
                 f.write_all(format!("{line}\n").as_bytes())
                     .map_err(HandlerError::retriable)?;
             }
+            if after_effect_ms > 0 {
+                // Widens the window between the effect and the outcome write (chaos runs).
+                tokio::time::sleep(Duration::from_millis(after_effect_ms)).await;
+            }
             Ok::<_, HandlerError>(serde_json::json!({ "handled_by": pid }))
         }
     };
@@ -139,7 +150,11 @@ async fn run() -> BoxResult<()> {
         .topic(&args.topic)
         // Short enough for brokers (like Tansu) that stall joins with the default.
         .set("session.timeout.ms", "6000");
-    let config = EngineConfig::new(&args.group);
+    let mut config = EngineConfig::new(&args.group);
+    if let Some(ms) = args.lease_ms {
+        // A short lease lets a killed consumer's claims be taken over quickly (chaos runs).
+        config.lease = Duration::from_millis(ms);
+    }
     let mut builder = if args.transactional {
         builder.processor(
             transactional::processor(&args.store, &args.effects_table, config, handler).await?,

