@@ -46,6 +46,9 @@ pub struct AmqpConfig {
     pub publish_timeout: Duration,
     /// How long shutdown waits for in-flight deliveries before closing the channel anyway.
     pub shutdown_timeout: Duration,
+    /// How long one ack, nack or reject may take to be handed to the connection. One that takes
+    /// longer (its connection died under it) counts as unsettled: the broker redelivers it.
+    pub settle_timeout: Duration,
 }
 
 type MakeProcessor =
@@ -90,6 +93,7 @@ impl AmqpConsumerBuilder {
                 publish_tries: 10,
                 publish_timeout: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(15),
+                settle_timeout: Duration::from_secs(10),
             },
             store: None,
             engine: None,
@@ -203,6 +207,17 @@ impl AmqpConsumerBuilder {
         self
     }
 
+    /// How long one ack, nack or reject may take before it counts as unsettled (default 10 s).
+    ///
+    /// A settle is only handed to the connection (AMQP sends no answer to it), so it takes
+    /// microseconds on a live connection; the bound is for a connection that dies under it, whose
+    /// delivery task must still end so its concurrency permit comes back. The broker redelivers
+    /// whatever was not acknowledged, and the redelivery is deduplicated.
+    pub fn settle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.settle_timeout = timeout;
+        self
+    }
+
     /// The handler; an [`Engine`] is built from the store and the engine settings.
     pub fn handler<H: Handler>(mut self, handler: H) -> Self {
         self.processor = Some(ProcessorSpec::Handler(Box::new(move |store, config| {
@@ -240,6 +255,9 @@ impl AmqpConsumerBuilder {
         }
         if config.publish_tries == 0 {
             return bad("publish_tries must be at least 1");
+        }
+        if config.settle_timeout.is_zero() || config.publish_timeout.is_zero() {
+            return bad("settle and publish timeouts must be above zero");
         }
         if let Some(dl) = &config.dead_letter {
             if dl.exchange.len() > 255 || dl.routing_key.as_ref().is_some_and(|r| r.len() > 255) {
@@ -304,6 +322,7 @@ mod tests {
         assert!(err(no_store).contains("store"));
         assert!(err(AmqpConsumer::builder("amqp://h/%2f", "q")).contains("handler"));
         assert!(err(builder().key_headers(Vec::<String>::new())).contains("key source"));
+        assert!(err(builder().settle_timeout(Duration::ZERO)).contains("timeouts"));
     }
 
     #[test]

@@ -233,14 +233,7 @@ impl Settle<'_> {
         let Some(target) = &self.shared.config.dead_letter else {
             // No exchange of our own: reject without requeue so the queue's x-dead-letter-exchange
             // (if any) applies.
-            return match self
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-            {
-                Ok(true) => self.shared.stats.bump(|c| &c.rejected),
-                other => self.unsettled("reject", other),
-            };
+            return self.reject().await;
         };
         let (routing_key, props) = dead_letter_publish(
             target,
@@ -308,10 +301,8 @@ impl Settle<'_> {
     }
 
     async fn ack(&self, counter: fn(&Counters) -> &AtomicU64) {
-        match self.acker.ack(BasicAckOptions { multiple: false }).await {
-            Ok(true) => self.shared.stats.bump(counter),
-            other => self.unsettled("ack", other),
-        }
+        let ack = self.acker.ack(BasicAckOptions { multiple: false });
+        self.settle("ack", ack, counter).await
     }
 
     async fn requeue(&self) {
@@ -319,9 +310,36 @@ impl Settle<'_> {
             multiple: false,
             requeue: true,
         };
-        match self.acker.nack(opts).await {
-            Ok(true) => self.shared.stats.bump(|c| &c.requeued),
-            other => self.unsettled("nack", other),
+        let nack = self.acker.nack(opts);
+        self.settle("nack", nack, |c| &c.requeued).await
+    }
+
+    async fn reject(&self) {
+        let reject = self.acker.reject(BasicRejectOptions { requeue: false });
+        self.settle("reject", reject, |c| &c.rejected).await
+    }
+
+    /// Waits (bounded) for an ack, nack or reject to be handed to the connection and counts it.
+    /// A settle on a connection the server closed under it may never finish (lapin#409: frames
+    /// queued after a clean server-side close are neither sent nor failed); after
+    /// `settle_timeout` the delivery counts as unsettled so this task ends and frees its permit.
+    async fn settle(
+        &self,
+        op: &str,
+        settle: impl std::future::Future<Output = Result<bool, lapin::Error>>,
+        counter: fn(&Counters) -> &AtomicU64,
+    ) {
+        match tokio::time::timeout(self.shared.config.settle_timeout, settle).await {
+            Ok(Ok(true)) => self.shared.stats.bump(counter),
+            Ok(other) => self.unsettled(op, other),
+            Err(_) => {
+                self.shared.stats.bump(|c| &c.left_unacked);
+                warn!(
+                    tag = self.facts.tag,
+                    timeout = ?self.shared.config.settle_timeout,
+                    "{op} not taken by the connection in time; the broker will redeliver"
+                );
+            }
         }
     }
 
