@@ -8,7 +8,9 @@
 //! Both consumers get an identical copy of the data (N messages, a fraction `--dup-rate` of them
 //! duplicates of earlier keys) in their own queue, use the same prefetch and a trivial handler, and
 //! ack every message. Prints a table, then one JSON line with `raw_msgs_per_s`,
-//! `dedup_msgs_per_s`, `ratio`, `handler_runs` and `distinct_keys`.
+//! `dedup_msgs_per_s`, `ratio`, `handler_runs` and `distinct_keys`, and `cpu_us_per_msg`: the CPU
+//! this process, RabbitMQ and Redis used per message in each phase (from `/proc`, Linux only), which
+//! on a machine where they share the cores is what sets the throughput.
 
 use futures::StreamExt;
 use idemq::amqp::AmqpConsumer;
@@ -22,6 +24,13 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "shared/cpu.rs"]
+mod cpu;
+#[path = "shared/round_trips.rs"]
+mod round_trips;
+use cpu::CpuMeter;
+use round_trips::{open_store, Counting};
 
 struct Args {
     amqp_url: String,
@@ -179,13 +188,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     publish_all(&ch, &[&q_raw, &q_dedup], a.messages, distinct).await?;
 
+    let mut meter = CpuMeter::new();
     let raw_took = raw(&a.amqp_url, &q_raw, a.messages, a.prefetch).await?;
+    let raw_cpu = meter.read();
 
-    let store = idemq::store::connect(&a.store).await?;
+    let (inner, sent) = open_store(&a.store)
+        .await
+        .map_err(|e| e as Box<dyn std::error::Error>)?;
+    let counting = Arc::new(Counting::new(inner));
+    let sent_before = sent.as_ref().map(|f| f());
     let runs = Arc::new(AtomicU64::new(0));
     let counter = runs.clone();
     let consumer = AmqpConsumer::builder(&a.amqp_url, &q_dedup)
-        .store(store)
+        .store(counting.clone())
         .engine_config(EngineConfig::new(format!("bench-{tag}")))
         .prefetch(a.prefetch)
         .concurrency(a.concurrency)
@@ -201,6 +216,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let stats = consumer.stats();
     let stop = CancellationToken::new();
+    meter.restart();
     let start = Instant::now();
     let running = tokio::spawn(consumer.run(stop.clone()));
     while stats.snapshot().settled() < a.messages {
@@ -210,6 +226,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let dedup_took = start.elapsed();
+    let dedup_cpu = meter.read();
+    let round_trips = round_trips::per_message(&sent, sent_before, &counting, a.messages as f64);
     stop.cancel();
     let totals = running.await??;
 
@@ -222,24 +240,27 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let per_s = |d: Duration| a.messages as f64 / d.as_secs_f64();
     let (raw_rate, dedup_rate) = (per_s(raw_took), per_s(dedup_took));
     let handler_runs = runs.load(Ordering::Relaxed);
-    println!("| consumer | store | messages | dup rate | seconds | msgs/s | handler runs |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| consumer | store | messages | dup rate | seconds | msgs/s | handler runs | store cmds/msg | CPU per message |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| raw lapin | - | {} | {} | {:.3} | {:.0} | {} |",
+        "| raw lapin | - | {} | {} | {:.3} | {:.0} | {} | - | {} |",
         a.messages,
         a.dup_rate,
         raw_took.as_secs_f64(),
         raw_rate,
-        a.messages
+        a.messages,
+        raw_cpu.per_message(a.messages)
     );
     println!(
-        "| idemq | {} | {} | {} | {:.3} | {:.0} | {} |",
+        "| idemq | {} | {} | {} | {:.3} | {:.0} | {} | {:.3} | {} |",
         a.store,
         a.messages,
         a.dup_rate,
         dedup_took.as_secs_f64(),
         dedup_rate,
-        handler_runs
+        handler_runs,
+        round_trips,
+        dedup_cpu.per_message(a.messages)
     );
     println!(
         "{}",
@@ -250,6 +271,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "ratio": (dedup_rate / raw_rate * 1000.0).round() / 1000.0,
             "handler_runs": handler_runs, "distinct_keys": distinct,
             "replayed": totals.acked_replayed, "dead_lettered": totals.dead_lettered + totals.rejected,
+            "store_cmds_per_msg": (round_trips * 1000.0).round() / 1000.0,
+            "cpu_us_per_msg": {"raw": raw_cpu.json(a.messages), "idemq": dedup_cpu.json(a.messages)},
         })
     );
     if handler_runs != distinct {

@@ -11,14 +11,8 @@
 //! the same records in its own group. Each rate is measured from the first record received to the
 //! last record finished, so the group join is not counted. Prints a table, then one JSON line.
 
-use async_trait::async_trait;
 use idemq::kafka::KafkaConsumerBuilder;
-use idemq::store::{
-    Claim, ClaimRequest, Fence, Record, RecordKey, Release, ScanPage, StateFilter, Token,
-};
-use idemq::{
-    CancellationToken, EngineConfig, HandlerContext, HandlerError, Outcome, Store, StoreError,
-};
+use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
@@ -29,6 +23,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "shared/round_trips.rs"]
+mod round_trips;
+use round_trips::{open_store, Counting};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -156,92 +154,6 @@ impl Drop for Broker {
     }
 }
 
-/// Reads a store's count of commands sent.
-type SentCounter = Box<dyn Fn() -> u64 + Send + Sync>;
-
-/// Opens `url` as `idemq::store::connect` does; for Redis also returns the store's count of
-/// commands sent, so batched calls are reported as the round trips they are.
-async fn open_store(url: &str) -> BoxResult<(Arc<dyn Store>, Option<SentCounter>)> {
-    #[cfg(feature = "redis")]
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
-        let store = idemq::store::redis::RedisStoreBuilder::from_url(url)?
-            .build()
-            .await?;
-        let counter = store.clone();
-        let sent: SentCounter = Box::new(move || counter.round_trips());
-        return Ok((Arc::new(store), Some(sent)));
-    }
-    Ok((idemq::store::connect(url).await?, None))
-}
-
-/// Counts store operations to report store commands per message (for stores that cannot count
-/// their own commands).
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<dyn Store>,
-    calls: AtomicU64,
-}
-
-impl Counting {
-    fn hit(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-#[async_trait]
-impl Store for Counting {
-    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
-        self.hit();
-        self.inner.claim(req).await
-    }
-    async fn complete(
-        &self,
-        key: &RecordKey,
-        token: Token,
-        outcome: &Outcome,
-        retention: Duration,
-    ) -> Result<Fence, StoreError> {
-        self.hit();
-        self.inner.complete(key, token, outcome, retention).await
-    }
-    async fn release(
-        &self,
-        key: &RecordKey,
-        token: Token,
-        mode: Release,
-    ) -> Result<Fence, StoreError> {
-        self.hit();
-        self.inner.release(key, token, mode).await
-    }
-    async fn renew(
-        &self,
-        key: &RecordKey,
-        token: Token,
-        lease: Duration,
-    ) -> Result<Fence, StoreError> {
-        self.hit();
-        self.inner.renew(key, token, lease).await
-    }
-    async fn get(&self, key: &RecordKey) -> Result<Option<Record>, StoreError> {
-        self.hit();
-        self.inner.get(key).await
-    }
-    async fn forget(&self, key: &RecordKey) -> Result<bool, StoreError> {
-        self.hit();
-        self.inner.forget(key).await
-    }
-    async fn scan(
-        &self,
-        scope: &str,
-        filter: StateFilter,
-        cursor: Option<String>,
-        count: usize,
-    ) -> Result<ScanPage, StoreError> {
-        self.hit();
-        self.inner.scan(scope, filter, cursor, count).await
-    }
-}
-
 /// Keys for `n` records where a `dup_rate` share repeats an earlier key (xorshift, fixed seed).
 fn keys(n: usize, dup_rate: f64) -> Vec<String> {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -354,10 +266,7 @@ async fn run() -> BoxResult<()> {
 
     eprintln!("idemq consumer…");
     let (inner, sent) = open_store(&args.store).await?;
-    let counting = Arc::new(Counting {
-        inner,
-        calls: AtomicU64::new(0),
-    });
+    let counting = Arc::new(Counting::new(inner));
     let sent_before = sent.as_ref().map(|f| f());
     let handler_runs = Arc::new(AtomicU64::new(0));
     let runs = handler_runs.clone();
@@ -411,10 +320,7 @@ async fn run() -> BoxResult<()> {
     // Commands of the consumer run are the per-message cost; neither counter includes any else.
     // Redis reports what it sent (a batch of claims or completes is one command); other stores
     // count operations.
-    let cmds = match (sent, sent_before) {
-        (Some(f), Some(before)) => (f() - before) as f64 / n,
-        _ => counting.calls.load(Ordering::Relaxed) as f64 / n,
-    };
+    let cmds = round_trips::per_message(&sent, sent_before, &counting, n);
     println!("| broker | store | messages | dup rate | partitions | partition concurrency | raw msg/s | idemq msg/s | ratio | handler runs | distinct keys | replays | store cmds/msg |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(

@@ -39,6 +39,7 @@ pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 pub(crate) use health::StoreHealth;
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use process::{panic_text, sleep_or_cancel, unkeyed_retry};
+#[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use telemetry::{record_decision, timed};
 
 use crate::handler::Handler;

@@ -1,0 +1,124 @@
+//! Store round trips per message for the benchmarks: Redis counts the commands it sends (a batch
+//! of claims or completes is one); other stores are wrapped in [`Counting`], which counts calls.
+
+use async_trait::async_trait;
+use idemq::store::{
+    Claim, ClaimRequest, Fence, Record, RecordKey, Release, ScanPage, StateFilter, Store,
+    StoreError, Token,
+};
+use idemq::Outcome;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Reads a store's count of commands sent.
+pub type SentCounter = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// Opens `url` as `idemq::store::connect` does; for Redis also returns the store's count of
+/// commands sent, so batched calls are reported as the round trips they are.
+pub async fn open_store(url: &str) -> BoxResult<(Arc<dyn Store>, Option<SentCounter>)> {
+    #[cfg(feature = "redis")]
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let store = idemq::store::redis::RedisStoreBuilder::from_url(url)?
+            .build()
+            .await?;
+        let counter = store.clone();
+        let sent: SentCounter = Box::new(move || counter.round_trips());
+        return Ok((Arc::new(store), Some(sent)));
+    }
+    Ok((idemq::store::connect(url).await?, None))
+}
+
+/// Counts store operations to report store commands per message (for stores that cannot count
+/// their own commands).
+#[derive(Debug)]
+pub struct Counting {
+    inner: Arc<dyn Store>,
+    calls: AtomicU64,
+}
+
+impl Counting {
+    fn hit(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Store for Counting {
+    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
+        self.hit();
+        self.inner.claim(req).await
+    }
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: Token,
+        outcome: &Outcome,
+        retention: Duration,
+    ) -> Result<Fence, StoreError> {
+        self.hit();
+        self.inner.complete(key, token, outcome, retention).await
+    }
+    async fn release(
+        &self,
+        key: &RecordKey,
+        token: Token,
+        mode: Release,
+    ) -> Result<Fence, StoreError> {
+        self.hit();
+        self.inner.release(key, token, mode).await
+    }
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: Token,
+        lease: Duration,
+    ) -> Result<Fence, StoreError> {
+        self.hit();
+        self.inner.renew(key, token, lease).await
+    }
+    async fn get(&self, key: &RecordKey) -> Result<Option<Record>, StoreError> {
+        self.hit();
+        self.inner.get(key).await
+    }
+    async fn forget(&self, key: &RecordKey) -> Result<bool, StoreError> {
+        self.hit();
+        self.inner.forget(key).await
+    }
+    async fn scan(
+        &self,
+        scope: &str,
+        filter: StateFilter,
+        cursor: Option<String>,
+        count: usize,
+    ) -> Result<ScanPage, StoreError> {
+        self.hit();
+        self.inner.scan(scope, filter, cursor, count).await
+    }
+}
+
+impl Counting {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Counting {
+            inner,
+            calls: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Store commands per message between `before` (the sent count at the start of the phase) and
+/// now: what Redis sent when it counts, otherwise the calls `counting` saw.
+pub fn per_message(
+    sent: &Option<SentCounter>,
+    before: Option<u64>,
+    counting: &Counting,
+    messages: f64,
+) -> f64 {
+    match (sent, before) {
+        (Some(f), Some(before)) => (f() - before) as f64 / messages,
+        _ => counting.calls.load(Ordering::Relaxed) as f64 / messages,
+    }
+}
