@@ -14,7 +14,7 @@
 
 use futures::StreamExt;
 use idemq::amqp::AmqpConsumer;
-use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError};
+use idemq::{CancellationToken, HandlerContext, HandlerError};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "shared/bench_store.rs"]
+mod bench_store;
 #[path = "shared/cpu.rs"]
 mod cpu;
-#[path = "shared/round_trips.rs"]
-mod round_trips;
+use bench_store::{bench_engine, open_store, Counting};
 use cpu::CpuMeter;
-use round_trips::{open_store, Counting};
 
 struct Args {
     amqp_url: String,
@@ -201,7 +201,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let counter = runs.clone();
     let consumer = AmqpConsumer::builder(&a.amqp_url, &q_dedup)
         .store(counting.clone())
-        .engine_config(EngineConfig::new(format!("bench-{tag}")))
+        .engine_config(bench_engine(format!("bench-{tag}")))
         .prefetch(a.prefetch)
         .concurrency(a.concurrency)
         .handler(move |ctx: HandlerContext| {
@@ -227,7 +227,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let dedup_took = start.elapsed();
     let dedup_cpu = meter.read();
-    let round_trips = round_trips::per_message(&sent, sent_before, &counting, a.messages as f64);
+    let round_trips = bench_store::per_message(&sent, sent_before, &counting, a.messages as f64);
     stop.cancel();
     let totals = running.await??;
 
@@ -272,6 +272,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "handler_runs": handler_runs, "distinct_keys": distinct,
             "replayed": totals.acked_replayed, "dead_lettered": totals.dead_lettered + totals.rejected,
             "store_cmds_per_msg": (round_trips * 1000.0).round() / 1000.0,
+            "ack_frames_per_msg": (totals.ack_frames as f64 / a.messages as f64 * 1000.0).round() / 1000.0,
             "cpu_us_per_msg": {"raw": raw_cpu.json(a.messages), "idemq": dedup_cpu.json(a.messages)},
         })
     );

@@ -12,7 +12,7 @@
 //! last record finished, so the group join is not counted. Prints a table, then one JSON line.
 
 use idemq::kafka::KafkaConsumerBuilder;
-use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError};
+use idemq::{CancellationToken, HandlerContext, HandlerError};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "shared/round_trips.rs"]
-mod round_trips;
-use round_trips::{open_store, Counting};
+#[path = "shared/bench_store.rs"]
+mod bench_store;
+use bench_store::{bench_engine, open_store, Counting};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -276,7 +276,7 @@ async fn run() -> BoxResult<()> {
         .group_id(&group)
         .topic(&topic)
         .store(counting.clone())
-        .engine_config(EngineConfig::new(&group))
+        .engine_config(bench_engine(&group))
         .partition_concurrency(args.partition_concurrency)
         .max_in_flight(args.partition_concurrency * args.partitions as usize)
         .max_buffered_per_partition(10_000)
@@ -320,7 +320,7 @@ async fn run() -> BoxResult<()> {
     // Commands of the consumer run are the per-message cost; neither counter includes any else.
     // Redis reports what it sent (a batch of claims or completes is one command); other stores
     // count operations.
-    let cmds = round_trips::per_message(&sent, sent_before, &counting, n);
+    let cmds = bench_store::per_message(&sent, sent_before, &counting, n);
     println!("| broker | store | messages | dup rate | partitions | partition concurrency | raw msg/s | idemq msg/s | ratio | handler runs | distinct keys | replays | store cmds/msg |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(

@@ -1,5 +1,6 @@
 //! The consumer loop: sessions, intake with bounded concurrency, reconnects, graceful shutdown.
 
+use super::acks::Acks;
 use super::config::{AmqpConfig, AmqpConsumerBuilder};
 use super::connection::Session;
 use super::delivery::{handle, sleep_or_cancel, Shared};
@@ -108,7 +109,13 @@ impl AmqpConsumer {
                 info!(queue = %shared.config.queue, "reconnected; unacked deliveries come back as redeliveries");
             }
             connected_once = true;
-            match intake(&shared, &mut session, &permits, &mut tasks).await {
+            // Acks are coalesced per channel: delivery tags are only meaningful within one.
+            let acks = Acks::new(
+                shared.stats.clone(),
+                shared.config.settle_timeout,
+                shared.config.ack_linger,
+            );
+            match intake(&shared, &mut session, &acks, &permits, &mut tasks).await {
                 End::Shutdown => {
                     finish(&shared, &session, &mut tasks).await;
                     return Ok(shared.stats.snapshot());
@@ -134,6 +141,7 @@ impl AmqpConsumer {
 async fn intake(
     shared: &Arc<Shared>,
     session: &mut Session,
+    acks: &Arc<Acks>,
     permits: &Arc<Semaphore>,
     tasks: &mut JoinSet<()>,
 ) -> End {
@@ -164,9 +172,12 @@ async fn intake(
         match next {
             Some(Ok(delivery)) => {
                 shared.stats.bump(|c| &c.received);
+                // Recorded before any later delivery can be acked (see `acks.rs`).
+                acks.received(delivery.delivery_tag);
                 tasks.spawn(handle(
                     shared.clone(),
                     session.publisher.clone(),
+                    acks.clone(),
                     delivery,
                     permit,
                 ));

@@ -2,6 +2,7 @@
 //! disposition says. Nothing is acknowledged before the outcome is durable or the dead letter is
 //! confirmed.
 
+use super::acks::Acks;
 use super::config::AmqpConfig;
 use super::convert::{to_message, x_death_count};
 use super::dead_letter::dead_letter_publish;
@@ -15,10 +16,10 @@ use crate::message::Message;
 use crate::outcome::Outcome;
 use bytes::Bytes;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::{BasicNackOptions, BasicRejectOptions};
 use lapin::{Acker, BasicProperties};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,7 @@ struct Facts {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     publisher: Arc<Publisher>,
+    acks: Arc<Acks>,
     mut delivery: Delivery,
     permit: OwnedSemaphorePermit,
 ) {
@@ -77,10 +79,12 @@ pub(crate) async fn handle(
     let settle = Settle {
         shared: &shared,
         publisher: &publisher,
+        acks: &acks,
         acker: &acker,
         facts: &facts,
+        permit: Mutex::new(Some(permit)),
     };
-    settle.apply(disposition, permit).await;
+    settle.apply(disposition).await;
 }
 
 /// Runs the processor; while the store is unavailable, holds the delivery (intake paused) and
@@ -166,12 +170,23 @@ fn log_decision(queue: &str, f: &Facts, d: &Disposition) {
 struct Settle<'a> {
     shared: &'a Shared,
     publisher: &'a Publisher,
+    acks: &'a Acks,
     acker: &'a Acker,
     facts: &'a Facts,
+    /// Given back once the work is done: before a requeue delay, and before an ack that may
+    /// linger while it waits to be coalesced.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Settle<'_> {
-    async fn apply(&self, disposition: Disposition, permit: OwnedSemaphorePermit) {
+    fn release_permit(&self) {
+        self.permit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    async fn apply(&self, disposition: Disposition) {
         match disposition {
             Disposition::Processed { outcome } => {
                 self.reply_then_ack(&outcome, false, |c| &c.acked_processed)
@@ -191,7 +206,7 @@ impl Settle<'_> {
                 // Retriable handler failure (claim released, attempt counted in the store) or the
                 // key still held elsewhere: give the message back to the queue after the delay, so
                 // any consumer can take the next attempt.
-                drop(permit);
+                self.release_permit();
                 if sleep_or_cancel(after, &self.shared.shutdown).await {
                     debug!(tag = self.facts.tag, "shutdown: requeueing at once");
                 }
@@ -300,9 +315,12 @@ impl Settle<'_> {
         }
     }
 
+    /// Acks through the session's coalescer (one `basic.ack` for a run of deliveries).
     async fn ack(&self, counter: fn(&Counters) -> &AtomicU64) {
-        let ack = self.acker.ack(BasicAckOptions { multiple: false });
-        self.settle("ack", ack, counter).await
+        self.release_permit();
+        self.acks
+            .ack(self.facts.tag, self.acker.clone(), counter)
+            .await
     }
 
     async fn requeue(&self) {
@@ -319,10 +337,11 @@ impl Settle<'_> {
         self.settle("reject", reject, |c| &c.rejected).await
     }
 
-    /// Waits (bounded) for an ack, nack or reject to be handed to the connection and counts it.
-    /// A settle on a connection the server closed under it may never finish (lapin#409: frames
-    /// queued after a clean server-side close are neither sent nor failed); after
-    /// `settle_timeout` the delivery counts as unsettled so this task ends and frees its permit.
+    /// Waits (bounded) for a nack or reject to be handed to the connection and counts it; the
+    /// delivery then no longer holds back coalesced acks. A settle on a connection the server
+    /// closed under it may never finish (lapin#409: frames queued after a clean server-side close
+    /// are neither sent nor failed); after `settle_timeout` the delivery counts as unsettled so
+    /// this task ends and frees its permit.
     async fn settle(
         &self,
         op: &str,
@@ -330,7 +349,10 @@ impl Settle<'_> {
         counter: fn(&Counters) -> &AtomicU64,
     ) {
         match tokio::time::timeout(self.shared.config.settle_timeout, settle).await {
-            Ok(Ok(true)) => self.shared.stats.bump(counter),
+            Ok(Ok(true)) => {
+                self.acks.settled(self.facts.tag);
+                self.shared.stats.bump(counter)
+            }
             Ok(other) => self.unsettled(op, other),
             Err(_) => {
                 self.shared.stats.bump(|c| &c.left_unacked);

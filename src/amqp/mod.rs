@@ -13,6 +13,10 @@
 //! | `Retry` (store unavailable) | pause intake, keep the delivery, try it again after the delay; ack nothing |
 //! | `Abandoned` (shutdown) | `basic.nack(requeue=true)` |
 //!
+//! Acks are coalesced: a run of deliveries whose outcomes are durable is settled by one
+//! `basic.ack(multiple = true)`, never passing a delivery that is still being processed (see
+//! [`AmqpConsumerBuilder::ack_linger`]).
+//!
 //! After a connection loss the consumer reconnects with exponential backoff and jitter; the
 //! deliveries that were not acknowledged come back flagged `redelivered` and are deduplicated by the
 //! store. A request with `reply_to` gets the outcome as its reply; a replayed request gets the
@@ -43,6 +47,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acks;
 mod config;
 mod connection;
 mod consumer;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 /// Counts per decision since the consumer started.
 ///
 /// Every delivery ends in exactly one of `acked_*`, `dead_lettered`, `rejected`, `requeued` or
-/// `left_unacked`; `retries` and `reconnects` count events, not deliveries.
+/// `left_unacked`; `store_retries`, `replies`, `reconnects` and `ack_frames` count events, not
+/// deliveries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ConsumerStats {
     /// Deliveries received from the broker.
@@ -33,6 +34,9 @@ pub struct ConsumerStats {
     pub replies: u64,
     /// Sessions re-established after a connection or channel loss.
     pub reconnects: u64,
+    /// `basic.ack` frames handed to the connection; one can settle a run of deliveries (see
+    /// [`AmqpConsumerBuilder::ack_linger`](super::AmqpConsumerBuilder::ack_linger)).
+    pub ack_frames: u64,
 }
 
 impl ConsumerStats {
@@ -65,6 +69,7 @@ pub(crate) struct Counters {
     pub(crate) store_retries: AtomicU64,
     pub(crate) replies: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) ack_frames: AtomicU64,
 }
 
 impl StatsHandle {
@@ -85,6 +90,7 @@ impl StatsHandle {
             store_retries: g(&c.store_retries),
             replies: g(&c.replies),
             reconnects: g(&c.reconnects),
+            ack_frames: g(&c.ack_frames),
         }
     }
 

@@ -1,12 +1,13 @@
-//! Store round trips per message for the benchmarks: Redis counts the commands it sends (a batch
-//! of claims or completes is one); other stores are wrapped in [`Counting`], which counts calls.
+//! The store side of the benchmarks: commands per message (Redis counts the commands it sends, a
+//! batch of claims or completes being one; other stores are wrapped in [`Counting`], which counts
+//! calls) and the engine settings they run with.
 
 use async_trait::async_trait;
 use idemq::store::{
     Claim, ClaimRequest, Fence, Record, RecordKey, Release, ScanPage, StateFilter, Store,
     StoreError, Token,
 };
-use idemq::Outcome;
+use idemq::{EngineConfig, Outcome};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,4 +122,12 @@ pub fn per_message(
         (Some(f), Some(before)) => (f() - before) as f64 / messages,
         _ => counting.calls.load(Ordering::Relaxed) as f64 / messages,
     }
+}
+
+/// Engine settings of a benchmark: defaults, except that records expire after 10 minutes so
+/// repeated runs do not fill a shared store with keys nobody reads again.
+pub fn bench_engine(scope: impl Into<String>) -> EngineConfig {
+    let mut config = EngineConfig::new(scope);
+    config.retention = Duration::from_secs(600);
+    config
 }
