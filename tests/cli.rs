@@ -1,5 +1,6 @@
 //! The `idemq` binary against a real Redis store: key get / forget, keys list, stats, output
 //! formats and exit codes.
+#![cfg(all(feature = "cli", feature = "redis"))]
 
 mod support;
 

@@ -8,6 +8,7 @@ mod support;
 use idemq::store::MemoryStore;
 use std::sync::Arc;
 use support::kafka::*;
+#[cfg(feature = "redis")]
 use support::services::{redis_url, require_redis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -26,6 +26,7 @@
 //! ```
 
 mod config;
+mod core;
 mod disposition;
 mod health;
 mod process;
@@ -35,8 +36,7 @@ pub use config::{Backoff, EngineConfig};
 pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 // Shared with other processors (the Postgres transactional engine), so they behave and report
 // like the engine.
-#[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
-pub(crate) use health::StoreHealth;
+pub(crate) use self::core::EngineCore;
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use process::{panic_text, sleep_or_cancel, unkeyed_retry};
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
@@ -82,11 +82,17 @@ impl<H> Clone for Engine<H> {
 }
 
 struct Inner<H> {
-    store: Arc<dyn Store>,
-    config: EngineConfig,
-    scope: Arc<str>,
+    core: EngineCore<Arc<dyn Store>>,
     handler: H,
-    health: StoreHealth,
+}
+
+// The processing code reads `self.config`, `self.store`, … as if they were its own fields.
+impl<H> std::ops::Deref for Inner<H> {
+    type Target = EngineCore<Arc<dyn Store>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.core
+    }
 }
 
 impl<H: Handler> Engine<H> {
@@ -96,14 +102,10 @@ impl<H: Handler> Engine<H> {
         config: EngineConfig,
         handler: H,
     ) -> Result<Self, ConfigError> {
-        config.validate().map_err(ConfigError)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                store,
-                scope: Arc::from(config.scope.as_str()),
-                config,
+                core: EngineCore::new(store, config)?,
                 handler,
-                health: StoreHealth::default(),
             }),
         })
     }

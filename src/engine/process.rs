@@ -429,18 +429,6 @@ impl<H: Handler> Inner<H> {
             }
         }
     }
-
-    fn store_down(&self, err: StoreError) -> Disposition {
-        self.health.unavailable(err, &self.config.store_backoff)
-    }
-
-    async fn store_call<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.health.call(op, self.config.store_timeout, fut).await
-    }
 }
 
 /// After a retriable failure of a run without deduplication (nothing in the store counts the

@@ -46,7 +46,7 @@
 mod run;
 
 use super::{PostgresStore, Transaction};
-use crate::engine::StoreHealth;
+use crate::engine::EngineCore;
 use crate::engine::{ConfigError, Disposition, EngineConfig, Processor};
 use crate::handler::{HandlerContext, HandlerError};
 use crate::message::Message;
@@ -127,11 +127,17 @@ impl<H> Clone for TransactionalEngine<H> {
 }
 
 struct Inner<H> {
-    store: PostgresStore,
-    config: EngineConfig,
-    scope: Arc<str>,
+    core: EngineCore<PostgresStore>,
     handler: H,
-    health: StoreHealth,
+}
+
+// The processing code (`run.rs`) reads `self.config`, `self.store`, … as if they were its own.
+impl<H> std::ops::Deref for Inner<H> {
+    type Target = EngineCore<PostgresStore>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.core
+    }
 }
 
 impl<H: TransactionalHandler> TransactionalEngine<H> {
@@ -141,14 +147,10 @@ impl<H: TransactionalHandler> TransactionalEngine<H> {
         config: EngineConfig,
         handler: H,
     ) -> Result<Self, ConfigError> {
-        config.validate().map_err(ConfigError)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                store,
-                scope: Arc::from(config.scope.as_str()),
-                config,
+                core: EngineCore::new(store, config)?,
                 handler,
-                health: StoreHealth::default(),
             }),
         })
     }

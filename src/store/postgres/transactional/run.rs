@@ -14,7 +14,6 @@ use crate::outcome::Outcome;
 use crate::store::postgres::{claim_params, interpret_claim, row, Transaction};
 use crate::store::{Claim, ClaimRequest, RecordKey, Release, StoreError, Token};
 use futures::FutureExt;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,20 +107,11 @@ impl<H: TransactionalHandler> Inner<H> {
         let wait_until = Instant::now() + cfg.in_flight_bound();
         let (mut polls, mut corrupt, mut races, mut stale) = (0u32, 0u32, 0u32, 0u32);
         loop {
-            let mut client = match self
-                .store_call("connect", self.store.client("connect"))
-                .await
-            {
+            let mut client = match self.connect().await {
                 Ok(client) => client,
                 Err(err) => return self.store_down(err),
             };
-            let begin = async {
-                client
-                    .transaction()
-                    .await
-                    .map_err(|e| self.store.db("begin", e))
-            };
-            let tx = match self.store_call("begin", begin).await {
+            let tx = match self.begin(&mut client).await {
                 Ok(tx) => tx,
                 Err(err) if stale < STALE_CONNECTION_RETRIES => {
                     // Most likely a pooled connection that died (server restart, terminated
@@ -502,20 +492,11 @@ impl<H: TransactionalHandler> Inner<H> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut client = match self
-                .store_call("connect", self.store.client("connect"))
-                .await
-            {
+            let mut client = match self.connect().await {
                 Ok(client) => client,
                 Err(err) => return self.store_down(err),
             };
-            let begin = async {
-                client
-                    .transaction()
-                    .await
-                    .map_err(|e| self.store.db("begin", e))
-            };
-            let tx = match self.store_call("begin", begin).await {
+            let tx = match self.begin(&mut client).await {
                 Ok(tx) => tx,
                 Err(err) => return self.store_down(err),
             };
@@ -554,15 +535,23 @@ impl<H: TransactionalHandler> Inner<H> {
         }
     }
 
-    fn store_down(&self, err: StoreError) -> Disposition {
-        self.health.unavailable(err, &self.config.store_backoff)
+    /// A pooled connection, under the store timeout.
+    async fn connect(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.store_call("connect", self.store.client("connect"))
+            .await
     }
 
-    async fn store_call<T>(
+    /// `BEGIN` on `client`, under the store timeout.
+    async fn begin<'c>(
         &self,
-        op: &'static str,
-        fut: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.health.call(op, self.config.store_timeout, fut).await
+        client: &'c mut deadpool_postgres::Object,
+    ) -> Result<Transaction<'c>, StoreError> {
+        let begin = async {
+            client
+                .transaction()
+                .await
+                .map_err(|e| self.store.db("begin", e))
+        };
+        self.store_call("begin", begin).await
     }
 }
