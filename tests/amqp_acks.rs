@@ -6,7 +6,7 @@
 mod support;
 
 use std::time::Duration;
-use support::amqp::{consumer, memory, Rabbit, Recorder, Running};
+use support::amqp::{consumer, memory, unacked_at_broker, Rabbit, Recorder, Running};
 
 /// Publishes `slow` (sleeping `slow_ms`) first, so it gets the lowest delivery tag, then `fast`
 /// quick keys.
@@ -68,6 +68,13 @@ async fn a_slow_handler_holds_back_the_acks_behind_it_only_for_the_linger() {
         rec.succeeded("slow"),
         0,
         "acked while the slow handler still ran"
+    );
+    // No multiple ack covered the running delivery: the broker still holds exactly it.
+    assert_eq!(unacked_at_broker(&queue).await, 1);
+    assert_eq!(
+        rec.succeeded("slow"),
+        0,
+        "still running when the broker was asked"
     );
     run.wait(Duration::from_secs(10), "the slow one acked", |s| {
         s.acked_processed == 6

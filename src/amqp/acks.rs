@@ -156,14 +156,14 @@ impl Acks {
     /// above it when they form a run; otherwise waits the linger and acks it on its own. Counts
     /// every delivery it acks in its `counter`, or as `left_unacked` when the ack failed.
     pub(crate) async fn ack(&self, tag: u64, acker: Acker, counter: Counter) {
-        let unrecorded = self.ledger().ready(tag, Ready { acker, counter });
-        if let Err(ready) = unrecorded {
-            let _order = self.sending.lock().await;
-            return self.send(tag, ready).await;
-        }
+        let recorded = self.ledger().ready(tag, Ready { acker, counter });
         {
             let _order = self.sending.lock().await;
-            let run = self.ledger().take_run();
+            let run = match recorded {
+                Ok(()) => self.ledger().take_run(),
+                // Never recorded (cannot happen with intake recording first): ack it alone.
+                Err(ready) => vec![(tag, ready)],
+            };
             self.send_run(run).await;
         }
         // Linger until a run takes this delivery or the linger ends.
@@ -185,7 +185,7 @@ impl Acks {
         self.send_run(run).await;
         let alone = self.ledger().take_one(tag);
         if let Some(ready) = alone {
-            self.send(tag, ready).await;
+            self.send_run(vec![(tag, ready)]).await;
         }
     }
 
@@ -193,69 +193,59 @@ impl Acks {
         matches!(self.ledger().open.get(&tag), Some(Some(_)))
     }
 
-    /// One ack for the whole run: `multiple` with the last tag when it covers several.
-    async fn send_run(&self, run: Vec<(u64, Ready)>) {
-        let Some((last_tag, _)) = run.last() else {
+    /// One ack for the whole run, through its last delivery's acker: `multiple` when it covers
+    /// several, plain for one.
+    async fn send_run(&self, mut run: Vec<(u64, Ready)>) {
+        let Some((last_tag, last)) = run.pop() else {
             return;
         };
-        let last_tag = *last_tag;
-        let n = run.len();
-        let mut counters = Vec::with_capacity(n);
-        let mut last = None;
-        for (tag, ready) in run {
-            counters.push(ready.counter);
-            if tag == last_tag {
-                last = Some(ready.acker);
-            }
+        let n = run.len() + 1;
+        let ack = last.acker.ack(BasicAckOptions { multiple: n > 1 });
+        let ok = handed_over("ack", last_tag, n, self.settle_timeout, ack).await;
+        if ok {
+            self.stats.bump(|c| &c.ack_frames);
         }
-        let Some(acker) = last else { return };
-        let ok = self
-            .settle_frame(last_tag, acker.ack(BasicAckOptions { multiple: n > 1 }), n)
-            .await;
+        let counters = run.iter().map(|(_, r)| r.counter).chain([last.counter]);
         for counter in counters {
             self.stats.bump(if ok { counter } else { left_unacked });
         }
         self.sent.notify_waiters();
     }
+}
 
-    /// A plain ack of one delivery.
-    async fn send(&self, tag: u64, ready: Ready) {
-        let ack = ready.acker.ack(BasicAckOptions { multiple: false });
-        let ok = self.settle_frame(tag, ack, 1).await;
-        self.stats
-            .bump(if ok { ready.counter } else { left_unacked });
-    }
-
-    /// Waits (bounded by `settle_timeout`: lapin can wait forever on a connection the server
-    /// closed, amqp-rs/lapin#409) for an ack to be handed to the connection.
-    async fn settle_frame(
-        &self,
-        tag: u64,
-        ack: impl Future<Output = Result<bool, lapin::Error>>,
-        n: usize,
-    ) -> bool {
-        match tokio::time::timeout(self.settle_timeout, ack).await {
-            Ok(Ok(true)) => {
-                self.stats.bump(|c| &c.ack_frames);
-                true
-            }
-            Ok(Ok(false)) => {
-                info!(
-                    tag,
-                    deliveries = n,
-                    "ack skipped: channel gone; the broker will redeliver"
-                );
-                false
-            }
-            Ok(Err(err)) => {
-                warn!(tag, deliveries = n, %err, "ack failed; the broker will redeliver");
-                false
-            }
-            Err(_) => {
-                warn!(tag, deliveries = n, timeout = ?self.settle_timeout,
-                      "ack not taken by the connection in time; the broker will redeliver");
-                false
-            }
+/// Waits, at most `timeout`, for an ack, nack or reject covering `deliveries` deliveries up to
+/// `tag` to be handed to the connection; `false` (logged) if it was not: the broker redelivers.
+///
+/// Bounded because lapin can wait forever on a connection the server closed cleanly
+/// (amqp-rs/lapin#409); the delivery task must still end and free its concurrency permit.
+pub(crate) async fn handed_over(
+    op: &str,
+    tag: u64,
+    deliveries: usize,
+    timeout: Duration,
+    settle: impl Future<Output = Result<bool, lapin::Error>>,
+) -> bool {
+    match tokio::time::timeout(timeout, settle).await {
+        Ok(Ok(true)) => true,
+        Ok(Ok(false)) => {
+            info!(
+                tag,
+                deliveries, "{op} skipped: channel gone; the broker will redeliver"
+            );
+            false
+        }
+        Ok(Err(err)) => {
+            warn!(tag, deliveries, %err, "{op} failed; the broker will redeliver");
+            false
+        }
+        Err(_) => {
+            warn!(
+                tag,
+                deliveries,
+                ?timeout,
+                "{op} not taken by the connection in time; the broker will redeliver"
+            );
+            false
         }
     }
 }

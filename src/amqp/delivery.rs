@@ -2,7 +2,7 @@
 //! disposition says. Nothing is acknowledged before the outcome is durable or the dead letter is
 //! confirmed.
 
-use super::acks::Acks;
+use super::acks::{handed_over, Acks};
 use super::config::AmqpConfig;
 use super::convert::{to_message, x_death_count};
 use super::dead_letter::dead_letter_publish;
@@ -337,44 +337,21 @@ impl Settle<'_> {
         self.settle("reject", reject, |c| &c.rejected).await
     }
 
-    /// Waits (bounded) for a nack or reject to be handed to the connection and counts it; the
-    /// delivery then no longer holds back coalesced acks. A settle on a connection the server
-    /// closed under it may never finish (lapin#409: frames queued after a clean server-side close
-    /// are neither sent nor failed); after `settle_timeout` the delivery counts as unsettled so
-    /// this task ends and frees its permit.
+    /// Waits (bounded by `settle_timeout`) for a nack or reject to be handed to the connection and
+    /// counts it; the delivery then no longer holds back coalesced acks. Otherwise it counts as
+    /// left unacked: the broker redelivers it and the copy is deduplicated.
     async fn settle(
         &self,
         op: &str,
         settle: impl std::future::Future<Output = Result<bool, lapin::Error>>,
         counter: fn(&Counters) -> &AtomicU64,
     ) {
-        match tokio::time::timeout(self.shared.config.settle_timeout, settle).await {
-            Ok(Ok(true)) => {
-                self.acks.settled(self.facts.tag);
-                self.shared.stats.bump(counter)
-            }
-            Ok(other) => self.unsettled(op, other),
-            Err(_) => {
-                self.shared.stats.bump(|c| &c.left_unacked);
-                warn!(
-                    tag = self.facts.tag,
-                    timeout = ?self.shared.config.settle_timeout,
-                    "{op} not taken by the connection in time; the broker will redeliver"
-                );
-            }
-        }
-    }
-
-    /// The channel closed before we could settle: the broker redelivers the message to the next
-    /// session, where it is deduplicated.
-    fn unsettled(&self, op: &str, result: Result<bool, lapin::Error>) {
-        self.shared.stats.bump(|c| &c.left_unacked);
-        match result {
-            Err(err) => warn!(tag = self.facts.tag, %err, "{op} failed; the broker will redeliver"),
-            Ok(_) => info!(
-                tag = self.facts.tag,
-                "{op} skipped: channel gone; the broker will redeliver"
-            ),
+        let (tag, timeout) = (self.facts.tag, self.shared.config.settle_timeout);
+        if handed_over(op, tag, 1, timeout, settle).await {
+            self.acks.settled(tag);
+            self.shared.stats.bump(counter)
+        } else {
+            self.shared.stats.bump(|c| &c.left_unacked)
         }
     }
 }

@@ -482,6 +482,22 @@ pub fn close_connection_named(name: &str) -> usize {
     closed
 }
 
+/// Messages of `queue` delivered but not yet acknowledged, as the broker counts them
+/// (`rabbitmqctl list_queues`).
+pub async fn unacked_at_broker(queue: &str) -> u64 {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "messages_unacknowledged"])
+        .output()
+        .await
+        .expect("run rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .find(|(name, _)| *name == queue)
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("queue {queue} not listed by rabbitmqctl: {text}"))
+}
+
 /// Waits for the named connection to show up at the broker, then closes it.
 pub async fn force_close(name: &str) {
     let start = Instant::now();
