@@ -130,16 +130,6 @@ end
 /// KEYS[1] record; ARGV fingerprint, lease ms, retention ms.
 const CLAIM: &str = "return claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])";
 
-/// KEYS records; ARGV [`CLAIM_ARGS`] per key, in key order. One `claim` reply per key.
-const CLAIM_MANY: &str = r#"
-local out = {}
-for i, key in ipairs(KEYS) do
-  local a = (i - 1) * 3
-  out[i] = claim_one(key, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
-end
-return out
-"#;
-
 /// Arguments per key of the claim scripts.
 pub(crate) const CLAIM_ARGS: usize = 3;
 
@@ -159,16 +149,6 @@ end
 
 /// KEYS[1] record; ARGV token, outcome status, outcome body, retention ms.
 const COMPLETE: &str = "return complete_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])";
-
-/// KEYS records; ARGV [`COMPLETE_ARGS`] per key, in key order. One `complete` reply per key.
-const COMPLETE_MANY: &str = r#"
-local out = {}
-for i, key in ipairs(KEYS) do
-  local a = (i - 1) * 4
-  out[i] = complete_one(key, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
-end
-return out
-"#;
 
 /// Arguments per key of the complete scripts.
 pub(crate) const COMPLETE_ARGS: usize = 4;
@@ -220,6 +200,17 @@ return {'record', now, redis.call('PTTL', key), rec.st, rec.tok, rec.fp, rec.att
         rec.os, rec.ob, ca}
 "#;
 
+/// The `*_MANY` body for a per-record function `one(key, arg1..argN)`: `KEYS` are the records,
+/// `ARGV` holds `args` arguments per key in key order, and the reply is one `one` reply per key.
+fn many(one: &str, args: usize) -> String {
+    let argv: Vec<String> = (1..=args).map(|i| format!("ARGV[a + {i}]")).collect();
+    format!(
+        "local out = {{}}\nfor i, key in ipairs(KEYS) do\n  local a = (i - 1) * {args}\n  \
+         out[i] = {one}(key, {})\nend\nreturn out\n",
+        argv.join(", ")
+    )
+}
+
 /// The loaded scripts of one store.
 #[derive(Debug)]
 pub(crate) struct Scripts {
@@ -244,9 +235,9 @@ impl Scripts {
         };
         Self {
             claim: s(&[CLAIM_FN, CLAIM]),
-            claim_many: s(&[CLAIM_FN, CLAIM_MANY]),
+            claim_many: s(&[CLAIM_FN, &many("claim_one", CLAIM_ARGS)]),
             complete: s(&[COMPLETE_FN, COMPLETE]),
-            complete_many: s(&[COMPLETE_FN, COMPLETE_MANY]),
+            complete_many: s(&[COMPLETE_FN, &many("complete_one", COMPLETE_ARGS)]),
             release: s(&[RELEASE]),
             renew: s(&[RENEW]),
             get: s(&[GET]),
@@ -263,5 +254,21 @@ impl Scripts {
             &self.renew,
             &self.get,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::many;
+
+    #[test]
+    fn many_calls_the_per_record_function_with_each_keys_own_arguments() {
+        let body = many("claim_one", 3);
+        assert!(body.contains("local a = (i - 1) * 3"), "{body}");
+        assert!(
+            body.contains("out[i] = claim_one(key, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])"),
+            "{body}"
+        );
+        assert!(body.trim_end().ends_with("return out"), "{body}");
     }
 }
