@@ -326,3 +326,62 @@ async fn server_loss_fails_every_queued_call_then_recovers() {
         "{fences:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_times_out_every_caller_by_its_own_deadline() {
+    let Some(server) = PrivateRedis::start(&[]) else {
+        return;
+    };
+    let timeout = Duration::from_millis(400);
+    let s = RedisStore::builder(server.url())
+        .timeout(timeout)
+        .build()
+        .await
+        .expect("connect");
+    let mut admin = admin(&server.url()).await;
+    let f = fp("p");
+    claim(&s, &key("warm-up"), &f).await.expect("warm-up claim");
+
+    // Two batches stall on the wire; the calls made while they do wait in the queue. Callers
+    // keep no timers of their own: the batching task must answer each of them by its deadline,
+    // whether its request was sent (and stalled) or never left the queue.
+    pause(&mut admin, 3000).await;
+    let mut calls = Vec::new();
+    for wave in 0..3 {
+        for i in 0..10 {
+            let (s, k) = (s.clone(), key(&format!("stalled{wave}-{i}")));
+            calls.push(tokio::spawn(async move {
+                let start = Instant::now();
+                (claim(&s, &k, &f).await, start.elapsed())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for call in calls {
+        let (result, took) = call.await.expect("task");
+        assert!(
+            matches!(result, Err(StoreError::Timeout { op: "claim", .. })),
+            "{result:?}"
+        );
+        assert!(took < timeout + Duration::from_millis(250), "took {took:?}");
+        assert!(
+            took + Duration::from_millis(50) >= timeout,
+            "early: {took:?}"
+        );
+    }
+
+    // After the pause the same store serves calls again.
+    tokio::time::sleep(Duration::from_millis(2800)).await;
+    let start = Instant::now();
+    loop {
+        match claim(&s, &key("after"), &f).await {
+            Ok(c) => {
+                assert!(matches!(c, Claim::Acquired { .. }), "{c:?}");
+                break;
+            }
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -10,9 +10,12 @@
 //!
 //! A failed call (connection, protocol, timeout) fails every request of the batch, each with its
 //! own error value; a corrupt record fails only its own key, because the script answers per key.
-//! A caller that gave up (timeout, dropped future) is skipped if its request is still queued, and
-//! a batch stops waiting at the latest deadline of its callers, so nothing is sent on behalf of a
-//! caller that was already told it timed out (as with a dropped single call). The task ends when
+//! Callers keep no timer of their own (one per operation showed in the consumer profile); the task
+//! answers by each caller's deadline instead: a request still queued at its deadline is answered
+//! [`StoreError::Timeout`] and not sent, a batch on the wire answers each of its callers
+//! `Timeout` as that caller's deadline passes, and once all are answered it stops waiting, so
+//! nothing is sent on behalf of a caller that was already told it timed out (as with a dropped
+//! single call). A request whose caller has gone (dropped future) is skipped. The task ends when
 //! the store's last clone is dropped.
 
 use super::map_error;
@@ -21,7 +24,7 @@ use crate::store::StoreError;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::{Cmd, ErrorKind, Script, ServerErrorKind, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,18 +46,22 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 struct Job {
     rkey: String,
     args: Vec<Bytes>,
-    reply: oneshot::Sender<Result<Value, StoreError>>,
+    reply: Answer,
     deadline: Instant,
 }
+
+/// Where one caller's answer goes.
+type Answer = oneshot::Sender<Result<Value, StoreError>>;
 
 impl Job {
     fn bytes(&self) -> usize {
         self.rkey.len() + self.args.iter().map(Bytes::len).sum::<usize>()
     }
 
-    /// The caller has gone (timed out, future dropped): sending its request is pointless.
-    fn abandoned(&self) -> bool {
-        self.reply.is_closed() || Instant::now() >= self.deadline
+    /// The caller has gone (future dropped) or its deadline passed by `now`: sending its request
+    /// is pointless.
+    fn abandoned(&self, now: Instant) -> bool {
+        self.reply.is_closed() || now >= self.deadline
     }
 }
 
@@ -62,6 +69,7 @@ impl Job {
 #[derive(Debug)]
 pub(crate) struct Batcher {
     op: &'static str,
+    timeout: Duration,
     tx: mpsc::Sender<Job>,
 }
 
@@ -82,13 +90,14 @@ impl Batcher {
     /// Spawns `worker`'s task on the current Tokio runtime.
     pub(crate) fn spawn(worker: Worker) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let op = worker.op;
+        let (op, timeout) = (worker.op, worker.timeout);
         tokio::spawn(worker.run(rx));
-        Self { op, tx }
+        Self { op, timeout, tx }
     }
 
-    /// Queues one operation and waits for its own reply. The caller bounds the wait by
-    /// `deadline`; the task does not send the request after it.
+    /// Queues one operation and waits for its own reply, which comes by `deadline`: the task
+    /// answers a request it could not send in time with [`StoreError::Timeout`], and a batch stops
+    /// waiting at its earliest caller's deadline, so the common path needs no timer of its own.
     pub(crate) async fn call(
         &self,
         rkey: String,
@@ -97,16 +106,33 @@ impl Batcher {
     ) -> Result<Value, StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::unavailable(self.op, "the batching task has stopped");
-        self.tx
-            .send(Job {
-                rkey,
-                args,
-                reply,
-                deadline,
-            })
-            .await
-            .map_err(|_| stopped())?;
+        let job = Job {
+            rkey,
+            args,
+            reply,
+            deadline,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+            // A full queue is the one wait the task cannot bound for us. Boxed: rare, and its
+            // future would otherwise enlarge every caller's.
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                match Box::pin(tokio::time::timeout_at(deadline, self.tx.send(job))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(stopped()),
+                    Err(_) => return Err(self.timed_out()),
+                }
+            }
+        }
         answer.await.map_err(|_| stopped())?
+    }
+
+    fn timed_out(&self) -> StoreError {
+        StoreError::Timeout {
+            op: self.op,
+            after: self.timeout,
+        }
     }
 }
 
@@ -133,11 +159,18 @@ impl Worker {
                     Some(()) = running.next(), if !running.is_empty() => continue,
                 },
             };
+            // One clock reading per batch: the jobs are checked against it as they are taken.
+            let now = Instant::now();
+            if first.abandoned(now) {
+                self.expire(first);
+                continue;
+            }
             let mut size = first.bytes();
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
                 let Ok(job) = rx.try_recv() else { break };
-                if job.abandoned() {
+                if job.abandoned(now) {
+                    self.expire(job);
                     continue;
                 }
                 if size + job.bytes() > MAX_BATCH_BYTES {
@@ -147,61 +180,107 @@ impl Worker {
                 size += job.bytes();
                 batch.push(job);
             }
-            batch.retain(|job| !job.abandoned());
-            if !batch.is_empty() {
-                running.push(self.execute(batch));
+            running.push(self.execute(batch));
+        }
+    }
+
+    /// Answers a job that will not be sent: its deadline passed while it was queued (or its
+    /// caller has gone, and nobody reads the answer).
+    fn expire(&self, job: Job) {
+        let _ = job.reply.send(Err(self.timed_out()));
+    }
+
+    /// Runs one script call for `batch` and answers every job in it, each by its own deadline.
+    async fn execute(&self, batch: Vec<Job>) {
+        // The command is written straight into one buffer: `ScriptInvocation` would copy every key
+        // and argument into its own vector first, then again into the command.
+        let args = 3 + batch.len() * (1 + self.args_per_key);
+        let bytes: usize = batch.iter().map(Job::bytes).sum();
+        let mut cmd = Cmd::with_capacity(args, bytes + 64);
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(batch.len());
+        for job in &batch {
+            cmd.arg(job.rkey.as_bytes());
+        }
+        for job in &batch {
+            debug_assert_eq!(job.args.len(), self.args_per_key);
+            for arg in &job.args {
+                cmd.arg(&arg[..]);
+            }
+        }
+        // Per caller: its deadline and, until it is answered, where its answer goes.
+        let mut waiting: Vec<(Instant, Option<Answer>)> = batch
+            .into_iter()
+            .map(|job| (job.deadline, Some(job.reply)))
+            .collect();
+        let mut conn = self.conn.clone();
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let call = async {
+            match cmd.query_async::<Value>(&mut conn).await {
+                // A server restart or `SCRIPT FLUSH` forgot the script: load it, try once more.
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    self.script.load_async(&mut conn).await?;
+                    cmd.query_async::<Value>(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        tokio::pin!(call);
+        // Callers have no timers of their own: each one whose deadline passes is answered
+        // `Timeout` while the call is still out. Once all are, the call is dropped, so a call
+        // waiting for a reconnect is not sent later on behalf of callers told it timed out.
+        let result = loop {
+            let next = waiting
+                .iter()
+                .filter(|(_, reply)| reply.is_some())
+                .map(|(deadline, _)| *deadline)
+                .min();
+            let Some(next) = next else { return };
+            tokio::select! {
+                result = &mut call => break result,
+                () = tokio::time::sleep_until(next) => {
+                    let now = Instant::now();
+                    for (deadline, reply) in &mut waiting {
+                        if *deadline <= now {
+                            if let Some(reply) = reply.take() {
+                                let _ = reply.send(Err(self.timed_out()));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let n = waiting.len();
+        let replies = waiting.into_iter().map(|(_, reply)| reply);
+        // Errors are not `Clone`: each caller gets its own value describing the same failure.
+        // A caller that has gone simply does not need its answer.
+        match result {
+            Ok(Value::Array(items)) if items.len() == n => {
+                for (reply, item) in replies.zip(items) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(item));
+                    }
+                }
+            }
+            Ok(other) => {
+                let what = format!("expected an array of {n} replies, got {other:?}");
+                for reply in replies.flatten() {
+                    let _ = reply.send(Err(bad(self.op, what.clone())));
+                }
+            }
+            Err(e) => {
+                for reply in replies.flatten() {
+                    let _ = reply.send(Err(map_error(self.op, e.clone(), self.timeout)));
+                }
             }
         }
     }
 
-    /// Runs one script call for `batch` and answers every job in it.
-    async fn execute(&self, batch: Vec<Job>) {
-        let mut inv = self.script.prepare_invoke();
-        for job in &batch {
-            inv.key(&job.rkey);
-            debug_assert_eq!(job.args.len(), self.args_per_key);
-            for arg in &job.args {
-                inv.arg(&arg[..]);
-            }
-        }
-        let mut conn = self.conn.clone();
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        // Past the last caller's deadline nobody waits for the answer. Stopping then (as a
-        // dropped single call would) also means a call waiting for a reconnect is not sent later,
-        // after its caller was told it timed out.
-        let deadline = batch.iter().map(|job| job.deadline).max();
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.timeout);
-        let result = tokio::time::timeout_at(deadline, inv.invoke_async::<Value>(&mut conn)).await;
-        // Errors are not `Clone`: each caller gets its own value describing the same failure.
-        let n = batch.len();
-        match result {
-            Ok(Ok(Value::Array(items))) if items.len() == n => {
-                for (job, item) in batch.into_iter().zip(items) {
-                    // The caller may have gone; its answer is simply not needed.
-                    let _ = job.reply.send(Ok(item));
-                }
-            }
-            Ok(Ok(other)) => {
-                let what = format!("expected an array of {n} replies, got {other:?}");
-                for job in batch {
-                    let _ = job.reply.send(Err(bad(self.op, what.clone())));
-                }
-            }
-            Ok(Err(e)) => {
-                for job in batch {
-                    let _ = job
-                        .reply
-                        .send(Err(map_error(self.op, e.clone(), self.timeout)));
-                }
-            }
-            Err(_) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Timeout {
-                        op: self.op,
-                        after: self.timeout,
-                    }));
-                }
-            }
+    fn timed_out(&self) -> StoreError {
+        StoreError::Timeout {
+            op: self.op,
+            after: self.timeout,
         }
     }
 }

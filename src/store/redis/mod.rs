@@ -229,22 +229,16 @@ impl RedisStore {
         }
     }
 
-    /// Queues one operation for `batcher`, bounded by the operation timeout like [`Self::run`].
+    /// Queues one operation for `batcher`, bounded by the operation timeout like [`Self::run`]
+    /// (the batching task answers by the deadline; see [`Batcher::call`]).
     async fn batched(
         &self,
-        op: &'static str,
         batcher: &Batcher,
         rkey: String,
         args: Vec<Bytes>,
     ) -> Result<Value, StoreError> {
         let deadline = tokio::time::Instant::now() + self.inner.timeout;
-        match tokio::time::timeout_at(deadline, batcher.call(rkey, args, deadline)).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout {
-                op,
-                after: self.inner.timeout,
-            }),
-        }
+        batcher.call(rkey, args, deadline).await
     }
 
     async fn get_redis_key(
@@ -280,19 +274,20 @@ impl Store for RedisStore {
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
         let rkey = self.inner.layout.record(req.key);
         let fingerprint = req.fingerprint.to_hex();
-        let (lease, retention) = (ms(req.lease), ms(req.retention));
+        // The record lives at least as long as its lease.
+        let (lease, ttl) = (ms(req.lease), ms(req.retention.max(req.lease)));
         let v: Value = match &self.inner.claim_batch {
             Some(batcher) => {
                 let args = vec![
                     Bytes::from(fingerprint),
                     Bytes::from(lease.to_string()),
-                    Bytes::from(retention.to_string()),
+                    Bytes::from(ttl.to_string()),
                 ];
-                self.batched("claim", batcher, rkey.clone(), args).await?
+                self.batched(batcher, rkey.clone(), args).await?
             }
             None => {
                 let mut inv = self.inner.scripts.claim.prepare_invoke();
-                inv.key(&rkey).arg(fingerprint).arg(lease).arg(retention);
+                inv.key(&rkey).arg(fingerprint).arg(lease).arg(ttl);
                 let mut conn = self.inner.conn.clone();
                 self.run("claim", inv.invoke_async(&mut conn)).await?
             }
@@ -322,8 +317,7 @@ impl Store for RedisStore {
                     outcome.body.clone(),
                     Bytes::from(ms(retention).to_string()),
                 ];
-                self.batched("complete", batcher, rkey.clone(), args)
-                    .await?
+                self.batched(batcher, rkey.clone(), args).await?
             }
             None => {
                 let mut inv = self.inner.scripts.complete.prepare_invoke();

@@ -60,23 +60,46 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- The server clock as text, and the lease end for a lease given as text, each computed once per
+-- script run (the keys of a batch share them).
+local clock_text
+local function now_text()
+  if not clock_text then clock_text = int(now_ms()) end
+  return clock_text
+end
+local lease_ends = {}
+local function lease_end(lease)
+  local s = lease_ends[lease]
+  if not s then
+    s = int(now_ms() + tonumber(lease))
+    lease_ends[lease] = s
+  end
+  return s
+end
+
 local function digits(s)
   return string.match(s, '^%d+$') ~= nil
 end
 
--- The value of a record; lu and ca are strings ('' when unused), ob may be any bytes.
+-- The value of a record; lu and ca are strings ('' when unused), ob may be any bytes. Plain `..`
+-- (no table, no format) because it runs once per claim and per complete; tok and att are small
+-- integers, which Lua prints without exponent.
 local function encode(st, tok, att, lu, ca, os, fp, ob)
-  return table.concat({'@VERSION@', st, int(tok), int(att), lu, ca, os, fp, ob}, '|')
+  return '@VERSION@|' .. st .. '|' .. tok .. '|' .. att .. '|' .. lu .. '|' .. ca .. '|' .. os .. '|' ..
+    fp .. '|' .. ob
 end
 
--- nil: absent; false, why: unreadable; otherwise the record.
-local function load(key)
-  local ok, s = pcall(redis.call, 'GET', key)
-  if not ok then
-    return false, 'not a string (' .. tostring(type(s) == 'table' and s.err or s) ..
-      '); format 1 records were hashes: forget the key or let it expire'
-  end
-  if not s then return nil end
+-- tok and att stay text (compared as text, converted only to compute the next ones); lu is a
+-- number in state p, the only state that has one. Number/text conversions (strtod, printf) are a
+-- visible share of Redis CPU per message, so the hot paths make none.
+local function record(st, tok, att, lu, ca, os, fp, ob)
+  if st == 'p' then lu = tonumber(lu) else lu = nil end
+  return {st = st, tok = tok, fp = fp, att = att, lu = lu, os = os, ob = ob, ca = ca}
+end
+
+-- The full check of a value, field by field, with the reason it is unreadable: the slow path,
+-- taken only when the one-pattern check in `load` does not accept the value.
+local function diagnose(s)
   local st, tok, att, lu, ca, os, fp, body =
     string.match(s, '^@VERSION@|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|()')
   if not st then
@@ -103,45 +126,70 @@ local function load(key)
   else
     return false, 'bad field st'
   end
-  return {st = st, tok = tonumber(tok), fp = fp, att = tonumber(att), lu = tonumber(lu),
-          os = os, ob = ob, ca = ca}
+  return record(st, tok, att, lu, ca, os, fp, ob)
+end
+
+-- nil: absent; false, why: unreadable; otherwise the record. One pattern whose character classes
+-- already check every fixed field accepts a well-formed value (the Lua work per record is a large
+-- part of Redis's CPU per message); anything it does not accept goes through `diagnose`, which
+-- has the last word.
+local function load(key)
+  local s = redis.pcall('GET', key)
+  if not s then return nil end
+  if type(s) ~= 'string' then
+    return false, 'not a string (' .. tostring(type(s) == 'table' and s.err or s) ..
+      '); format 1 records were hashes: forget the key or let it expire'
+  end
+  local st, tok, att, lu, ca, os, fp, body =
+    string.match(s, '^@VERSION@|([prc])|(%d+)|(%d+)|(%d*)|(%d*)|([a-z]*)|([0-9a-f]+)|()')
+  if st and #fp == 64 then
+    if st == 'c' then
+      if lu == '' and ca ~= '' and (os == 'succeeded' or os == 'failed') then
+        return record(st, tok, att, lu, ca, os, fp, string.sub(s, body))
+      end
+    elseif ca == '' and os == '' and body > #s and (st == 'r') == (lu == '') then
+      return record(st, tok, att, lu, ca, os, fp, '')
+    end
+  end
+  return diagnose(s)
 end
 "#;
 
-/// `claim_one(key, fingerprint, lease ms, retention ms)`: one record's claim. Replay, conflict:
-/// `GET` only; in flight: `GET` + `TIME`; acquire: `GET` + `TIME` + one `SET … PX`.
+/// `claim_one(key, fingerprint, lease ms, record TTL ms)`: one record's claim; the TTL is
+/// `max(retention, lease)`, computed by the client. Replay, conflict: `GET` only; in flight: `GET`
+/// + `TIME`; acquire: `GET` + `TIME` + one `SET … PX`.
 const CLAIM_FN: &str = r#"
-local function claim_one(key, fp, lease, retention)
-  lease, retention = tonumber(lease), tonumber(retention)
+local function claim_one(key, fp, lease, ttl)
   local rec, why = load(key)
   if rec == false then return {'corrupt', why} end
-  local tok, att = 1, 1
-  if rec then
-    if rec.st ~= 'r' and rec.fp ~= fp then return {'conflict', rec.fp} end
-    if rec.st == 'c' then return {'completed', rec.os, rec.ob} end
-    if rec.st == 'p' and rec.lu > now_ms() then return {'inflight', rec.lu - now_ms()} end
-    tok, att = rec.tok + 1, rec.att + 1
+  if rec == nil then
+    redis.call('SET', key, encode('p', '1', '1', lease_end(lease), '', '', fp, ''), 'PX', ttl)
+    return {'acquired', 1, 1}
   end
-  redis.call('SET', key, encode('p', tok, att, int(now_ms() + lease), '', '', fp, ''),
-             'PX', int(math.max(retention, lease)))
+  if rec.st ~= 'r' and rec.fp ~= fp then return {'conflict', rec.fp} end
+  if rec.st == 'c' then return {'completed', rec.os, rec.ob} end
+  if rec.st == 'p' and rec.lu > now_ms() then return {'inflight', rec.lu - now_ms()} end
+  local tok, att = tonumber(rec.tok) + 1, tonumber(rec.att) + 1
+  redis.call('SET', key, encode('p', tok, att, lease_end(lease), '', '', fp, ''), 'PX', ttl)
   return {'acquired', tok, att}
 end
 "#;
-/// KEYS[1] record; ARGV fingerprint, lease ms, retention ms.
+/// KEYS[1] record; ARGV fingerprint, lease ms, record TTL ms.
 const CLAIM: &str = "return claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])";
 
 /// Arguments per key of the claim scripts.
 pub(crate) const CLAIM_ARGS: usize = 3;
 
 /// `complete_one(key, token, outcome status, outcome body, retention ms)`: `GET`, and for the
-/// owner `TIME` (shared) + one `SET … PX retention`.
+/// owner `TIME` (shared) + one `SET … PX retention`. The token is compared as text: both sides
+/// write it in canonical decimal.
 const COMPLETE_FN: &str = r#"
 local function complete_one(key, tok, os, ob, retention)
   local rec, why = load(key)
   if rec == false then return {'corrupt', why} end
-  if rec == nil or rec.tok ~= tonumber(tok) or rec.st == 'r' then return {'lost'} end
+  if rec == nil or rec.tok ~= tok or rec.st == 'r' then return {'lost'} end
   if rec.st == 'c' then return {'held'} end
-  redis.call('SET', key, encode('c', rec.tok, rec.att, '', int(now_ms()), os, rec.fp, ob),
+  redis.call('SET', key, encode('c', rec.tok, rec.att, '', now_text(), os, rec.fp, ob),
              'PX', retention)
   return {'held'}
 end
@@ -159,9 +207,9 @@ const RELEASE: &str = r#"
 local key = KEYS[1]
 local rec, why = load(key)
 if rec == false then return {'corrupt', why} end
-if rec == nil or rec.tok ~= tonumber(ARGV[1]) or rec.st == 'c' then return {'lost'} end
+if rec == nil or rec.tok ~= ARGV[1] or rec.st == 'c' then return {'lost'} end
 local att = rec.att
-if ARGV[2] == 'reset' then att = 0 end
+if ARGV[2] == 'reset' then att = '0' end
 redis.call('SET', key, encode('r', rec.tok, att, '', '', '', rec.fp, ''), 'KEEPTTL')
 return {'held'}
 "#;
@@ -173,7 +221,7 @@ local key = KEYS[1]
 local lease = tonumber(ARGV[2])
 local rec, why = load(key)
 if rec == false then return {'corrupt', why} end
-if rec == nil or rec.tok ~= tonumber(ARGV[1]) or rec.st ~= 'p' then return {'lost'} end
+if rec == nil or rec.tok ~= ARGV[1] or rec.st ~= 'p' then return {'lost'} end
 local value = encode('p', rec.tok, rec.att, int(now_ms() + lease), '', '', rec.fp, '')
 local ttl = redis.call('PTTL', key)
 if ttl >= 0 and ttl < lease then
@@ -196,8 +244,8 @@ local left = 0
 if rec.st == 'p' and rec.lu > now then left = rec.lu - now end
 local ca = rec.ca
 if ca == '' then ca = '0' end
-return {'record', now, redis.call('PTTL', key), rec.st, rec.tok, rec.fp, rec.att, left,
-        rec.os, rec.ob, ca}
+return {'record', now, redis.call('PTTL', key), rec.st, tonumber(rec.tok), rec.fp,
+        tonumber(rec.att), left, rec.os, rec.ob, ca}
 "#;
 
 /// The `*_MANY` body for a per-record function `one(key, arg1..argN)`: `KEYS` are the records,
