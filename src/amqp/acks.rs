@@ -164,7 +164,7 @@ impl Acks {
                 // Never recorded (cannot happen with intake recording first): ack it alone.
                 Err(ready) => vec![(tag, ready)],
             };
-            self.send_run(run).await;
+            self.send(run).await;
         }
         // Linger until a run takes this delivery or the linger ends.
         let deadline = tokio::time::Instant::now() + self.linger;
@@ -182,10 +182,19 @@ impl Acks {
         }
         let _order = self.sending.lock().await;
         let run = self.ledger().take_run();
-        self.send_run(run).await;
+        self.send(run).await;
         let alone = self.ledger().take_one(tag);
         if let Some(ready) = alone {
-            self.send_run(vec![(tag, ready)]).await;
+            self.send(vec![(tag, ready)]).await;
+        }
+    }
+
+    /// Sends `run` unless it is empty. Most calls have nothing to send (another delivery's run
+    /// covered theirs), so the sending future is boxed: it would otherwise enlarge every
+    /// delivery task.
+    async fn send(&self, run: Vec<(u64, Ready)>) {
+        if !run.is_empty() {
+            Box::pin(self.send_run(run)).await;
         }
     }
 

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use lapin::message::Delivery;
 use lapin::options::{BasicNackOptions, BasicRejectOptions};
 use lapin::{Acker, BasicProperties};
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -41,29 +42,41 @@ struct Facts {
     x_death: u64,
     exchange: String,
     routing_key: String,
-    properties: BasicProperties,
+    /// Boxed: kept for replies and dead letters, and large.
+    properties: Box<BasicProperties>,
     payload: Bytes,
 }
 
 /// Processes and settles one delivery. `permit` bounds concurrency; it is given back before any
 /// requeue delay so a backing-off message does not block the others.
-pub(crate) async fn handle(
+///
+/// The delivery is taken apart before the task's future is built, so the future (allocated and
+/// moved once per delivery, and past about 1 KiB much slower to allocate) holds only what it uses.
+pub(crate) fn handle(
     shared: Arc<Shared>,
     publisher: Arc<Publisher>,
     acks: Arc<Acks>,
-    mut delivery: Delivery,
+    delivery: Delivery,
     permit: OwnedSemaphorePermit,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
+    let Delivery {
+        delivery_tag,
+        exchange,
+        routing_key,
+        redelivered,
+        properties,
+        data,
+        acker,
+    } = delivery;
     let facts = Facts {
-        tag: delivery.delivery_tag,
-        redelivered: delivery.redelivered,
-        x_death: x_death_count(&delivery.properties),
-        exchange: delivery.exchange.as_str().to_string(),
-        routing_key: delivery.routing_key.as_str().to_string(),
-        payload: Bytes::from(std::mem::take(&mut delivery.data)),
-        properties: delivery.properties.clone(),
+        tag: delivery_tag,
+        redelivered,
+        x_death: x_death_count(&properties),
+        exchange: exchange.as_str().to_string(),
+        routing_key: routing_key.as_str().to_string(),
+        payload: Bytes::from(data),
+        properties: Box::new(properties),
     };
-    let acker = delivery.acker.clone();
     let message = Arc::new(to_message(
         &shared.config.queue,
         &facts.exchange,
@@ -73,18 +86,20 @@ pub(crate) async fn handle(
         &facts.properties,
         facts.payload.clone(),
     ));
-    let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await else {
-        return;
-    };
-    let settle = Settle {
-        shared: &shared,
-        publisher: &publisher,
-        acks: &acks,
-        acker: &acker,
-        facts: &facts,
-        permit: Mutex::new(Some(permit)),
-    };
-    settle.apply(disposition).await;
+    async move {
+        let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await else {
+            return;
+        };
+        let settle = Settle {
+            shared: &shared,
+            publisher: &publisher,
+            acks: &acks,
+            acker: &acker,
+            facts: &facts,
+            permit: Mutex::new(Some(permit)),
+        };
+        settle.apply(disposition).await;
+    }
 }
 
 /// Runs the processor; while the store is unavailable, holds the delivery (intake paused) and
@@ -201,19 +216,23 @@ impl Settle<'_> {
                     .await
             }
             Disposition::Superseded => self.ack(|c| &c.acked_superseded).await,
-            Disposition::DeadLetter(dl) => self.dead_letter(&dl).await,
-            Disposition::Retry { after, .. } => {
-                // Retriable handler failure (claim released, attempt counted in the store) or the
-                // key still held elsewhere: give the message back to the queue after the delay, so
-                // any consumer can take the next attempt.
-                self.release_permit();
-                if sleep_or_cancel(after, &self.shared.shutdown).await {
-                    debug!(tag = self.facts.tag, "shutdown: requeueing at once");
-                }
-                self.requeue().await;
-            }
-            Disposition::Abandoned => self.requeue().await,
+            // The rarer paths are boxed: their futures (publishing, confirms, delays) would
+            // otherwise make every delivery task as large as the largest of them.
+            Disposition::DeadLetter(dl) => Box::pin(self.dead_letter(&dl)).await,
+            Disposition::Retry { after, .. } => Box::pin(self.requeue_after(after)).await,
+            Disposition::Abandoned => Box::pin(self.requeue()).await,
         }
+    }
+
+    /// Retriable handler failure (claim released, attempt counted in the store) or the key still
+    /// held elsewhere: give the message back to the queue after the delay, so any consumer can
+    /// take the next attempt.
+    async fn requeue_after(&self, after: Duration) {
+        self.release_permit();
+        if sleep_or_cancel(after, &self.shared.shutdown).await {
+            debug!(tag = self.facts.tag, "shutdown: requeueing at once");
+        }
+        self.requeue().await;
     }
 
     /// Request/reply: publish the outcome (confirmed) before acknowledging the request.
@@ -232,12 +251,18 @@ impl Settle<'_> {
         if let (true, Some(reply_to)) = (self.shared.config.replies, reply_to) {
             let props = reply_properties(&self.facts.properties, outcome, replayed);
             // Not mandatory: a requester that went away must not block the queue.
-            let published = self
-                .publish_retrying("reply", "", reply_to.as_str(), &outcome.body, props, false)
-                .await;
+            let published = Box::pin(self.publish_retrying(
+                "reply",
+                "",
+                reply_to.as_str(),
+                &outcome.body,
+                props,
+                false,
+            ))
+            .await;
             if published.is_err() {
                 // The outcome is durable: the redelivery replays it as the reply.
-                return self.requeue().await;
+                return Box::pin(self.requeue()).await;
             }
             self.shared.stats.bump(|c| &c.replies);
         }

@@ -14,7 +14,9 @@ use futures::FutureExt;
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -85,9 +87,11 @@ impl<H: Handler> Inner<H> {
         let record = RecordKey::new(&*self.scope, key);
         let fingerprint = Fingerprint::of(message, &self.config.fingerprint_headers);
         match self.acquire(&record, &fingerprint, shutdown).await {
+            // A separate allocation: with it inline, the message's future would pass the size at
+            // which allocators switch to their slow path for large blocks (about 1 KiB), and it is
+            // allocated for every message.
             Ok((token, attempt)) => {
-                self.run_claimed(message, record, token, attempt, shutdown)
-                    .await
+                Box::pin(self.run_claimed(message, record, token, attempt, shutdown)).await
             }
             Err(settled) => settled,
         }
@@ -175,34 +179,35 @@ impl<H: Handler> Inner<H> {
             attempt,
             token: Some(token),
         };
-        let renewal = self.keep_renewing(&record, token);
-        let result = match self.run_handler(ctx, Some(renewal), shutdown).await {
+        let result = match self
+            .run_handler(ctx, Some((&record, token)), shutdown)
+            .await
+        {
             Run::Finished(r) => r,
             Run::Interrupted => {
                 warn!("shutdown grace exceeded; handler dropped, claim released");
-                self.release(&record, token, Release::Retry).await;
+                Box::pin(self.release(&record, token, Release::Retry)).await;
                 return Disposition::Abandoned;
             }
         };
         match result {
+            // The failure paths are boxed so that their futures do not enlarge every message's.
             Err(HandlerError::Retriable(e)) => {
-                self.on_retriable(&record, token, attempt, e.to_string())
-                    .await
+                Box::pin(self.on_retriable(&record, token, attempt, e.to_string())).await
             }
             Err(HandlerError::Permanent(e)) => {
-                self.on_permanent(&record, token, e.to_string(), shutdown)
-                    .await
+                Box::pin(self.on_permanent(&record, token, e.to_string(), shutdown)).await
             }
             Ok(value) => {
                 let body = match serde_json::to_vec(&value) {
                     Ok(body) => body,
                     Err(e) => {
                         let error = format!("outcome could not be serialized: {e}");
-                        return self.on_permanent(&record, token, error, shutdown).await;
+                        return Box::pin(self.on_permanent(&record, token, error, shutdown)).await;
                     }
                 };
                 if body.len() > self.config.max_outcome_bytes {
-                    return self.outcome_too_large(&record, token, body.len()).await;
+                    return Box::pin(self.outcome_too_large(&record, token, body.len())).await;
                 }
                 match self
                     .complete(&record, token, Outcome::succeeded(body), shutdown)
@@ -214,7 +219,7 @@ impl<H: Handler> Inner<H> {
                         Disposition::Superseded
                     }
                     Err(StoreError::OutcomeTooLarge { size, .. }) => {
-                        self.outcome_too_large(&record, token, size).await
+                        Box::pin(self.outcome_too_large(&record, token, size)).await
                     }
                     Err(err) => {
                         error!(%err, "handler ran but its outcome could not be stored; leaving the message unacknowledged");
@@ -225,36 +230,44 @@ impl<H: Handler> Inner<H> {
         }
     }
 
-    /// Runs the handler (panics become retriable errors) while renewing the lease, honouring the
-    /// shutdown grace period.
+    /// Runs the handler (panics become retriable errors) while renewing the lease of `renew` (if
+    /// any), honouring the shutdown grace period.
     async fn run_handler(
         &self,
         ctx: HandlerContext,
-        renewal: Option<impl Future<Output = ()>>,
+        renew: Option<(&RecordKey, Token)>,
         shutdown: &CancellationToken,
     ) -> Run<H::Output> {
         let handler = AssertUnwindSafe(self.handler.handle(ctx)).catch_unwind();
+        tokio::pin!(handler);
+        let finished = |r: std::thread::Result<Result<H::Output, HandlerError>>| {
+            Run::Finished(r.unwrap_or_else(|panic| {
+                Err(HandlerError::retriable(format!(
+                    "handler panicked: {}",
+                    panic_text(&*panic)
+                )))
+            }))
+        };
+        // A handler that finishes on its first poll needs neither the renewal loop nor the grace
+        // timer, so they are only built once it is pending.
+        if let Poll::Ready(r) = futures::poll!(handler.as_mut()) {
+            return finished(r);
+        }
         let grace = async {
             shutdown.cancelled().await;
             tokio::time::sleep(self.config.shutdown_grace).await;
         };
-        let renewing = renewal.is_some();
-        let renewal = async {
-            match renewal {
-                Some(r) => r.await,
-                None => std::future::pending().await,
-            }
+        tokio::pin!(grace);
+        // Boxed: a store call and a timer, kept out of every message's future.
+        let mut renewal: Pin<Box<dyn Future<Output = ()> + Send + '_>> = match renew {
+            Some((record, token)) => Box::pin(self.keep_renewing(record, token)),
+            None => Box::pin(std::future::pending()),
         };
-        tokio::pin!(handler, grace, renewal);
-        let mut renewing = renewing;
+        let mut renewing = renew.is_some();
         loop {
             tokio::select! {
                 biased;
-                r = &mut handler => {
-                    return Run::Finished(r.unwrap_or_else(|panic| {
-                        Err(HandlerError::retriable(format!("handler panicked: {}", panic_text(&*panic))))
-                    }));
-                }
+                r = &mut handler => return finished(r),
                 _ = &mut renewal, if renewing => {
                     renewing = false;
                     warn!("lease lost while the handler runs; its outcome will be discarded");
@@ -403,10 +416,7 @@ impl<H: Handler> Inner<H> {
                 attempt,
                 token: None,
             };
-            let result = match self
-                .run_handler(ctx, None::<std::future::Ready<()>>, shutdown)
-                .await
-            {
+            let result = match self.run_handler(ctx, None, shutdown).await {
                 Run::Finished(r) => r,
                 Run::Interrupted => return Disposition::Abandoned,
             };

@@ -3,6 +3,7 @@
 use super::Disposition;
 use crate::store::StoreError;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Counter of processed messages by decision.
@@ -10,15 +11,19 @@ pub const MESSAGES_TOTAL: &str = "idemq_messages_total";
 /// Histogram of store operation latency in seconds, by operation.
 pub const STORE_LATENCY: &str = "idemq_store_latency_seconds";
 
-pub(crate) fn record_decision(scope: &str, d: &Disposition) {
-    let mut labels = vec![
-        ("decision", d.decision().to_string()),
-        ("scope", scope.to_string()),
-    ];
-    if let Disposition::DeadLetter(dl) = d {
-        labels.push(("reason", dl.reason.as_str().to_string()));
+/// Counts one message under its decision. Label values are static strings or the shared scope, so
+/// counting allocates nothing beyond the key (it runs once per message).
+pub(crate) fn record_decision(scope: &Arc<str>, d: &Disposition) {
+    let (decision, scope) = (d.decision(), scope.clone());
+    match d {
+        Disposition::DeadLetter(dl) => metrics::counter!(
+            MESSAGES_TOTAL, "decision" => decision, "scope" => scope, "reason" => dl.reason.as_str()
+        )
+        .increment(1),
+        _ => {
+            metrics::counter!(MESSAGES_TOTAL, "decision" => decision, "scope" => scope).increment(1)
+        }
     }
-    metrics::counter!(MESSAGES_TOTAL, &labels).increment(1);
 }
 
 /// Runs one store operation under the configured deadline and records its latency.
