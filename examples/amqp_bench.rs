@@ -2,19 +2,28 @@
 //!
 //! ```text
 //! cargo run --release --features amqp,redis --example amqp_bench -- \
-//!     --store memory|redis://127.0.0.1:6379 --messages 20000 --dup-rate 0.2
+//!     --store memory|redis://127.0.0.1:6379 --messages 20000 --dup-rate 0.2 [--rounds 3]
 //! ```
 //!
-//! Both consumers get an identical copy of the data (N messages, a fraction `--dup-rate` of them
-//! duplicates of earlier keys) in their own queue, use the same prefetch and a trivial handler, and
-//! ack every message. Prints a table, then one JSON line with `raw_msgs_per_s`,
-//! `dedup_msgs_per_s`, `ratio`, `handler_runs` and `distinct_keys`, and `cpu_us_per_msg`: the CPU
-//! this process, RabbitMQ and Redis used per message in each phase (from `/proc`, Linux only), which
-//! on a machine where they share the cores is what sets the throughput.
+//! Each round publishes an identical copy of the data (N messages, a fraction `--dup-rate` of them
+//! duplicates of earlier keys) to two fresh queues, then runs both consumers with the same prefetch
+//! and a trivial handler, one after the other; which one goes first alternates between rounds, so
+//! drift in the machine's load falls on both alike. The raw consumer acks every message; the idemq
+//! consumer claims every key, stores every outcome and acks replays without running the handler.
+//! Every round checks `handler_runs == distinct_keys` and fails otherwise; the idemq records are
+//! deleted after each round (outside the measurement), so expiring keys do not load Redis later.
+//!
+//! Prints a table (one row per consumer and round), then one JSON line with `raw_msgs_per_s`,
+//! `dedup_msgs_per_s` and `ratio` over all rounds, `round_ratios` and `median_round_ratio`,
+//! `handler_runs`, `distinct_keys`, store commands and ack frames per message, and
+//! `cpu_us_per_msg`: the CPU this process, RabbitMQ and Redis used per message in each consumer's
+//! phases (from `/proc`, Linux only), which on a machine where they share the cores is what sets
+//! the throughput.
 
 use futures::StreamExt;
 use idemq::amqp::AmqpConsumer;
-use idemq::{CancellationToken, HandlerContext, HandlerError};
+use idemq::store::{RecordKey, Store};
+use idemq::{CancellationToken, HandlerContext, HandlerError, IdempotencyKey};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -29,8 +38,9 @@ use std::time::{Duration, Instant};
 mod bench_store;
 #[path = "shared/cpu.rs"]
 mod cpu;
-use bench_store::{bench_engine, open_store, Counting};
-use cpu::CpuMeter;
+use bench_store::{bench_engine, open_store, Counting, SentCounter};
+use cpu::{CpuMeter, CpuUse};
+use idemq::amqp::ConsumerStats;
 
 struct Args {
     amqp_url: String,
@@ -39,6 +49,7 @@ struct Args {
     dup_rate: f64,
     prefetch: u16,
     concurrency: usize,
+    rounds: u32,
 }
 
 fn parse() -> Result<Args, String> {
@@ -49,6 +60,7 @@ fn parse() -> Result<Args, String> {
         dup_rate: 0.2,
         prefetch: 256,
         concurrency: 64,
+        rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,11 +73,12 @@ fn parse() -> Result<Args, String> {
             "--dup-rate" => a.dup_rate = v.parse().map_err(|e| bad(format!("{e}")))?,
             "--prefetch" => a.prefetch = v.parse().map_err(|e| bad(format!("{e}")))?,
             "--concurrency" => a.concurrency = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "--rounds" => a.rounds = v.parse().map_err(|e| bad(format!("{e}")))?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if !(0.0..1.0).contains(&a.dup_rate) || a.messages == 0 {
-        return Err("--dup-rate must be in [0, 1) and --messages positive".into());
+    if !(0.0..1.0).contains(&a.dup_rate) || a.messages == 0 || a.rounds == 0 {
+        return Err("--dup-rate must be in [0, 1), --messages and --rounds positive".into());
     }
     Ok(a)
 }
@@ -78,6 +91,29 @@ fn key_of(i: u64, distinct: u64) -> String {
         // Spread duplicates over the distinct keys deterministically.
         format!("bench-{}", (i.wrapping_mul(2_654_435_761)) % distinct)
     }
+}
+
+/// Deletes the records of keys `0..distinct` in `scope`, a few calls at a time.
+async fn forget_records(
+    store: Arc<dyn Store>,
+    scope: &str,
+    distinct: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..16 {
+        let (store, scope) = (store.clone(), scope.to_string());
+        tasks.spawn(async move {
+            for i in (lane..distinct).step_by(16) {
+                let key = IdempotencyKey::new(key_of(i, distinct))?;
+                store.forget(&RecordKey::new(scope.as_str(), key)).await?;
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done?.map_err(|e| e as Box<dyn std::error::Error>)?;
+    }
+    Ok(())
 }
 
 async fn declare(ch: &Channel, name: &str) -> Result<(), lapin::Error> {
@@ -168,40 +204,108 @@ async fn main() {
     }
 }
 
+/// One measured phase: how long it took and the CPU each process group used.
+struct Phase {
+    took: Duration,
+    cpu: CpuUse,
+}
+
+/// What one round of the idemq consumer reports besides its phase.
+struct DedupRound {
+    phase: Phase,
+    handler_runs: u64,
+    store_cmds: f64,
+    totals: ConsumerStats,
+}
+
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let a = parse()?;
     let distinct = ((a.messages as f64) * (1.0 - a.dup_rate)).round().max(1.0) as u64;
     let tag = format!(
         "{}-{}",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
     );
-    let (q_raw, q_dedup) = (format!("bench-raw-{tag}"), format!("bench-dedup-{tag}"));
-    let setup = Connection::connect(&a.amqp_url, ConnectionProperties::default()).await?;
-    let ch = setup.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    declare(&ch, &q_raw).await?;
-    declare(&ch, &q_dedup).await?;
-    eprintln!(
-        "publishing {} messages ({distinct} distinct keys) to two queues...",
-        a.messages
-    );
-    publish_all(&ch, &[&q_raw, &q_dedup], a.messages, distinct).await?;
-
-    let mut meter = CpuMeter::new();
-    let raw_took = raw(&a.amqp_url, &q_raw, a.messages, a.prefetch).await?;
-    let raw_cpu = meter.read();
-
     let (inner, sent) = open_store(&a.store)
         .await
         .map_err(|e| e as Box<dyn std::error::Error>)?;
-    let counting = Arc::new(Counting::new(inner));
+    let setup = Connection::connect(&a.amqp_url, ConnectionProperties::default()).await?;
+    let ch = setup.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+
+    let (mut raws, mut dedups) = (Vec::new(), Vec::new());
+    for round in 0..a.rounds {
+        let rtag = format!("{tag}-{round}");
+        let (q_raw, q_dedup) = (format!("bench-raw-{rtag}"), format!("bench-dedup-{rtag}"));
+        declare(&ch, &q_raw).await?;
+        declare(&ch, &q_dedup).await?;
+        eprintln!(
+            "round {}/{}: publishing {} messages ({distinct} distinct keys) to two queues...",
+            round + 1,
+            a.rounds,
+            a.messages
+        );
+        publish_all(&ch, &[&q_raw, &q_dedup], a.messages, distinct).await?;
+        // Alternate which consumer goes first, so drift in the machine's load during a run
+        // (other tenants, RabbitMQ's own housekeeping) falls on both sides alike.
+        let (raw_phase, dedup_round) = if round % 2 == 0 {
+            let r = raw_phase(&a, &q_raw).await?;
+            (
+                r,
+                dedup_phase(&a, &q_dedup, &rtag, &inner, &sent, distinct).await?,
+            )
+        } else {
+            let d = dedup_phase(&a, &q_dedup, &rtag, &inner, &sent, distinct).await?;
+            (raw_phase(&a, &q_raw).await?, d)
+        };
+        for q in [&q_raw, &q_dedup] {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        raws.push(raw_phase);
+        dedups.push(dedup_round);
+    }
+    setup.close(200, "done".into()).await?;
+    report(&a, distinct, &raws, &dedups)
+}
+
+/// The plain lapin consumer over `queue`, measured.
+async fn raw_phase(a: &Args, queue: &str) -> Result<Phase, Box<dyn std::error::Error>> {
+    let meter = CpuMeter::new();
+    let took = raw(&a.amqp_url, queue, a.messages, a.prefetch).await?;
+    Ok(Phase {
+        took,
+        cpu: meter.read(),
+    })
+}
+
+/// The idemq consumer over `queue` until every message is settled, measured; its records are
+/// deleted afterwards (outside the measurement) so that expiring keys do not load the next round.
+async fn dedup_phase(
+    a: &Args,
+    queue: &str,
+    rtag: &str,
+    store: &Arc<dyn Store>,
+    sent: &Option<SentCounter>,
+    distinct: u64,
+) -> Result<DedupRound, Box<dyn std::error::Error>> {
+    let counting = Arc::new(Counting::new(store.clone()));
     let sent_before = sent.as_ref().map(|f| f());
     let runs = Arc::new(AtomicU64::new(0));
     let counter = runs.clone();
-    let consumer = AmqpConsumer::builder(&a.amqp_url, &q_dedup)
-        .store(counting.clone())
-        .engine_config(bench_engine(format!("bench-{tag}")))
+    let scope = format!("bench-{rtag}");
+    // Redis counts its own round trips; other stores are counted by the wrapper. Redis runs
+    // unwrapped, as users run it.
+    let measured: Arc<dyn Store> = match sent {
+        Some(_) => store.clone(),
+        None => counting.clone(),
+    };
+    let consumer = AmqpConsumer::builder(&a.amqp_url, queue)
+        .store(measured)
+        .engine_config(bench_engine(scope.clone()))
         .prefetch(a.prefetch)
         .concurrency(a.concurrency)
         .handler(move |ctx: HandlerContext| {
@@ -216,7 +320,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let stats = consumer.stats();
     let stop = CancellationToken::new();
-    meter.restart();
+    let meter = CpuMeter::new();
     let start = Instant::now();
     let running = tokio::spawn(consumer.run(stop.clone()));
     while stats.snapshot().settled() < a.messages {
@@ -225,59 +329,120 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let dedup_took = start.elapsed();
-    let dedup_cpu = meter.read();
-    let round_trips = bench_store::per_message(&sent, sent_before, &counting, a.messages as f64);
+    let took = start.elapsed();
+    let cpu = meter.read();
+    let store_cmds = bench_store::per_message(sent, sent_before, &counting, a.messages as f64);
     stop.cancel();
     let totals = running.await??;
-
-    ch.queue_delete(q_raw.as_str().into(), QueueDeleteOptions::default())
-        .await?;
-    ch.queue_delete(q_dedup.as_str().into(), QueueDeleteOptions::default())
-        .await?;
-    setup.close(200, "done".into()).await?;
-
-    let per_s = |d: Duration| a.messages as f64 / d.as_secs_f64();
-    let (raw_rate, dedup_rate) = (per_s(raw_took), per_s(dedup_took));
+    forget_records(store.clone(), &scope, distinct).await?;
     let handler_runs = runs.load(Ordering::Relaxed);
-    println!("| consumer | store | messages | dup rate | seconds | msgs/s | handler runs | store cmds/msg | CPU per message |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| raw lapin | - | {} | {} | {:.3} | {:.0} | {} | - | {} |",
-        a.messages,
-        a.dup_rate,
-        raw_took.as_secs_f64(),
-        raw_rate,
-        a.messages,
-        raw_cpu.per_message(a.messages)
-    );
-    println!(
-        "| idemq | {} | {} | {} | {:.3} | {:.0} | {} | {:.3} | {} |",
-        a.store,
-        a.messages,
-        a.dup_rate,
-        dedup_took.as_secs_f64(),
-        dedup_rate,
-        handler_runs,
-        round_trips,
-        dedup_cpu.per_message(a.messages)
-    );
-    println!(
-        "{}",
-        serde_json::json!({
-            "store": a.store, "messages": a.messages, "dup_rate": a.dup_rate,
-            "prefetch": a.prefetch, "concurrency": a.concurrency,
-            "raw_msgs_per_s": raw_rate.round(), "dedup_msgs_per_s": dedup_rate.round(),
-            "ratio": (dedup_rate / raw_rate * 1000.0).round() / 1000.0,
-            "handler_runs": handler_runs, "distinct_keys": distinct,
-            "replayed": totals.acked_replayed, "dead_lettered": totals.dead_lettered + totals.rejected,
-            "store_cmds_per_msg": (round_trips * 1000.0).round() / 1000.0,
-            "ack_frames_per_msg": (totals.ack_frames as f64 / a.messages as f64 * 1000.0).round() / 1000.0,
-            "cpu_us_per_msg": {"raw": raw_cpu.json(a.messages), "idemq": dedup_cpu.json(a.messages)},
-        })
-    );
     if handler_runs != distinct {
         return Err(format!("handler ran {handler_runs} times for {distinct} keys").into());
     }
+    Ok(DedupRound {
+        phase: Phase { took, cpu },
+        handler_runs,
+        store_cmds,
+        totals,
+    })
+}
+
+/// CPU seconds per process group summed over phases.
+fn cpu_sum<'a>(phases: impl Iterator<Item = &'a Phase>) -> CpuUse {
+    let mut groups: Vec<(&'static str, Option<f64>)> = Vec::new();
+    for p in phases {
+        if groups.is_empty() {
+            groups = p.cpu.groups.clone();
+            continue;
+        }
+        for (sum, (_, s)) in groups.iter_mut().zip(&p.cpu.groups) {
+            sum.1 = match (sum.1, s) {
+                (Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            };
+        }
+    }
+    CpuUse { groups }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn report(
+    a: &Args,
+    distinct: u64,
+    raws: &[Phase],
+    dedups: &[DedupRound],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let rate = |took: Duration| a.messages as f64 / took.as_secs_f64();
+    println!("| round | consumer | store | messages | dup rate | seconds | msgs/s | handler runs | store cmds/msg | ack frames/msg | CPU per message |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for (i, (r, d)) in raws.iter().zip(dedups).enumerate() {
+        println!(
+            "| {} | raw lapin | - | {} | {} | {:.3} | {:.0} | {} | - | 1 | {} |",
+            i + 1,
+            a.messages,
+            a.dup_rate,
+            r.took.as_secs_f64(),
+            rate(r.took),
+            a.messages,
+            r.cpu.per_message(a.messages)
+        );
+        println!(
+            "| {} | idemq | {} | {} | {} | {:.3} | {:.0} | {} | {:.3} | {:.3} | {} |",
+            i + 1,
+            a.store,
+            a.messages,
+            a.dup_rate,
+            d.phase.took.as_secs_f64(),
+            rate(d.phase.took),
+            d.handler_runs,
+            d.store_cmds,
+            d.totals.ack_frames as f64 / a.messages as f64,
+            d.phase.cpu.per_message(a.messages)
+        );
+        ratios.push(rate(d.phase.took) / rate(r.took));
+    }
+    let total = a.messages * raws.len() as u64;
+    let raw_took: Duration = raws.iter().map(|r| r.took).sum();
+    let dedup_took: Duration = dedups.iter().map(|d| d.phase.took).sum();
+    let (raw_rate, dedup_rate) = (
+        total as f64 / raw_took.as_secs_f64(),
+        total as f64 / dedup_took.as_secs_f64(),
+    );
+    let raw_cpu = cpu_sum(raws.iter());
+    let dedup_cpu = cpu_sum(dedups.iter().map(|d| &d.phase));
+    let last = dedups.last().map(|d| &d.totals);
+    println!(
+        "{}",
+        serde_json::json!({
+            "store": a.store, "messages": a.messages, "rounds": a.rounds, "dup_rate": a.dup_rate,
+            "prefetch": a.prefetch, "concurrency": a.concurrency,
+            "raw_msgs_per_s": raw_rate.round(), "dedup_msgs_per_s": dedup_rate.round(),
+            "ratio": round3(dedup_rate / raw_rate),
+            "round_ratios": ratios.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
+            "median_round_ratio": round3(median(ratios.clone())),
+            "handler_runs": dedups.iter().map(|d| d.handler_runs).sum::<u64>(),
+            "distinct_keys": distinct * dedups.len() as u64,
+            "replayed": dedups.iter().map(|d| d.totals.acked_replayed).sum::<u64>(),
+            "dead_lettered": dedups.iter().map(|d| d.totals.dead_lettered + d.totals.rejected).sum::<u64>(),
+            "store_cmds_per_msg": round3(dedups.iter().map(|d| d.store_cmds).sum::<f64>() / dedups.len() as f64),
+            "ack_frames_per_msg": round3(dedups.iter().map(|d| d.totals.ack_frames).sum::<u64>() as f64 / total as f64),
+            "cpu_us_per_msg": {"raw": raw_cpu.json(total), "idemq": dedup_cpu.json(total)},
+            "last_round_settled": last.map(|t| t.settled()),
+        })
+    );
     Ok(())
 }
