@@ -3,10 +3,15 @@
 //! both validate, time store calls and back off the same way.
 
 use super::health::StoreHealth;
-use super::{ConfigError, Disposition, EngineConfig};
+use super::process::sleep_or_cancel;
+use super::{ConfigError, DeadLetterReason, Disposition, EngineConfig, RetryCause};
 use crate::store::StoreError;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// An engine's state apart from its handler; `S` is the store (a `dyn Store` or a concrete one).
 pub(crate) struct EngineCore<S> {
@@ -41,5 +46,59 @@ impl<S> EngineCore<S> {
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         self.health.call(op, self.config.store_timeout, fut).await
+    }
+
+    /// Another consumer holds the key (`InFlight`, lease left `retry_after`): waits before the next
+    /// claim, waking no later than the owner's lease end so a crashed owner is taken over
+    /// promptly. `Err` once the wait bound `wait_until` has passed (retry later) or on shutdown.
+    /// `polls` counts the waits of this message.
+    pub(crate) async fn wait_in_flight(
+        &self,
+        retry_after: Duration,
+        wait_until: Instant,
+        polls: &mut u32,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Disposition> {
+        let cfg = &self.config;
+        let now = Instant::now();
+        if now >= wait_until {
+            return Err(Disposition::Retry {
+                after: retry_after.min(cfg.in_flight_poll.max),
+                cause: RetryCause::InFlightElsewhere,
+            });
+        }
+        *polls += 1;
+        let nap = cfg
+            .in_flight_poll
+            .delay(*polls)
+            .min(retry_after + Duration::from_millis(1))
+            .min(wait_until - now);
+        if sleep_or_cancel(nap, shutdown).await {
+            return Err(Disposition::Abandoned);
+        }
+        Ok(())
+    }
+
+    /// The record could not be read (`err` is `Corrupt`): backs off before reading it again.
+    /// `Err` with a dead letter past `corrupt_record_retries`, or on shutdown. `corrupt` counts
+    /// the failed reads of this message.
+    pub(crate) async fn back_off_corrupt(
+        &self,
+        err: StoreError,
+        corrupt: &mut u32,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Disposition> {
+        *corrupt += 1;
+        if *corrupt > self.config.corrupt_record_retries {
+            return Err(Disposition::dead_letter(
+                DeadLetterReason::CorruptRecord,
+                err.to_string(),
+            ));
+        }
+        warn!(%err, corrupt = *corrupt, "unreadable record; retrying");
+        if sleep_or_cancel(self.config.store_backoff.delay(*corrupt), shutdown).await {
+            return Err(Disposition::Abandoned);
+        }
+        Ok(())
     }
 }

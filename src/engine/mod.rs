@@ -38,7 +38,7 @@ pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 // like the engine.
 pub(crate) use self::core::EngineCore;
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
-pub(crate) use process::{panic_text, sleep_or_cancel, unkeyed_retry};
+pub(crate) use process::{panic_text, unkeyed_retry};
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use telemetry::{record_decision, timed};
 

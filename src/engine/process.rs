@@ -127,37 +127,11 @@ impl<H: Handler> Inner<H> {
                     ))
                 }
                 Ok(Claim::InFlight { retry_after }) => {
-                    let now = Instant::now();
-                    if now >= wait_until {
-                        return Err(Disposition::Retry {
-                            after: retry_after.min(cfg.in_flight_poll.max),
-                            cause: RetryCause::InFlightElsewhere,
-                        });
-                    }
-                    polls += 1;
-                    // Wake no later than the owner's lease end, so a crashed owner is taken over
-                    // promptly.
-                    let nap = cfg
-                        .in_flight_poll
-                        .delay(polls)
-                        .min(retry_after + Duration::from_millis(1))
-                        .min(wait_until - now);
-                    if sleep_or_cancel(nap, shutdown).await {
-                        return Err(Disposition::Abandoned);
-                    }
+                    self.wait_in_flight(retry_after, wait_until, &mut polls, shutdown)
+                        .await?
                 }
                 Err(err @ StoreError::Corrupt { .. }) => {
-                    corrupt += 1;
-                    if corrupt > cfg.corrupt_record_retries {
-                        return Err(Disposition::dead_letter(
-                            DeadLetterReason::CorruptRecord,
-                            err.to_string(),
-                        ));
-                    }
-                    warn!(%err, corrupt, "unreadable record; retrying");
-                    if sleep_or_cancel(cfg.store_backoff.delay(corrupt), shutdown).await {
-                        return Err(Disposition::Abandoned);
-                    }
+                    self.back_off_corrupt(err, &mut corrupt, shutdown).await?
                 }
                 Err(err) => return Err(self.store_down(err)),
             }

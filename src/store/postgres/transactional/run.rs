@@ -3,8 +3,7 @@
 
 use super::{Inner, TransactionalHandler};
 use crate::engine::{
-    panic_text, record_decision, sleep_or_cancel, timed, unkeyed_retry, DeadLetterReason,
-    Disposition, RetryCause,
+    panic_text, record_decision, timed, unkeyed_retry, DeadLetterReason, Disposition, RetryCause,
 };
 use crate::fingerprint::Fingerprint;
 use crate::handler::{HandlerContext, HandlerError};
@@ -164,34 +163,16 @@ impl<H: TransactionalHandler> Inner<H> {
                 Step::InFlight(retry_after) => {
                     // Held by a non-transactional consumer of the same table: wait as the engine
                     // does, bounded.
-                    let now = Instant::now();
-                    if now >= wait_until {
-                        return Disposition::Retry {
-                            after: retry_after.min(cfg.in_flight_poll.max),
-                            cause: RetryCause::InFlightElsewhere,
-                        };
-                    }
-                    polls += 1;
-                    let nap = cfg
-                        .in_flight_poll
-                        .delay(polls)
-                        .min(retry_after + Duration::from_millis(1))
-                        .min(wait_until - now);
-                    if sleep_or_cancel(nap, shutdown).await {
-                        return Disposition::Abandoned;
+                    let waited = self
+                        .wait_in_flight(retry_after, wait_until, &mut polls, shutdown)
+                        .await;
+                    if let Err(d) = waited {
+                        return d;
                     }
                 }
                 Step::Corrupt(err) => {
-                    corrupt += 1;
-                    if corrupt > cfg.corrupt_record_retries {
-                        return Disposition::dead_letter(
-                            DeadLetterReason::CorruptRecord,
-                            err.to_string(),
-                        );
-                    }
-                    warn!(%err, corrupt, "unreadable record; retrying");
-                    if sleep_or_cancel(cfg.store_backoff.delay(corrupt), shutdown).await {
-                        return Disposition::Abandoned;
+                    if let Err(d) = self.back_off_corrupt(err, &mut corrupt, shutdown).await {
+                        return d;
                     }
                 }
             }
