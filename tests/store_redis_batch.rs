@@ -363,7 +363,7 @@ async fn a_stalled_server_times_out_every_caller_by_its_own_deadline() {
             matches!(result, Err(StoreError::Timeout { op: "claim", .. })),
             "{result:?}"
         );
-        assert!(took < timeout + Duration::from_millis(250), "took {took:?}");
+        assert!(took < timeout + Duration::from_millis(500), "took {took:?}");
         assert!(
             took + Duration::from_millis(50) >= timeout,
             "early: {took:?}"
