@@ -96,8 +96,8 @@ impl Batcher {
     }
 
     /// Queues one operation and waits for its own reply, which comes by `deadline`: the task
-    /// answers a request it could not send in time with [`StoreError::Timeout`], and a batch stops
-    /// waiting at its earliest caller's deadline, so the common path needs no timer of its own.
+    /// answers [`StoreError::Timeout`] at the deadline, whether the request is still queued or
+    /// already sent, so the common path needs no timer of its own.
     pub(crate) async fn call(
         &self,
         rkey: String,
