@@ -424,7 +424,6 @@ fn report(
     );
     let raw_cpu = cpu_sum(raws.iter());
     let dedup_cpu = cpu_sum(dedups.iter().map(|d| &d.phase));
-    let last = dedups.last().map(|d| &d.totals);
     println!(
         "{}",
         serde_json::json!({
@@ -441,7 +440,6 @@ fn report(
             "store_cmds_per_msg": round3(dedups.iter().map(|d| d.store_cmds).sum::<f64>() / dedups.len() as f64),
             "ack_frames_per_msg": round3(dedups.iter().map(|d| d.totals.ack_frames).sum::<u64>() as f64 / total as f64),
             "cpu_us_per_msg": {"raw": raw_cpu.json(total), "idemq": dedup_cpu.json(total)},
-            "last_round_settled": last.map(|t| t.settled()),
         })
     );
     Ok(())

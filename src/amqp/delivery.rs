@@ -15,6 +15,7 @@ use crate::engine::{Disposition, Processor, RetryCause};
 use crate::message::Message;
 use crate::outcome::Outcome;
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicNackOptions, BasicRejectOptions};
 use lapin::{Acker, BasicProperties};
@@ -216,23 +217,26 @@ impl Settle<'_> {
                     .await
             }
             Disposition::Superseded => self.ack(|c| &c.acked_superseded).await,
-            // The rarer paths are boxed: their futures (publishing, confirms, delays) would
+            // The rarer paths return boxed futures: theirs (publishing, confirms, delays) would
             // otherwise make every delivery task as large as the largest of them.
-            Disposition::DeadLetter(dl) => Box::pin(self.dead_letter(&dl)).await,
-            Disposition::Retry { after, .. } => Box::pin(self.requeue_after(after)).await,
-            Disposition::Abandoned => Box::pin(self.requeue()).await,
+            Disposition::DeadLetter(dl) => self.dead_letter(&dl).await,
+            Disposition::Retry { after, .. } => self.requeue_after(after).await,
+            Disposition::Abandoned => self.requeue().await,
         }
     }
 
     /// Retriable handler failure (claim released, attempt counted in the store) or the key still
     /// held elsewhere: give the message back to the queue after the delay, so any consumer can
     /// take the next attempt.
-    async fn requeue_after(&self, after: Duration) {
-        self.release_permit();
-        if sleep_or_cancel(after, &self.shared.shutdown).await {
-            debug!(tag = self.facts.tag, "shutdown: requeueing at once");
+    fn requeue_after(&self, after: Duration) -> BoxFuture<'_, ()> {
+        async move {
+            self.release_permit();
+            if sleep_or_cancel(after, &self.shared.shutdown).await {
+                debug!(tag = self.facts.tag, "shutdown: requeueing at once");
+            }
+            self.requeue().await;
         }
-        self.requeue().await;
+        .boxed()
     }
 
     /// Request/reply: publish the outcome (confirmed) before acknowledging the request.
@@ -251,93 +255,97 @@ impl Settle<'_> {
         if let (true, Some(reply_to)) = (self.shared.config.replies, reply_to) {
             let props = reply_properties(&self.facts.properties, outcome, replayed);
             // Not mandatory: a requester that went away must not block the queue.
-            let published = Box::pin(self.publish_retrying(
-                "reply",
-                "",
-                reply_to.as_str(),
-                &outcome.body,
-                props,
-                false,
-            ))
-            .await;
+            let published = self
+                .publish_retrying("reply", "", reply_to.as_str(), &outcome.body, props, false)
+                .await;
             if published.is_err() {
                 // The outcome is durable: the redelivery replays it as the reply.
-                return Box::pin(self.requeue()).await;
+                return self.requeue().await;
             }
             self.shared.stats.bump(|c| &c.replies);
         }
         self.ack(counter).await;
     }
 
-    async fn dead_letter(&self, dl: &crate::engine::DeadLetter) {
-        let Some(target) = &self.shared.config.dead_letter else {
-            // No exchange of our own: reject without requeue so the queue's x-dead-letter-exchange
-            // (if any) applies.
-            return self.reject().await;
-        };
-        let (routing_key, props) = dead_letter_publish(
-            target,
-            dl,
-            &self.facts.properties,
-            &self.shared.config.queue,
-            &self.facts.exchange,
-            &self.facts.routing_key,
-        );
-        // Mandatory: an unroutable dead letter would be lost, so it counts as not confirmed.
-        match self
-            .publish_retrying(
-                "dead letter",
-                &target.exchange,
-                &routing_key,
-                &self.facts.payload,
-                props,
-                true,
-            )
-            .await
-        {
-            Ok(()) => self.ack(|c| &c.dead_lettered).await,
-            Err(_) => self.requeue().await,
+    /// Boxed, like every rare settle path (see [`Settle::apply`]).
+    fn dead_letter<'b>(&'b self, dl: &'b crate::engine::DeadLetter) -> BoxFuture<'b, ()> {
+        async move {
+            let Some(target) = &self.shared.config.dead_letter else {
+                // No exchange of our own: reject without requeue so the queue's x-dead-letter-exchange
+                // (if any) applies.
+                return self.reject().await;
+            };
+            let (routing_key, props) = dead_letter_publish(
+                target,
+                dl,
+                &self.facts.properties,
+                &self.shared.config.queue,
+                &self.facts.exchange,
+                &self.facts.routing_key,
+            );
+            // Mandatory: an unroutable dead letter would be lost, so it counts as not confirmed.
+            match self
+                .publish_retrying(
+                    "dead letter",
+                    &target.exchange,
+                    &routing_key,
+                    &self.facts.payload,
+                    props,
+                    true,
+                )
+                .await
+            {
+                Ok(()) => self.ack(|c| &c.dead_lettered).await,
+                Err(_) => self.requeue().await,
+            }
         }
+        .boxed()
     }
 
     /// Publishes with bounded retries; stops early when the delivery's channel is gone (the
     /// delivery will be redelivered, so publishing now would duplicate the dead letter).
-    async fn publish_retrying(
-        &self,
-        what: &str,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
+    ///
+    /// Boxed: a publish, its confirm and a backoff timer would otherwise enlarge every delivery
+    /// task, and most deliveries publish nothing.
+    fn publish_retrying<'b>(
+        &'b self,
+        what: &'b str,
+        exchange: &'b str,
+        routing_key: &'b str,
+        body: &'b [u8],
         props: BasicProperties,
         mandatory: bool,
-    ) -> Result<(), AmqpError> {
-        let cfg = &self.shared.config;
-        let mut n = 0;
-        loop {
-            if !self.acker.usable() {
-                return Err(AmqpError::Disconnected);
-            }
-            n += 1;
-            let publish =
-                self.publisher
-                    .publish(exchange, routing_key, body, props.clone(), mandatory);
-            let err = match tokio::time::timeout(cfg.publish_timeout, publish).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(err)) => err,
-                Err(_) => AmqpError::NotConfirmed {
-                    exchange: exchange.to_string(),
-                    routing_key: routing_key.to_string(),
-                    detail: format!("no confirmation within {:?}", cfg.publish_timeout),
-                },
-            };
-            warn!(tag = self.facts.tag, %err, try_ = n, "{what} publish not confirmed");
-            if n >= cfg.publish_tries || matches!(err, AmqpError::Disconnected) {
-                return Err(err);
-            }
-            if sleep_or_cancel(cfg.publish_backoff.delay(n), &self.shared.shutdown).await {
-                return Err(err);
+    ) -> BoxFuture<'b, Result<(), AmqpError>> {
+        async move {
+            let cfg = &self.shared.config;
+            let mut n = 0;
+            loop {
+                if !self.acker.usable() {
+                    return Err(AmqpError::Disconnected);
+                }
+                n += 1;
+                let publish =
+                    self.publisher
+                        .publish(exchange, routing_key, body, props.clone(), mandatory);
+                let err = match tokio::time::timeout(cfg.publish_timeout, publish).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(err)) => err,
+                    Err(_) => AmqpError::NotConfirmed {
+                        exchange: exchange.to_string(),
+                        routing_key: routing_key.to_string(),
+                        detail: format!("no confirmation within {:?}", cfg.publish_timeout),
+                    },
+                };
+                warn!(tag = self.facts.tag, %err, try_ = n, "{what} publish not confirmed");
+                if n >= cfg.publish_tries || matches!(err, AmqpError::Disconnected) {
+                    return Err(err);
+                }
+                if sleep_or_cancel(cfg.publish_backoff.delay(n), &self.shared.shutdown).await {
+                    return Err(err);
+                }
             }
         }
+        .boxed()
     }
 
     /// Acks through the session's coalescer (one `basic.ack` for a run of deliveries).
@@ -348,13 +356,17 @@ impl Settle<'_> {
             .await
     }
 
-    async fn requeue(&self) {
-        let opts = BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        };
-        let nack = self.acker.nack(opts);
-        self.settle("nack", nack, |c| &c.requeued).await
+    /// Boxed, like every rare settle path (see [`Settle::apply`]).
+    fn requeue(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let opts = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            let nack = self.acker.nack(opts);
+            self.settle("nack", nack, |c| &c.requeued).await
+        }
+        .boxed()
     }
 
     async fn reject(&self) {

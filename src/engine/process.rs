@@ -10,7 +10,7 @@ use crate::key::{derive_from_payload, MissingKeyPolicy};
 use crate::message::Message;
 use crate::outcome::Outcome;
 use crate::store::{Claim, ClaimRequest, Fence, RecordKey, Release, StoreError, Token};
-use futures::FutureExt;
+use futures::future::{BoxFuture, FutureExt};
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -160,28 +160,30 @@ impl<H: Handler> Inner<H> {
             Run::Finished(r) => r,
             Run::Interrupted => {
                 warn!("shutdown grace exceeded; handler dropped, claim released");
+                // Boxed for the same reason as the failure paths below.
                 Box::pin(self.release(&record, token, Release::Retry)).await;
                 return Disposition::Abandoned;
             }
         };
         match result {
-            // The failure paths are boxed so that their futures do not enlarge every message's.
             Err(HandlerError::Retriable(e)) => {
-                Box::pin(self.on_retriable(&record, token, attempt, e.to_string())).await
+                self.on_retriable(&record, token, attempt, e.to_string())
+                    .await
             }
             Err(HandlerError::Permanent(e)) => {
-                Box::pin(self.on_permanent(&record, token, e.to_string(), shutdown)).await
+                self.on_permanent(&record, token, e.to_string(), shutdown)
+                    .await
             }
             Ok(value) => {
                 let body = match serde_json::to_vec(&value) {
                     Ok(body) => body,
                     Err(e) => {
                         let error = format!("outcome could not be serialized: {e}");
-                        return Box::pin(self.on_permanent(&record, token, error, shutdown)).await;
+                        return self.on_permanent(&record, token, error, shutdown).await;
                     }
                 };
                 if body.len() > self.config.max_outcome_bytes {
-                    return Box::pin(self.outcome_too_large(&record, token, body.len())).await;
+                    return self.outcome_too_large(&record, token, body.len()).await;
                 }
                 match self
                     .complete(&record, token, Outcome::succeeded(body), shutdown)
@@ -193,7 +195,7 @@ impl<H: Handler> Inner<H> {
                         Disposition::Superseded
                     }
                     Err(StoreError::OutcomeTooLarge { size, .. }) => {
-                        Box::pin(self.outcome_too_large(&record, token, size)).await
+                        self.outcome_too_large(&record, token, size).await
                     }
                     Err(err) => {
                         error!(%err, "handler ran but its outcome could not be stored; leaving the message unacknowledged");
@@ -268,60 +270,70 @@ impl<H: Handler> Inner<H> {
         }
     }
 
-    async fn on_retriable(
-        &self,
-        record: &RecordKey,
+    /// The failure paths return boxed futures: inline, they would enlarge every message's.
+    fn on_retriable<'a>(
+        &'a self,
+        record: &'a RecordKey,
         token: Token,
         attempt: u32,
         error: String,
-    ) -> Disposition {
-        if attempt >= self.config.max_attempts {
-            self.release(record, token, Release::Reset).await;
-            return Disposition::retries_exhausted(attempt, &error);
+    ) -> BoxFuture<'a, Disposition> {
+        async move {
+            if attempt >= self.config.max_attempts {
+                self.release(record, token, Release::Reset).await;
+                return Disposition::retries_exhausted(attempt, &error);
+            }
+            self.release(record, token, Release::Retry).await;
+            Disposition::Retry {
+                after: self.config.retry_backoff.delay(attempt),
+                cause: RetryCause::HandlerFailed { attempt, error },
+            }
         }
-        self.release(record, token, Release::Retry).await;
-        Disposition::Retry {
-            after: self.config.retry_backoff.delay(attempt),
-            cause: RetryCause::HandlerFailed { attempt, error },
-        }
+        .boxed()
     }
 
-    async fn on_permanent(
-        &self,
-        record: &RecordKey,
+    fn on_permanent<'a>(
+        &'a self,
+        record: &'a RecordKey,
         token: Token,
         error: String,
-        shutdown: &CancellationToken,
-    ) -> Disposition {
-        if self.config.store_permanent_failures {
-            let body = serde_json::json!({ "error": error }).to_string();
-            if let Err(err) = self
-                .complete(record, token, Outcome::failed(body), shutdown)
-                .await
-            {
-                warn!(%err, "could not store the permanent failure; releasing instead");
+        shutdown: &'a CancellationToken,
+    ) -> BoxFuture<'a, Disposition> {
+        async move {
+            if self.config.store_permanent_failures {
+                let body = serde_json::json!({ "error": error }).to_string();
+                if let Err(err) = self
+                    .complete(record, token, Outcome::failed(body), shutdown)
+                    .await
+                {
+                    warn!(%err, "could not store the permanent failure; releasing instead");
+                    self.release(record, token, Release::Reset).await;
+                }
+            } else {
                 self.release(record, token, Release::Reset).await;
             }
-        } else {
-            self.release(record, token, Release::Reset).await;
+            Disposition::dead_letter(DeadLetterReason::HandlerFailed, error)
         }
-        Disposition::dead_letter(DeadLetterReason::HandlerFailed, error)
+        .boxed()
     }
 
-    async fn outcome_too_large(
-        &self,
-        record: &RecordKey,
+    fn outcome_too_large<'a>(
+        &'a self,
+        record: &'a RecordKey,
         token: Token,
         size: usize,
-    ) -> Disposition {
-        self.release(record, token, Release::Reset).await;
-        Disposition::dead_letter(
-            DeadLetterReason::OutcomeTooLarge,
-            format!(
-                "outcome is {size} bytes; the limit is {} bytes",
-                self.config.max_outcome_bytes
-            ),
-        )
+    ) -> BoxFuture<'a, Disposition> {
+        async move {
+            self.release(record, token, Release::Reset).await;
+            Disposition::dead_letter(
+                DeadLetterReason::OutcomeTooLarge,
+                format!(
+                    "outcome is {size} bytes; the limit is {} bytes",
+                    self.config.max_outcome_bytes
+                ),
+            )
+        }
+        .boxed()
     }
 
     /// Stores the outcome, retrying transient store failures: the handler already ran, so giving up

@@ -155,6 +155,25 @@ pub async fn expired_lease_is_taken_over(s: Subject) {
     assert_eq!(attempt, 2);
 }
 
+/// A claim whose retention is shorter than its lease still holds the key for the whole lease: the
+/// in-progress record must not vanish (and let a duplicate acquire it) before the lease ends.
+pub async fn short_retention_does_not_cut_the_lease(s: Subject) {
+    let k = s.key("short-retention");
+    let (lease, retention) = (Duration::from_millis(1500), Duration::from_millis(200));
+    let req = |f| ClaimRequest::new(&k, f, lease, retention);
+    let f = fp("a");
+    let token = match s.store.claim(&req(&f)).await.expect("claim") {
+        Claim::Acquired { token, .. } => token,
+        other => panic!("expected Acquired, got {other:?}"),
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    match s.store.claim(&req(&f)).await.expect("claim") {
+        Claim::InFlight { .. } => {}
+        other => panic!("retention cut the lease short: expected InFlight, got {other:?}"),
+    }
+    assert_eq!(complete(&s, &k, token, "ok").await, Fence::Held);
+}
+
 /// After a takeover the old owner's complete, release and renew are rejected and change nothing;
 /// the new owner's outcome is the one stored.
 pub async fn stale_token_cannot_write(s: Subject) {
@@ -515,6 +534,7 @@ macro_rules! store_conformance {
             concurrent_claims_yield_exactly_one_acquired,
             live_lease_is_in_flight,
             expired_lease_is_taken_over,
+            short_retention_does_not_cut_the_lease,
             stale_token_cannot_write,
             completed_key_replays_outcome,
             complete_is_idempotent_for_the_owner,

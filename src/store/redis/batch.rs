@@ -121,19 +121,17 @@ impl Batcher {
                 match Box::pin(tokio::time::timeout_at(deadline, self.tx.send(job))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(stopped()),
-                    Err(_) => return Err(self.timed_out()),
+                    Err(_) => return Err(timed_out(self.op, self.timeout)),
                 }
             }
         }
         answer.await.map_err(|_| stopped())?
     }
+}
 
-    fn timed_out(&self) -> StoreError {
-        StoreError::Timeout {
-            op: self.op,
-            after: self.timeout,
-        }
-    }
+/// What a caller is told when its deadline passes before its answer arrives.
+fn timed_out(op: &'static str, after: Duration) -> StoreError {
+    StoreError::Timeout { op, after }
 }
 
 impl Worker {
@@ -162,7 +160,7 @@ impl Worker {
             // One clock reading per batch: the jobs are checked against it as they are taken.
             let now = Instant::now();
             if first.abandoned(now) {
-                self.expire(first);
+                self.expire(first.reply);
                 continue;
             }
             let mut size = first.bytes();
@@ -170,7 +168,7 @@ impl Worker {
             while batch.len() < self.max_batch {
                 let Ok(job) = rx.try_recv() else { break };
                 if job.abandoned(now) {
-                    self.expire(job);
+                    self.expire(job.reply);
                     continue;
                 }
                 if size + job.bytes() > MAX_BATCH_BYTES {
@@ -184,10 +182,10 @@ impl Worker {
         }
     }
 
-    /// Answers a job that will not be sent: its deadline passed while it was queued (or its
-    /// caller has gone, and nobody reads the answer).
-    fn expire(&self, job: Job) {
-        let _ = job.reply.send(Err(self.timed_out()));
+    /// Answers a caller whose deadline has passed (or who has gone, and reads no answer): its
+    /// request is not sent, or its answer is no longer awaited.
+    fn expire(&self, reply: Answer) {
+        let _ = reply.send(Err(timed_out(self.op, self.timeout)));
     }
 
     /// Runs one script call for `batch` and answers every job in it, each by its own deadline.
@@ -241,13 +239,8 @@ impl Worker {
                 result = &mut call => break result,
                 () = tokio::time::sleep_until(next) => {
                     let now = Instant::now();
-                    for (deadline, reply) in &mut waiting {
-                        if *deadline <= now {
-                            if let Some(reply) = reply.take() {
-                                let _ = reply.send(Err(self.timed_out()));
-                            }
-                        }
-                    }
+                    let due = waiting.iter_mut().filter(|(deadline, _)| *deadline <= now);
+                    due.filter_map(|(_, reply)| reply.take()).for_each(|r| self.expire(r));
                 }
             }
         };
@@ -274,13 +267,6 @@ impl Worker {
                     let _ = reply.send(Err(map_error(self.op, e.clone(), self.timeout)));
                 }
             }
-        }
-    }
-
-    fn timed_out(&self) -> StoreError {
-        StoreError::Timeout {
-            op: self.op,
-            after: self.timeout,
         }
     }
 }

@@ -162,14 +162,15 @@ const CLAIM_FN: &str = r#"
 local function claim_one(key, fp, lease, ttl)
   local rec, why = load(key)
   if rec == false then return {'corrupt', why} end
-  if rec == nil then
-    redis.call('SET', key, encode('p', '1', '1', lease_end(lease), '', '', fp, ''), 'PX', ttl)
-    return {'acquired', 1, 1}
+  -- Text for a new key (no conversion on the common path; the client reads numbers in either
+  -- form), numbers (Lua converts the text fields) for a takeover.
+  local tok, att = '1', '1'
+  if rec then
+    if rec.st ~= 'r' and rec.fp ~= fp then return {'conflict', rec.fp} end
+    if rec.st == 'c' then return {'completed', rec.os, rec.ob} end
+    if rec.st == 'p' and rec.lu > now_ms() then return {'inflight', rec.lu - now_ms()} end
+    tok, att = rec.tok + 1, rec.att + 1
   end
-  if rec.st ~= 'r' and rec.fp ~= fp then return {'conflict', rec.fp} end
-  if rec.st == 'c' then return {'completed', rec.os, rec.ob} end
-  if rec.st == 'p' and rec.lu > now_ms() then return {'inflight', rec.lu - now_ms()} end
-  local tok, att = tonumber(rec.tok) + 1, tonumber(rec.att) + 1
   redis.call('SET', key, encode('p', tok, att, lease_end(lease), '', '', fp, ''), 'PX', ttl)
   return {'acquired', tok, att}
 end
@@ -222,7 +223,7 @@ local lease = tonumber(ARGV[2])
 local rec, why = load(key)
 if rec == false then return {'corrupt', why} end
 if rec == nil or rec.tok ~= ARGV[1] or rec.st ~= 'p' then return {'lost'} end
-local value = encode('p', rec.tok, rec.att, int(now_ms() + lease), '', '', rec.fp, '')
+local value = encode('p', rec.tok, rec.att, lease_end(ARGV[2]), '', '', rec.fp, '')
 local ttl = redis.call('PTTL', key)
 if ttl >= 0 and ttl < lease then
   redis.call('SET', key, value, 'PX', int(lease))
