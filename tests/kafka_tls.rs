@@ -273,12 +273,26 @@ impl ClientContext for Wire {
     }
 }
 
-/// Records produced with `compression.type=zstd` are consumed with deduplication: handler runs ==
-/// distinct keys. The producer's statistics show the batches really were compressed.
+/// On librdkafka's MockCluster (stores the batches as sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_zstd_compressed_topic_is_consumed_with_dedup() {
     init_tracing();
-    let broker = Broker::mock();
+    zstd_topic_consumed_with_dedup(&Broker::mock()).await;
+}
+
+/// On Tansu, which decodes the record batches it receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tansu_a_zstd_compressed_topic_is_consumed_with_dedup() {
+    init_tracing();
+    let Some(broker) = Broker::tansu() else {
+        return;
+    };
+    zstd_topic_consumed_with_dedup(&broker).await;
+}
+
+/// Records produced with `compression.type=zstd` are consumed with deduplication: handler runs ==
+/// distinct keys. The producer's statistics show the batches really were compressed.
+async fn zstd_topic_consumed_with_dedup(broker: &Broker) {
     let (topic, group) = (unique("zstd"), unique("g"));
     broker.create_topic(&topic, 2).await;
     let (keys, copies) = (20, 2);
@@ -327,7 +341,7 @@ async fn a_zstd_compressed_topic_is_consumed_with_dedup() {
 
     let runs = Runs::default();
     let c = Running::start(consumer(
-        &broker,
+        broker,
         &group,
         &topic,
         Arc::new(MemoryStore::new()),
