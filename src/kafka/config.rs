@@ -2,9 +2,11 @@
 
 use super::consumer::IdempotentConsumer;
 use super::error::KafkaConsumerError;
+use super::properties::{check_fixed, route, KafkaClient, Routed};
 use crate::engine::{Engine, EngineConfig, Processor};
 use crate::handler::Handler;
 use crate::store::Store;
+use rdkafka::config::ClientConfig;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,9 +42,15 @@ pub(crate) struct LoopSettings {
 /// one [`topic`](Self::topic), and either [`handler`](Self::handler) plus [`store`](Self::store), or
 /// [`processor`](Self::processor).
 ///
-/// librdkafka settings idemq relies on are fixed: `enable.auto.commit=false` and
-/// `enable.auto.offset.store=false` (offsets are committed by idemq once messages are finished), and
-/// `auto.offset.reset=earliest` unless you [`set`](Self::set) it.
+/// Any librdkafka property can be given with [`set`](Self::set) (consumer),
+/// [`producer_set`](Self::producer_set) (dead-letter producer), [`set_common`](Self::set_common)
+/// (both) or [`client_config`](Self::client_config) (a whole rdkafka `ClientConfig`, both).
+/// Properties idemq relies on are fixed, and overriding them fails [`build`](Self::build) with
+/// [`KafkaConsumerError::FixedProperty`]: `enable.auto.commit=false` and
+/// `enable.auto.offset.store=false` (offsets are committed by idemq once messages are finished);
+/// on the dead-letter producer `enable.idempotence=true`, `acks=all` and `message.timeout.ms` (from
+/// [`dead_letter_timeout`](Self::dead_letter_timeout)). `auto.offset.reset` is `earliest` unless
+/// you set it.
 pub struct KafkaConsumerBuilder {
     bootstrap: Option<String>,
     group_id: Option<String>,
@@ -127,26 +135,61 @@ impl KafkaConsumerBuilder {
         self
     }
 
-    /// A librdkafka setting for the consumer (e.g. `session.timeout.ms`). The two auto-commit
-    /// settings cannot be overridden.
+    /// A librdkafka property for the consumer (e.g. `session.timeout.ms`); any property of
+    /// librdkafka's CONFIGURATION.md can be given. `bootstrap.servers` and `group.id` are the same
+    /// as [`bootstrap_servers`](Self::bootstrap_servers) and [`group_id`](Self::group_id).
+    /// Properties idemq fixes (`enable.auto.commit`, `enable.auto.offset.store`) make
+    /// [`build`](Self::build) fail with [`KafkaConsumerError::FixedProperty`] unless given the
+    /// fixed value; unknown properties or invalid values with [`KafkaConsumerError::Client`].
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.consumer_settings.push((key.into(), value.into()));
+        let (key, value) = (key.into(), value.into());
+        if !self.route(&key, &value) {
+            self.consumer_settings.push((key, value));
+        }
         self
     }
 
-    /// A librdkafka setting for both the consumer and the dead-letter producer (security settings
-    /// such as `security.protocol` or `sasl.*`).
+    /// A librdkafka property for both the consumer and the dead-letter producer: the connection
+    /// and security properties (`security.protocol`, `ssl.*`, `sasl.*`, `client.id`, ...).
     pub fn set_common(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         let (key, value) = (key.into(), value.into());
-        self.producer_settings.push((key.clone(), value.clone()));
-        self.consumer_settings.push((key, value));
+        if !self.route(&key, &value) {
+            self.producer_settings.push((key.clone(), value.clone()));
+            self.consumer_settings.push((key, value));
+        }
         self
     }
 
-    /// A librdkafka setting for the dead-letter producer only.
+    /// A librdkafka property for the dead-letter producer only (e.g. `compression.type`). The
+    /// producer's fixed properties (`enable.idempotence=true`, `acks=all`, `message.timeout.ms`
+    /// from [`dead_letter_timeout`](Self::dead_letter_timeout)) make [`build`](Self::build) fail
+    /// with [`KafkaConsumerError::FixedProperty`] unless given the fixed value.
     pub fn producer_set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.producer_settings.push((key.into(), value.into()));
         self
+    }
+
+    /// Every property of an rdkafka [`ClientConfig`], each as if given to
+    /// [`set_common`](Self::set_common): the escape hatch for configurations built or loaded
+    /// elsewhere (secrets included; only the log level of `config` is not carried over).
+    pub fn client_config(mut self, config: &ClientConfig) -> Self {
+        // `config_map` masks secrets such as `sasl.password`; `get` returns the real value.
+        for key in config.config_map().into_keys() {
+            if let Some(value) = config.get(key) {
+                self = self.set_common(key, value);
+            }
+        }
+        self
+    }
+
+    /// Takes the properties the builder has its own setting for; `true` if `key` was one.
+    fn route(&mut self, key: &str, value: &str) -> bool {
+        match route(key) {
+            Some(Routed::Bootstrap) => self.bootstrap = Some(value.to_string()),
+            Some(Routed::GroupId) => self.group_id = Some(value.to_string()),
+            None => return false,
+        }
+        true
     }
 
     /// The store holding claims and outcomes (required with [`handler`](Self::handler)).
@@ -251,6 +294,10 @@ impl KafkaConsumerBuilder {
     /// Must be called inside a Tokio runtime. Use the multi-threaded runtime: revocation waits for
     /// in-flight handlers while librdkafka's rebalance callback blocks one worker thread.
     pub fn build(self) -> Result<IdempotentConsumer, KafkaConsumerError> {
+        let dlt = self.settings.dead_letter_timeout;
+        let consumer_settings = check_fixed(KafkaClient::Consumer, self.consumer_settings, dlt)?;
+        let producer_settings =
+            check_fixed(KafkaClient::DeadLetterProducer, self.producer_settings, dlt)?;
         let bootstrap = self
             .bootstrap
             .ok_or_else(|| KafkaConsumerError::Config("bootstrap servers are required".into()))?;
@@ -302,10 +349,14 @@ impl KafkaConsumerBuilder {
         IdempotentConsumer::create(super::consumer::ClientSettings {
             bootstrap,
             group,
-            consumer_settings: self.consumer_settings,
-            producer_settings: self.producer_settings,
+            consumer_settings,
+            producer_settings,
             processor,
             settings: self.settings,
         })
     }
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

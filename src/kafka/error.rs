@@ -1,5 +1,6 @@
 //! Errors of the Kafka consumer.
 
+use super::properties::KafkaClient;
 use crate::engine::ConfigError;
 use rdkafka::error::KafkaError;
 
@@ -15,6 +16,20 @@ pub enum KafkaConsumerError {
     /// librdkafka rejected the client configuration or the subscription.
     #[error("kafka client error: {0}")]
     Client(#[from] KafkaError),
+    /// A librdkafka property that idemq sets itself was given another value.
+    #[error("librdkafka property {key}={value:?} of the {client} is refused: idemq fixes it to {fixed} because {why}")]
+    FixedProperty {
+        /// The client it was given for.
+        client: KafkaClient,
+        /// The property as given.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What idemq sets it to.
+        fixed: &'static str,
+        /// Why idemq needs that value.
+        why: &'static str,
+    },
 }
 
 /// Publishing to the dead-letter topic failed; the original is not committed and the publish is

@@ -48,6 +48,7 @@ mod convert;
 mod dead_letter;
 mod error;
 mod partitions;
+mod properties;
 mod replay;
 mod summary;
 mod tracker;
@@ -56,6 +57,7 @@ mod worker;
 pub use config::KafkaConsumerBuilder;
 pub use consumer::IdempotentConsumer;
 pub use error::{DeadLetterError, KafkaConsumerError, KafkaReplayError};
+pub use properties::KafkaClient;
 pub use replay::KafkaReplay;
 pub use summary::{ConsumerSummary, StatsHandle};
 

@@ -14,3 +14,5 @@ pub mod postgres;
 pub mod redis_server;
 pub mod replay;
 pub mod services;
+#[cfg(feature = "kafka")]
+pub mod tls;
