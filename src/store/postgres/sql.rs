@@ -138,9 +138,14 @@ impl Sql {
 /// The migration for `table`: the shipped file with the default names replaced, preceded by
 /// `CREATE SCHEMA IF NOT EXISTS` for a schema-qualified name.
 fn render_migration(table: &TableName) -> String {
+    // The index name contains the table name, so it is swapped out for a placeholder first: once
+    // quoted, a second pass over it would quote the table name inside the quoted index name again
+    // (`""idemq_records"_expires_at_idx"`, a zero-length identifier, for the default table).
+    const INDEX_PLACEHOLDER: &str = "\u{0}idemq-index\u{0}";
     let body = MIGRATION_0001
-        .replace("idemq_records_expires_at_idx", &table.index_sql())
-        .replace("idemq_records", &table.sql());
+        .replace("idemq_records_expires_at_idx", INDEX_PLACEHOLDER)
+        .replace("idemq_records", &table.sql())
+        .replace(INDEX_PLACEHOLDER, &table.index_sql());
     match table.schema_sql() {
         Some(schema) => format!("CREATE SCHEMA IF NOT EXISTS {schema};\n{body}"),
         None => body,
@@ -150,6 +155,18 @@ fn render_migration(table: &TableName) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migration_is_rendered_for_the_default_table() {
+        let sql = render_migration(&TableName::default());
+        assert!(!sql.contains("\"\""), "doubly quoted identifier in {sql}");
+        assert!(!sql.contains('\u{0}'), "placeholder left in {sql}");
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"idemq_records\" ("));
+        assert!(sql.contains(
+            "INDEX IF NOT EXISTS \"idemq_records_expires_at_idx\" ON \"idemq_records\" (expires_at)"
+        ));
+        assert!(!sql.contains("CREATE SCHEMA"));
+    }
 
     #[test]
     fn migration_is_rendered_for_custom_tables() {
