@@ -9,6 +9,10 @@ use super::table::TableName;
 /// The migration, written for the default table name.
 pub(crate) const MIGRATION_0001: &str = include_str!("../../../migrations/0001_idemq.sql");
 
+/// The database clock in ms since the epoch: the floor of every new token, so tokens keep growing
+/// across a record's expiry and `purge_expired` (see the module docs of `postgres`).
+const CLOCK_MS: &str = "(extract(epoch FROM statement_timestamp()) * 1000)::int8";
+
 /// Columns every reading statement returns, in the order [`super::row`] parses them.
 const READ_COLUMNS: &str = "token, fingerprint, attempt, state, \
     (extract(epoch FROM (lease_until - statement_timestamp())) * 1000000)::int8 AS lease_us, \
@@ -52,12 +56,12 @@ impl Sql {
                 ), up AS (
                     INSERT INTO {t} AS r (scope, idempotency_key, token, fingerprint, attempt, state,
                                           lease_until, expires_at)
-                    SELECT $1::text, $2::text, 1, $3::bytea, 1, 'in_progress',
+                    SELECT $1::text, $2::text, {CLOCK_MS}, $3::bytea, 1, 'in_progress',
                            statement_timestamp() + $4::int8 * interval '1 microsecond',
                            statement_timestamp() + greatest($4::int8, $5::int8) * interval '1 microsecond'
                     WHERE NOT EXISTS (SELECT 1 FROM cur WHERE state = 'completed' AND expires_us > 0)
                     ON CONFLICT (scope, idempotency_key) DO UPDATE SET
-                        token = r.token + 1,
+                        token = greatest(r.token + 1, {CLOCK_MS}),
                         fingerprint = excluded.fingerprint,
                         attempt = CASE WHEN r.expires_at <= statement_timestamp() THEN 1
                                        ELSE r.attempt + 1 END,
