@@ -29,7 +29,11 @@ impl Sandbox {
         let schema = unique_table("idemq_mig");
         let admin = PostgresStore::from_pool(pool(&postgres_url()), PostgresOptions::default());
         exec(&admin, &format!("CREATE SCHEMA {schema}")).await;
-        let sep = if postgres_url().contains('?') { '&' } else { '?' };
+        let sep = if postgres_url().contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         let url = format!("{}{sep}options=-csearch_path%3D{schema}", postgres_url());
         Some(Self { schema, url })
     }
@@ -80,7 +84,12 @@ async fn usable(store: &dyn Store) {
         panic!("fresh key not acquired");
     };
     let done = store
-        .complete(&k, token, &Outcome::succeeded("ok"), Duration::from_secs(60))
+        .complete(
+            &k,
+            token,
+            &Outcome::succeeded("ok"),
+            Duration::from_secs(60),
+        )
         .await
         .expect("complete");
     assert_eq!(done, Fence::Held);
@@ -98,7 +107,10 @@ async fn migrate_api(sandbox: &Sandbox, table: Option<&str>) {
     let store = PostgresStore::connect_with(&sandbox.url, options)
         .await
         .expect("connect");
-    store.migrate().await.expect("first migrate on an empty schema");
+    store
+        .migrate()
+        .await
+        .expect("first migrate on an empty schema");
     store.migrate().await.expect("migrate is idempotent");
     usable(&store).await;
 }
