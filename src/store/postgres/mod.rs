@@ -72,6 +72,13 @@ use tracing::debug;
 /// How often a claim is re-run when a concurrent claim committed between the statement's snapshot
 /// and its upsert (each re-run takes a fresh snapshot, so two suffice in practice).
 const CLAIM_RACE_RETRIES: u32 = 8;
+/// tokio-postgres's default TCP keepalive idle time (the operating system's usual 2 h).
+const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+/// Keepalive settings of the pools `connect_with` builds: probes after 30 s idle, every 10 s,
+/// 3 unanswered probes end the connection.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVES_RETRIES: u32 = 3;
 /// Rows deleted per statement by [`PostgresStore::purge_expired`].
 const PURGE_BATCH: i64 = 5_000;
 
@@ -145,9 +152,20 @@ impl PostgresStore {
 
     /// Connects (without TLS) with `options`.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let pg: tokio_postgres::Config = url
+        let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::InvalidConfig(format!("postgres URL: {e}")))?;
+        // A vanished server (or a dead network path) is noticed within about a minute rather than
+        // after the 2 h TCP default; a URL that sets `keepalives_idle` keeps its own value.
+        if pg.get_keepalives() && pg.get_keepalives_idle() == DEFAULT_KEEPALIVES_IDLE {
+            pg.keepalives_idle(KEEPALIVES_IDLE);
+            if pg.get_keepalives_interval().is_none() {
+                pg.keepalives_interval(KEEPALIVES_INTERVAL);
+            }
+            if pg.get_keepalives_retries().is_none() {
+                pg.keepalives_retries(KEEPALIVES_RETRIES);
+            }
+        }
         let manager = Manager::from_config(
             pg,
             NoTls,
