@@ -891,3 +891,55 @@ async fn rediss_urls_use_tls() {
     assert!(plain.is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Records written while tokens were a per-record counter (`1`, `2`, …) read unchanged, and their
+/// next claim moves the token to the server clock (ms), past anything the counter handed out.
+#[tokio::test]
+async fn counter_tokens_of_older_records_move_to_the_clock_on_the_next_claim() {
+    if !require_redis() {
+        return;
+    }
+    let s = store(&redis_url()).await;
+    let mut admin = admin(&redis_url()).await;
+    let k = key("legacy-token", "k");
+    let rkey = s.redis_key(&k);
+    let f = fp("a");
+    // A release tombstone with counter token 7.
+    let () = redis::cmd("SET")
+        .arg(&rkey)
+        .arg(format!("2|r|7|1||||{}|", f.to_hex()))
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut admin)
+        .await
+        .expect("SET");
+    let rec = s.get(&k).await.expect("get").expect("record");
+    assert_eq!(rec.token, idemq::store::Token(7));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let Claim::Acquired { token, attempt } = claim(&s, &k, &f).await.expect("claim") else {
+        panic!("expected Acquired")
+    };
+    assert_eq!(attempt, 2);
+    // The server's clock, within a generous skew of this host's.
+    assert!(token.0 > now_ms - 60_000, "{token} vs {now_ms}");
+    assert_eq!(
+        s.complete(
+            &k,
+            idemq::store::Token(7),
+            &Outcome::succeeded("x"),
+            RETENTION
+        )
+        .await
+        .expect("complete"),
+        Fence::Lost
+    );
+    assert_eq!(
+        s.complete(&k, token, &Outcome::succeeded("ok"), RETENTION)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+}
