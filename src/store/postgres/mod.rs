@@ -286,18 +286,21 @@ impl PostgresStore {
         self.options.max_outcome_bytes
     }
 
-    /// Runs the claim statement once on `client` (a pooled connection or an open transaction).
+    /// Runs the claim statement once on a pooled connection (its own transaction).
     /// `Ok(None)`: a concurrent claim committed in between; run it again.
-    pub(crate) async fn claim_once(
+    async fn claim_once(
         &self,
         client: &impl GenericClient,
         stmt: &tokio_postgres::Statement,
         req: &ClaimRequest<'_>,
     ) -> Result<Option<Claim>, StoreError> {
-        let rows = client
-            .query(stmt, &claim_params(req).as_params())
-            .await
-            .map_err(|e| self.db("claim", e))?;
+        let rows = match client.query(stmt, &claim_params(req).as_params()).await {
+            Ok(rows) => rows,
+            // The same race under a REPEATABLE READ / SERIALIZABLE session default: the statement
+            // was its own transaction and changed nothing, so run it again.
+            Err(e) if is_serialization_failure(&e) => return Ok(None),
+            Err(e) => return Err(self.db("claim", e)),
+        };
         interpret_claim(rows, req)
     }
 
@@ -321,12 +324,27 @@ impl PostgresStore {
     ) -> Result<Fence, StoreError> {
         let client = self.client(op).await?;
         let stmt = self.prepare(&client, op, sql).await?;
-        let n = client
-            .execute(&stmt, params)
-            .await
-            .map_err(|e| self.db(op, e))?;
+        let mut attempt = 0;
+        let n = loop {
+            match client.execute(&stmt, params).await {
+                Ok(n) => break n,
+                // A REPEATABLE READ / SERIALIZABLE session default turns a concurrent update of
+                // the row into a serialization failure; the statement was its own transaction
+                // and changed nothing, so run it again (it then sees the committed row).
+                Err(e) if is_serialization_failure(&e) && attempt < CLAIM_RACE_RETRIES => {
+                    attempt += 1
+                }
+                Err(e) => return Err(self.db(op, e)),
+            }
+        };
         Ok(if n > 0 { Fence::Held } else { Fence::Lost })
     }
+}
+
+/// Whether `e` is a serialization failure (SQLSTATE 40001), which only REPEATABLE READ and
+/// SERIALIZABLE transactions raise.
+fn is_serialization_failure(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
 /// Owned claim parameters (the statement takes `$1..$5`).
