@@ -167,8 +167,9 @@ end
 
 /// `claim_one(key, fingerprint, lease ms, record TTL ms)`: one record's claim; the TTL is
 /// `max(retention, lease)`, computed by the client. Replay, conflict: `GET` only; in flight: `GET`
-/// + `TIME`; acquire: `GET` + `TIME` + one `SET … PX`. The token is `max(previous + 1, now ms)`
-/// (see the module docs), from the same `TIME` reading.
+/// + `TIME`; acquire: `GET` + `TIME` + one `SET … PX`.
+///
+/// The token is `max(previous + 1, now ms)` (see the module docs), from the same `TIME` reading.
 const CLAIM_FN: &str = r#"
 local function claim_one(key, fp, lease, ttl)
   local rec, why = load(key)
