@@ -155,17 +155,7 @@ impl PostgresStore {
         let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::InvalidConfig(format!("postgres URL: {e}")))?;
-        // A vanished server (or a dead network path) is noticed within about a minute rather than
-        // after the 2 h TCP default; a URL that sets `keepalives_idle` keeps its own value.
-        if pg.get_keepalives() && pg.get_keepalives_idle() == DEFAULT_KEEPALIVES_IDLE {
-            pg.keepalives_idle(KEEPALIVES_IDLE);
-            if pg.get_keepalives_interval().is_none() {
-                pg.keepalives_interval(KEEPALIVES_INTERVAL);
-            }
-            if pg.get_keepalives_retries().is_none() {
-                pg.keepalives_retries(KEEPALIVES_RETRIES);
-            }
-        }
+        shorten_keepalives(&mut pg);
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -338,6 +328,21 @@ impl PostgresStore {
             }
         };
         Ok(if n > 0 { Fence::Held } else { Fence::Lost })
+    }
+}
+
+/// A vanished server (or a dead network path) is noticed within about a minute rather than after
+/// the 2 h TCP default; a URL that sets `keepalives_idle` (or turns keepalives off) keeps its own
+/// settings.
+fn shorten_keepalives(pg: &mut tokio_postgres::Config) {
+    if pg.get_keepalives() && pg.get_keepalives_idle() == DEFAULT_KEEPALIVES_IDLE {
+        pg.keepalives_idle(KEEPALIVES_IDLE);
+        if pg.get_keepalives_interval().is_none() {
+            pg.keepalives_interval(KEEPALIVES_INTERVAL);
+        }
+        if pg.get_keepalives_retries().is_none() {
+            pg.keepalives_retries(KEEPALIVES_RETRIES);
+        }
     }
 }
 
@@ -624,6 +629,23 @@ fn split_url_options(url: &str) -> Result<(String, Option<String>, bool), StoreE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_send_keepalives_after_30_s_unless_the_url_says_otherwise() {
+        let mut pg: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
+        shorten_keepalives(&mut pg);
+        assert_eq!(pg.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(pg.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(pg.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        let mut own: tokio_postgres::Config =
+            "postgres://u@h/db?keepalives_idle=600".parse().unwrap();
+        shorten_keepalives(&mut own);
+        assert_eq!(own.get_keepalives_idle(), Duration::from_secs(600));
+        let mut off: tokio_postgres::Config = "postgres://u@h/db?keepalives=0".parse().unwrap();
+        shorten_keepalives(&mut off);
+        assert!(!off.get_keepalives());
+        assert_eq!(off.get_keepalives_idle(), DEFAULT_KEEPALIVES_IDLE);
+    }
 
     #[test]
     fn url_options_are_split_off() {
