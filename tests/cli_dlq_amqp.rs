@@ -31,6 +31,10 @@ fn dead_lettered(key: Option<&str>) -> BasicProperties {
 }
 
 fn replay(scope: &str, dlq: &str, to: &str, dry: bool) -> Value {
+    replay_with(scope, dlq, to, dry, &[])
+}
+
+fn replay_with(scope: &str, dlq: &str, to: &str, dry: bool, extra: &[&str]) -> Value {
     let mut cmd = Command::cargo_bin("idemq").expect("binary");
     cmd.args([
         "dlq",
@@ -51,6 +55,7 @@ fn replay(scope: &str, dlq: &str, to: &str, dry: bool) -> Value {
     if dry {
         cmd.arg("--dry-run");
     }
+    cmd.args(extra);
     let out = cmd.output().expect("run idemq");
     assert!(
         out.status.success(),
@@ -149,5 +154,61 @@ async fn replay_classifies_then_moves_only_what_must_run() {
         .collect();
     kept_bodies.sort();
     assert_eq!(kept_bodies, ["no key", "tampered"]);
+    rabbit.cleanup().await;
+}
+
+/// A consumer with `MissingKeyPolicy::DeriveFromPayload` records keyless messages under the
+/// payload's SHA-256: with `--missing-key derive` the replay classifies them like keyed ones
+/// (instead of keeping them forever as `no_key`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_messages_replay_with_missing_key_derive() {
+    let Some(rabbit) = Rabbit::connect().await else {
+        return;
+    };
+    let Some(store) = redis().await else { return };
+    let scope = unique("replay-derive");
+    let dlq = rabbit.queue("dlq").await;
+    let main = rabbit.queue("main").await;
+    // The consumer already completed the keyless message "p-derived-done".
+    let done = idemq::Message::new("p-derived-done", idemq::Source::Other("seed".into()));
+    let k = idemq::store::RecordKey::new(scope.clone(), idemq::key::derive_from_payload(&done));
+    let f = idemq::Fingerprint::of(&done, &[]);
+    let (lease, retention) = (Duration::from_secs(30), Duration::from_secs(600));
+    let req = idemq::store::ClaimRequest::new(&k, &f, lease, retention);
+    let idemq::store::Claim::Acquired { token, .. } = store.claim(&req).await.expect("claim")
+    else {
+        panic!("not acquired")
+    };
+    store
+        .complete(&k, token, &idemq::Outcome::succeeded("1"), retention)
+        .await
+        .expect("complete");
+    for payload in ["p-derived-done", "p-derived-new"] {
+        rabbit
+            .publish_props("", &dlq, payload.as_bytes(), dead_lettered(None))
+            .await;
+    }
+
+    let to = format!("/{main}");
+    let rejecting = replay(&scope, &dlq, &to, true);
+    assert_eq!(rejecting["classes"]["no_key"], 2, "{rejecting}");
+    let dry = replay_with(&scope, &dlq, &to, true, &["--missing-key", "derive"]);
+    assert_eq!(dry["examined"], 2, "{dry}");
+    assert_eq!(dry["classes"]["no_key"], 0, "{dry}");
+    assert_eq!(dry["classes"]["would_skip"], 1, "{dry}");
+    assert_eq!(dry["classes"]["would_run"], 1, "{dry}");
+
+    let real = replay_with(&scope, &dlq, &to, false, &["--missing-key", "derive"]);
+    assert_eq!(
+        (real["republished"].as_u64(), real["removed"].as_u64()),
+        (Some(1), Some(1)),
+        "{real}"
+    );
+    let moved = rabbit.wait_drain(&main, 1, Duration::from_secs(5)).await;
+    let bodies: Vec<String> = moved
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert_eq!(bodies, ["p-derived-new"]);
     rabbit.cleanup().await;
 }

@@ -399,3 +399,77 @@ async fn scan_reads_back_keys_longer_than_the_default_limit() {
     assert_eq!(page.records.len(), 1);
     assert_eq!(page.records[0].key.key.as_str(), long);
 }
+
+/// The store's own statements behave the same when the sessions default to SERIALIZABLE
+/// (`default_transaction_isolation` on the role, database or URL): concurrent claims, completes
+/// and takeovers of one key never surface a serialization failure as "store unavailable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serializable_session_default_does_not_fail_concurrent_operations() {
+    if !support::services::require_postgres() {
+        return;
+    }
+    let url = format!(
+        "{}{}options=-cdefault_transaction_isolation%3Dserializable",
+        postgres_url(),
+        if postgres_url().contains('?') {
+            '&'
+        } else {
+            '?'
+        }
+    );
+    let options = PostgresOptions::default()
+        .with_table(support::postgres::SHARED_TABLE)
+        .expect("table");
+    let a = PostgresStore::connect_with(&url, options.clone())
+        .await
+        .expect("connect");
+    let b = PostgresStore::connect_with(&url, options)
+        .await
+        .expect("connect");
+    let scope = unique("serializable");
+    for round in 0..10 {
+        let k = key(&scope, &format!("race-{round}"));
+        // A short lease and retention: later claims race on an expired row (the upsert path).
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let k = k.clone();
+                tokio::spawn(async move {
+                    let f = fp("a");
+                    let req = ClaimRequest::new(
+                        &k,
+                        &f,
+                        Duration::from_millis(50),
+                        Duration::from_millis(50),
+                    );
+                    let mut acquired = 0;
+                    for _ in 0..4 {
+                        match store.claim(&req).await.expect("claim") {
+                            Claim::Acquired { token, .. } => {
+                                acquired += 1;
+                                store
+                                    .complete(
+                                        &k,
+                                        token,
+                                        &Outcome::succeeded("ok"),
+                                        Duration::from_millis(50),
+                                    )
+                                    .await
+                                    .expect("complete");
+                            }
+                            Claim::InFlight { .. } | Claim::Completed { .. } => {}
+                            other => panic!("unexpected {other:?}"),
+                        }
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                    }
+                    acquired
+                })
+            })
+            .collect();
+        let mut acquired = 0;
+        for t in tasks {
+            acquired += t.await.expect("task");
+        }
+        assert!(acquired >= 1, "round {round}");
+    }
+}

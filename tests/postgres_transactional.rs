@@ -15,8 +15,8 @@ use idemq::{
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::postgres::{exec, shared_store, unique_table};
-use support::services::unique;
+use support::postgres::{exec, shared_store, unique_table, SHARED_TABLE};
+use support::services::{postgres_url, unique};
 use tokio::sync::Notify;
 
 /// What the test handler does after inserting its effect row.
@@ -34,6 +34,10 @@ enum Then {
     SwallowSqlError,
     /// Return an outcome above the size limit.
     HugeOutcome,
+    /// Keep the transaction busy (`pg_sleep`, not idle) for 1.5 s, then fail retriably.
+    SlowThenFailRetriable,
+    /// Keep the transaction busy for 1.5 s, then fail permanently.
+    SlowThenFailPermanent,
 }
 
 struct Fixture {
@@ -128,6 +132,16 @@ impl Fixture {
                     Then::HugeOutcome => {
                         return Ok(serde_json::json!({ "blob": "x".repeat(2 * 1024 * 1024) }))
                     }
+                    Then::SlowThenFailRetriable | Then::SlowThenFailPermanent => {
+                        tx.batch_execute("SELECT pg_sleep(1.5)")
+                            .await
+                            .map_err(HandlerError::retriable)?;
+                        return Err(if plan(ctx.attempt) == Then::SlowThenFailRetriable {
+                            HandlerError::retriable("slow and flaky")
+                        } else {
+                            HandlerError::permanent("slow and invalid")
+                        });
+                    }
                 }
                 Ok::<_, HandlerError>(serde_json::json!({ "booked": key }))
             })
@@ -177,6 +191,8 @@ fn always(then: Then) -> fn(u32) -> Then {
         Then::Hang => |_| Then::Hang,
         Then::SwallowSqlError => |_| Then::SwallowSqlError,
         Then::HugeOutcome => |_| Then::HugeOutcome,
+        Then::SlowThenFailRetriable => |_| Then::SlowThenFailRetriable,
+        Then::SlowThenFailPermanent => |_| Then::SlowThenFailPermanent,
     }
 }
 
@@ -646,5 +662,190 @@ async fn shutdown_does_not_wait_behind_a_duplicates_row_lock() {
     ));
     assert_eq!(fx.effects("locked").await, 1);
     assert_eq!(fx.runs.load(Ordering::SeqCst), 1);
+    fx.drop_table().await;
+}
+
+/// A store on the shared table whose connections carry `options` (URL-encoded server options).
+async fn store_with_options(options: &str) -> PostgresStore {
+    let sep = if postgres_url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let url = format!("{}{sep}options={options}", postgres_url());
+    let opts = idemq::store::postgres::PostgresOptions::default()
+        .with_table(SHARED_TABLE)
+        .expect("table");
+    PostgresStore::connect_with(&url, opts)
+        .await
+        .expect("connect with options")
+}
+
+/// A consumer whose host vanished (transaction open, row lock held, socket never closed) must not
+/// lock its key out for hours: another consumer processes the duplicate within lease + one retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_consumer_holding_an_uncommitted_claim_is_taken_over_within_lease_and_retry() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.lease = Duration::from_secs(2);
+    let stalled = Arc::new(fx.engine(config.clone(), always(Then::Hang)));
+    let healthy = fx.engine_on(
+        shared_store().await.expect("second store"),
+        config.clone(),
+        always(Then::Succeed),
+    );
+    let msg = fx.message("vanished", "p");
+    let stop = CancellationToken::new();
+    // The stalled consumer: it inserted its effect, then blocks forever without closing anything.
+    let hung = tokio::spawn({
+        let (e, m, s) = (stalled.clone(), msg.clone(), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    fx.inserted.notified().await;
+    let start = tokio::time::Instant::now();
+    // Lease + one retry interval, plus generous slack for a loaded machine.
+    let bound = config.lease + config.in_flight_poll.max + Duration::from_secs(8);
+    let disposition = loop {
+        match healthy.process(msg.clone(), &stop).await {
+            Disposition::Retry {
+                cause: RetryCause::InFlightElsewhere,
+                after,
+            } => {
+                assert!(
+                    start.elapsed() < bound,
+                    "the duplicate is still locked out after {:?}",
+                    start.elapsed()
+                );
+                tokio::time::sleep(after).await;
+            }
+            other => break other,
+        }
+    };
+    let took = start.elapsed();
+    assert!(
+        matches!(disposition, Disposition::Processed { .. }),
+        "{disposition:?}"
+    );
+    assert!(took < bound, "took over after {took:?}");
+    assert!(!hung.is_finished(), "the stalled handler never returns");
+    hung.abort();
+    assert_eq!(
+        fx.effects("vanished").await,
+        1,
+        "only the new owner's effect is committed"
+    );
+    fx.drop_table().await;
+}
+
+/// The claim transaction runs at READ COMMITTED whatever the session default: with
+/// `default_transaction_isolation = serializable`, a duplicate that waited on the row lock
+/// replays the outcome instead of failing with a serialization error ("store unavailable").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_is_read_committed_under_a_serializable_session_default() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let store = store_with_options("-cdefault_transaction_isolation%3Dserializable").await;
+    let level: String = store
+        .pool()
+        .get()
+        .await
+        .expect("client")
+        .query_one("SHOW default_transaction_isolation", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(level, "serializable", "the test's sessions default to it");
+    let engine = Arc::new(fx.engine_on(store, fx.config(), always(Then::WaitThenSucceed)));
+    let msg = fx.message("serializable", "p");
+    let stop = CancellationToken::new();
+    let first = tokio::spawn({
+        let (e, m, s) = (engine.clone(), msg.clone(), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    fx.inserted.notified().await;
+    let second = tokio::spawn({
+        let (e, m, s) = (engine.clone(), msg.clone(), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    // Let the duplicate reach the row lock before the first commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fx.resume.notify_one();
+    let first = first.await.expect("task");
+    assert!(matches!(first, Disposition::Processed { .. }), "{first:?}");
+    match second.await.expect("task") {
+        Disposition::Replayed { .. } => {}
+        other => panic!("expected Replayed, got {other:?}"),
+    }
+    assert_eq!(fx.effects("serializable").await, 1);
+    fx.drop_table().await;
+}
+
+/// Rows of the shared record table for `key` in the fixture's scope, expired or not.
+async fn raw_rows(fx: &Fixture, key: &str) -> Vec<String> {
+    let client = fx.store.pool().get().await.expect("client");
+    client
+        .query(
+            &format!("SELECT state FROM {SHARED_TABLE} WHERE scope = $1 AND idempotency_key = $2"),
+            &[&fx.scope, &key],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A failure whose fenced release / failure outcome matches no row (the token went stale: the
+/// record expired while the handler ran) commits nothing, neither the claim nor the handler's
+/// writes; the message is still retried or dead-lettered, never silently acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_with_a_stale_token_rolls_back_instead_of_committing() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.lease = Duration::from_secs(1);
+    config.retention = Duration::from_secs(1);
+    let stop = CancellationToken::new();
+
+    let retriable = fx.engine(config.clone(), always(Then::SlowThenFailRetriable));
+    let d = retriable
+        .process(fx.message("stale-retry", "p"), &stop)
+        .await;
+    assert!(
+        matches!(
+            d,
+            Disposition::Retry {
+                cause: RetryCause::HandlerFailed { .. },
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    assert_eq!(
+        raw_rows(&fx, "stale-retry").await,
+        Vec::<String>::new(),
+        "the claim must not commit after a lost fence"
+    );
+    assert_eq!(fx.effects("stale-retry").await, 0);
+
+    config.store_permanent_failures = true;
+    let permanent = fx.engine(config, always(Then::SlowThenFailPermanent));
+    let d = permanent
+        .process(fx.message("stale-permanent", "p"), &stop)
+        .await;
+    match &d {
+        Disposition::DeadLetter(dl) => assert_eq!(dl.reason, DeadLetterReason::HandlerFailed),
+        other => panic!("expected DeadLetter, got {other:?}"),
+    }
+    assert_eq!(
+        raw_rows(&fx, "stale-permanent").await,
+        Vec::<String>::new(),
+        "neither the claim nor a failure outcome commits after a lost fence"
+    );
+    assert_eq!(fx.effects("stale-permanent").await, 0);
     fx.drop_table().await;
 }

@@ -377,7 +377,9 @@ async fn records_are_one_string_in_the_documented_layout() {
     let value = raw_value(&mut admin, &rkey).await;
     let fields: Vec<&str> = value.split('|').collect();
     assert_eq!(fields.len(), 9, "{value:?}");
-    assert_eq!(&fields[..4], ["2", "p", "1", "1"], "{value:?}");
+    assert_eq!(&fields[..2], ["2", "p"], "{value:?}");
+    assert_eq!(fields[2], token.to_string(), "token: {value:?}");
+    assert_eq!(fields[3], "1", "attempt: {value:?}");
     assert!(fields[4].parse::<u64>().is_ok(), "lease end: {value:?}");
     assert_eq!(&fields[5..], ["", "", &f.to_hex()[..], ""], "{value:?}");
 
@@ -394,7 +396,7 @@ async fn records_are_one_string_in_the_documented_layout() {
         .query_async(&mut admin)
         .await
         .expect("GET");
-    let head = "2|c|1|1||";
+    let head = format!("2|c|{token}|1||");
     assert!(raw.starts_with(head.as_bytes()), "{raw:?}");
     let tail = [format!("|failed|{}|", f.to_hex()).as_bytes(), body].concat();
     assert!(raw.ends_with(&tail), "{raw:?}");
@@ -418,7 +420,7 @@ async fn records_are_one_string_in_the_documented_layout() {
     s.release(&k, token, Release::Reset).await.expect("release");
     assert_eq!(
         raw_value(&mut admin, &rkey).await,
-        format!("2|r|1|0||||{}|", f.to_hex())
+        format!("2|r|{token}|0||||{}|", f.to_hex())
     );
     let t = pttl(&mut admin, &rkey).await;
     assert!((39_000..=40_000).contains(&t), "{t}");
@@ -450,7 +452,7 @@ fn set(value: String) -> Vec<Vec<String>> {
 }
 
 /// Ways a record can be unreadable (name, part of the error detail, how), each applied with raw
-/// commands to a completed record whose value is `2|c|1|1||<ca>|succeeded|<fp>|ok`.
+/// commands to a completed record whose value is `2|c|<tok>|1||<ca>|succeeded|<fp>|ok`.
 fn corruptions() -> Vec<(&'static str, &'static str, Corruption)> {
     vec![
         ("format 1 record (a hash)", "not a string", |v| {
@@ -562,7 +564,7 @@ async fn corrupt_records_are_typed_errors_naming_the_key_and_stay_untouched() {
             .await
             .expect("complete");
         let value = raw_value(&mut admin, &rkey).await;
-        assert!(value.starts_with("2|c|1|1||"), "{value:?}");
+        assert!(value.starts_with(&format!("2|c|{token}|1||")), "{value:?}");
         let tail = format!("|succeeded|{}|ok", fp("a").to_hex());
         assert!(value.ends_with(&tail), "{value:?}");
         for c in corruption(&value) {
@@ -701,13 +703,7 @@ async fn server_loss_fails_fast_and_recovers_after_restart() {
     server.restart();
     let f = fp("a");
     let c = until_ok(Duration::from_secs(10), || claim(&s, &k, &f)).await;
-    assert_eq!(
-        c,
-        Claim::Acquired {
-            token: idemq::store::Token(1),
-            attempt: 1
-        }
-    );
+    assert!(matches!(c, Claim::Acquired { attempt: 1, .. }), "{c:?}");
 }
 
 #[tokio::test]
@@ -894,4 +890,56 @@ async fn rediss_urls_use_tls() {
         .await;
     assert!(plain.is_err());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Records written while tokens were a per-record counter (`1`, `2`, …) read unchanged, and their
+/// next claim moves the token to the server clock (ms), past anything the counter handed out.
+#[tokio::test]
+async fn counter_tokens_of_older_records_move_to_the_clock_on_the_next_claim() {
+    if !require_redis() {
+        return;
+    }
+    let s = store(&redis_url()).await;
+    let mut admin = admin(&redis_url()).await;
+    let k = key("legacy-token", "k");
+    let rkey = s.redis_key(&k);
+    let f = fp("a");
+    // A release tombstone with counter token 7.
+    let () = redis::cmd("SET")
+        .arg(&rkey)
+        .arg(format!("2|r|7|1||||{}|", f.to_hex()))
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut admin)
+        .await
+        .expect("SET");
+    let rec = s.get(&k).await.expect("get").expect("record");
+    assert_eq!(rec.token, idemq::store::Token(7));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let Claim::Acquired { token, attempt } = claim(&s, &k, &f).await.expect("claim") else {
+        panic!("expected Acquired")
+    };
+    assert_eq!(attempt, 2);
+    // The server's clock, within a generous skew of this host's.
+    assert!(token.0 > now_ms - 60_000, "{token} vs {now_ms}");
+    assert_eq!(
+        s.complete(
+            &k,
+            idemq::store::Token(7),
+            &Outcome::succeeded("x"),
+            RETENTION
+        )
+        .await
+        .expect("complete"),
+        Fence::Lost
+    );
+    assert_eq!(
+        s.complete(&k, token, &Outcome::succeeded("ok"), RETENTION)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
 }

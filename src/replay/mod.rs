@@ -9,7 +9,12 @@
 //! | [`ReplayClass::WouldRun`] | no record, released, or in progress | republish, then remove from the DLQ |
 //! | [`ReplayClass::WouldSkip`] | completed with the same fingerprint | remove without republishing |
 //! | [`ReplayClass::Conflict`] | recorded with another fingerprint | keep (it would be dead-lettered again) |
-//! | [`ReplayClass::NoKey`] | key missing or invalid | keep |
+//! | [`ReplayClass::NoKey`] | key missing or invalid, policy `Reject` | keep |
+//!
+//! Keyless messages follow the consumer's [`MissingKeyPolicy`] (from the [`KeyConfig`] the
+//! classifier is given, which must match the consumer's): `Reject` → `NoKey`;
+//! `DeriveFromPayload` → classified under the payload-derived key like any keyed message;
+//! `ProcessWithoutDedup` → `WouldRun` (the consumer runs it without a record).
 //!
 //! Republished copies carry the original payload and headers minus idemq's `x-idemq-*` dead-letter
 //! headers, plus `x-idemq-replayed: N` (see [`replay_headers`]). Each message is removed from the
@@ -31,7 +36,7 @@
 
 use crate::fingerprint::Fingerprint;
 use crate::headers;
-use crate::key::KeyConfig;
+use crate::key::{derive_from_payload, KeyConfig, MissingKeyPolicy};
 use crate::message::{Header, Message};
 use crate::store::{RecordKey, RecordState, Store, StoreError};
 use std::collections::BTreeMap;
@@ -50,7 +55,7 @@ pub enum ReplayClass {
     WouldSkip,
     /// The key is recorded with another payload: the consumer would dead-letter it again.
     Conflict,
-    /// No usable key: the consumer would dead-letter it again (under the default policy).
+    /// No usable key and the consumer's policy is `Reject`: it would dead-letter it again.
     NoKey,
 }
 
@@ -140,15 +145,26 @@ impl Classifier {
 
     /// Classifies one message (one store read).
     pub async fn classify(&self, msg: &Message) -> Result<Classified, StoreError> {
+        // The consumer's missing-key policy decides, as it does in the engine.
         let key = match self.key.extract(msg) {
             Ok(k) => k,
-            Err(e) => {
-                return Ok(Classified {
-                    class: ReplayClass::NoKey,
-                    key: None,
-                    detail: e.to_string(),
-                })
-            }
+            Err(e) => match self.key.missing {
+                MissingKeyPolicy::Reject => {
+                    return Ok(Classified {
+                        class: ReplayClass::NoKey,
+                        key: None,
+                        detail: e.to_string(),
+                    })
+                }
+                MissingKeyPolicy::ProcessWithoutDedup => {
+                    return Ok(Classified {
+                        class: ReplayClass::WouldRun,
+                        key: None,
+                        detail: format!("{e}; the consumer processes it without deduplication"),
+                    })
+                }
+                MissingKeyPolicy::DeriveFromPayload => derive_from_payload(msg),
+            },
         };
         let fingerprint = Fingerprint::of(msg, &self.fingerprint_headers);
         let record = self
@@ -211,9 +227,12 @@ pub fn next_replay_count(original: &[Header]) -> u64 {
 
 /// Whether a header is one idemq adds when dead-lettering (or the replay counter).
 pub fn is_dead_letter_header(name: &str) -> bool {
-    name.len() >= headers::DEAD_LETTER_PREFIX.len()
-        && name[..headers::DEAD_LETTER_PREFIX.len()]
-            .eq_ignore_ascii_case(headers::DEAD_LETTER_PREFIX)
+    // Compared as bytes: slicing the `str` at the prefix length panics when that byte falls inside
+    // a multi-byte character (`tenant-ü`).
+    let prefix = headers::DEAD_LETTER_PREFIX.as_bytes();
+    name.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// Counts and samples of a replay run.
@@ -305,6 +324,80 @@ mod tests {
         assert_eq!(class(msg(Some("new"), "p")).await, ReplayClass::WouldRun);
         assert_eq!(class(msg(None, "p")).await, ReplayClass::NoKey);
         assert_eq!(class(msg(Some(""), "p")).await, ReplayClass::NoKey);
+    }
+
+    #[tokio::test]
+    async fn keyless_messages_follow_the_consumers_missing_key_policy() {
+        let store = Arc::new(MemoryStore::new());
+        let keys = |missing| KeyConfig {
+            missing,
+            ..KeyConfig::default()
+        };
+        // A keyless message the consumer (DeriveFromPayload) already completed.
+        let done = msg(None, "done");
+        let key = RecordKey::new("s", derive_from_payload(&done));
+        let f = Fingerprint::of(&done, &[]);
+        let req = ClaimRequest::new(&key, &f, Duration::from_secs(30), Duration::from_secs(60));
+        let Claim::Acquired { token, .. } = store.claim(&req).await.unwrap() else {
+            panic!()
+        };
+        store
+            .complete(
+                &key,
+                token,
+                &Outcome::succeeded("1"),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+
+        let derive = Classifier::new(
+            store.clone(),
+            "s",
+            keys(MissingKeyPolicy::DeriveFromPayload),
+        );
+        let c = derive.classify(&msg(None, "new")).await.unwrap();
+        assert_eq!(c.class, ReplayClass::WouldRun);
+        assert_eq!(
+            c.key,
+            Some(derive_from_payload(&msg(None, "new")).as_str().to_string())
+        );
+        let c = derive.classify(&done).await.unwrap();
+        assert_eq!(c.class, ReplayClass::WouldSkip);
+        // Invalid keys are derived too, as the engine does.
+        let c = derive.classify(&msg(Some(""), "new")).await.unwrap();
+        assert_eq!(c.class, ReplayClass::WouldRun);
+
+        let process = Classifier::new(
+            store.clone(),
+            "s",
+            keys(MissingKeyPolicy::ProcessWithoutDedup),
+        );
+        let c = process.classify(&done).await.unwrap();
+        assert_eq!((c.class, c.key), (ReplayClass::WouldRun, None));
+
+        let reject = Classifier::new(store, "s", keys(MissingKeyPolicy::Reject));
+        assert_eq!(
+            reject.classify(&done).await.unwrap().class,
+            ReplayClass::NoKey
+        );
+    }
+
+    #[test]
+    fn header_names_with_multi_byte_characters_at_the_prefix_length_do_not_panic() {
+        // `ü` occupies bytes 7..9, so byte 8 (the prefix length) is inside it.
+        assert!(!is_dead_letter_header("tenant-ü"));
+        assert!(!is_dead_letter_header("x-idemq"));
+        assert!(!is_dead_letter_header("ü"));
+        assert!(!is_dead_letter_header(""));
+        assert!(is_dead_letter_header("X-IDEMQ-reason"));
+        assert!(is_dead_letter_header("x-idemq-ü"));
+        let out = replay_headers(&[
+            Header::new("tenant-ü", "7"),
+            Header::new("x-idemq-error", "e"),
+        ]);
+        let names: Vec<&str> = out.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["tenant-ü", "x-idemq-replayed"]);
     }
 
     #[test]

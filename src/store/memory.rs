@@ -3,6 +3,10 @@
 //! Correct under concurrency inside one process (one mutex, every operation atomic), with leases
 //! and retention honoured. It keeps time with `tokio::time::Instant`, so tests can drive expiry with
 //! a paused tokio clock (`#[tokio::test(start_paused = true)]` and `tokio::time::advance`).
+//!
+//! Tokens come from one counter for the whole store, so a key's token keeps growing for the life
+//! of the store, even after its record expired or was forgotten: an owner that stalled past its
+//! record's lifetime can never write with a token that a later claim was given again.
 
 use super::types::*;
 use super::{Store, StoreError};
@@ -46,6 +50,8 @@ struct Entry {
 pub struct MemoryStore {
     records: Mutex<HashMap<RecordKey, Entry>>,
     writes: AtomicU64,
+    /// The last token handed out (by any key); only advanced under the `records` lock.
+    last_token: AtomicU64,
     max_outcome_bytes: usize,
 }
 
@@ -61,6 +67,7 @@ impl MemoryStore {
         Self {
             records: Mutex::new(HashMap::new()),
             writes: AtomicU64::new(0),
+            last_token: AtomicU64::new(0),
             max_outcome_bytes: DEFAULT_MAX_OUTCOME_BYTES,
         }
     }
@@ -139,8 +146,9 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut map = self.lock();
         self.maybe_sweep(&mut map, now);
-        let fresh = |token: u64, attempt: u32| Entry {
-            token,
+        let fresh = |attempt: u32| Entry {
+            // Store-wide, so a record that expired and is claimed again never reuses a token.
+            token: self.last_token.fetch_add(1, Ordering::Relaxed) + 1,
             fingerprint: *req.fingerprint,
             attempt,
             state: State::InProgress {
@@ -149,11 +157,10 @@ impl Store for MemoryStore {
             expires_at: now + req.retention.max(req.lease),
         };
         let Some(e) = live(&mut map, req.key, now) else {
-            map.insert(req.key.clone(), fresh(1, 1));
-            return Ok(Claim::Acquired {
-                token: Token(1),
-                attempt: 1,
-            });
+            let entry = fresh(1);
+            let token = Token(entry.token);
+            map.insert(req.key.clone(), entry);
+            return Ok(Claim::Acquired { token, attempt: 1 });
         };
         if !matches!(e.state, State::Released) && e.fingerprint != *req.fingerprint {
             return Ok(Claim::Conflict {
@@ -168,7 +175,7 @@ impl Store for MemoryStore {
                 retry_after: *lease_until - now,
             }),
             State::InProgress { .. } | State::Released => {
-                *e = fresh(e.token + 1, e.attempt + 1);
+                *e = fresh(e.attempt + 1);
                 Ok(Claim::Acquired {
                     token: Token(e.token),
                     attempt: e.attempt,

@@ -4,6 +4,17 @@
 //! in-progress record back into "absent" for claiming purposes (it keeps a tombstone with the fencing
 //! token so tokens never go backwards, see [`RecordState::Released`]).
 //!
+//! ## Fencing tokens
+//! A key's token grows with every successful claim **for the life of the store**, not only while
+//! its record exists: a claim of a key whose record expired (or was purged or forgotten) gets a
+//! token larger than any the old record had. So a consumer that stalled longer than the record's
+//! lifetime and then tries to complete, release or renew with its old token gets
+//! [`Fence::Lost`] instead of overwriting the new owner's claim or outcome. The memory store draws
+//! tokens from one store-wide counter; Redis and Postgres make them `max(previous + 1, store clock
+//! in ms since the epoch)` (the server's clock, read in the same script or statement), which is
+//! monotonic as long as the server clock does not step back by more than a record's lifetime.
+//! Tokens are therefore large, non-consecutive numbers; only their order means anything.
+//!
 //! | backend | feature | use |
 //! |---|---|---|
 //! | [`MemoryStore`] | always | dev, tests, single-process consumers |

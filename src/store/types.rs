@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 /// Default largest outcome a store accepts: 1 MiB.
 pub const DEFAULT_MAX_OUTCOME_BYTES: usize = 1024 * 1024;
 
-/// A fencing token: grows with every successful claim of a key and never goes back while the record
-/// (or its release tombstone) is retained.
+/// A fencing token: grows with every successful claim of a key and never goes back, even after the
+/// key's record expired (see the [store module docs](crate::store#fencing-tokens)). Only the order
+/// of tokens means anything; they are not consecutive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Token(pub u64);
 

@@ -31,12 +31,17 @@ pub const RETENTION: Duration = Duration::from_secs(60);
 /// Writes garbage into the stored record of a key, so reads must fail with a typed error.
 pub type Corrupter = Box<dyn Fn(RecordKey) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// Physically removes expired records (Postgres `purge_expired`), for backends that keep them.
+pub type Purger = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// A store under test.
 pub struct Subject {
     /// The store, empty or at least free of this test's keys.
     pub store: Arc<dyn Store>,
     /// How to corrupt a record; `None` when the backend cannot hold unreadable data (memory).
     pub corrupt: Option<Corrupter>,
+    /// How to delete expired records; `None` when they vanish by themselves (memory, Redis TTLs).
+    pub purge: Option<Purger>,
     /// Scope unique to this test.
     pub scope: String,
 }
@@ -47,6 +52,7 @@ impl Subject {
         Self {
             store,
             corrupt: None,
+            purge: None,
             scope: super::services::unique("conf"),
         }
     }
@@ -54,6 +60,12 @@ impl Subject {
     /// Adds a corrupter.
     pub fn with_corrupter(mut self, c: Corrupter) -> Self {
         self.corrupt = Some(c);
+        self
+    }
+
+    /// Adds a purger.
+    pub fn with_purger(mut self, p: Purger) -> Self {
+        self.purge = Some(p);
         self
     }
 
@@ -202,6 +214,56 @@ pub async fn stale_token_cannot_write(s: Subject) {
     assert_eq!(complete(&s, &k, new, "fresh").await, Fence::Held);
     assert_eq!(complete(&s, &k, old, "stale").await, Fence::Lost);
     match claim(&s, &k, &fp("a"), LEASE).await {
+        Claim::Completed { outcome } => assert_eq!(&outcome.body[..], b"fresh"),
+        other => panic!("expected Completed, got {other:?}"),
+    }
+}
+
+/// An old token is refused after the record expired and was claimed again: a consumer that stalled
+/// longer than its record's whole lifetime (the record expired and, where the backend keeps expired
+/// rows, was purged) must not complete, renew or release with its old token, because a fresh claim
+/// of the key never hands out a token the old record had.
+pub async fn old_token_is_refused_after_the_record_expired_and_was_claimed_again(s: Subject) {
+    let k = s.key("expired-reclaim");
+    let f = fp("a");
+    // Retention no longer than the lease: the record expires together with the lease.
+    let short = ClaimRequest::new(&k, &f, LEASE, LEASE);
+    let old = match s.store.claim(&short).await.expect("claim") {
+        Claim::Acquired { token, .. } => token,
+        other => panic!("expected Acquired, got {other:?}"),
+    };
+    tokio::time::sleep(PAST_LEASE).await;
+    assert!(
+        s.store.get(&k).await.expect("get").is_none(),
+        "the record expired"
+    );
+    if let Some(purge) = &s.purge {
+        purge().await;
+    }
+    let (new, attempt) = acquire(&s, &k, &f, Duration::from_secs(30)).await;
+    assert_eq!(attempt, 1, "an expired record starts over");
+    assert!(new > old, "token reused after expiry: {old} -> {new}");
+
+    assert_eq!(complete(&s, &k, old, "stale").await, Fence::Lost);
+    let renewed = s
+        .store
+        .renew(&k, old, Duration::from_secs(30))
+        .await
+        .expect("renew");
+    assert_eq!(renewed, Fence::Lost);
+    let released = s
+        .store
+        .release(&k, old, Release::Retry)
+        .await
+        .expect("release");
+    assert_eq!(released, Fence::Lost);
+    let rec = s.store.get(&k).await.expect("get").expect("record");
+    assert_eq!(rec.token, new);
+    assert!(matches!(rec.state, RecordState::InProgress { .. }));
+
+    assert_eq!(complete(&s, &k, new, "fresh").await, Fence::Held);
+    assert_eq!(complete(&s, &k, old, "stale").await, Fence::Lost);
+    match claim(&s, &k, &f, LEASE).await {
         Claim::Completed { outcome } => assert_eq!(&outcome.body[..], b"fresh"),
         other => panic!("expected Completed, got {other:?}"),
     }
@@ -536,6 +598,7 @@ macro_rules! store_conformance {
             expired_lease_is_taken_over,
             short_retention_does_not_cut_the_lease,
             stale_token_cannot_write,
+            old_token_is_refused_after_the_record_expired_and_was_claimed_again,
             completed_key_replays_outcome,
             complete_is_idempotent_for_the_owner,
             other_fingerprint_is_conflict,

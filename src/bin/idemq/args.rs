@@ -100,6 +100,11 @@ pub struct ReplayArgs {
     /// Headers that take part in the fingerprint, as configured on the consumer (repeatable).
     #[arg(long = "fingerprint-header")]
     pub fingerprint_headers: Vec<String>,
+    /// The consumer's policy for messages without a valid key: reject (no_key, kept in the DLQ),
+    /// derive (key = SHA-256 of the payload, classified like keyed messages), process (run
+    /// without deduplication: would_run).
+    #[arg(long, value_enum, default_value_t = MissingKeyArg::Reject)]
+    pub missing_key: MissingKeyArg,
     /// Kafka: consumer group whose committed offsets mark what was replayed
     /// (default `idemq-replay-<from>`).
     #[arg(long)]
@@ -178,6 +183,27 @@ pub struct ListArgs {
     /// At most this many records.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+}
+
+/// The consumer's missing-key policy (`idemq::MissingKeyPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MissingKeyArg {
+    /// `Reject`: dead-lettered again, so kept in the DLQ.
+    Reject,
+    /// `DeriveFromPayload`: the key is the SHA-256 of the payload.
+    Derive,
+    /// `ProcessWithoutDedup`: run without a record.
+    Process,
+}
+
+impl From<MissingKeyArg> for idemq::MissingKeyPolicy {
+    fn from(a: MissingKeyArg) -> Self {
+        match a {
+            MissingKeyArg::Reject => idemq::MissingKeyPolicy::Reject,
+            MissingKeyArg::Derive => idemq::MissingKeyPolicy::DeriveFromPayload,
+            MissingKeyArg::Process => idemq::MissingKeyPolicy::ProcessWithoutDedup,
+        }
+    }
 }
 
 /// Record state filter.

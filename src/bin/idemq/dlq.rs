@@ -15,6 +15,7 @@ pub async fn replay(a: &ReplayArgs, out: Output) -> Result<(), Failure> {
     let key = KeyConfig {
         headers: a.key_headers.clone(),
         use_message_id: a.message_id_fallback,
+        missing: a.missing_key.into(),
         ..KeyConfig::default()
     };
     let classifier = Classifier::new(store, a.at.scope.clone(), key)

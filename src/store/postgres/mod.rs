@@ -8,6 +8,8 @@
 //! and retention use the database clock, so consumer hosts need not agree on the time.
 //! Rows past their retention read as absent; [`PostgresStore::purge_expired`] deletes them (call
 //! it periodically, e.g. every few minutes; an index on the expiry column keeps it cheap).
+//! Tokens are `max(previous + 1, database clock in ms)`, so they keep growing after a row expired
+//! or was purged (see [`Token`](crate::store::Token)).
 //!
 //! [`TransactionalEngine`] goes further: it claims the key, runs your handler and stores the
 //! outcome in **one transaction**, handing the handler that transaction for its own writes. The
@@ -70,6 +72,13 @@ use tracing::debug;
 /// How often a claim is re-run when a concurrent claim committed between the statement's snapshot
 /// and its upsert (each re-run takes a fresh snapshot, so two suffice in practice).
 const CLAIM_RACE_RETRIES: u32 = 8;
+/// tokio-postgres's default TCP keepalive idle time (the operating system's usual 2 h).
+const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+/// Keepalive settings of the pools `connect_with` builds: probes after 30 s idle, every 10 s,
+/// 3 unanswered probes end the connection.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVES_RETRIES: u32 = 3;
 /// Rows deleted per statement by [`PostgresStore::purge_expired`].
 const PURGE_BATCH: i64 = 5_000;
 
@@ -143,9 +152,10 @@ impl PostgresStore {
 
     /// Connects (without TLS) with `options`.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let pg: tokio_postgres::Config = url
+        let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::InvalidConfig(format!("postgres URL: {e}")))?;
+        shorten_keepalives(&mut pg);
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -266,18 +276,21 @@ impl PostgresStore {
         self.options.max_outcome_bytes
     }
 
-    /// Runs the claim statement once on `client` (a pooled connection or an open transaction).
+    /// Runs the claim statement once on a pooled connection (its own transaction).
     /// `Ok(None)`: a concurrent claim committed in between; run it again.
-    pub(crate) async fn claim_once(
+    async fn claim_once(
         &self,
         client: &impl GenericClient,
         stmt: &tokio_postgres::Statement,
         req: &ClaimRequest<'_>,
     ) -> Result<Option<Claim>, StoreError> {
-        let rows = client
-            .query(stmt, &claim_params(req).as_params())
-            .await
-            .map_err(|e| self.db("claim", e))?;
+        let rows = match client.query(stmt, &claim_params(req).as_params()).await {
+            Ok(rows) => rows,
+            // The same race under a REPEATABLE READ / SERIALIZABLE session default: the statement
+            // was its own transaction and changed nothing, so run it again.
+            Err(e) if is_serialization_failure(&e) => return Ok(None),
+            Err(e) => return Err(self.db("claim", e)),
+        };
         interpret_claim(rows, req)
     }
 
@@ -301,12 +314,42 @@ impl PostgresStore {
     ) -> Result<Fence, StoreError> {
         let client = self.client(op).await?;
         let stmt = self.prepare(&client, op, sql).await?;
-        let n = client
-            .execute(&stmt, params)
-            .await
-            .map_err(|e| self.db(op, e))?;
+        let mut attempt = 0;
+        let n = loop {
+            match client.execute(&stmt, params).await {
+                Ok(n) => break n,
+                // A REPEATABLE READ / SERIALIZABLE session default turns a concurrent update of
+                // the row into a serialization failure; the statement was its own transaction
+                // and changed nothing, so run it again (it then sees the committed row).
+                Err(e) if is_serialization_failure(&e) && attempt < CLAIM_RACE_RETRIES => {
+                    attempt += 1
+                }
+                Err(e) => return Err(self.db(op, e)),
+            }
+        };
         Ok(if n > 0 { Fence::Held } else { Fence::Lost })
     }
+}
+
+/// A vanished server (or a dead network path) is noticed within about a minute rather than after
+/// the 2 h TCP default; a URL that sets `keepalives_idle` (or turns keepalives off) keeps its own
+/// settings.
+fn shorten_keepalives(pg: &mut tokio_postgres::Config) {
+    if pg.get_keepalives() && pg.get_keepalives_idle() == DEFAULT_KEEPALIVES_IDLE {
+        pg.keepalives_idle(KEEPALIVES_IDLE);
+        if pg.get_keepalives_interval().is_none() {
+            pg.keepalives_interval(KEEPALIVES_INTERVAL);
+        }
+        if pg.get_keepalives_retries().is_none() {
+            pg.keepalives_retries(KEEPALIVES_RETRIES);
+        }
+    }
+}
+
+/// Whether `e` is a serialization failure (SQLSTATE 40001), which only REPEATABLE READ and
+/// SERIALIZABLE transactions raise.
+fn is_serialization_failure(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
 /// Owned claim parameters (the statement takes `$1..$5`).
@@ -586,6 +629,23 @@ fn split_url_options(url: &str) -> Result<(String, Option<String>, bool), StoreE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_send_keepalives_after_30_s_unless_the_url_says_otherwise() {
+        let mut pg: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
+        shorten_keepalives(&mut pg);
+        assert_eq!(pg.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(pg.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(pg.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        let mut own: tokio_postgres::Config =
+            "postgres://u@h/db?keepalives_idle=600".parse().unwrap();
+        shorten_keepalives(&mut own);
+        assert_eq!(own.get_keepalives_idle(), Duration::from_secs(600));
+        let mut off: tokio_postgres::Config = "postgres://u@h/db?keepalives=0".parse().unwrap();
+        shorten_keepalives(&mut off);
+        assert!(!off.get_keepalives());
+        assert_eq!(off.get_keepalives_idle(), DEFAULT_KEEPALIVES_IDLE);
+    }
 
     #[test]
     fn url_options_are_split_off() {

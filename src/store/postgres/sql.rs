@@ -9,6 +9,10 @@ use super::table::TableName;
 /// The migration, written for the default table name.
 pub(crate) const MIGRATION_0001: &str = include_str!("../../../migrations/0001_idemq.sql");
 
+/// The database clock in ms since the epoch: the floor of every new token, so tokens keep growing
+/// across a record's expiry and `purge_expired` (see the module docs of `postgres`).
+const CLOCK_MS: &str = "(extract(epoch FROM statement_timestamp()) * 1000)::int8";
+
 /// Columns every reading statement returns, in the order [`super::row`] parses them.
 const READ_COLUMNS: &str = "token, fingerprint, attempt, state, \
     (extract(epoch FROM (lease_until - statement_timestamp())) * 1000000)::int8 AS lease_us, \
@@ -52,12 +56,12 @@ impl Sql {
                 ), up AS (
                     INSERT INTO {t} AS r (scope, idempotency_key, token, fingerprint, attempt, state,
                                           lease_until, expires_at)
-                    SELECT $1::text, $2::text, 1, $3::bytea, 1, 'in_progress',
+                    SELECT $1::text, $2::text, {CLOCK_MS}, $3::bytea, 1, 'in_progress',
                            statement_timestamp() + $4::int8 * interval '1 microsecond',
                            statement_timestamp() + greatest($4::int8, $5::int8) * interval '1 microsecond'
                     WHERE NOT EXISTS (SELECT 1 FROM cur WHERE state = 'completed' AND expires_us > 0)
                     ON CONFLICT (scope, idempotency_key) DO UPDATE SET
-                        token = r.token + 1,
+                        token = greatest(r.token + 1, {CLOCK_MS}),
                         fingerprint = excluded.fingerprint,
                         attempt = CASE WHEN r.expires_at <= statement_timestamp() THEN 1
                                        ELSE r.attempt + 1 END,
@@ -138,9 +142,14 @@ impl Sql {
 /// The migration for `table`: the shipped file with the default names replaced, preceded by
 /// `CREATE SCHEMA IF NOT EXISTS` for a schema-qualified name.
 fn render_migration(table: &TableName) -> String {
+    // The index name contains the table name, so it is swapped out for a placeholder first: once
+    // quoted, a second pass over it would quote the table name inside the quoted index name again
+    // (`""idemq_records"_expires_at_idx"`, a zero-length identifier, for the default table).
+    const INDEX_PLACEHOLDER: &str = "\u{0}idemq-index\u{0}";
     let body = MIGRATION_0001
-        .replace("idemq_records_expires_at_idx", &table.index_sql())
-        .replace("idemq_records", &table.sql());
+        .replace("idemq_records_expires_at_idx", INDEX_PLACEHOLDER)
+        .replace("idemq_records", &table.sql())
+        .replace(INDEX_PLACEHOLDER, &table.index_sql());
     match table.schema_sql() {
         Some(schema) => format!("CREATE SCHEMA IF NOT EXISTS {schema};\n{body}"),
         None => body,
@@ -150,6 +159,18 @@ fn render_migration(table: &TableName) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migration_is_rendered_for_the_default_table() {
+        let sql = render_migration(&TableName::default());
+        assert!(!sql.contains("\"\""), "doubly quoted identifier in {sql}");
+        assert!(!sql.contains('\u{0}'), "placeholder left in {sql}");
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"idemq_records\" ("));
+        assert!(sql.contains(
+            "INDEX IF NOT EXISTS \"idemq_records_expires_at_idx\" ON \"idemq_records\" (expires_at)"
+        ));
+        assert!(!sql.contains("CREATE SCHEMA"));
+    }
 
     #[test]
     fn migration_is_rendered_for_custom_tables() {

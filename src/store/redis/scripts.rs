@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `2` | format version |
 //! | `st` | state: `p` in progress, `r` released tombstone, `c` completed |
-//! | `tok` | fencing token (decimal) |
+//! | `tok` | fencing token (decimal): `max(previous + 1, server clock in ms)`, see below |
 //! | `att` | attempt number (decimal) |
 //! | `lu` | lease end, server clock in ms since the epoch; state `p` only, empty otherwise |
 //! | `ca` | completed-at, ms since the epoch; state `c` only, empty otherwise |
@@ -29,6 +29,16 @@
 //! Times come from `redis.call('TIME')`, read lazily and at most once per script run, so consumers'
 //! clock skew does not matter. Redis ≥ 6 is required (`SET … KEEPTTL`; effects replication, which
 //! makes `TIME` inside a writing script safe, is the default since 5).
+//!
+//! **Tokens** are `max(previous token + 1, server clock in ms since the epoch)`, the clock being
+//! the `TIME` the acquiring claim reads anyway (no extra `redis.call`). So a key's token keeps
+//! growing even across the record's expiry: a claim of a key whose record expired (and is
+//! therefore gone from Redis) gets a token larger than any the old record had, and an owner that
+//! stalled past the record's lifetime is refused (`lost`) instead of overwriting the new owner.
+//! This holds as long as the server clock does not step back by more than a record's lifetime
+//! (at least its lease); more than one claim of the same key per millisecond only moves its token
+//! ahead of the clock by one per claim. Records written with the old counter tokens (1, 2, …)
+//! read unchanged; their next claim jumps to the clock.
 //!
 //! Every script first validates the record (`load`), and answers `{'corrupt', detail}` instead of
 //! acting on a record it cannot read: a key of another type, a value that does not parse, another
@@ -158,18 +168,25 @@ end
 /// `claim_one(key, fingerprint, lease ms, record TTL ms)`: one record's claim; the TTL is
 /// `max(retention, lease)`, computed by the client. Replay, conflict: `GET` only; in flight: `GET`
 /// + `TIME`; acquire: `GET` + `TIME` + one `SET … PX`.
+///
+/// The token is `max(previous + 1, now ms)` (see the module docs), from the same `TIME` reading.
 const CLAIM_FN: &str = r#"
 local function claim_one(key, fp, lease, ttl)
   local rec, why = load(key)
   if rec == false then return {'corrupt', why} end
-  -- Text for a new key (no conversion on the common path; the client reads numbers in either
-  -- form), numbers (Lua converts the text fields) for a takeover.
-  local tok, att = '1', '1'
+  -- The clock as text for a new key (formatted once per script run; the client reads numbers
+  -- in either form), numbers (Lua converts the text fields) for a takeover. Tokens stay below
+  -- 1e14, so Lua prints them in plain decimal, as `complete` compares them.
+  -- Replays and conflicts must not read the clock (`TIME` is a `redis.call`).
+  local tok, att
   if rec then
     if rec.st ~= 'r' and rec.fp ~= fp then return {'conflict', rec.fp} end
     if rec.st == 'c' then return {'completed', rec.os, rec.ob} end
     if rec.st == 'p' and rec.lu > now_ms() then return {'inflight', rec.lu - now_ms()} end
     tok, att = rec.tok + 1, rec.att + 1
+    if tok <= now_ms() then tok = now_text() end
+  else
+    tok, att = now_text(), '1'
   end
   redis.call('SET', key, encode('p', tok, att, lease_end(lease), '', '', fp, ''), 'PX', ttl)
   return {'acquired', tok, att}

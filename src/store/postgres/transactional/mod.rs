@@ -11,7 +11,11 @@
 //! | `Err(Retriable)` / panic | roll back to the savepoint (effects gone), release (attempt counted), `COMMIT` | retry with backoff; dead-letter after `max_attempts` |
 //! | `Err(Permanent)` | roll back to the savepoint, release (or store the failure, per `store_permanent_failures`), `COMMIT` | dead-letter |
 //! | outcome too large | roll back to the savepoint, release, `COMMIT` | dead-letter `outcome-too-large` |
+//! | failure whose fenced release / outcome matches no row (record expired during the handler) | `ROLLBACK` of everything, claim included | retry or dead-letter as for the failure |
 //! | crash, dropped future, lost connection, failed `COMMIT` | nothing commits: the server rolls back | redelivery runs again on a clean slate |
+//! | host vanished / handler stalled with the transaction idle for a lease | the server ends the session (`idle_in_transaction_session_timeout` = lease): rollback, row lock freed | a duplicate is processed within lease + one retry |
+//!
+//! The transaction is `READ COMMITTED` whatever the session default (the claim relies on it).
 //!
 //! A duplicate arriving meanwhile (another consumer, another partition, a redelivery) blocks on
 //! the row lock in its own claim; once the first transaction commits it sees the completed record
@@ -20,7 +24,8 @@
 //!
 //! Rules for handlers: do every write that must happen exactly once through the given
 //! transaction; never `COMMIT` or `ROLLBACK` it yourself (savepoints are fine); effects outside
-//! the database (HTTP calls, e-mails) are still at-least-once. Each running handler holds one
+//! the database (HTTP calls, e-mails) are still at-least-once; do not leave the transaction idle
+//! (between statements) for longer than the lease, or the server ends the session. Each running handler holds one
 //! pooled connection, so size the pool above the adapter's concurrency.
 //!
 //! ```no_run

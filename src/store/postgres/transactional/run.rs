@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::IsolationLevel;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, field, info, warn, Instrument, Span};
 
@@ -197,7 +198,15 @@ impl<H: TransactionalHandler> Inner<H> {
             .as_millis()
             // 0 would mean "no timeout"; the server's maximum is i32::MAX ms.
             .clamp(1, i32::MAX as u128);
-        let set = format!("SET LOCAL lock_timeout = {lock_ms}");
+        // A consumer whose host vanished leaves its session idle in transaction, holding the row
+        // lock, until TCP notices (hours): the server ends such a session once it has been idle
+        // for a lease, so its key is taken over within lease + one retry, as with the other
+        // engine. Only idle time between statements counts, not a long-running statement.
+        let idle_ms = self.config.lease.as_millis().clamp(1, i32::MAX as u128);
+        let set = format!(
+            "SET LOCAL lock_timeout = {lock_ms}; \
+             SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"
+        );
         let params = claim_params(req);
         let params = params.as_params();
         let pipelined = async {
@@ -435,32 +444,52 @@ impl<H: TransactionalHandler> Inner<H> {
     /// Undoes the handler's writes, records the failure on the claimed row and commits. Best
     /// effort: if it fails, the whole transaction rolls back (claim included) and the key is
     /// simply claimable again, with this attempt not counted.
+    ///
+    /// If the fenced write matches no row (our token is stale: the record expired while the
+    /// handler ran), nothing may commit, not even the claim: the whole transaction is rolled
+    /// back. The caller's disposition (retry without ack, or dead-letter) still holds: under our
+    /// row lock nobody else can own the key, so there is no new owner to leave the message to.
     async fn settle(&self, tx: Transaction<'_>, record: &RecordKey, token: Token, how: Settle) {
         let result = async {
             tx.batch_execute(ROLLBACK_TO_SAVEPOINT).await?;
             let token_sql = i64::try_from(token.0).unwrap_or(i64::MAX);
-            match &how {
+            let held = match &how {
                 Settle::Release(mode) => {
                     let stmt = tx.prepare_cached(&self.store.sql().release).await?;
                     let reset = *mode == Release::Reset;
-                    tx.execute(
-                        &stmt,
-                        &[&record.scope, &record.key.as_str(), &token_sql, &reset],
-                    )
-                    .await?;
+                    let n = tx
+                        .execute(
+                            &stmt,
+                            &[&record.scope, &record.key.as_str(), &token_sql, &reset],
+                        )
+                        .await?;
+                    n > 0
                 }
                 Settle::StoreFailure(outcome) => {
-                    self.write_outcome(&tx, record, token, outcome).await?;
+                    self.write_outcome(&tx, record, token, outcome).await?
                 }
+            };
+            if held {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
             }
-            tx.commit().await
+            Ok::<_, tokio_postgres::Error>(held)
         };
         let result = timed("settle", self.config.store_timeout, async {
             result.await.map_err(|e| self.store.db("settle", e))
         })
         .await;
-        if let Err(err) = result {
-            warn!(%err, "could not record the failure; the claim was rolled back instead");
+        match result {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                %token,
+                "stale token: the record expired while the handler ran; \
+                 the transaction was rolled back and nothing was recorded"
+            ),
+            Err(err) => {
+                warn!(%err, "could not record the failure; the claim was rolled back instead")
+            }
         }
     }
 
@@ -527,9 +556,14 @@ impl<H: TransactionalHandler> Inner<H> {
         &self,
         client: &'c mut deadpool_postgres::Object,
     ) -> Result<Transaction<'c>, StoreError> {
+        // READ COMMITTED whatever the session default: the claim statement relies on it (a
+        // concurrent claim's commit is a re-run, see `Step::Raced`); under REPEATABLE READ or
+        // SERIALIZABLE the same race is a serialization failure, reported as "store unavailable".
         let begin = async {
             client
-                .transaction()
+                .build_transaction()
+                .isolation_level(IsolationLevel::ReadCommitted)
+                .start()
                 .await
                 .map_err(|e| self.store.db("begin", e))
         };
