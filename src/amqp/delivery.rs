@@ -11,7 +11,7 @@ use super::gate::Gate;
 use super::publish::Publisher;
 use super::reply::reply_properties;
 use super::stats::{Counters, StatsHandle};
-use crate::engine::{Disposition, Processor, RetryCause};
+use crate::engine::{panic_text, Disposition, Processor, RetryCause};
 use crate::message::Message;
 use crate::outcome::Outcome;
 use bytes::Bytes;
@@ -20,12 +20,13 @@ use lapin::message::Delivery;
 use lapin::options::{BasicNackOptions, BasicRejectOptions};
 use lapin::{Acker, BasicProperties};
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// State shared by all delivery tasks of one consumer (across reconnects).
 pub(crate) struct Shared {
@@ -88,19 +89,62 @@ pub(crate) fn handle(
         facts.payload.clone(),
     ));
     async move {
-        let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await else {
-            return;
+        // Set once an ack, nack or reject is under way: after that a panic must not settle again
+        // (a second settle of one tag is a channel error).
+        let settling = AtomicBool::new(false);
+        let work = async {
+            let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await
+            else {
+                return;
+            };
+            let settle = Settle {
+                shared: &shared,
+                publisher: &publisher,
+                acks: &acks,
+                acker: &acker,
+                facts: &facts,
+                permit: Mutex::new(Some(permit)),
+                settling: &settling,
+            };
+            settle.apply(disposition).await;
         };
-        let settle = Settle {
-            shared: &shared,
-            publisher: &publisher,
-            acks: &acks,
-            acker: &acker,
-            facts: &facts,
-            permit: Mutex::new(Some(permit)),
-        };
-        settle.apply(disposition).await;
+        // Defence in depth (the engine already turns handler panics into retriable failures): a
+        // delivery whose task panicked would stay unacked on a healthy channel, and after
+        // `prefetch` of them the broker would send nothing more. Requeue it instead.
+        if let Err(panic) = AssertUnwindSafe(work).catch_unwind().await {
+            error!(
+                tag = facts.tag,
+                panic = %panic_text(&*panic),
+                "delivery task panicked; requeueing the delivery"
+            );
+            if !settling.load(Ordering::Acquire) {
+                requeue_after_panic(&shared, &acks, &acker, facts.tag).await;
+            }
+        }
     }
+}
+
+/// Requeues a delivery whose task panicked before settling it (bounded by `settle_timeout`).
+fn requeue_after_panic<'a>(
+    shared: &'a Shared,
+    acks: &'a Acks,
+    acker: &'a Acker,
+    tag: u64,
+) -> BoxFuture<'a, ()> {
+    async move {
+        let opts = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        let timeout = shared.config.settle_timeout;
+        if handed_over("nack", tag, 1, timeout, acker.nack(opts)).await {
+            acks.settled(tag);
+            shared.stats.bump(|c| &c.requeued);
+        } else {
+            shared.stats.bump(|c| &c.left_unacked);
+        }
+    }
+    .boxed()
 }
 
 /// Runs the processor; while the store is unavailable, holds the delivery (intake paused) and
@@ -192,6 +236,8 @@ struct Settle<'a> {
     /// Given back once the work is done: before a requeue delay, and before an ack that may
     /// linger while it waits to be coalesced.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Set before the delivery is acked, nacked or rejected (see [`handle`]).
+    settling: &'a AtomicBool,
 }
 
 impl Settle<'_> {
@@ -350,6 +396,7 @@ impl Settle<'_> {
 
     /// Acks through the session's coalescer (one `basic.ack` for a run of deliveries).
     async fn ack(&self, counter: fn(&Counters) -> &AtomicU64) {
+        self.settling.store(true, Ordering::Release);
         self.release_permit();
         self.acks
             .ack(self.facts.tag, self.acker.clone(), counter)
@@ -384,6 +431,7 @@ impl Settle<'_> {
         counter: fn(&Counters) -> &AtomicU64,
     ) {
         let (tag, timeout) = (self.facts.tag, self.shared.config.settle_timeout);
+        self.settling.store(true, Ordering::Release);
         if handed_over(op, tag, 1, timeout, settle).await {
             self.acks.settled(tag);
             self.shared.stats.bump(counter)

@@ -32,7 +32,9 @@ mod health;
 mod process;
 mod telemetry;
 
-pub use config::{Backoff, EngineConfig};
+pub use config::{
+    Backoff, ConfigError, EngineConfig, MAX_DELAY, MAX_LEASE, MAX_RETENTION, MIN_POSITIVE,
+};
 pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 // Shared with other processors (the Postgres transactional engine), so they behave and report
 // like the engine.
@@ -62,11 +64,6 @@ pub trait Processor: Send + Sync + 'static {
     /// The scope keys are claimed in.
     fn scope(&self) -> &str;
 }
-
-/// Error building an engine.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid engine configuration: {0}")]
-pub struct ConfigError(pub String);
 
 /// Store + configuration + handler. Cheap to clone (shared state behind an `Arc`).
 pub struct Engine<H> {
