@@ -37,7 +37,9 @@ impl Successes {
 
 async fn publish_all(rabbit: &Rabbit, queue: &str) {
     for i in 0..PANICKING {
-        rabbit.publish(queue, Some(&format!("boom-{i}")), b"{}").await;
+        rabbit
+            .publish(queue, Some(&format!("boom-{i}")), b"{}")
+            .await;
     }
     for i in 0..HEALTHY {
         rabbit.publish(queue, Some(&format!("ok-{i}")), b"{}").await;

@@ -7,9 +7,9 @@ mod support;
 
 use idemq::store::{Claim, ClaimRequest, MemoryStore, RecordKey, RecordState, Store};
 use idemq::{
-    CancellationToken, ConfigError, DeadLetter, DeadLetterReason, Disposition, Engine, EngineConfig, Fingerprint,
-    HandlerContext, HandlerError, IdempotencyKey, Message, MissingKeyPolicy, OutcomeStatus,
-    RetryCause, Source,
+    CancellationToken, ConfigError, DeadLetter, DeadLetterReason, Disposition, Engine,
+    EngineConfig, Fingerprint, HandlerContext, HandlerError, IdempotencyKey, Message,
+    MissingKeyPolicy, OutcomeStatus, RetryCause, Source,
 };
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -684,7 +684,12 @@ async fn record_gone_on_complete_is_recreated_not_acked_as_superseded() {
             }
             other => panic!("{key}: expected Processed (record re-created), got {other:?}"),
         }
-        match store.get(&record_key(key)).await.expect("get").map(|r| r.state) {
+        match store
+            .get(&record_key(key))
+            .await
+            .expect("get")
+            .map(|r| r.state)
+        {
             Some(RecordState::Completed { outcome, .. }) => {
                 assert_eq!(outcome.decode::<String>().ok().as_deref(), Some("done"))
             }
@@ -745,9 +750,11 @@ async fn handler_timeout_is_bounded_by_validation() {
     let mut cfg = config();
     cfg.handler_timeout = Some(Duration::ZERO);
     assert!(matches!(
-        Engine::new(Arc::new(MemoryStore::new()), cfg, |_ctx: HandlerContext| async {
-            Ok::<_, HandlerError>(())
-        }),
+        Engine::new(
+            Arc::new(MemoryStore::new()),
+            cfg,
+            |_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) }
+        ),
         Err(ConfigError::DurationOutOfRange {
             field: "handler_timeout",
             ..
@@ -893,13 +900,18 @@ async fn huge_durations_are_refused_with_a_typed_error() {
     let mut cfg = config();
     cfg.lease = huge;
     cfg.retention = huge;
-    match Engine::new(Arc::new(MemoryStore::new()), cfg, |_ctx: HandlerContext| async {
-        Ok::<_, HandlerError>(())
-    }) {
+    match Engine::new(
+        Arc::new(MemoryStore::new()),
+        cfg,
+        |_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) },
+    ) {
         Err(ConfigError::DurationOutOfRange {
             field, value, max, ..
         }) => {
-            assert_eq!((field, value, max), ("lease", huge, idemq::engine::MAX_LEASE));
+            assert_eq!(
+                (field, value, max),
+                ("lease", huge, idemq::engine::MAX_LEASE)
+            );
         }
         Err(other) => panic!("{other:?}"),
         Ok(_) => panic!("a lease of Duration::MAX must be refused"),
@@ -927,7 +939,10 @@ async fn memory_store_does_not_panic_on_huge_durations() {
         store.claim(&req).await,
         Ok(Claim::InFlight { .. })
     ));
-    store.renew(&key, token, Duration::MAX).await.expect("renew");
+    store
+        .renew(&key, token, Duration::MAX)
+        .await
+        .expect("renew");
     store
         .complete(&key, token, &idemq::Outcome::succeeded("x"), Duration::MAX)
         .await
@@ -1018,7 +1033,11 @@ async fn corrupt_record_met_by_complete_is_dead_lettered_after_bounded_retries()
     match d {
         Disposition::DeadLetter(dl) => {
             assert_eq!(dl.reason, DeadLetterReason::CorruptRecord);
-            assert!(dl.error.contains("rotten-complete"), "names the key: {}", dl.error);
+            assert!(
+                dl.error.contains("rotten-complete"),
+                "names the key: {}",
+                dl.error
+            );
         }
         other => panic!("{other:?}"),
     }

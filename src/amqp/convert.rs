@@ -208,7 +208,11 @@ mod tests {
         let death = |n| AMQPValue::FieldTable(table(vec![("count", AMQPValue::LongLongInt(n))]));
         let props = BasicProperties::default().with_headers(table(vec![(
             "x-death",
-            AMQPValue::FieldArray(FieldArray::from(vec![death(i64::MAX), death(i64::MAX), death(7)])),
+            AMQPValue::FieldArray(FieldArray::from(vec![
+                death(i64::MAX),
+                death(i64::MAX),
+                death(7),
+            ])),
         )]));
         assert_eq!(x_death_count(&props), u64::MAX);
     }

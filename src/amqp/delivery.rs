@@ -93,8 +93,7 @@ pub(crate) fn handle(
         // (a second settle of one tag is a channel error).
         let settling = AtomicBool::new(false);
         let work = async {
-            let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await
-            else {
+            let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await else {
                 return;
             };
             let settle = Settle {

@@ -219,17 +219,32 @@ impl EngineConfig {
         if let Some(every) = self.renew_every {
             in_range("renew_every", every, zero, MAX_DELAY)?;
         }
-        in_range("retry_backoff.initial", self.retry_backoff.initial, zero, MAX_DELAY)?;
+        in_range(
+            "retry_backoff.initial",
+            self.retry_backoff.initial,
+            zero,
+            MAX_DELAY,
+        )?;
         in_range("retry_backoff.max", self.retry_backoff.max, zero, MAX_DELAY)?;
         in_range("store_timeout", self.store_timeout, MIN_POSITIVE, MAX_DELAY)?;
-        in_range("store_backoff.initial", self.store_backoff.initial, zero, MAX_DELAY)?;
+        in_range(
+            "store_backoff.initial",
+            self.store_backoff.initial,
+            zero,
+            MAX_DELAY,
+        )?;
         in_range("store_backoff.max", self.store_backoff.max, zero, MAX_DELAY)?;
         if let Some(wait) = self.in_flight_wait {
             in_range("in_flight_wait", wait, zero, MAX_DELAY)?;
         }
         // A zero first poll would re-claim in a busy loop while another consumer holds the key.
         let poll = &self.in_flight_poll;
-        in_range("in_flight_poll.initial", poll.initial, MIN_POSITIVE, MAX_DELAY)?;
+        in_range(
+            "in_flight_poll.initial",
+            poll.initial,
+            MIN_POSITIVE,
+            MAX_DELAY,
+        )?;
         in_range("in_flight_poll.max", poll.max, MIN_POSITIVE, MAX_DELAY)?;
         in_range("shutdown_grace", self.shutdown_grace, zero, MAX_DELAY)?;
         if let Some(timeout) = self.handler_timeout {
@@ -273,7 +288,8 @@ mod tests {
     #[test]
     fn every_duration_is_bounded() {
         let huge = Duration::MAX;
-        let cases: [(&str, fn(&mut EngineConfig, Duration)); 13] = [
+        type Setter = fn(&mut EngineConfig, Duration);
+        let cases: [(&str, Setter); 13] = [
             ("lease", |c, d| c.lease = d),
             ("retention", |c, d| c.retention = d),
             ("renew_every", |c, d| c.renew_every = Some(d)),
@@ -283,7 +299,9 @@ mod tests {
             ("store_backoff.initial", |c, d| c.store_backoff.initial = d),
             ("store_backoff.max", |c, d| c.store_backoff.max = d),
             ("in_flight_wait", |c, d| c.in_flight_wait = Some(d)),
-            ("in_flight_poll.initial", |c, d| c.in_flight_poll.initial = d),
+            ("in_flight_poll.initial", |c, d| {
+                c.in_flight_poll.initial = d
+            }),
             ("in_flight_poll.max", |c, d| c.in_flight_poll.max = d),
             ("shutdown_grace", |c, d| c.shutdown_grace = d),
             ("handler_timeout", |c, d| c.handler_timeout = Some(d)),
@@ -310,7 +328,10 @@ mod tests {
         c.handler_timeout = Some(Duration::ZERO);
         assert!(matches!(
             c.validate(),
-            Err(ConfigError::DurationOutOfRange { field: "handler_timeout", .. })
+            Err(ConfigError::DurationOutOfRange {
+                field: "handler_timeout",
+                ..
+            })
         ));
         let mut c = EngineConfig::new("s");
         c.lease = Duration::ZERO;

@@ -10,8 +10,8 @@ use crate::key::{derive_from_payload, MissingKeyPolicy};
 use crate::message::Message;
 use crate::outcome::Outcome;
 use crate::store::{Claim, ClaimRequest, Fence, RecordKey, Release, StoreError, Token};
-use serde::Serialize;
 use futures::future::{BoxFuture, FutureExt};
+use serde::Serialize;
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -567,7 +567,10 @@ fn superseded(found: &Claim) -> Disposition {
         Claim::Conflict { .. } => "now recorded with another payload",
         _ => "held by another consumer",
     };
-    warn!(held, "lease was taken over; acking without storing this run's outcome");
+    warn!(
+        held,
+        "lease was taken over; acking without storing this run's outcome"
+    );
     metrics::counter!("idemq_superseded_total").increment(1);
     Disposition::Superseded
 }

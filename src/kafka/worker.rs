@@ -4,10 +4,10 @@
 use super::partitions::{Shared, Tp};
 use super::summary::bump;
 use crate::engine::{panic_text, Backoff, DeadLetter, Disposition, RetryCause};
-use futures::FutureExt;
-use std::panic::AssertUnwindSafe;
 use crate::message::Message;
 use bytes::Bytes;
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
