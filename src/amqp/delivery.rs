@@ -41,6 +41,10 @@ pub(crate) struct Shared {
 struct Facts {
     tag: u64,
     redelivered: bool,
+    /// Set once an ack, nack or reject of the delivery is under way: after that a panic must not
+    /// settle it again (a second settle of one tag is a channel error). Kept here, next to the
+    /// other flag, where it costs no space in the task's future.
+    settling: AtomicBool,
     x_death: u64,
     exchange: String,
     routing_key: String,
@@ -73,6 +77,7 @@ pub(crate) fn handle(
     let facts = Facts {
         tag: delivery_tag,
         redelivered,
+        settling: AtomicBool::new(false),
         x_death: x_death_count(&properties),
         exchange: exchange.as_str().to_string(),
         routing_key: routing_key.as_str().to_string(),
@@ -88,42 +93,45 @@ pub(crate) fn handle(
         &facts.properties,
         facts.payload.clone(),
     ));
+    // Defence in depth (the engine already turns handler panics into retriable failures): a
+    // delivery whose task panicked would stay unacked on a healthy channel, and after `prefetch`
+    // of them the broker would send nothing more, so a panic requeues the delivery. Each step is
+    // wrapped on its own rather than the whole task, which would nest a second future (and its
+    // borrows) in every delivery's.
     async move {
-        // Set once an ack, nack or reject is under way: after that a panic must not settle again
-        // (a second settle of one tag is a channel error).
-        let settling = AtomicBool::new(false);
-        let work = async {
-            let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await else {
-                return;
-            };
-            let settle = Settle {
-                shared: &shared,
-                publisher: &publisher,
-                acks: &acks,
-                acker: &acker,
-                facts: &facts,
-                permit: Mutex::new(Some(permit)),
-                settling: &settling,
-            };
-            settle.apply(disposition).await;
+        let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await else {
+            return;
         };
-        // Defence in depth (the engine already turns handler panics into retriable failures): a
-        // delivery whose task panicked would stay unacked on a healthy channel, and after
-        // `prefetch` of them the broker would send nothing more. Requeue it instead.
-        if let Err(panic) = AssertUnwindSafe(work).catch_unwind().await {
+        let settle = Settle {
+            shared: &shared,
+            publisher: &publisher,
+            acks: &acks,
+            acker: &acker,
+            facts: &facts,
+            permit: Mutex::new(Some(permit)),
+        };
+        // Defence in depth, as in `process_guarded`: requeue the delivery if settling it panics
+        // before its ack, nack or reject is under way. `settle` is dropped before the requeue so
+        // that it is not kept in the task's future across two awaits.
+        let panicked = AssertUnwindSafe(settle.apply(disposition))
+            .catch_unwind()
+            .await
+            .is_err();
+        let settling = facts.settling.load(Ordering::Acquire);
+        drop(settle);
+        if panicked {
             error!(
                 tag = facts.tag,
-                panic = %panic_text(&*panic),
-                "delivery task panicked; requeueing the delivery"
+                settling, "settling a delivery panicked; requeueing it unless it was being settled"
             );
-            if !settling.load(Ordering::Acquire) {
+            if !settling {
                 requeue_after_panic(&shared, &acks, &acker, facts.tag).await;
             }
         }
     }
 }
 
-/// Requeues a delivery whose task panicked before settling it (bounded by `settle_timeout`).
+/// Requeues a delivery whose settling panicked before its ack, nack or reject was under way.
 fn requeue_after_panic<'a>(
     shared: &'a Shared,
     acks: &'a Acks,
@@ -156,10 +164,7 @@ async fn process_holding(
 ) -> Option<Disposition> {
     let mut hold = None;
     loop {
-        let d = shared
-            .processor
-            .process(message.clone(), &shared.shutdown)
-            .await;
+        let d = process_guarded(shared, message, facts.tag).await;
         log_decision(&shared.config.queue, facts, &d);
         let Disposition::Retry {
             after,
@@ -187,6 +192,36 @@ async fn process_holding(
             shared.stats.bump(|c| &c.left_unacked);
             return None;
         }
+    }
+}
+
+/// Delay before a delivery whose processing panicked is requeued, so a panic that repeats does
+/// not spin.
+const PANIC_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Runs the processor, turning a panic into a retry: nack with requeue after
+/// [`PANIC_RETRY_DELAY`].
+///
+/// Defence in depth: the engine already turns handler panics into retriable failures, but a
+/// delivery whose task died of a panic would stay unacked on a healthy channel, and after
+/// `prefetch` of them the broker would send nothing more. Caught here, around the boxed processor
+/// future, rather than around the whole task, so every delivery's future stays as small.
+async fn process_guarded(shared: &Shared, message: &Arc<Message>, tag: u64) -> Disposition {
+    let processing = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        shared.processor.process(message.clone(), &shared.shutdown)
+    }));
+    let panic = match processing {
+        Ok(future) => match AssertUnwindSafe(future).catch_unwind().await {
+            Ok(d) => return d,
+            Err(panic) => panic,
+        },
+        Err(panic) => panic,
+    };
+    let error = format!("processing panicked: {}", panic_text(&*panic));
+    error!(tag, %error, "requeueing the delivery");
+    Disposition::Retry {
+        after: PANIC_RETRY_DELAY,
+        cause: RetryCause::HandlerFailed { attempt: 0, error },
     }
 }
 
@@ -235,8 +270,6 @@ struct Settle<'a> {
     /// Given back once the work is done: before a requeue delay, and before an ack that may
     /// linger while it waits to be coalesced.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
-    /// Set before the delivery is acked, nacked or rejected (see [`handle`]).
-    settling: &'a AtomicBool,
 }
 
 impl Settle<'_> {
@@ -395,7 +428,7 @@ impl Settle<'_> {
 
     /// Acks through the session's coalescer (one `basic.ack` for a run of deliveries).
     async fn ack(&self, counter: fn(&Counters) -> &AtomicU64) {
-        self.settling.store(true, Ordering::Release);
+        self.facts.settling.store(true, Ordering::Release);
         self.release_permit();
         self.acks
             .ack(self.facts.tag, self.acker.clone(), counter)
@@ -430,7 +463,7 @@ impl Settle<'_> {
         counter: fn(&Counters) -> &AtomicU64,
     ) {
         let (tag, timeout) = (self.facts.tag, self.shared.config.settle_timeout);
-        self.settling.store(true, Ordering::Release);
+        self.facts.settling.store(true, Ordering::Release);
         if handed_over(op, tag, 1, timeout, settle).await {
             self.acks.settled(tag);
             self.shared.stats.bump(counter)
