@@ -10,7 +10,7 @@
 //!
 //! - **Panics are retriable failures.** A panic in the handler's future, in the handler *before*
 //!   it returns its future (synchronous work in a closure or in a hand-written
-//!   [`Handler::handle`](crate::Handler::handle)), or in the outcome's `Serialize` implementation
+//!   [`Handler::handle`]), or in the outcome's `Serialize` implementation
 //!   releases the claim and returns `Retry` (`retries-exhausted` dead letter after
 //!   `max_attempts`). The handler's effects may have happened.
 //! - **Hung handlers time out.** A run longer than [`EngineConfig::handler_timeout`] (default 10
