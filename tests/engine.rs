@@ -7,9 +7,9 @@ mod support;
 
 use idemq::store::{Claim, ClaimRequest, MemoryStore, RecordKey, RecordState, Store};
 use idemq::{
-    CancellationToken, DeadLetterReason, Disposition, Engine, EngineConfig, Fingerprint,
-    HandlerContext, HandlerError, IdempotencyKey, Message, MissingKeyPolicy, OutcomeStatus,
-    RetryCause, Source,
+    CancellationToken, ConfigError, DeadLetter, DeadLetterReason, Disposition, Engine,
+    EngineConfig, Fingerprint, HandlerContext, HandlerError, IdempotencyKey, Message,
+    MissingKeyPolicy, OutcomeStatus, RetryCause, Source,
 };
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -647,4 +647,400 @@ async fn process_without_dedup_retries_in_place_then_dead_letters() {
         other => panic!("{other:?}"),
     }
     assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
+// ---- Issue 12: contract holes ----
+
+/// A record deleted (expiry, eviction, `idemq key forget --force`) or released by someone else
+/// while the handler ran: nobody owns the key, so acking without storing would leave no outcome
+/// and a later copy would run the handler again. The record is re-created with the outcome.
+#[tokio::test]
+async fn record_gone_on_complete_is_recreated_not_acked_as_superseded() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runs = Arc::new(AtomicU32::new(0));
+    let (s, r) = (store.clone(), runs.clone());
+    let engine = Engine::new(store.clone(), config(), move |ctx: HandlerContext| {
+        let (s, r) = (s.clone(), r.clone());
+        async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            let key = RecordKey::new(SCOPE, ctx.key.clone().expect("key"));
+            // What an operator's forget or release does behind the consumer's back.
+            if ctx.message.payload.as_ref() == b"forget" {
+                assert!(s.forget(&key).await.expect("forget"));
+            } else {
+                let token = ctx.token.expect("token");
+                s.release(&key, token, idemq::store::Release::Retry)
+                    .await
+                    .expect("release");
+            }
+            Ok::<_, HandlerError>("done")
+        }
+    })
+    .expect("engine");
+    for (key, payload) in [("gone", "forget"), ("released", "release")] {
+        match engine.process(msg(key, payload), &stop()).await {
+            Disposition::Processed { outcome } => {
+                assert_eq!(outcome.decode::<String>().ok().as_deref(), Some("done"))
+            }
+            other => panic!("{key}: expected Processed (record re-created), got {other:?}"),
+        }
+        match store
+            .get(&record_key(key))
+            .await
+            .expect("get")
+            .map(|r| r.state)
+        {
+            Some(RecordState::Completed { outcome, .. }) => {
+                assert_eq!(outcome.decode::<String>().ok().as_deref(), Some("done"))
+            }
+            other => panic!("{key}: the outcome must be durable, found {other:?}"),
+        }
+        assert!(matches!(
+            engine.process(msg(key, payload), &stop()).await,
+            Disposition::Replayed { .. }
+        ));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one run per key");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hung_handler_times_out_as_a_retriable_failure() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut cfg = config();
+    cfg.handler_timeout = Some(Duration::from_secs(20));
+    cfg.max_attempts = 2;
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let engine = Engine::new(store.clone(), cfg, move |_ctx: HandlerContext| {
+        r.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<Result<(), HandlerError>>()
+    })
+    .expect("engine");
+    let started = Instant::now();
+    match engine.process(msg("hung", "p"), &stop()).await {
+        Disposition::Retry {
+            cause: RetryCause::HandlerFailed { attempt: 1, error },
+            ..
+        } => assert!(error.contains("timed out"), "{error}"),
+        other => panic!("expected a retriable failure, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(20) && waited < Duration::from_secs(21),
+        "{waited:?}"
+    );
+    let rec = store.get(&record_key("hung")).await.expect("get");
+    assert_eq!(
+        rec.map(|r| r.state),
+        Some(RecordState::Released),
+        "claim released for the next attempt"
+    );
+    match engine.process(msg("hung", "p"), &stop()).await {
+        Disposition::DeadLetter(dl) => {
+            assert_eq!(dl.reason, DeadLetterReason::RetriesExhausted);
+            assert!(dl.error.contains("timed out"), "{}", dl.error);
+        }
+        other => panic!("expected retries-exhausted, got {other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn handler_timeout_is_bounded_by_validation() {
+    let mut cfg = config();
+    cfg.handler_timeout = Some(Duration::ZERO);
+    assert!(matches!(
+        Engine::new(
+            Arc::new(MemoryStore::new()),
+            cfg,
+            |_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) }
+        ),
+        Err(ConfigError::DurationOutOfRange {
+            field: "handler_timeout",
+            ..
+        })
+    ));
+    assert_eq!(
+        EngineConfig::new("s").handler_timeout,
+        Some(Duration::from_secs(600))
+    );
+}
+
+/// A handler whose closure panics before it returns its future.
+#[tokio::test]
+async fn handler_panicking_before_its_future_is_a_retriable_failure() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut cfg = config();
+    cfg.max_attempts = 2;
+    let engine = Engine::new(store.clone(), cfg, |ctx: HandlerContext| {
+        if ctx.message.payload.as_ref() == b"sync" {
+            panic!("synchronous bug");
+        }
+        async { Ok::<_, HandlerError>("fine") }
+    })
+    .expect("engine");
+    match engine.process(msg("sync-boom", "sync"), &stop()).await {
+        Disposition::Retry {
+            cause: RetryCause::HandlerFailed { error, .. },
+            ..
+        } => assert!(error.contains("synchronous bug"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let rec = store.get(&record_key("sync-boom")).await.expect("get");
+    assert_eq!(rec.map(|r| r.state), Some(RecordState::Released));
+    assert!(matches!(
+        engine.process(msg("sync-boom", "sync"), &stop()).await,
+        Disposition::DeadLetter(DeadLetter {
+            reason: DeadLetterReason::RetriesExhausted,
+            ..
+        })
+    ));
+    // Without deduplication the panic is retried in place, then dead-lettered.
+    let mut cfg = config();
+    cfg.key.missing = MissingKeyPolicy::ProcessWithoutDedup;
+    cfg.max_attempts = 2;
+    let engine = Engine::new(store, cfg, |_ctx: HandlerContext| {
+        panic!("synchronous bug");
+        #[allow(unreachable_code)]
+        async {
+            Ok::<_, HandlerError>(())
+        }
+    })
+    .expect("engine");
+    let m = Arc::new(Message::new("sync", Source::Other("t".into())));
+    assert!(matches!(
+        engine.process(m, &stop()).await,
+        Disposition::DeadLetter(DeadLetter {
+            reason: DeadLetterReason::RetriesExhausted,
+            ..
+        })
+    ));
+}
+
+/// A hand-written `Handler` whose `handle` panics before returning its future.
+#[tokio::test]
+async fn handler_impl_panicking_in_handle_is_a_retriable_failure() {
+    struct Broken;
+    impl idemq::Handler for Broken {
+        type Output = ();
+        #[allow(unreachable_code)]
+        fn handle(
+            &self,
+            _ctx: HandlerContext,
+        ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send {
+            panic!("panicked in handle");
+            async { Ok(()) }
+        }
+    }
+    let engine = Engine::new(Arc::new(MemoryStore::new()), config(), Broken).expect("engine");
+    match engine.process(msg("impl-boom", "p"), &stop()).await {
+        Disposition::Retry {
+            cause: RetryCause::HandlerFailed { error, .. },
+            ..
+        } => assert!(error.contains("panicked in handle"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An outcome whose `Serialize` implementation panics.
+struct SerializeBomb;
+
+impl serde::Serialize for SerializeBomb {
+    fn serialize<S: serde::Serializer>(&self, _s: S) -> Result<S::Ok, S::Error> {
+        panic!("serialize bomb")
+    }
+}
+
+#[tokio::test]
+async fn outcome_serialize_panic_is_a_retriable_failure() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut cfg = config();
+    cfg.max_attempts = 2;
+    let engine = Engine::new(store.clone(), cfg, |_ctx: HandlerContext| async {
+        Ok::<_, HandlerError>(SerializeBomb)
+    })
+    .expect("engine");
+    match engine.process(msg("ser-boom", "p"), &stop()).await {
+        Disposition::Retry {
+            cause: RetryCause::HandlerFailed { attempt: 1, error },
+            ..
+        } => assert!(error.contains("serialize bomb"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let rec = store.get(&record_key("ser-boom")).await.expect("get");
+    assert_eq!(rec.map(|r| r.state), Some(RecordState::Released));
+    assert!(matches!(
+        engine.process(msg("ser-boom", "p"), &stop()).await,
+        Disposition::DeadLetter(DeadLetter {
+            reason: DeadLetterReason::RetriesExhausted,
+            ..
+        })
+    ));
+    // Without deduplication too.
+    let mut cfg = config();
+    cfg.key.missing = MissingKeyPolicy::ProcessWithoutDedup;
+    cfg.max_attempts = 2;
+    let engine = Engine::new(store, cfg, |_ctx: HandlerContext| async {
+        Ok::<_, HandlerError>(SerializeBomb)
+    })
+    .expect("engine");
+    let m = Arc::new(Message::new("p", Source::Other("t".into())));
+    match engine.process(m, &stop()).await {
+        Disposition::DeadLetter(dl) => {
+            assert_eq!(dl.reason, DeadLetterReason::RetriesExhausted);
+            assert!(dl.error.contains("serialize bomb"), "{}", dl.error);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn huge_durations_are_refused_with_a_typed_error() {
+    let huge = Duration::MAX;
+    let mut cfg = config();
+    cfg.lease = huge;
+    cfg.retention = huge;
+    match Engine::new(
+        Arc::new(MemoryStore::new()),
+        cfg,
+        |_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) },
+    ) {
+        Err(ConfigError::DurationOutOfRange {
+            field, value, max, ..
+        }) => {
+            assert_eq!(
+                (field, value, max),
+                ("lease", huge, idemq::engine::MAX_LEASE)
+            );
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a lease of Duration::MAX must be refused"),
+    }
+    let mut cfg = config();
+    cfg.retention = Duration::from_secs(366 * 24 * 3600);
+    let err = EngineConfig::validate(&cfg).expect_err("retention above 365 days");
+    assert!(err.to_string().contains("retention"), "{err}");
+    let mut cfg = config();
+    cfg.in_flight_wait = Some(huge);
+    assert!(cfg.validate().is_err());
+}
+
+/// The memory store is usable without the engine: huge durations saturate instead of panicking.
+#[tokio::test]
+async fn memory_store_does_not_panic_on_huge_durations() {
+    let store = MemoryStore::new();
+    let key = record_key("forever");
+    let f = Fingerprint::of(&msg("forever", "p"), &[]);
+    let req = ClaimRequest::new(&key, &f, Duration::MAX, Duration::MAX);
+    let Ok(Claim::Acquired { token, .. }) = store.claim(&req).await else {
+        panic!("claim");
+    };
+    assert!(matches!(
+        store.claim(&req).await,
+        Ok(Claim::InFlight { .. })
+    ));
+    store
+        .renew(&key, token, Duration::MAX)
+        .await
+        .expect("renew");
+    store
+        .complete(&key, token, &idemq::Outcome::succeeded("x"), Duration::MAX)
+        .await
+        .expect("complete");
+    assert!(matches!(
+        store.claim(&req).await,
+        Ok(Claim::Completed { .. })
+    ));
+}
+
+/// A store whose `complete` finds the record unreadable.
+#[derive(Debug)]
+struct CorruptOnComplete {
+    inner: MemoryStore,
+    completes: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Store for CorruptOnComplete {
+    async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, idemq::StoreError> {
+        self.inner.claim(req).await
+    }
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        _token: idemq::store::Token,
+        _outcome: &idemq::Outcome,
+        _retention: Duration,
+    ) -> Result<idemq::store::Fence, idemq::StoreError> {
+        self.completes.fetch_add(1, Ordering::SeqCst);
+        Err(idemq::StoreError::Corrupt {
+            key: key.to_string(),
+            detail: "injected corruption".into(),
+        })
+    }
+    async fn release(
+        &self,
+        key: &RecordKey,
+        token: idemq::store::Token,
+        mode: idemq::store::Release,
+    ) -> Result<idemq::store::Fence, idemq::StoreError> {
+        self.inner.release(key, token, mode).await
+    }
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: idemq::store::Token,
+        lease: Duration,
+    ) -> Result<idemq::store::Fence, idemq::StoreError> {
+        self.inner.renew(key, token, lease).await
+    }
+    async fn get(
+        &self,
+        key: &RecordKey,
+    ) -> Result<Option<idemq::store::Record>, idemq::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn forget(&self, key: &RecordKey) -> Result<bool, idemq::StoreError> {
+        self.inner.forget(key).await
+    }
+    async fn scan(
+        &self,
+        scope: &str,
+        filter: idemq::store::StateFilter,
+        cursor: Option<String>,
+        count: usize,
+    ) -> Result<idemq::store::ScanPage, idemq::StoreError> {
+        self.inner.scan(scope, filter, cursor, count).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn corrupt_record_met_by_complete_is_dead_lettered_after_bounded_retries() {
+    let store = Arc::new(CorruptOnComplete {
+        inner: MemoryStore::new(),
+        completes: AtomicU32::new(0),
+    });
+    let cfg = config();
+    let retries = cfg.corrupt_record_retries;
+    let (engine, runs) = counting(store.clone(), cfg);
+    // Bounded: a virtual hour is far beyond the backoff of a few retries.
+    let d = tokio::time::timeout(
+        Duration::from_secs(3600),
+        engine.process(msg("rotten-complete", "p"), &stop()),
+    )
+    .await
+    .expect("the corrupt record must not be retried forever");
+    match d {
+        Disposition::DeadLetter(dl) => {
+            assert_eq!(dl.reason, DeadLetterReason::CorruptRecord);
+            assert!(
+                dl.error.contains("rotten-complete"),
+                "names the key: {}",
+                dl.error
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.completes.load(Ordering::SeqCst), retries + 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

@@ -107,7 +107,9 @@ pub(crate) fn x_death_count(properties: &BasicProperties) -> u64 {
             AMQPValue::FieldTable(t) => t.inner().get("count").and_then(as_u64),
             _ => None,
         })
-        .sum()
+        // Saturating: the header is the sender's to write, and an overflowing sum would panic
+        // (debug builds) in the intake loop.
+        .fold(0u64, u64::saturating_add)
 }
 
 fn as_u64(v: &AMQPValue) -> Option<u64> {
@@ -199,5 +201,19 @@ mod tests {
         )]));
         assert_eq!(x_death_count(&props), 5);
         assert_eq!(x_death_count(&BasicProperties::default()), 0);
+    }
+
+    #[test]
+    fn x_death_count_overflow_saturates() {
+        let death = |n| AMQPValue::FieldTable(table(vec![("count", AMQPValue::LongLongInt(n))]));
+        let props = BasicProperties::default().with_headers(table(vec![(
+            "x-death",
+            AMQPValue::FieldArray(FieldArray::from(vec![
+                death(i64::MAX),
+                death(i64::MAX),
+                death(7),
+            ])),
+        )]));
+        assert_eq!(x_death_count(&props), u64::MAX);
     }
 }

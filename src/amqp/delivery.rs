@@ -11,7 +11,7 @@ use super::gate::Gate;
 use super::publish::Publisher;
 use super::reply::reply_properties;
 use super::stats::{Counters, StatsHandle};
-use crate::engine::{Disposition, Processor, RetryCause};
+use crate::engine::{panic_text, Disposition, Processor, RetryCause};
 use crate::message::Message;
 use crate::outcome::Outcome;
 use bytes::Bytes;
@@ -20,12 +20,13 @@ use lapin::message::Delivery;
 use lapin::options::{BasicNackOptions, BasicRejectOptions};
 use lapin::{Acker, BasicProperties};
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// State shared by all delivery tasks of one consumer (across reconnects).
 pub(crate) struct Shared {
@@ -40,6 +41,10 @@ pub(crate) struct Shared {
 struct Facts {
     tag: u64,
     redelivered: bool,
+    /// Set once an ack, nack or reject of the delivery is under way: after that a panic must not
+    /// settle it again (a second settle of one tag is a channel error). Kept here, next to the
+    /// other flag, where it costs no space in the task's future.
+    settling: AtomicBool,
     x_death: u64,
     exchange: String,
     routing_key: String,
@@ -72,6 +77,7 @@ pub(crate) fn handle(
     let facts = Facts {
         tag: delivery_tag,
         redelivered,
+        settling: AtomicBool::new(false),
         x_death: x_death_count(&properties),
         exchange: exchange.as_str().to_string(),
         routing_key: routing_key.as_str().to_string(),
@@ -87,6 +93,11 @@ pub(crate) fn handle(
         &facts.properties,
         facts.payload.clone(),
     ));
+    // Defence in depth (the engine already turns handler panics into retriable failures): a
+    // delivery whose task panicked would stay unacked on a healthy channel, and after `prefetch`
+    // of them the broker would send nothing more, so a panic requeues the delivery. Each step is
+    // wrapped on its own rather than the whole task, which would nest a second future (and its
+    // borrows) in every delivery's.
     async move {
         let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await else {
             return;
@@ -99,8 +110,48 @@ pub(crate) fn handle(
             facts: &facts,
             permit: Mutex::new(Some(permit)),
         };
-        settle.apply(disposition).await;
+        // Defence in depth, as in `process_guarded`: requeue the delivery if settling it panics
+        // before its ack, nack or reject is under way. `settle` is dropped before the requeue so
+        // that it is not kept in the task's future across two awaits.
+        let panicked = AssertUnwindSafe(settle.apply(disposition))
+            .catch_unwind()
+            .await
+            .is_err();
+        let settling = facts.settling.load(Ordering::Acquire);
+        drop(settle);
+        if panicked {
+            error!(
+                tag = facts.tag,
+                settling, "settling a delivery panicked; requeueing it unless it was being settled"
+            );
+            if !settling {
+                requeue_after_panic(&shared, &acks, &acker, facts.tag).await;
+            }
+        }
     }
+}
+
+/// Requeues a delivery whose settling panicked before its ack, nack or reject was under way.
+fn requeue_after_panic<'a>(
+    shared: &'a Shared,
+    acks: &'a Acks,
+    acker: &'a Acker,
+    tag: u64,
+) -> BoxFuture<'a, ()> {
+    async move {
+        let opts = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        let timeout = shared.config.settle_timeout;
+        if handed_over("nack", tag, 1, timeout, acker.nack(opts)).await {
+            acks.settled(tag);
+            shared.stats.bump(|c| &c.requeued);
+        } else {
+            shared.stats.bump(|c| &c.left_unacked);
+        }
+    }
+    .boxed()
 }
 
 /// Runs the processor; while the store is unavailable, holds the delivery (intake paused) and
@@ -113,10 +164,7 @@ async fn process_holding(
 ) -> Option<Disposition> {
     let mut hold = None;
     loop {
-        let d = shared
-            .processor
-            .process(message.clone(), &shared.shutdown)
-            .await;
+        let d = process_guarded(shared, message, facts.tag).await;
         log_decision(&shared.config.queue, facts, &d);
         let Disposition::Retry {
             after,
@@ -144,6 +192,36 @@ async fn process_holding(
             shared.stats.bump(|c| &c.left_unacked);
             return None;
         }
+    }
+}
+
+/// Delay before a delivery whose processing panicked is requeued, so a panic that repeats does
+/// not spin.
+const PANIC_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Runs the processor, turning a panic into a retry: nack with requeue after
+/// [`PANIC_RETRY_DELAY`].
+///
+/// Defence in depth: the engine already turns handler panics into retriable failures, but a
+/// delivery whose task died of a panic would stay unacked on a healthy channel, and after
+/// `prefetch` of them the broker would send nothing more. Caught here, around the boxed processor
+/// future, rather than around the whole task, so every delivery's future stays as small.
+async fn process_guarded(shared: &Shared, message: &Arc<Message>, tag: u64) -> Disposition {
+    let processing = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        shared.processor.process(message.clone(), &shared.shutdown)
+    }));
+    let panic = match processing {
+        Ok(future) => match AssertUnwindSafe(future).catch_unwind().await {
+            Ok(d) => return d,
+            Err(panic) => panic,
+        },
+        Err(panic) => panic,
+    };
+    let error = format!("processing panicked: {}", panic_text(&*panic));
+    error!(tag, %error, "requeueing the delivery");
+    Disposition::Retry {
+        after: PANIC_RETRY_DELAY,
+        cause: RetryCause::HandlerFailed { attempt: 0, error },
     }
 }
 
@@ -350,6 +428,7 @@ impl Settle<'_> {
 
     /// Acks through the session's coalescer (one `basic.ack` for a run of deliveries).
     async fn ack(&self, counter: fn(&Counters) -> &AtomicU64) {
+        self.facts.settling.store(true, Ordering::Release);
         self.release_permit();
         self.acks
             .ack(self.facts.tag, self.acker.clone(), counter)
@@ -384,6 +463,7 @@ impl Settle<'_> {
         counter: fn(&Counters) -> &AtomicU64,
     ) {
         let (tag, timeout) = (self.facts.tag, self.shared.config.settle_timeout);
+        self.facts.settling.store(true, Ordering::Release);
         if handed_over(op, tag, 1, timeout, settle).await {
             self.acks.settled(tag);
             self.shared.stats.bump(counter)

@@ -26,14 +26,76 @@ impl Backoff {
         // per-call random seed without a dependency on a random-number crate.
         let r = std::collections::hash_map::RandomState::new().hash_one(n) % 401;
         let factor = 0.8 + (r as f64) / 1000.0;
-        base.mul_f64(factor).min(self.max)
+        // Not `mul_f64`: it panics when a huge `max` (adapters' own backoffs are not validated)
+        // overflows by the jitter.
+        Duration::try_from_secs_f64(base.as_secs_f64() * factor)
+            .unwrap_or(self.max)
+            .min(self.max)
     }
+}
+
+/// Longest accepted [`EngineConfig::lease`]: 1 day. A lease is how long a crashed consumer's key
+/// stays blocked; anything longer is a mistake, and huge values overflow clock arithmetic in the
+/// stores (Postgres intervals, the memory store's deadlines) or are silently capped (Redis).
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+/// Longest accepted [`EngineConfig::retention`]: 365 days.
+pub const MAX_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest accepted value of every other duration setting (timeouts, backoffs, waits, grace
+/// periods, the handler timeout): 1 day.
+pub const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+/// Shortest accepted value of the settings that must be positive (lease, store timeout, handler
+/// timeout, first in-flight poll): 1 ms, the resolution of the Redis store.
+pub const MIN_POSITIVE: Duration = Duration::from_millis(1);
+
+/// Why an [`EngineConfig`] was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A duration setting is outside its documented range (see [`MAX_LEASE`], [`MAX_RETENTION`],
+    /// [`MAX_DELAY`], [`MIN_POSITIVE`]).
+    #[error("invalid engine configuration: {field} = {value:?} is outside {min:?}..={max:?}")]
+    DurationOutOfRange {
+        /// The setting, e.g. `lease` or `retry_backoff.max`.
+        field: &'static str,
+        /// The value given.
+        value: Duration,
+        /// Smallest accepted value.
+        min: Duration,
+        /// Largest accepted value.
+        max: Duration,
+    },
+    /// Settings that contradict each other, or another invalid value.
+    #[error("invalid engine configuration: {0}")]
+    Invalid(String),
+}
+
+/// Checks that `value` lies in `min..=max`.
+fn in_range(
+    field: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::DurationOutOfRange {
+            field,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Everything the engine needs to know besides the store and the handler.
 ///
 /// Defaults follow the processing contract: 30 s lease renewed every 10 s, 24 h retention, 1 MiB
-/// outcome limit, 5 attempts for retriable failures.
+/// outcome limit, 5 attempts for retriable failures, 10 min handler timeout.
+///
+/// Every duration is bounded (checked by [`validate`](Self::validate) when an engine is built):
+/// the lease by [`MAX_LEASE`], the retention by [`MAX_RETENTION`], everything else by
+/// [`MAX_DELAY`]; the lease, the store timeout, the handler timeout and the first in-flight poll
+/// must be at least [`MIN_POSITIVE`].
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Namespace of the keys, normally the consumer group or queue name.
@@ -73,6 +135,17 @@ pub struct EngineConfig {
     /// After shutdown is requested, how long a running handler may still take before it is dropped
     /// and its claim released.
     pub shutdown_grace: Duration,
+    /// Longest a handler run may take; `None` disables the limit.
+    ///
+    /// A run past it is dropped and treated as a **retriable failure whose effects may have
+    /// happened** (like a panic): the claim is released, the message retried with backoff and
+    /// dead-lettered with `retries-exhausted` after `max_attempts`. The lease is renewed while the
+    /// handler runs, so the timeout may be longer than the lease: the lease detects a dead
+    /// consumer, the timeout a live consumer whose handler hangs (without it such a handler
+    /// renews its lease forever and holds its Kafka partition or AMQP prefetch slot). Default 10
+    /// minutes: far above any sane per-message handler, and under RabbitMQ's default 30-minute
+    /// delivery acknowledgement timeout, which would otherwise close the channel first.
+    pub handler_timeout: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -95,6 +168,7 @@ impl EngineConfig {
             corrupt_record_retries: 3,
             store_permanent_failures: false,
             shutdown_grace: Duration::from_secs(10),
+            handler_timeout: Some(Duration::from_secs(600)),
         }
     }
 
@@ -108,32 +182,73 @@ impl EngineConfig {
     /// Effective bound on waiting for another consumer's claim.
     pub fn in_flight_bound(&self) -> Duration {
         self.in_flight_wait
-            .unwrap_or(self.lease + Duration::from_secs(1))
+            .unwrap_or(self.lease.saturating_add(Duration::from_secs(1)))
     }
 
-    /// Checks the settings for contradictions.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the settings for contradictions and out-of-range durations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |why: String| Err(ConfigError::Invalid(why));
         if self.scope.is_empty() {
-            return Err("scope must not be empty".into());
+            return invalid("scope must not be empty".into());
         }
-        if self.lease.is_zero() {
-            return Err("lease must be positive".into());
-        }
+        self.validate_durations()?;
         if self.renew_interval() >= self.lease {
-            return Err(format!(
+            return invalid(format!(
                 "renew interval {:?} must be shorter than the lease {:?}",
                 self.renew_interval(),
                 self.lease
             ));
         }
         if self.retention < self.lease {
-            return Err("retention must be at least the lease".into());
+            return invalid("retention must be at least the lease".into());
         }
         if self.max_attempts == 0 {
-            return Err("max_attempts must be at least 1".into());
+            return invalid("max_attempts must be at least 1".into());
         }
         if self.key.headers.is_empty() && !self.key.use_message_id {
-            return Err("no key source: configure at least one key header".into());
+            return invalid("no key source: configure at least one key header".into());
+        }
+        Ok(())
+    }
+
+    /// Every duration within its bounds, so no deadline computed from them can overflow.
+    fn validate_durations(&self) -> Result<(), ConfigError> {
+        let zero = Duration::ZERO;
+        in_range("lease", self.lease, MIN_POSITIVE, MAX_LEASE)?;
+        in_range("retention", self.retention, MIN_POSITIVE, MAX_RETENTION)?;
+        if let Some(every) = self.renew_every {
+            in_range("renew_every", every, zero, MAX_DELAY)?;
+        }
+        in_range(
+            "retry_backoff.initial",
+            self.retry_backoff.initial,
+            zero,
+            MAX_DELAY,
+        )?;
+        in_range("retry_backoff.max", self.retry_backoff.max, zero, MAX_DELAY)?;
+        in_range("store_timeout", self.store_timeout, MIN_POSITIVE, MAX_DELAY)?;
+        in_range(
+            "store_backoff.initial",
+            self.store_backoff.initial,
+            zero,
+            MAX_DELAY,
+        )?;
+        in_range("store_backoff.max", self.store_backoff.max, zero, MAX_DELAY)?;
+        if let Some(wait) = self.in_flight_wait {
+            in_range("in_flight_wait", wait, zero, MAX_DELAY)?;
+        }
+        // A zero first poll would re-claim in a busy loop while another consumer holds the key.
+        let poll = &self.in_flight_poll;
+        in_range(
+            "in_flight_poll.initial",
+            poll.initial,
+            MIN_POSITIVE,
+            MAX_DELAY,
+        )?;
+        in_range("in_flight_poll.max", poll.max, MIN_POSITIVE, MAX_DELAY)?;
+        in_range("shutdown_grace", self.shutdown_grace, zero, MAX_DELAY)?;
+        if let Some(timeout) = self.handler_timeout {
+            in_range("handler_timeout", timeout, MIN_POSITIVE, MAX_DELAY)?;
         }
         Ok(())
     }
@@ -157,6 +272,8 @@ mod tests {
         let d3 = b.delay(3);
         assert!(d3 >= Duration::from_millis(320) && d3 <= Duration::from_millis(480));
         assert!(b.delay(40) <= Duration::from_secs(1));
+        let huge = Backoff::new(Duration::MAX, Duration::MAX);
+        assert!(huge.delay(3) > Duration::ZERO);
     }
 
     #[test]
@@ -166,5 +283,58 @@ mod tests {
         c.renew_every = Some(c.lease);
         assert!(c.validate().is_err());
         assert!(EngineConfig::new("").validate().is_err());
+    }
+
+    #[test]
+    fn every_duration_is_bounded() {
+        let huge = Duration::MAX;
+        type Setter = fn(&mut EngineConfig, Duration);
+        let cases: [(&str, Setter); 13] = [
+            ("lease", |c, d| c.lease = d),
+            ("retention", |c, d| c.retention = d),
+            ("renew_every", |c, d| c.renew_every = Some(d)),
+            ("retry_backoff.initial", |c, d| c.retry_backoff.initial = d),
+            ("retry_backoff.max", |c, d| c.retry_backoff.max = d),
+            ("store_timeout", |c, d| c.store_timeout = d),
+            ("store_backoff.initial", |c, d| c.store_backoff.initial = d),
+            ("store_backoff.max", |c, d| c.store_backoff.max = d),
+            ("in_flight_wait", |c, d| c.in_flight_wait = Some(d)),
+            ("in_flight_poll.initial", |c, d| {
+                c.in_flight_poll.initial = d
+            }),
+            ("in_flight_poll.max", |c, d| c.in_flight_poll.max = d),
+            ("shutdown_grace", |c, d| c.shutdown_grace = d),
+            ("handler_timeout", |c, d| c.handler_timeout = Some(d)),
+        ];
+        for (name, set) in cases {
+            let mut c = EngineConfig::new("s");
+            set(&mut c, huge);
+            match c.validate() {
+                Err(ConfigError::DurationOutOfRange { field, value, .. }) => {
+                    assert_eq!((field, value), (name, huge))
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        // The documented maxima themselves are accepted.
+        let mut c = EngineConfig::new("s");
+        c.lease = MAX_LEASE;
+        c.retention = MAX_RETENTION;
+        c.handler_timeout = Some(MAX_DELAY);
+        c.in_flight_wait = Some(MAX_DELAY);
+        assert_eq!(c.validate(), Ok(()));
+        // Settings that must be positive.
+        let mut c = EngineConfig::new("s");
+        c.handler_timeout = Some(Duration::ZERO);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::DurationOutOfRange {
+                field: "handler_timeout",
+                ..
+            })
+        ));
+        let mut c = EngineConfig::new("s");
+        c.lease = Duration::ZERO;
+        assert!(c.validate().is_err());
     }
 }

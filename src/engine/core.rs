@@ -25,7 +25,7 @@ pub(crate) struct EngineCore<S> {
 impl<S> EngineCore<S> {
     /// Validates `config`; fails if it contradicts itself.
     pub(crate) fn new(store: S, config: EngineConfig) -> Result<Self, ConfigError> {
-        config.validate().map_err(ConfigError)?;
+        config.validate()?;
         Ok(EngineCore {
             store,
             scope: Arc::from(config.scope.as_str()),
@@ -71,7 +71,7 @@ impl<S> EngineCore<S> {
         let nap = cfg
             .in_flight_poll
             .delay(*polls)
-            .min(retry_after + Duration::from_millis(1))
+            .min(retry_after.saturating_add(Duration::from_millis(1)))
             .min(wait_until - now);
         if sleep_or_cancel(nap, shutdown).await {
             return Err(Disposition::Abandoned);

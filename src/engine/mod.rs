@@ -5,6 +5,34 @@
 //! dead-letter; the engine never acknowledges anything itself, which keeps acknowledgement where the
 //! broker connection is.
 //!
+//! The decisions follow the processing contract (`shared/SEMANTICS.md`). Where it leaves room, the
+//! engine behaves as follows:
+//!
+//! - **Panics are retriable failures.** A panic in the handler's future, in the handler *before*
+//!   it returns its future (synchronous work in a closure or in a hand-written
+//!   [`Handler::handle`]), or in the outcome's `Serialize` implementation
+//!   releases the claim and returns `Retry` (`retries-exhausted` dead letter after
+//!   `max_attempts`). The handler's effects may have happened.
+//! - **Hung handlers time out.** A run longer than [`EngineConfig::handler_timeout`] (default 10
+//!   min, `None` to disable) is dropped and treated like a panic: claim released, retriable
+//!   failure, effects may have happened. The lease is renewed meanwhile, so the timeout may exceed
+//!   the lease; the lease detects dead consumers, the timeout hung handlers in live ones.
+//! - **The record is gone when the outcome is stored.** `complete` answering that the claim is
+//!   lost means either that another consumer took the key over after our lease expired, or that
+//!   nobody owns it (the record expired, was evicted, forgotten with `idemq key forget --force`,
+//!   or released). The engine claims the key once more to tell them apart. Acquired: nobody owned
+//!   it, so the record is re-created with this run's outcome and the message is `Processed` (a
+//!   warning with `recreated = true`, counter `idemq_records_recreated_total`); acking without a
+//!   stored outcome would break "ack only once the outcome is durable" and let a later copy run
+//!   the handler again. Held, completed or bound to another payload by someone else: `Superseded`
+//!   (warning, counter `idemq_superseded_total`), the owner records the outcome.
+//! - **Unreadable records** met while storing the outcome are read again a bounded number of times
+//!   (`corrupt_record_retries`), then dead-lettered with `corrupt-record`, as on the claim path.
+//! - **Durations are bounded** so no deadline overflows: [`EngineConfig::validate`] refuses a lease
+//!   above [`MAX_LEASE`] (1 day), a retention above [`MAX_RETENTION`] (365 days), any other
+//!   duration above [`MAX_DELAY`] (1 day), and a zero lease, store timeout, handler timeout or
+//!   first in-flight poll, with [`ConfigError::DurationOutOfRange`] naming the setting.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use idemq::{Disposition, Engine, EngineConfig, HandlerContext, HandlerError, Message, Source};
@@ -32,7 +60,9 @@ mod health;
 mod process;
 mod telemetry;
 
-pub use config::{Backoff, EngineConfig};
+pub use config::{
+    Backoff, ConfigError, EngineConfig, MAX_DELAY, MAX_LEASE, MAX_RETENTION, MIN_POSITIVE,
+};
 pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 // Shared with other processors (the Postgres transactional engine), so they behave and report
 // like the engine.
@@ -62,11 +92,6 @@ pub trait Processor: Send + Sync + 'static {
     /// The scope keys are claimed in.
     fn scope(&self) -> &str;
 }
-
-/// Error building an engine.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid engine configuration: {0}")]
-pub struct ConfigError(pub String);
 
 /// Store + configuration + handler. Cheap to clone (shared state behind an `Arc`).
 pub struct Engine<H> {

@@ -11,6 +11,7 @@ use crate::message::Message;
 use crate::outcome::Outcome;
 use crate::store::{Claim, ClaimRequest, Fence, RecordKey, Release, StoreError, Token};
 use futures::future::{BoxFuture, FutureExt};
+use serde::Serialize;
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -28,9 +29,25 @@ const RELEASE_TRIES: u32 = 3;
 
 /// What running the handler produced.
 enum Run<T> {
+    /// The handler returned, panicked or timed out (the last two as retriable errors).
     Finished(Result<T, HandlerError>),
     /// Shutdown grace ran out; the handler future was dropped.
     Interrupted,
+}
+
+/// Which limit stopped a pending handler.
+enum Limit {
+    Timeout(Duration),
+    Grace,
+}
+
+/// Why `complete` did not store the outcome.
+enum NotStored {
+    /// The store refused the outcome as too large.
+    TooLarge(usize),
+    /// Given up: the disposition to return (dead letter for an unreadable record, abandoned on
+    /// shutdown).
+    Settled(Disposition),
 }
 
 impl<H: Handler> Inner<H> {
@@ -55,9 +72,6 @@ impl<H: Handler> Inner<H> {
                     warn!(reason = dl.reason.as_str(), error = %dl.error, "dead-lettering")
                 }
                 Disposition::Retry { after, cause } => info!(?after, ?cause, "retry later"),
-                Disposition::Superseded => {
-                    warn!("lease was taken over by another consumer; acking without storing")
-                }
                 other => debug!(decision = other.decision(), "settled"),
             }
             d
@@ -106,7 +120,7 @@ impl<H: Handler> Inner<H> {
     ) -> Result<(Token, u32), Disposition> {
         let cfg = &self.config;
         let req = ClaimRequest::new(record, fingerprint, cfg.lease, cfg.retention);
-        let wait_until = Instant::now() + cfg.in_flight_bound();
+        let wait_until = deadline_after(cfg.in_flight_bound());
         let (mut polls, mut corrupt) = (0u32, 0u32);
         loop {
             match self.store_call("claim", self.store.claim(&req)).await {
@@ -175,11 +189,14 @@ impl<H: Handler> Inner<H> {
                     .await
             }
             Ok(value) => {
-                let body = match serde_json::to_vec(&value) {
-                    Ok(body) => body,
-                    Err(e) => {
+                let body = match serialize(&value) {
+                    Ok(Ok(body)) => body,
+                    Ok(Err(e)) => {
                         let error = format!("outcome could not be serialized: {e}");
                         return self.on_permanent(&record, token, error, shutdown).await;
+                    }
+                    Err(panicked) => {
+                        return self.on_retriable(&record, token, attempt, panicked).await;
                     }
                 };
                 if body.len() > self.config.max_outcome_bytes {
@@ -190,32 +207,28 @@ impl<H: Handler> Inner<H> {
                     .await
                 {
                     Ok((Fence::Held, outcome)) => Disposition::Processed { outcome },
-                    Ok((Fence::Lost, _)) => {
-                        metrics::counter!("idemq_superseded_total").increment(1);
-                        Disposition::Superseded
+                    Ok((Fence::Lost, outcome)) => {
+                        self.claim_lost(message, &record, outcome, shutdown).await
                     }
-                    Err(StoreError::OutcomeTooLarge { size, .. }) => {
+                    Err(NotStored::TooLarge(size)) => {
                         self.outcome_too_large(&record, token, size).await
                     }
-                    Err(err) => {
-                        error!(%err, "handler ran but its outcome could not be stored; leaving the message unacknowledged");
-                        Disposition::Abandoned
-                    }
+                    Err(NotStored::Settled(d)) => d,
                 }
             }
         }
     }
 
-    /// Runs the handler (panics become retriable errors) while renewing the lease of `renew` (if
-    /// any), honouring the shutdown grace period.
+    /// Runs the handler while renewing the lease of `renew` (if any), honouring the handler
+    /// timeout and the shutdown grace period. Panics, in the returned future or in `handle`
+    /// itself before it returns one, and timeouts become retriable errors.
     async fn run_handler(
         &self,
         ctx: HandlerContext,
         renew: Option<(&RecordKey, Token)>,
         shutdown: &CancellationToken,
     ) -> Run<H::Output> {
-        let handler = AssertUnwindSafe(self.handler.handle(ctx)).catch_unwind();
-        tokio::pin!(handler);
+        let started = Instant::now();
         let finished = |r: std::thread::Result<Result<H::Output, HandlerError>>| {
             Run::Finished(r.unwrap_or_else(|panic| {
                 Err(HandlerError::retriable(format!(
@@ -224,16 +237,37 @@ impl<H: Handler> Inner<H> {
                 )))
             }))
         };
-        // A handler that finishes on its first poll needs neither the renewal loop nor the grace
-        // timer, so they are only built once it is pending.
+        // `handle` may do synchronous work (a closure's body before its `async` block, a
+        // hand-written `Handler`) and panic before there is a future to catch the panic in.
+        let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(ctx)))
+        {
+            Ok(future) => AssertUnwindSafe(future).catch_unwind(),
+            Err(panic) => return finished(Err(panic)),
+        };
+        tokio::pin!(handler);
+        // A handler that finishes on its first poll needs neither the renewal loop nor the
+        // timers, so they are only built once it is pending.
         if let Poll::Ready(r) = futures::poll!(handler.as_mut()) {
             return finished(r);
         }
-        let grace = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(self.config.shutdown_grace).await;
-        };
-        tokio::pin!(grace);
+        let (timeout, grace) = (self.config.handler_timeout, self.config.shutdown_grace);
+        // Boxed: two timers, kept out of every message's future.
+        let mut limit: Pin<Box<dyn Future<Output = Limit> + Send + '_>> = Box::pin(async move {
+            let timed_out = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(deadline_from(started, t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let grace = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                _ = timed_out => Limit::Timeout(timeout.unwrap_or_default()),
+                _ = grace => Limit::Grace,
+            }
+        });
         // Boxed: a store call and a timer, kept out of every message's future.
         let mut renewal: Pin<Box<dyn Future<Output = ()> + Send + '_>> = match renew {
             Some((record, token)) => Box::pin(self.keep_renewing(record, token)),
@@ -248,7 +282,16 @@ impl<H: Handler> Inner<H> {
                     renewing = false;
                     warn!("lease lost while the handler runs; its outcome will be discarded");
                 }
-                _ = &mut grace => return Run::Interrupted,
+                l = &mut limit => return match l {
+                    Limit::Grace => Run::Interrupted,
+                    Limit::Timeout(after) => {
+                        warn!(?after, "handler timed out; dropped, its effects may have happened");
+                        metrics::counter!("idemq_handler_timeouts_total").increment(1);
+                        Run::Finished(Err(HandlerError::retriable(format!(
+                            "handler timed out after {after:?} (its effects may have happened)"
+                        ))))
+                    }
+                },
             }
         }
     }
@@ -302,11 +345,12 @@ impl<H: Handler> Inner<H> {
         async move {
             if self.config.store_permanent_failures {
                 let body = serde_json::json!({ "error": error }).to_string();
-                if let Err(err) = self
+                if self
                     .complete(record, token, Outcome::failed(body), shutdown)
                     .await
+                    .is_err()
                 {
-                    warn!(%err, "could not store the permanent failure; releasing instead");
+                    warn!("could not store the permanent failure; releasing instead");
                     self.release(record, token, Release::Reset).await;
                 }
             } else {
@@ -338,29 +382,39 @@ impl<H: Handler> Inner<H> {
 
     /// Stores the outcome, retrying transient store failures: the handler already ran, so giving up
     /// early would turn a store blip into a second run. Token fencing makes the retries safe. After
-    /// shutdown is requested, a few more tries are made before giving up.
+    /// shutdown is requested, a few more tries are made before giving up (abandoned: not acked).
+    /// An unreadable record is read again a bounded number of times, then dead-lettered with
+    /// `corrupt-record`, as on the claim path.
     async fn complete(
         &self,
         record: &RecordKey,
         token: Token,
         outcome: Outcome,
         shutdown: &CancellationToken,
-    ) -> Result<(Fence, Outcome), StoreError> {
-        let mut failures = 0u32;
-        let mut after_shutdown = 0u32;
+    ) -> Result<(Fence, Outcome), NotStored> {
+        let (mut failures, mut after_shutdown, mut corrupt) = (0u32, 0u32, 0u32);
         loop {
             let call = self
                 .store
                 .complete(record, token, &outcome, self.config.retention);
             match self.store_call("complete", call).await {
                 Ok(fence) => return Ok((fence, outcome)),
-                Err(err @ StoreError::OutcomeTooLarge { .. }) => return Err(err),
+                Err(StoreError::OutcomeTooLarge { size, .. }) => {
+                    return Err(NotStored::TooLarge(size))
+                }
+                Err(err @ StoreError::Corrupt { .. }) => {
+                    error!(%err, "handler ran but the record to complete is unreadable");
+                    self.back_off_corrupt(err, &mut corrupt, shutdown)
+                        .await
+                        .map_err(NotStored::Settled)?;
+                }
                 Err(err) => {
                     failures += 1;
                     if shutdown.is_cancelled() {
                         after_shutdown += 1;
                         if after_shutdown > RELEASE_TRIES {
-                            return Err(err);
+                            error!(%err, "handler ran but its outcome could not be stored; leaving the message unacknowledged");
+                            return Err(NotStored::Settled(Disposition::Abandoned));
                         }
                     }
                     warn!(%err, failures, "outcome not durable yet; retrying");
@@ -368,6 +422,65 @@ impl<H: Handler> Inner<H> {
                 }
             }
         }
+    }
+
+    /// `complete` answered [`Fence::Lost`]: the claim is no longer ours, but the handler ran.
+    ///
+    /// Either another consumer took the key over after our lease expired (it records the outcome,
+    /// and must not be overwritten), or nobody owns the key: the record expired, was evicted,
+    /// forgotten (`idemq key forget --force`) or released, or its new owner gave it up. Acking in
+    /// the second case would leave no outcome behind (breaking "ack only when the outcome is
+    /// durable", and letting a later copy run the handler again), so one claim tells the cases
+    /// apart: if it acquires the key, the record is re-created with this run's outcome and the
+    /// message counts as processed (warning, `idemq_records_recreated_total`); if someone else
+    /// holds or completed the key, or bound it to another payload, the message is acked as
+    /// superseded (warning, `idemq_superseded_total`).
+    fn claim_lost<'a>(
+        &'a self,
+        message: &'a Arc<Message>,
+        record: &'a RecordKey,
+        outcome: Outcome,
+        shutdown: &'a CancellationToken,
+    ) -> BoxFuture<'a, Disposition> {
+        async move {
+            let cfg = &self.config;
+            let fingerprint = Fingerprint::of(message, &cfg.fingerprint_headers);
+            let req = ClaimRequest::new(record, &fingerprint, cfg.lease, cfg.retention);
+            let (mut failures, mut corrupt) = (0u32, 0u32);
+            let token = loop {
+                match self.store_call("claim", self.store.claim(&req)).await {
+                    Ok(Claim::Acquired { token, .. }) => break token,
+                    Ok(found) => return superseded(&found),
+                    Err(err @ StoreError::Corrupt { .. }) => {
+                        if let Err(d) = self.back_off_corrupt(err, &mut corrupt, shutdown).await {
+                            return d;
+                        }
+                    }
+                    // The handler ran: as for `complete`, wait for the store rather than run it
+                    // again.
+                    Err(err) => {
+                        failures += 1;
+                        warn!(%err, failures, "claim lost after the handler ran; store not answering, retrying");
+                        if sleep_or_cancel(cfg.store_backoff.delay(failures), shutdown).await {
+                            return Disposition::Abandoned;
+                        }
+                    }
+                }
+            };
+            match self.complete(record, token, outcome, shutdown).await {
+                Ok((Fence::Held, outcome)) => {
+                    warn!(%token, recreated = true, "the record was gone when the outcome was stored (expired, evicted, forgotten or released); re-created it with this run's outcome");
+                    metrics::counter!("idemq_records_recreated_total").increment(1);
+                    Disposition::Processed { outcome }
+                }
+                Ok((Fence::Lost, _)) => superseded(&Claim::InFlight {
+                    retry_after: Duration::ZERO,
+                }),
+                Err(NotStored::TooLarge(size)) => self.outcome_too_large(record, token, size).await,
+                Err(NotStored::Settled(d)) => d,
+            }
+        }
+        .boxed()
     }
 
     /// Best-effort release: if it fails the lease simply runs out.
@@ -407,14 +520,15 @@ impl<H: Handler> Inner<H> {
                 Run::Interrupted => return Disposition::Abandoned,
             };
             let error = match result {
-                Ok(value) => {
-                    return match serde_json::to_vec(&value) {
-                        Ok(body) => Disposition::Unkeyed {
+                Ok(value) => match serialize(&value) {
+                    Ok(Ok(body)) => {
+                        return Disposition::Unkeyed {
                             outcome: Outcome::succeeded(body),
-                        },
-                        Err(e) => Disposition::unserializable(&e),
+                        }
                     }
-                }
+                    Ok(Err(e)) => return Disposition::unserializable(&e),
+                    Err(panicked) => panicked,
+                },
                 Err(HandlerError::Permanent(e)) => {
                     return Disposition::dead_letter(DeadLetterReason::HandlerFailed, e.to_string())
                 }
@@ -443,6 +557,44 @@ pub(crate) async fn unkeyed_retry(
         return Some(Disposition::Abandoned);
     }
     None
+}
+
+/// Another consumer owns the key (`found` is what claiming it again returned): ack without
+/// storing; that owner records the outcome.
+fn superseded(found: &Claim) -> Disposition {
+    let held = match found {
+        Claim::Completed { .. } => "completed by another consumer",
+        Claim::Conflict { .. } => "now recorded with another payload",
+        _ => "held by another consumer",
+    };
+    warn!(
+        held,
+        "lease was taken over; acking without storing this run's outcome"
+    );
+    metrics::counter!("idemq_superseded_total").increment(1);
+    Disposition::Superseded
+}
+
+/// Serializes a handler's output as the outcome body; `Err` with the error text if its
+/// `Serialize` implementation panicked (a retriable failure, like a handler panic).
+pub(crate) fn serialize<T: Serialize>(value: &T) -> Result<serde_json::Result<Vec<u8>>, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| serde_json::to_vec(value)))
+        .map_err(|panic| format!("outcome serialization panicked: {}", panic_text(&*panic)))
+}
+
+/// `d` from now, saturating far in the future instead of overflowing.
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    deadline_from(Instant::now(), d)
+}
+
+/// `d` after `start`, saturating far in the future instead of overflowing.
+pub(crate) fn deadline_from(start: Instant, d: Duration) -> Instant {
+    // About 30 years, as tokio's own "far future".
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    start
+        .checked_add(d)
+        .or_else(|| start.checked_add(FAR))
+        .unwrap_or(start)
 }
 
 /// Sleeps for `d`; returns `true` if shutdown was requested first.

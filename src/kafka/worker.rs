@@ -3,9 +3,11 @@
 
 use super::partitions::{Shared, Tp};
 use super::summary::bump;
-use crate::engine::{Backoff, DeadLetter, Disposition, RetryCause};
+use crate::engine::{panic_text, Backoff, DeadLetter, Disposition, RetryCause};
 use crate::message::Message;
 use bytes::Bytes;
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 /// A received record, detached from librdkafka's buffer.
+#[derive(Clone)]
 pub(crate) struct Work {
     pub(crate) message: Arc<Message>,
     /// The Kafka record key, kept for the dead-letter copy (same partitioning downstream).
@@ -65,7 +68,29 @@ pub(crate) async fn partition_worker(
             in_flight.clone(),
         );
         shared.runtime.spawn(async move {
-            process_one(&shared2, &tp2, epoch, work, &cancel2).await;
+            // Defence in depth (the engine already turns handler panics into retriable failures):
+            // a panic must not end this task before it gives its permits and counts back (the
+            // partition would never commit again and revocations would wait their full
+            // timeout), nor mark the record finished unprocessed. The record is processed again
+            // after a backoff, until it finishes or the partition is cancelled.
+            let mut panics = 0u32;
+            while let Err(panic) =
+                AssertUnwindSafe(process_one(&shared2, &tp2, epoch, work.clone(), &cancel2))
+                    .catch_unwind()
+                    .await
+            {
+                panics += 1;
+                error!(
+                    panic = %panic_text(&*panic),
+                    panics,
+                    source = %work.message.source,
+                    "processing a record panicked; processing it again"
+                );
+                if sleep_or_cancel(DEAD_LETTER_BACKOFF.delay(panics), &cancel2).await {
+                    bump(&shared2.stats.abandoned);
+                    break;
+                }
+            }
             drop(permits);
             in_flight2.fetch_sub(1, Ordering::AcqRel);
             shared2.task_done();

@@ -102,6 +102,13 @@ impl MemoryStore {
     }
 }
 
+/// `d` after `now`, saturating (about 30 years ahead) instead of panicking on huge durations.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(now)
+}
+
 fn live<'m>(
     map: &'m mut HashMap<RecordKey, Entry>,
     key: &RecordKey,
@@ -152,9 +159,9 @@ impl Store for MemoryStore {
             fingerprint: *req.fingerprint,
             attempt,
             state: State::InProgress {
-                lease_until: now + req.lease,
+                lease_until: later(now, req.lease),
             },
-            expires_at: now + req.retention.max(req.lease),
+            expires_at: later(now, req.retention.max(req.lease)),
         };
         let Some(e) = live(&mut map, req.key, now) else {
             let entry = fresh(1);
@@ -211,7 +218,7 @@ impl Store for MemoryStore {
                     outcome: outcome.clone(),
                     completed_at: SystemTime::now(),
                 };
-                e.expires_at = now + retention;
+                e.expires_at = later(now, retention);
                 Ok(Fence::Held)
             }
             State::Completed { .. } => Ok(Fence::Held),
@@ -251,9 +258,9 @@ impl Store for MemoryStore {
         match live(&mut map, key, now) {
             Some(e) if e.token == token.0 && matches!(e.state, State::InProgress { .. }) => {
                 e.state = State::InProgress {
-                    lease_until: now + lease,
+                    lease_until: later(now, lease),
                 };
-                e.expires_at = e.expires_at.max(now + lease);
+                e.expires_at = e.expires_at.max(later(now, lease));
                 Ok(Fence::Held)
             }
             _ => Ok(Fence::Lost),
