@@ -14,7 +14,9 @@
 //!
 //! - SIGKILLs a random consumer and starts a replacement, `--kills` times;
 //! - Redis store: kills the (private, append-only-file) Redis server for `--outage-secs`, then
-//!   starts it again;
+//!   starts it again. Leases are only renewed while the store answers, so the consumers' lease
+//!   (`--lease-ms`, default 3 s or three times the outage if longer) must outlast the outage:
+//!   with a shorter one a duplicate may take over a claim whose handler already ran;
 //! - RabbitMQ: closes every consumer's connection at the broker; Kafka (a private Tansu broker):
 //!   forces a rebalance by adding a consumer and removing it again (`--broker-faults` times).
 //!
@@ -106,7 +108,8 @@ struct Args {
     broker_faults: usize,
     handler_ms: u64,
     after_effect_ms: u64,
-    lease_ms: u64,
+    /// `None`: derived from the outage (see [`Args::lease_ms`]).
+    lease_ms: Option<u64>,
     gap_ms: u64,
     partitions: i32,
     drain_timeout: Duration,
@@ -150,7 +153,7 @@ fn parse_args() -> Result<Args, String> {
         broker_faults: 2,
         handler_ms: 10,
         after_effect_ms: 0,
-        lease_ms: 3000,
+        lease_ms: None,
         gap_ms: 2500,
         partitions: 8,
         drain_timeout: Duration::from_secs(300),
@@ -212,7 +215,7 @@ fn parse_args() -> Result<Args, String> {
             "--broker-faults" => a.broker_faults = num(&v)? as usize,
             "--handler-ms" => a.handler_ms = num(&v)?,
             "--after-effect-ms" => a.after_effect_ms = num(&v)?,
-            "--lease-ms" => a.lease_ms = num(&v)?.max(100),
+            "--lease-ms" => a.lease_ms = Some(num(&v)?.max(100)),
             "--gap-ms" => a.gap_ms = num(&v)?,
             "--partitions" => a.partitions = (num(&v)? as i32).max(1),
             "--drain-timeout-secs" => a.drain_timeout = Duration::from_secs(num(&v)?),
@@ -226,7 +229,27 @@ fn parse_args() -> Result<Args, String> {
     if a.messages < 10 {
         return Err("--messages must be at least 10".into());
     }
+    if a.lease_ms() < a.outage_secs * 2000 {
+        eprintln!(
+            "chaos: warning: a lease of {} ms does not outlast a {} s store outage: an owner whose \
+             outcome write waits out the outage can lose its claim to a duplicate, and that double \
+             run is reported as a violation",
+            a.lease_ms(),
+            a.outage_secs
+        );
+    }
     Ok(a)
+}
+
+impl Args {
+    /// The consumers' lease. A lease is only renewed while the store answers, so it must outlast
+    /// the store outage plus the owner's first outcome write after it; otherwise a duplicate may
+    /// take over a claim whose handler already ran (the documented limit of lease-based claims).
+    /// Unless given, 3 s, or three times the outage when that is longer.
+    fn lease_ms(&self) -> u64 {
+        self.lease_ms
+            .unwrap_or_else(|| 3000u64.max(self.outage_secs.saturating_mul(3000)))
+    }
 }
 
 #[tokio::main]
@@ -413,7 +436,7 @@ async fn run_scenario(args: &Args, broker: BrokerKind, store: StoreKind, seed: u
             "--handler-ms".into(),
             args.handler_ms.to_string(),
             "--lease-ms".into(),
-            args.lease_ms.to_string(),
+            args.lease_ms().to_string(),
             "--after-effect-ms".into(),
             args.after_effect_ms.to_string(),
             "--effects".into(),

@@ -26,6 +26,15 @@
 //!   stored outcome would break "ack only once the outcome is durable" and let a later copy run
 //!   the handler again. Held, completed or bound to another payload by someone else: `Superseded`
 //!   (warning, counter `idemq_superseded_total`), the owner records the outcome.
+//! - **A store outage longer than the lease can let a duplicate run.** A lease is renewed only
+//!   while the store answers. If the store is unreachable after the handler ran and stays so
+//!   until the lease has expired, a duplicate that reaches the store first may take the claim
+//!   over and run the handler again (the owner then finds its claim lost and acks as
+//!   `Superseded`). This is the limit of any lease-based claim: choose a lease that outlasts
+//!   the store outages you want to ride through plus one store timeout (the default 30 s lease
+//!   covers outages up to about 20 s with the default 5 s store timeout). The Postgres
+//!   transactional engine has no such window: its claim is a row lock held by the open
+//!   transaction.
 //! - **Unreadable records** met while storing the outcome are read again a bounded number of times
 //!   (`corrupt_record_retries`), then dead-lettered with `corrupt-record`, as on the claim path.
 //! - **Durations are bounded** so no deadline overflows: [`EngineConfig::validate`] refuses a lease
