@@ -1129,7 +1129,10 @@ async fn shutdown_past_the_grace_period_cancels_a_running_statement() {
     let Some(fx) = Fixture::new().await else {
         return;
     };
-    let engine = Arc::new(fx.engine(fx.config(), always(Then::HangInStatement)));
+    let mut config = fx.config();
+    // Above the bound below: waiting for the rollback behind the statement would exceed it.
+    config.store_timeout = Duration::from_secs(40);
+    let engine = Arc::new(fx.engine(config, always(Then::HangInStatement)));
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let (e, m, s) = (engine.clone(), fx.message("stuck", "p"), stop.clone());
