@@ -940,7 +940,8 @@ async fn handler_panicking_before_its_future_is_a_retriable_failure() {
             panic!("panicked in handle")
         }
     }
-    let engine = TransactionalEngine::new(fx.store.clone(), config.clone(), Broken).expect("engine");
+    let engine =
+        TransactionalEngine::new(fx.store.clone(), config.clone(), Broken).expect("engine");
     match engine.process(fx.message("impl-boom", "p"), &stop).await {
         Disposition::Retry {
             cause: RetryCause::HandlerFailed { error, .. },
@@ -1004,7 +1005,11 @@ async fn outcome_serialize_panic_is_a_retriable_failure() {
         } => assert!(error.contains("serialize bomb"), "{error}"),
         other => panic!("expected a retriable failure, got {other:?}"),
     }
-    assert_eq!(fx.effects("ser-boom").await, 0, "the handler's write rolled back");
+    assert_eq!(
+        fx.effects("ser-boom").await,
+        0,
+        "the handler's write rolled back"
+    );
     assert_eq!(
         state_of(&fx, "ser-boom").await,
         Some((RecordState::Released, 1))
@@ -1074,7 +1079,13 @@ async fn hung_handler_is_timed_out_and_rolled_back(fx: &Fixture, hang: Then, key
     let mut config = fx.config();
     config.handler_timeout = Some(Duration::from_millis(500));
     let plan: fn(u32) -> Then = match hang {
-        Then::Hang => |attempt| if attempt == 1 { Then::Hang } else { Then::Succeed },
+        Then::Hang => |attempt| {
+            if attempt == 1 {
+                Then::Hang
+            } else {
+                Then::Succeed
+            }
+        },
         _ => |attempt| {
             if attempt == 1 {
                 Then::HangInStatement
@@ -1100,7 +1111,11 @@ async fn hung_handler_is_timed_out_and_rolled_back(fx: &Fixture, hang: Then, key
         started.elapsed() >= Duration::from_millis(500),
         "not before the timeout"
     );
-    assert_eq!(fx.effects(key).await, 0, "the handler's write was rolled back");
+    assert_eq!(
+        fx.effects(key).await,
+        0,
+        "the handler's write was rolled back"
+    );
     assert_eq!(
         state_of(fx, key).await,
         Some((RecordState::Released, 1)),

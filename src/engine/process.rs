@@ -582,7 +582,10 @@ pub(crate) fn handler_panicked(panic: Box<dyn Any + Send>) -> HandlerError {
 /// The retriable failure a handler running longer than `after` (the handler timeout) becomes;
 /// logs it and counts it in `idemq_handler_timeouts_total`.
 pub(crate) fn handler_timed_out(after: Duration) -> HandlerError {
-    warn!(?after, "handler timed out; dropped, its effects may have happened");
+    warn!(
+        ?after,
+        "handler timed out; dropped, its effects may have happened"
+    );
     metrics::counter!("idemq_handler_timeouts_total").increment(1);
     HandlerError::retriable(format!(
         "handler timed out after {after:?} (its effects may have happened)"

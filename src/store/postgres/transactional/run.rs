@@ -330,7 +330,11 @@ impl<H: TransactionalHandler> Inner<H> {
                 return self.on_permanent(tx, record, token, error).await;
             }
             // Its `Serialize` panicked: a retriable failure, like a handler panic.
-            Err(panicked) => return self.on_retriable(tx, record, token, attempt, panicked).await,
+            Err(panicked) => {
+                return self
+                    .on_retriable(tx, record, token, attempt, panicked)
+                    .await
+            }
         };
         let limit = self
             .config
@@ -629,7 +633,11 @@ impl<H: TransactionalHandler> Inner<H> {
     /// (still busy with the handler's statement), the transaction is dropped, which queues the
     /// rollback without waiting for it.
     async fn roll_back(&self, tx: Transaction<'_>) {
-        let rollback = async { tx.rollback().await.map_err(|e| self.store.db("rollback", e)) };
+        let rollback = async {
+            tx.rollback()
+                .await
+                .map_err(|e| self.store.db("rollback", e))
+        };
         if let Err(err) = timed("rollback", self.config.store_timeout, rollback).await {
             warn!(%err, "rollback not confirmed; it stays queued on the connection");
         }
