@@ -1183,3 +1183,41 @@ async fn transactional_engine_refuses_out_of_range_durations() {
     }
     fx.drop_table().await;
 }
+
+/// An unreadable record met by the claim is read again a bounded number of times, then
+/// dead-lettered as `corrupt-record`, without running the handler. (Storing the outcome and
+/// recording a failure are fenced `UPDATE`s of the row this transaction holds locked: they read
+/// no record, so they cannot meet an unreadable one.)
+#[tokio::test]
+async fn corrupt_record_is_dead_lettered_after_bounded_retries_without_running_the_handler() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.corrupt_record_retries = 2;
+    config.store_backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(20));
+    let engine = fx.engine(config, always(Then::Succeed));
+    let stop = CancellationToken::new();
+    assert!(matches!(
+        engine.process(fx.message("damaged", "p"), &stop).await,
+        Disposition::Processed { .. }
+    ));
+    support::postgres::corrupt(&fx.store, &fx.record_key("damaged")).await;
+    let d = tokio::time::timeout(
+        TIMEOUT_BOUND,
+        engine.process(fx.message("damaged", "p"), &stop),
+    )
+    .await
+    .expect("bounded");
+    match d {
+        Disposition::DeadLetter(dl) => assert_eq!(dl.reason, DeadLetterReason::CorruptRecord),
+        other => panic!("expected a corrupt-record dead letter, got {other:?}"),
+    }
+    assert_eq!(
+        fx.runs.load(Ordering::SeqCst),
+        1,
+        "the handler did not run again"
+    );
+    assert_eq!(fx.effects("damaged").await, 1);
+    fx.drop_table().await;
+}
