@@ -40,6 +40,8 @@ enum Then {
     SlowThenFailRetriable,
     /// Keep the transaction busy for 1.5 s, then fail permanently.
     SlowThenFailPermanent,
+    /// Keep the transaction busy for 1.5 s, then succeed.
+    SlowThenSucceed,
 }
 
 struct Fixture {
@@ -140,6 +142,11 @@ impl Fixture {
                     Then::HugeOutcome => {
                         return Ok(serde_json::json!({ "blob": "x".repeat(2 * 1024 * 1024) }))
                     }
+                    Then::SlowThenSucceed => {
+                        tx.batch_execute("SELECT pg_sleep(1.5)")
+                            .await
+                            .map_err(HandlerError::retriable)?;
+                    }
                     Then::SlowThenFailRetriable | Then::SlowThenFailPermanent => {
                         tx.batch_execute("SELECT pg_sleep(1.5)")
                             .await
@@ -202,6 +209,7 @@ fn always(then: Then) -> fn(u32) -> Then {
         Then::HugeOutcome => |_| Then::HugeOutcome,
         Then::SlowThenFailRetriable => |_| Then::SlowThenFailRetriable,
         Then::SlowThenFailPermanent => |_| Then::SlowThenFailPermanent,
+        Then::SlowThenSucceed => |_| Then::SlowThenSucceed,
     }
 }
 
@@ -1219,5 +1227,36 @@ async fn corrupt_record_is_dead_lettered_after_bounded_retries_without_running_t
         "the handler did not run again"
     );
     assert_eq!(fx.effects("damaged").await, 1);
+    fx.drop_table().await;
+}
+
+/// The record expires while the handler runs (it is slower than lease and retention): as the
+/// engine does when the record is gone at `complete`, it is re-created with this run's outcome,
+/// committed with the handler's writes, instead of rolling everything back (which would run such
+/// a handler again and again without ever completing).
+#[tokio::test]
+async fn record_expired_during_the_handler_is_recreated_with_the_outcome() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.lease = Duration::from_secs(1);
+    config.retention = Duration::from_secs(1);
+    let engine = fx.engine(config, always(Then::SlowThenSucceed));
+    let stop = CancellationToken::new();
+    let d = engine.process(fx.message("expired", "p"), &stop).await;
+    assert!(matches!(d, Disposition::Processed { .. }), "{d:?}");
+    assert_eq!(
+        fx.effects("expired").await,
+        1,
+        "the handler's write committed"
+    );
+    // Read raw: with a 1 s retention the record may already read as expired through the store.
+    assert_eq!(
+        raw_rows(&fx, "expired").await,
+        vec!["completed".to_string()],
+        "the outcome committed with it"
+    );
+    assert_eq!(fx.runs.load(Ordering::SeqCst), 1);
     fx.drop_table().await;
 }

@@ -455,8 +455,7 @@ impl<H: Handler> Inner<H> {
             };
             match self.complete(record, token, outcome, shutdown).await {
                 Ok((Fence::Held, outcome)) => {
-                    warn!(%token, recreated = true, "the record was gone when the outcome was stored (expired, evicted, forgotten or released); re-created it with this run's outcome");
-                    metrics::counter!("idemq_records_recreated_total").increment(1);
+                    record_recreated(token);
                     Disposition::Processed { outcome }
                 }
                 Ok((Fence::Lost, _)) => superseded(&Claim::InFlight {
@@ -590,6 +589,13 @@ pub(crate) fn handler_timed_out(after: Duration) -> HandlerError {
     HandlerError::retriable(format!(
         "handler timed out after {after:?} (its effects may have happened)"
     ))
+}
+
+/// Logs and counts (`idemq_records_recreated_total`) a record that was gone when the outcome was
+/// stored and was re-created with this run's outcome under `token`.
+pub(crate) fn record_recreated(token: Token) {
+    warn!(%token, recreated = true, "the record was gone when the outcome was stored (expired, evicted, forgotten or released); re-created it with this run's outcome");
+    metrics::counter!("idemq_records_recreated_total").increment(1);
 }
 
 /// Serializes a handler's output as the outcome body; `Err` with the error text if its

@@ -8,6 +8,7 @@
 //! | handler result | in the transaction | then |
 //! |---|---|---|
 //! | `Ok(outcome)` | store the outcome, `COMMIT` | ack (`Processed`) |
+//! | `Ok(outcome)`, record expired during the handler | claim again in the transaction, store the outcome, `COMMIT` (re-created, as `Engine` does) | ack (`Processed`) |
 //! | `Err(Retriable)` / panic (also before the handler returns its future, or in the outcome's `Serialize`) | roll back to the savepoint (effects gone), release (attempt counted), `COMMIT` | retry with backoff; dead-letter after `max_attempts` |
 //! | running longer than `handler_timeout` | handler dropped, its statement cancelled (`pg_cancel_backend`), then as for `Err(Retriable)` | retry; effects outside the database may have happened |
 //! | `Err(Permanent)` | roll back to the savepoint, release (or store the failure, per `store_permanent_failures`), `COMMIT` | dead-letter |

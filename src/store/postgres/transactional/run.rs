@@ -3,8 +3,8 @@
 
 use super::{Inner, TransactionalHandler};
 use crate::engine::{
-    call_handler, deadline_from, handler_panicked, handler_timed_out, record_decision, serialize,
-    timed, unkeyed_retry, DeadLetterReason, Disposition, RetryCause,
+    call_handler, deadline_from, handler_panicked, handler_timed_out, record_decision,
+    record_recreated, serialize, timed, unkeyed_retry, DeadLetterReason, Disposition, RetryCause,
 };
 use crate::fingerprint::Fingerprint;
 use crate::handler::{HandlerContext, HandlerError};
@@ -352,17 +352,23 @@ impl<H: TransactionalHandler> Inner<H> {
             );
         }
         let outcome = Outcome::succeeded(body);
+        let mut recreated = None;
         match self.write_outcome(&tx, record, token, &outcome).await {
             Ok(true) => {}
-            Ok(false) => {
-                // Cannot happen while we hold the row lock, unless the record's retention ran out
-                // during the handler; undo everything and let the redelivery start over.
-                let _ = tx.rollback().await;
-                return self.store_down(StoreError::unavailable(
-                    "complete",
-                    format!("record {record} expired while its handler ran"),
-                ));
-            }
+            Ok(false) => match self.recreate(&tx, message, record, &outcome).await {
+                Ok(Some(token)) => recreated = Some(token),
+                Ok(None) => {
+                    let _ = tx.rollback().await;
+                    return self.store_down(StoreError::unavailable(
+                        "complete",
+                        format!("record {record} changed while its handler ran"),
+                    ));
+                }
+                Err(err) => {
+                    let _ = tx.rollback().await;
+                    return self.store_down(err);
+                }
+            },
             Err(e) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
                 // The handler swallowed a failed statement: its writes are not all there.
                 let error = "the handler returned Ok but left its transaction aborted \
@@ -374,7 +380,12 @@ impl<H: TransactionalHandler> Inner<H> {
         }
         let commit = async { tx.commit().await.map_err(|e| self.store.db("commit", e)) };
         match self.store_call("commit", commit).await {
-            Ok(()) => Disposition::Processed { outcome },
+            Ok(()) => {
+                if let Some(token) = recreated {
+                    record_recreated(token);
+                }
+                Disposition::Processed { outcome }
+            }
             Err(err) => {
                 // Committed or not, the redelivery finds either the outcome or a clean slate.
                 error!(%err, "commit failed; leaving the message unacknowledged");
@@ -446,6 +457,43 @@ impl<H: TransactionalHandler> Inner<H> {
             Ok(false) => warn!(pid, "could not signal the dropped handler's session"),
             Err(err) => warn!(%err, pid, "could not cancel the dropped handler's statement"),
         }
+    }
+
+    /// Storing the outcome matched no row: we hold the row lock, so the record expired while the
+    /// handler ran (it took longer than both lease and retention) or the handler itself changed
+    /// it. As the engine does for a record gone at `complete`, re-create it: claim the key again
+    /// in this transaction (an expired row is claimable, and locked by us) and store the outcome
+    /// under the new token, so the handler's writes and the outcome still commit together.
+    /// Rolling back instead would make a handler slower than the retention run again forever.
+    /// `Ok(Some(token))` once stored; `Ok(None)` if the key was not claimable.
+    async fn recreate(
+        &self,
+        tx: &Transaction<'_>,
+        message: &Arc<Message>,
+        record: &RecordKey,
+        outcome: &Outcome,
+    ) -> Result<Option<Token>, StoreError> {
+        let cfg = &self.config;
+        let fingerprint = Fingerprint::of(message, &cfg.fingerprint_headers);
+        let req = ClaimRequest::new(record, &fingerprint, cfg.lease, cfg.retention);
+        let recreate = async {
+            let stmt = self
+                .store
+                .prepare(tx, "claim", &self.store.sql().claim)
+                .await?;
+            let params = claim_params(&req);
+            let rows = tx
+                .query(&stmt, &params.as_params())
+                .await
+                .map_err(|e| self.store.db("claim", e))?;
+            let Some(Claim::Acquired { token, .. }) = interpret_claim(rows, &req)? else {
+                return Ok(None);
+            };
+            let stored = self.write_outcome(tx, record, token, outcome).await;
+            let stored = stored.map_err(|e| self.store.db("complete", e))?;
+            Ok(stored.then_some(token))
+        };
+        timed("complete", cfg.store_timeout, recreate).await
     }
 
     /// Stores the outcome in the open transaction; `Ok(false)` if the fence did not match.
