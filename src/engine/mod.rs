@@ -69,8 +69,8 @@ pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 pub(crate) use self::core::EngineCore;
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use process::{
-    call_handler, deadline_from, handler_panicked, handler_timed_out, panic_text, record_recreated,
-    serialize, unkeyed_retry,
+    call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out, panic_text,
+    record_recreated, serialize, unkeyed_retry,
 };
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use telemetry::{record_decision, timed};

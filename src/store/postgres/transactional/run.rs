@@ -3,8 +3,9 @@
 
 use super::{Inner, TransactionalHandler};
 use crate::engine::{
-    call_handler, deadline_from, handler_panicked, handler_timed_out, record_decision,
-    record_recreated, serialize, timed, unkeyed_retry, DeadLetterReason, Disposition, RetryCause,
+    call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out,
+    record_decision, record_recreated, serialize, timed, unkeyed_retry, DeadLetterReason,
+    Disposition, RetryCause,
 };
 use crate::fingerprint::Fingerprint;
 use crate::handler::{HandlerContext, HandlerError};
@@ -112,7 +113,7 @@ impl<H: TransactionalHandler> Inner<H> {
         let record = RecordKey::new(&*self.scope, key);
         let fingerprint = Fingerprint::of(message, &cfg.fingerprint_headers);
         let req = ClaimRequest::new(&record, &fingerprint, cfg.lease, cfg.retention);
-        let wait_until = Instant::now() + cfg.in_flight_bound();
+        let wait_until = deadline_after(cfg.in_flight_bound());
         let (mut polls, mut corrupt, mut races, mut stale) = (0u32, 0u32, 0u32, 0u32);
         loop {
             let mut client = match self.connect().await {
