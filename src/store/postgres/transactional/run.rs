@@ -27,7 +27,11 @@ use tracing::{debug, error, field, info, warn, Instrument, Span};
 ///
 /// `lock_timeout` is set only for the claim (bounding the wait for a duplicate's transaction);
 /// the handler's own statements run with the configured default again.
-const SAVEPOINT: &str = "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT idemq_handler";
+///
+/// It also reads the session's process id, for `cancel_statement`: last in the pipeline, so the
+/// claim's answer is not held up by it.
+const SAVEPOINT: &str =
+    "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT idemq_handler; SELECT pg_backend_pid()";
 const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idemq_handler";
 /// Re-runs of a claim that raced with a concurrent commit before giving up for now.
 const RACE_RETRIES: u32 = 8;
@@ -213,19 +217,17 @@ impl<H: TransactionalHandler> Inner<H> {
         // for a lease, so its key is taken over within lease + one retry, as with the other
         // engine. Only idle time between statements counts, not a long-running statement.
         let idle_ms = self.config.lease.as_millis().clamp(1, i32::MAX as u128);
-        // The session's process id comes in the same round trip, for `cancel_statement`.
         let set = format!(
             "SET LOCAL lock_timeout = {lock_ms}; \
-             SET LOCAL idle_in_transaction_session_timeout = {idle_ms}; \
-             SELECT pg_backend_pid()"
+             SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"
         );
         let params = claim_params(req);
         let params = params.as_params();
         let pipelined = async {
             tokio::join!(
-                tx.simple_query(&set),
+                tx.batch_execute(&set),
                 tx.query(&stmt, &params),
-                tx.batch_execute(SAVEPOINT)
+                tx.simple_query(SAVEPOINT)
             )
         };
         // The lock wait is bounded by lock_timeout; the deadline adds the usual store timeout.
@@ -240,13 +242,7 @@ impl<H: TransactionalHandler> Inner<H> {
                 })
             }
         };
-        let pid = set
-            .map_err(|e| self.store.db("claim", e))?
-            .iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(row) => row.get(0)?.parse::<i32>().ok(),
-                _ => None,
-            });
+        set.map_err(|e| self.store.db("claim", e))?;
         let rows = match rows {
             Ok(rows) => rows,
             Err(e)
@@ -266,7 +262,13 @@ impl<H: TransactionalHandler> Inner<H> {
         };
         Ok(Err(match claim {
             Claim::Acquired { token, attempt } => {
-                savepoint.map_err(|e| self.store.db("claim", e))?;
+                let pid = savepoint
+                    .map_err(|e| self.store.db("claim", e))?
+                    .iter()
+                    .find_map(|m| match m {
+                        SimpleQueryMessage::Row(row) => row.get(0)?.parse::<i32>().ok(),
+                        _ => None,
+                    });
                 return Ok(Ok(Claimed {
                     token,
                     attempt,
