@@ -130,10 +130,16 @@ async fn sigkilled_workers_leave_exactly_one_effect_row_per_key() {
         if kill_this_one {
             // Wait for the worker to start, then let it work for `deadline`, then SIGKILL.
             let _ = tokio::time::timeout(Duration::from_secs(30), read_acks).await;
+            // Or after a share of the messages, whichever comes first: a fast worker must not
+            // drain the stream before enough kills have hit it mid-work.
+            let share = (MESSAGES / u64::from(2 * KILLS)) as usize;
             let more_acks = async {
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Some(seq) = parse_ack(&line) {
                         acked.insert(seq);
+                    }
+                    if acked.len() - before >= share {
+                        return;
                     }
                 }
             };

@@ -28,8 +28,10 @@ enum Then {
     Panic,
     /// Wait for `Fixture::resume` before succeeding.
     WaitThenSucceed,
-    /// Never finish (the future is dropped by the test).
+    /// Never finish (the future is dropped by the test or by the engine's handler timeout).
     Hang,
+    /// Never finish, inside a statement (`pg_sleep`): the transaction is busy, not idle.
+    HangInStatement,
     /// Run a failing statement, ignore the error, return Ok.
     SwallowSqlError,
     /// Return an outcome above the size limit.
@@ -38,6 +40,8 @@ enum Then {
     SlowThenFailRetriable,
     /// Keep the transaction busy for 1.5 s, then fail permanently.
     SlowThenFailPermanent,
+    /// Keep the transaction busy for 1.5 s, then succeed.
+    SlowThenSucceed,
 }
 
 struct Fixture {
@@ -126,11 +130,22 @@ impl Fixture {
                     Then::Panic => panic!("handler bug"),
                     Then::WaitThenSucceed => resume.notified().await,
                     Then::Hang => std::future::pending::<()>().await,
+                    Then::HangInStatement => {
+                        // 60 s, not forever: a broken fix must not leave the session behind.
+                        tx.batch_execute("SELECT pg_sleep(60)")
+                            .await
+                            .map_err(HandlerError::retriable)?;
+                    }
                     Then::SwallowSqlError => {
                         let _ = tx.batch_execute("SELECT 1/0").await;
                     }
                     Then::HugeOutcome => {
                         return Ok(serde_json::json!({ "blob": "x".repeat(2 * 1024 * 1024) }))
+                    }
+                    Then::SlowThenSucceed => {
+                        tx.batch_execute("SELECT pg_sleep(1.5)")
+                            .await
+                            .map_err(HandlerError::retriable)?;
                     }
                     Then::SlowThenFailRetriable | Then::SlowThenFailPermanent => {
                         tx.batch_execute("SELECT pg_sleep(1.5)")
@@ -189,10 +204,12 @@ fn always(then: Then) -> fn(u32) -> Then {
         Then::Panic => |_| Then::Panic,
         Then::WaitThenSucceed => |_| Then::WaitThenSucceed,
         Then::Hang => |_| Then::Hang,
+        Then::HangInStatement => |_| Then::HangInStatement,
         Then::SwallowSqlError => |_| Then::SwallowSqlError,
         Then::HugeOutcome => |_| Then::HugeOutcome,
         Then::SlowThenFailRetriable => |_| Then::SlowThenFailRetriable,
         Then::SlowThenFailPermanent => |_| Then::SlowThenFailPermanent,
+        Then::SlowThenSucceed => |_| Then::SlowThenSucceed,
     }
 }
 
@@ -847,5 +864,399 @@ async fn settle_with_a_stale_token_rolls_back_instead_of_committing() {
         "neither the claim nor a failure outcome commits after a lost fence"
     );
     assert_eq!(fx.effects("stale-permanent").await, 0);
+    fx.drop_table().await;
+}
+
+/// The effect insert of [`Fixture::engine`], for tests with their own handler.
+fn insert_effect(fx: &Fixture) -> String {
+    format!(
+        "INSERT INTO {} (idempotency_key, attempt) VALUES ($1, $2)",
+        fx.effects
+    )
+}
+
+/// The record of `key`: (state, attempt).
+async fn state_of(fx: &Fixture, key: &str) -> Option<(RecordState, u32)> {
+    fx.store
+        .get(&fx.record_key(key))
+        .await
+        .expect("get")
+        .map(|r| (r.state, r.attempt))
+}
+
+/// A handler whose closure panics before it returns its future (synchronous work), or whose
+/// hand-written `handle` does: a retriable failure, claim released, nothing committed.
+#[tokio::test]
+async fn handler_panicking_before_its_future_is_a_retriable_failure() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.max_attempts = 2;
+    let insert = insert_effect(&fx);
+    let engine = TransactionalEngine::new(
+        fx.store.clone(),
+        config.clone(),
+        from_fn(move |ctx, tx| {
+            if ctx.message.payload.as_ref() == b"sync" {
+                panic!("synchronous bug");
+            }
+            let insert = insert.clone();
+            Box::pin(async move {
+                let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+                tx.execute(&insert, &[&key, &(ctx.attempt as i32)])
+                    .await
+                    .map_err(HandlerError::retriable)?;
+                Ok::<_, HandlerError>("fine")
+            })
+        }),
+    )
+    .expect("engine");
+    let stop = CancellationToken::new();
+    match engine.process(fx.message("sync-boom", "sync"), &stop).await {
+        Disposition::Retry {
+            cause: RetryCause::HandlerFailed { attempt: 1, error },
+            ..
+        } => assert!(error.contains("synchronous bug"), "{error}"),
+        other => panic!("expected a retriable failure, got {other:?}"),
+    }
+    assert_eq!(
+        state_of(&fx, "sync-boom").await,
+        Some((RecordState::Released, 1)),
+        "claim released, attempt counted"
+    );
+    match engine.process(fx.message("sync-boom", "sync"), &stop).await {
+        Disposition::DeadLetter(dl) => assert_eq!(dl.reason, DeadLetterReason::RetriesExhausted),
+        other => panic!("expected retries-exhausted, got {other:?}"),
+    }
+    // The same engine still runs other messages.
+    assert!(matches!(
+        engine.process(fx.message("sync-ok", "p"), &stop).await,
+        Disposition::Processed { .. }
+    ));
+    assert_eq!(fx.effects("sync-ok").await, 1);
+
+    // A hand-written handler whose `handle` panics.
+    struct Broken;
+    impl TransactionalHandler for Broken {
+        type Output = ();
+        fn handle<'a>(
+            &'a self,
+            _ctx: idemq::HandlerContext,
+            _tx: &'a idemq::store::postgres::Transaction<'a>,
+        ) -> futures::future::BoxFuture<'a, Result<(), HandlerError>> {
+            panic!("panicked in handle")
+        }
+    }
+    let engine =
+        TransactionalEngine::new(fx.store.clone(), config.clone(), Broken).expect("engine");
+    match engine.process(fx.message("impl-boom", "p"), &stop).await {
+        Disposition::Retry {
+            cause: RetryCause::HandlerFailed { error, .. },
+            ..
+        } => assert!(error.contains("panicked in handle"), "{error}"),
+        other => panic!("expected a retriable failure, got {other:?}"),
+    }
+    assert_eq!(
+        state_of(&fx, "impl-boom").await,
+        Some((RecordState::Released, 1))
+    );
+
+    // Without deduplication the panic is retried in place, then dead-lettered.
+    config.key.missing = idemq::MissingKeyPolicy::ProcessWithoutDedup;
+    let engine = TransactionalEngine::new(fx.store.clone(), config, Broken).expect("engine");
+    let unkeyed = Arc::new(Message::new("p", Source::Other("test".into())));
+    match engine.process(unkeyed, &stop).await {
+        Disposition::DeadLetter(dl) => {
+            assert_eq!(dl.reason, DeadLetterReason::RetriesExhausted);
+            assert!(dl.error.contains("panicked in handle"), "{}", dl.error);
+        }
+        other => panic!("expected retries-exhausted, got {other:?}"),
+    }
+    fx.drop_table().await;
+}
+
+/// An outcome whose `Serialize` implementation panics.
+struct SerializeBomb;
+
+impl serde::Serialize for SerializeBomb {
+    fn serialize<S: serde::Serializer>(&self, _s: S) -> Result<S::Ok, S::Error> {
+        panic!("serialize bomb")
+    }
+}
+
+#[tokio::test]
+async fn outcome_serialize_panic_is_a_retriable_failure() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.max_attempts = 2;
+    let insert = insert_effect(&fx);
+    let handler = from_fn(move |ctx, tx| {
+        let insert = insert.clone();
+        Box::pin(async move {
+            let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+            tx.execute(&insert, &[&key, &(ctx.attempt as i32)])
+                .await
+                .map_err(HandlerError::retriable)?;
+            Ok::<_, HandlerError>(SerializeBomb)
+        })
+    });
+    let engine =
+        TransactionalEngine::new(fx.store.clone(), config.clone(), handler).expect("engine");
+    let stop = CancellationToken::new();
+    match engine.process(fx.message("ser-boom", "p"), &stop).await {
+        Disposition::Retry {
+            cause: RetryCause::HandlerFailed { attempt: 1, error },
+            ..
+        } => assert!(error.contains("serialize bomb"), "{error}"),
+        other => panic!("expected a retriable failure, got {other:?}"),
+    }
+    assert_eq!(
+        fx.effects("ser-boom").await,
+        0,
+        "the handler's write rolled back"
+    );
+    assert_eq!(
+        state_of(&fx, "ser-boom").await,
+        Some((RecordState::Released, 1))
+    );
+    match engine.process(fx.message("ser-boom", "p"), &stop).await {
+        Disposition::DeadLetter(dl) => {
+            assert_eq!(dl.reason, DeadLetterReason::RetriesExhausted);
+            assert!(dl.error.contains("serialize bomb"), "{}", dl.error);
+        }
+        other => panic!("expected retries-exhausted, got {other:?}"),
+    }
+    assert_eq!(fx.effects("ser-boom").await, 0);
+
+    // Without deduplication: retried in place, nothing committed, then dead-lettered.
+    config.key.missing = idemq::MissingKeyPolicy::ProcessWithoutDedup;
+    let insert = insert_effect(&fx);
+    let handler = from_fn(move |_ctx, tx| {
+        let insert = insert.clone();
+        Box::pin(async move {
+            tx.execute(&insert, &[&"unkeyed-ser", &0i32])
+                .await
+                .map_err(HandlerError::retriable)?;
+            Ok::<_, HandlerError>(SerializeBomb)
+        })
+    });
+    let engine = TransactionalEngine::new(fx.store.clone(), config, handler).expect("engine");
+    let unkeyed = Arc::new(Message::new("p", Source::Other("test".into())));
+    match engine.process(unkeyed, &stop).await {
+        Disposition::DeadLetter(dl) => {
+            assert_eq!(dl.reason, DeadLetterReason::RetriesExhausted);
+            assert!(dl.error.contains("serialize bomb"), "{}", dl.error);
+        }
+        other => panic!("expected retries-exhausted, got {other:?}"),
+    }
+    assert_eq!(fx.effects("unkeyed-ser").await, 0);
+    fx.drop_table().await;
+}
+
+/// Bound for runs that must end through the handler timeout (500 ms): generous for a loaded
+/// machine, far below the hang.
+const TIMEOUT_BOUND: Duration = Duration::from_secs(30);
+
+/// A handler hung outside the database (awaiting something in the app) after writing: the
+/// transaction is not idle-timed-out by the server while a statement is pending elsewhere, so the
+/// engine's handler timeout must end it: rolled back, claim released, the duplicate runs again.
+#[tokio::test]
+async fn hung_handler_times_out_as_a_retriable_failure() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    hung_handler_is_timed_out_and_rolled_back(&fx, Then::Hang, "hung").await;
+    fx.drop_table().await;
+}
+
+/// The same, with the handler stuck inside a statement: the statement is cancelled, so the
+/// rollback and the release need not wait for it.
+#[tokio::test]
+async fn handler_hung_in_a_statement_times_out_and_its_statement_is_cancelled() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    hung_handler_is_timed_out_and_rolled_back(&fx, Then::HangInStatement, "hung-sql").await;
+    fx.drop_table().await;
+}
+
+async fn hung_handler_is_timed_out_and_rolled_back(fx: &Fixture, hang: Then, key: &str) {
+    let mut config = fx.config();
+    config.handler_timeout = Some(Duration::from_millis(500));
+    let plan: fn(u32) -> Then = match hang {
+        Then::Hang => |attempt| {
+            if attempt == 1 {
+                Then::Hang
+            } else {
+                Then::Succeed
+            }
+        },
+        _ => |attempt| {
+            if attempt == 1 {
+                Then::HangInStatement
+            } else {
+                Then::Succeed
+            }
+        },
+    };
+    let engine = fx.engine(config, plan);
+    let stop = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let first = tokio::time::timeout(TIMEOUT_BOUND, engine.process(fx.message(key, "p"), &stop))
+        .await
+        .expect("the handler timeout must end the hung run");
+    match first {
+        Disposition::Retry {
+            cause: RetryCause::HandlerFailed { attempt: 1, error },
+            ..
+        } => assert!(error.contains("timed out"), "{error}"),
+        other => panic!("expected a retriable failure, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "not before the timeout"
+    );
+    assert_eq!(
+        fx.effects(key).await,
+        0,
+        "the handler's write was rolled back"
+    );
+    assert_eq!(
+        state_of(fx, key).await,
+        Some((RecordState::Released, 1)),
+        "failure recorded and committed: claim released, attempt counted"
+    );
+    // The duplicate runs the handler again (not blocked by a leftover row lock) and commits.
+    let second = tokio::time::timeout(TIMEOUT_BOUND, engine.process(fx.message(key, "p"), &stop))
+        .await
+        .expect("second run");
+    assert!(
+        matches!(second, Disposition::Processed { .. }),
+        "{second:?}"
+    );
+    assert_eq!(fx.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(fx.effects(key).await, 1);
+    assert!(matches!(
+        engine.process(fx.message(key, "p"), &stop).await,
+        Disposition::Replayed { .. }
+    ));
+}
+
+/// Shutdown past the grace period while the handler is inside a statement: the run is abandoned
+/// promptly (the statement is cancelled), not after the statement ends.
+#[tokio::test]
+async fn shutdown_past_the_grace_period_cancels_a_running_statement() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    // Above the bound below: waiting for the rollback behind the statement would exceed it.
+    config.store_timeout = Duration::from_secs(40);
+    let engine = Arc::new(fx.engine(config, always(Then::HangInStatement)));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (e, m, s) = (engine.clone(), fx.message("stuck", "p"), stop.clone());
+        async move { e.process(m, &s).await }
+    });
+    fx.inserted.notified().await;
+    stop.cancel();
+    let d = tokio::time::timeout(TIMEOUT_BOUND, task)
+        .await
+        .expect("abandoned without waiting for the statement")
+        .expect("task");
+    assert_eq!(d, Disposition::Abandoned);
+    assert_eq!(fx.effects("stuck").await, 0);
+    assert_eq!(state_of(&fx, "stuck").await, None, "nothing committed");
+    fx.drop_table().await;
+}
+
+/// The transactional engine validates its configuration as the engine does.
+#[tokio::test]
+async fn transactional_engine_refuses_out_of_range_durations() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.handler_timeout = Some(Duration::ZERO);
+    let handler = from_fn(|_ctx, _tx| Box::pin(async { Ok::<_, HandlerError>(()) }));
+    match TransactionalEngine::new(fx.store.clone(), config, handler) {
+        Err(idemq::ConfigError::DurationOutOfRange { field, .. }) => {
+            assert_eq!(field, "handler_timeout")
+        }
+        Err(other) => panic!("expected DurationOutOfRange, got {other:?}"),
+        Ok(_) => panic!("expected DurationOutOfRange, got an engine"),
+    }
+    fx.drop_table().await;
+}
+
+/// An unreadable record met by the claim is read again a bounded number of times, then
+/// dead-lettered as `corrupt-record`, without running the handler. (Storing the outcome and
+/// recording a failure are fenced `UPDATE`s of the row this transaction holds locked: they read
+/// no record, so they cannot meet an unreadable one.)
+#[tokio::test]
+async fn corrupt_record_is_dead_lettered_after_bounded_retries_without_running_the_handler() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.corrupt_record_retries = 2;
+    config.store_backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(20));
+    let engine = fx.engine(config, always(Then::Succeed));
+    let stop = CancellationToken::new();
+    assert!(matches!(
+        engine.process(fx.message("damaged", "p"), &stop).await,
+        Disposition::Processed { .. }
+    ));
+    support::postgres::corrupt(&fx.store, &fx.record_key("damaged")).await;
+    let d = tokio::time::timeout(
+        TIMEOUT_BOUND,
+        engine.process(fx.message("damaged", "p"), &stop),
+    )
+    .await
+    .expect("bounded");
+    match d {
+        Disposition::DeadLetter(dl) => assert_eq!(dl.reason, DeadLetterReason::CorruptRecord),
+        other => panic!("expected a corrupt-record dead letter, got {other:?}"),
+    }
+    assert_eq!(
+        fx.runs.load(Ordering::SeqCst),
+        1,
+        "the handler did not run again"
+    );
+    assert_eq!(fx.effects("damaged").await, 1);
+    fx.drop_table().await;
+}
+
+/// The record expires while the handler runs (it is slower than lease and retention): as the
+/// engine does when the record is gone at `complete`, it is re-created with this run's outcome,
+/// committed with the handler's writes, instead of rolling everything back (which would run such
+/// a handler again and again without ever completing).
+#[tokio::test]
+async fn record_expired_during_the_handler_is_recreated_with_the_outcome() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.lease = Duration::from_secs(1);
+    config.retention = Duration::from_secs(1);
+    let engine = fx.engine(config, always(Then::SlowThenSucceed));
+    let stop = CancellationToken::new();
+    let d = engine.process(fx.message("expired", "p"), &stop).await;
+    assert!(matches!(d, Disposition::Processed { .. }), "{d:?}");
+    assert_eq!(
+        fx.effects("expired").await,
+        1,
+        "the handler's write committed"
+    );
+    // Read raw: with a 1 s retention the record may already read as expired through the store.
+    assert_eq!(
+        raw_rows(&fx, "expired").await,
+        vec!["completed".to_string()],
+        "the outcome committed with it"
+    );
+    assert_eq!(fx.runs.load(Ordering::SeqCst), 1);
     fx.drop_table().await;
 }

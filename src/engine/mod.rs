@@ -77,7 +77,10 @@ pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 // like the engine.
 pub(crate) use self::core::EngineCore;
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
-pub(crate) use process::{panic_text, unkeyed_retry};
+pub(crate) use process::{
+    call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out, panic_text,
+    record_recreated, serialize, unkeyed_retry,
+};
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use telemetry::{record_decision, timed};
 

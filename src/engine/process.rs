@@ -10,7 +10,7 @@ use crate::key::{derive_from_payload, MissingKeyPolicy};
 use crate::message::Message;
 use crate::outcome::Outcome;
 use crate::store::{Claim, ClaimRequest, Fence, RecordKey, Release, StoreError, Token};
-use futures::future::{BoxFuture, FutureExt};
+use futures::future::{BoxFuture, CatchUnwind, FutureExt};
 use serde::Serialize;
 use std::any::Any;
 use std::future::Future;
@@ -230,19 +230,11 @@ impl<H: Handler> Inner<H> {
     ) -> Run<H::Output> {
         let started = Instant::now();
         let finished = |r: std::thread::Result<Result<H::Output, HandlerError>>| {
-            Run::Finished(r.unwrap_or_else(|panic| {
-                Err(HandlerError::retriable(format!(
-                    "handler panicked: {}",
-                    panic_text(&*panic)
-                )))
-            }))
+            Run::Finished(r.unwrap_or_else(|panic| Err(handler_panicked(panic))))
         };
-        // `handle` may do synchronous work (a closure's body before its `async` block, a
-        // hand-written `Handler`) and panic before there is a future to catch the panic in.
-        let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(ctx)))
-        {
-            Ok(future) => AssertUnwindSafe(future).catch_unwind(),
-            Err(panic) => return finished(Err(panic)),
+        let handler = match call_handler(|| self.handler.handle(ctx)) {
+            Ok(future) => future,
+            Err(panicked) => return Run::Finished(Err(panicked)),
         };
         tokio::pin!(handler);
         // A handler that finishes on its first poll needs neither the renewal loop nor the
@@ -284,13 +276,7 @@ impl<H: Handler> Inner<H> {
                 }
                 l = &mut limit => return match l {
                     Limit::Grace => Run::Interrupted,
-                    Limit::Timeout(after) => {
-                        warn!(?after, "handler timed out; dropped, its effects may have happened");
-                        metrics::counter!("idemq_handler_timeouts_total").increment(1);
-                        Run::Finished(Err(HandlerError::retriable(format!(
-                            "handler timed out after {after:?} (its effects may have happened)"
-                        ))))
-                    }
+                    Limit::Timeout(after) => Run::Finished(Err(handler_timed_out(after))),
                 },
             }
         }
@@ -469,8 +455,7 @@ impl<H: Handler> Inner<H> {
             };
             match self.complete(record, token, outcome, shutdown).await {
                 Ok((Fence::Held, outcome)) => {
-                    warn!(%token, recreated = true, "the record was gone when the outcome was stored (expired, evicted, forgotten or released); re-created it with this run's outcome");
-                    metrics::counter!("idemq_records_recreated_total").increment(1);
+                    record_recreated(token);
                     Disposition::Processed { outcome }
                 }
                 Ok((Fence::Lost, _)) => superseded(&Claim::InFlight {
@@ -573,6 +558,44 @@ fn superseded(found: &Claim) -> Disposition {
     );
     metrics::counter!("idemq_superseded_total").increment(1);
     Disposition::Superseded
+}
+
+/// Calls a handler (`handle` runs its `handle`) and makes the run panic-safe. `handle` may do
+/// synchronous work (a closure's body before its `async` block, a hand-written `handle`) and
+/// panic before there is a future to catch the panic in: that is `Err` with the retriable failure.
+/// Otherwise the future, whose panics [`handler_panicked`] turns into the same failure.
+pub(crate) fn call_handler<F: Future>(
+    handle: impl FnOnce() -> F,
+) -> Result<CatchUnwind<AssertUnwindSafe<F>>, HandlerError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(handle)) {
+        Ok(future) => Ok(AssertUnwindSafe(future).catch_unwind()),
+        Err(panic) => Err(handler_panicked(panic)),
+    }
+}
+
+/// The retriable failure a handler panic becomes.
+pub(crate) fn handler_panicked(panic: Box<dyn Any + Send>) -> HandlerError {
+    HandlerError::retriable(format!("handler panicked: {}", panic_text(&*panic)))
+}
+
+/// The retriable failure a handler running longer than `after` (the handler timeout) becomes;
+/// logs it and counts it in `idemq_handler_timeouts_total`.
+pub(crate) fn handler_timed_out(after: Duration) -> HandlerError {
+    warn!(
+        ?after,
+        "handler timed out; dropped, its effects may have happened"
+    );
+    metrics::counter!("idemq_handler_timeouts_total").increment(1);
+    HandlerError::retriable(format!(
+        "handler timed out after {after:?} (its effects may have happened)"
+    ))
+}
+
+/// Logs and counts (`idemq_records_recreated_total`) a record that was gone when the outcome was
+/// stored and was re-created with this run's outcome under `token`.
+pub(crate) fn record_recreated(token: Token) {
+    warn!(%token, recreated = true, "the record was gone when the outcome was stored (expired, evicted, forgotten or released); re-created it with this run's outcome");
+    metrics::counter!("idemq_records_recreated_total").increment(1);
 }
 
 /// Serializes a handler's output as the outcome body; `Err` with the error text if its

@@ -8,7 +8,9 @@
 //! | handler result | in the transaction | then |
 //! |---|---|---|
 //! | `Ok(outcome)` | store the outcome, `COMMIT` | ack (`Processed`) |
-//! | `Err(Retriable)` / panic | roll back to the savepoint (effects gone), release (attempt counted), `COMMIT` | retry with backoff; dead-letter after `max_attempts` |
+//! | `Ok(outcome)`, record expired during the handler | claim again in the transaction, store the outcome, `COMMIT` (re-created, as `Engine` does) | ack (`Processed`) |
+//! | `Err(Retriable)` / panic (also before the handler returns its future, or in the outcome's `Serialize`) | roll back to the savepoint (effects gone), release (attempt counted), `COMMIT` | retry with backoff; dead-letter after `max_attempts` |
+//! | running longer than `handler_timeout` | handler dropped, its statement cancelled (`pg_cancel_backend`), then as for `Err(Retriable)` | retry; effects outside the database may have happened |
 //! | `Err(Permanent)` | roll back to the savepoint, release (or store the failure, per `store_permanent_failures`), `COMMIT` | dead-letter |
 //! | outcome too large | roll back to the savepoint, release, `COMMIT` | dead-letter `outcome-too-large` |
 //! | failure whose fenced release / outcome matches no row (record expired during the handler) | `ROLLBACK` of everything, claim included | retry or dead-letter as for the failure |
@@ -117,7 +119,8 @@ where
 /// A [`Processor`] whose handler's writes commit atomically with the claim and the outcome.
 ///
 /// Uses the same [`EngineConfig`] as [`Engine`](crate::Engine) (key extraction, fingerprint
-/// headers, retries, backoffs, outcome limit, shutdown grace); `renew_every` is not used, because
+/// headers, retries, backoffs, outcome limit, handler timeout, shutdown grace), validated the same
+/// way; `renew_every` is not used, because
 /// the row lock held by the open transaction already keeps duplicates out. Cheap to clone.
 pub struct TransactionalEngine<H> {
     inner: Arc<Inner<H>>,

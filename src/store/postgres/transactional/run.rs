@@ -3,7 +3,9 @@
 
 use super::{Inner, TransactionalHandler};
 use crate::engine::{
-    panic_text, record_decision, timed, unkeyed_retry, DeadLetterReason, Disposition, RetryCause,
+    call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out,
+    record_decision, record_recreated, serialize, timed, unkeyed_retry, DeadLetterReason,
+    Disposition, RetryCause,
 };
 use crate::fingerprint::Fingerprint;
 use crate::handler::{HandlerContext, HandlerError};
@@ -12,13 +14,11 @@ use crate::message::Message;
 use crate::outcome::Outcome;
 use crate::store::postgres::{claim_params, interpret_claim, row, Transaction};
 use crate::store::{Claim, ClaimRequest, RecordKey, Release, StoreError, Token};
-use futures::FutureExt;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::IsolationLevel;
+use tokio_postgres::{IsolationLevel, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, field, info, warn, Instrument, Span};
 
@@ -27,7 +27,11 @@ use tracing::{debug, error, field, info, warn, Instrument, Span};
 ///
 /// `lock_timeout` is set only for the claim (bounding the wait for a duplicate's transaction);
 /// the handler's own statements run with the configured default again.
-const SAVEPOINT: &str = "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT idemq_handler";
+///
+/// It also reads the session's process id, for `cancel_statement`: last in the pipeline, so the
+/// claim's answer is not held up by it.
+const SAVEPOINT: &str =
+    "SET LOCAL lock_timeout TO DEFAULT; SAVEPOINT idemq_handler; SELECT pg_backend_pid()";
 const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idemq_handler";
 /// Re-runs of a claim that raced with a concurrent commit before giving up for now.
 const RACE_RETRIES: u32 = 8;
@@ -43,6 +47,15 @@ enum Run<T> {
 enum Settle {
     Release(Release),
     StoreFailure(Outcome),
+}
+
+/// A key claimed in a transaction.
+struct Claimed {
+    token: Token,
+    attempt: u32,
+    /// The server process of the transaction's session (`pg_backend_pid()`), to cancel the
+    /// handler's statement after a timeout; `None` if it could not be read.
+    pid: Option<i32>,
 }
 
 /// What one claim attempt found, when it did not acquire the key.
@@ -104,7 +117,7 @@ impl<H: TransactionalHandler> Inner<H> {
         let record = RecordKey::new(&*self.scope, key);
         let fingerprint = Fingerprint::of(message, &cfg.fingerprint_headers);
         let req = ClaimRequest::new(&record, &fingerprint, cfg.lease, cfg.retention);
-        let wait_until = Instant::now() + cfg.in_flight_bound();
+        let wait_until = deadline_after(cfg.in_flight_bound());
         let (mut polls, mut corrupt, mut races, mut stale) = (0u32, 0u32, 0u32, 0u32);
         loop {
             let mut client = match self.connect().await {
@@ -129,12 +142,13 @@ impl<H: TransactionalHandler> Inner<H> {
                 _ = shutdown.cancelled() => return Disposition::Abandoned,
             };
             let step = match claimed {
-                Ok(Ok((token, attempt))) => {
-                    if attempt > 1 {
+                Ok(Ok(claimed)) => {
+                    if claimed.attempt > 1 {
+                        let (token, attempt) = (claimed.token, claimed.attempt);
                         info!(%token, attempt, "claimed (retry or takeover)");
                     }
                     return self
-                        .run_claimed(message, &record, tx, token, attempt, shutdown)
+                        .run_claimed(message, &record, tx, claimed, shutdown)
                         .await;
                 }
                 Ok(Err(step)) => step,
@@ -188,7 +202,7 @@ impl<H: TransactionalHandler> Inner<H> {
         tx: &Transaction<'_>,
         req: &ClaimRequest<'_>,
         wait_until: Instant,
-    ) -> Result<Result<(Token, u32), Step>, StoreError> {
+    ) -> Result<Result<Claimed, Step>, StoreError> {
         let stmt = self
             .store
             .prepare(tx, "claim", &self.store.sql().claim)
@@ -213,7 +227,7 @@ impl<H: TransactionalHandler> Inner<H> {
             tokio::join!(
                 tx.batch_execute(&set),
                 tx.query(&stmt, &params),
-                tx.batch_execute(SAVEPOINT)
+                tx.simple_query(SAVEPOINT)
             )
         };
         // The lock wait is bounded by lock_timeout; the deadline adds the usual store timeout.
@@ -248,8 +262,18 @@ impl<H: TransactionalHandler> Inner<H> {
         };
         Ok(Err(match claim {
             Claim::Acquired { token, attempt } => {
-                savepoint.map_err(|e| self.store.db("claim", e))?;
-                return Ok(Ok((token, attempt)));
+                let pid = savepoint
+                    .map_err(|e| self.store.db("claim", e))?
+                    .iter()
+                    .find_map(|m| match m {
+                        SimpleQueryMessage::Row(row) => row.get(0)?.parse::<i32>().ok(),
+                        _ => None,
+                    });
+                return Ok(Ok(Claimed {
+                    token,
+                    attempt,
+                    pid,
+                }));
             }
             Claim::Completed { outcome } => Step::Settled(Disposition::Replayed { outcome }),
             Claim::Conflict { stored } => Step::Settled(Disposition::dead_letter(
@@ -268,10 +292,14 @@ impl<H: TransactionalHandler> Inner<H> {
         message: &Arc<Message>,
         record: &RecordKey,
         tx: Transaction<'_>,
-        token: Token,
-        attempt: u32,
+        claimed: Claimed,
         shutdown: &CancellationToken,
     ) -> Disposition {
+        let Claimed {
+            token,
+            attempt,
+            pid,
+        } = claimed;
         let ctx = HandlerContext {
             message: message.clone(),
             key: Some(record.key.clone()),
@@ -279,11 +307,11 @@ impl<H: TransactionalHandler> Inner<H> {
             attempt,
             token: Some(token),
         };
-        let result = match self.run_handler(ctx, &tx, shutdown).await {
+        let result = match self.run_handler(ctx, &tx, pid, shutdown).await {
             Run::Finished(r) => r,
             Run::Interrupted => {
                 warn!("shutdown grace exceeded; handler dropped, transaction rolled back");
-                let _ = tx.rollback().await;
+                self.roll_back(tx).await;
                 return Disposition::Abandoned;
             }
         };
@@ -298,11 +326,17 @@ impl<H: TransactionalHandler> Inner<H> {
                 return self.on_permanent(tx, record, token, e.to_string()).await
             }
         };
-        let body = match serde_json::to_vec(&value) {
-            Ok(body) => body,
-            Err(e) => {
+        let body = match serialize(&value) {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) => {
                 let error = format!("outcome could not be serialized: {e}");
                 return self.on_permanent(tx, record, token, error).await;
+            }
+            // Its `Serialize` panicked: a retriable failure, like a handler panic.
+            Err(panicked) => {
+                return self
+                    .on_retriable(tx, record, token, attempt, panicked)
+                    .await
             }
         };
         let limit = self
@@ -321,17 +355,23 @@ impl<H: TransactionalHandler> Inner<H> {
             );
         }
         let outcome = Outcome::succeeded(body);
+        let mut recreated = None;
         match self.write_outcome(&tx, record, token, &outcome).await {
             Ok(true) => {}
-            Ok(false) => {
-                // Cannot happen while we hold the row lock, unless the record's retention ran out
-                // during the handler; undo everything and let the redelivery start over.
-                let _ = tx.rollback().await;
-                return self.store_down(StoreError::unavailable(
-                    "complete",
-                    format!("record {record} expired while its handler ran"),
-                ));
-            }
+            Ok(false) => match self.recreate(&tx, message, record, &outcome).await {
+                Ok(Some(token)) => recreated = Some(token),
+                Ok(None) => {
+                    let _ = tx.rollback().await;
+                    return self.store_down(StoreError::unavailable(
+                        "complete",
+                        format!("record {record} changed while its handler ran"),
+                    ));
+                }
+                Err(err) => {
+                    let _ = tx.rollback().await;
+                    return self.store_down(err);
+                }
+            },
             Err(e) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
                 // The handler swallowed a failed statement: its writes are not all there.
                 let error = "the handler returned Ok but left its transaction aborted \
@@ -343,7 +383,12 @@ impl<H: TransactionalHandler> Inner<H> {
         }
         let commit = async { tx.commit().await.map_err(|e| self.store.db("commit", e)) };
         match self.store_call("commit", commit).await {
-            Ok(()) => Disposition::Processed { outcome },
+            Ok(()) => {
+                if let Some(token) = recreated {
+                    record_recreated(token);
+                }
+                Disposition::Processed { outcome }
+            }
             Err(err) => {
                 // Committed or not, the redelivery finds either the outcome or a clean slate.
                 error!(%err, "commit failed; leaving the message unacknowledged");
@@ -352,26 +397,106 @@ impl<H: TransactionalHandler> Inner<H> {
         }
     }
 
-    /// Runs the handler with the transaction (panics become retriable errors), honouring the
-    /// shutdown grace period.
+    /// Runs the handler with the transaction, honouring the handler timeout and the shutdown
+    /// grace period, as the engine does. Panics (in the returned future or in `handle` before it
+    /// returns one) and timeouts become retriable errors; the caller rolls the handler's writes
+    /// back.
     async fn run_handler(
         &self,
         ctx: HandlerContext,
         tx: &Transaction<'_>,
+        pid: Option<i32>,
         shutdown: &CancellationToken,
     ) -> Run<H::Output> {
-        let handler = AssertUnwindSafe(self.handler.handle(ctx, tx)).catch_unwind();
+        let started = Instant::now();
+        let handler = match call_handler(|| self.handler.handle(ctx, tx)) {
+            Ok(future) => future,
+            Err(panicked) => return Run::Finished(Err(panicked)),
+        };
+        let timeout = self.config.handler_timeout;
+        let timed_out = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(deadline_from(started, t)).await,
+                None => std::future::pending().await,
+            }
+        };
         let grace = async {
             shutdown.cancelled().await;
             tokio::time::sleep(self.config.shutdown_grace).await;
         };
-        tokio::select! {
+        let run = tokio::select! {
             biased;
-            r = handler => Run::Finished(r.unwrap_or_else(|panic| {
-                Err(HandlerError::retriable(format!("handler panicked: {}", panic_text(&*panic))))
-            })),
+            r = handler => return Run::Finished(r.unwrap_or_else(|panic| Err(handler_panicked(panic)))),
+            _ = timed_out => Run::Finished(Err(handler_timed_out(timeout.unwrap_or_default()))),
             _ = grace => Run::Interrupted,
+        };
+        // The handler's future is dropped, but a statement it sent may still run on the server
+        // (a long query, a lock wait), holding the transaction: the rollback that follows would
+        // queue behind it.
+        self.cancel_statement(pid).await;
+        run
+    }
+
+    /// Cancels the statement the session `pid` (the dropped handler's) is running, if any, with
+    /// `pg_cancel_backend` on another pooled connection. That function signals the session before
+    /// it returns, so the cancel cannot hit a later statement (a cancel reaching a session that
+    /// waits for its next statement is discarded); the protocol's asynchronous cancel request
+    /// could arrive late and hit the rollback, or another message's statement on the pooled
+    /// connection. Best effort, bounded by the store timeout: if it fails, the rollback waits
+    /// behind the statement, at most the store timeout.
+    async fn cancel_statement(&self, pid: Option<i32>) {
+        let Some(pid) = pid else { return };
+        let cancel = async {
+            let client = self.store.client("cancel").await?;
+            let row = client
+                .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+                .await
+                .map_err(|e| self.store.db("cancel", e))?;
+            row.try_get::<_, bool>(0)
+                .map_err(|e| self.store.db("cancel", e))
+        };
+        match timed("cancel", self.config.store_timeout, cancel).await {
+            Ok(true) => debug!(pid, "cancelled the dropped handler's statement, if any"),
+            Ok(false) => warn!(pid, "could not signal the dropped handler's session"),
+            Err(err) => warn!(%err, pid, "could not cancel the dropped handler's statement"),
         }
+    }
+
+    /// Storing the outcome matched no row: we hold the row lock, so the record expired while the
+    /// handler ran (it took longer than both lease and retention) or the handler itself changed
+    /// it. As the engine does for a record gone at `complete`, re-create it: claim the key again
+    /// in this transaction (an expired row is claimable, and locked by us) and store the outcome
+    /// under the new token, so the handler's writes and the outcome still commit together.
+    /// Rolling back instead would make a handler slower than the retention run again forever.
+    /// `Ok(Some(token))` once stored; `Ok(None)` if the key was not claimable.
+    async fn recreate(
+        &self,
+        tx: &Transaction<'_>,
+        message: &Arc<Message>,
+        record: &RecordKey,
+        outcome: &Outcome,
+    ) -> Result<Option<Token>, StoreError> {
+        let cfg = &self.config;
+        let fingerprint = Fingerprint::of(message, &cfg.fingerprint_headers);
+        let req = ClaimRequest::new(record, &fingerprint, cfg.lease, cfg.retention);
+        let recreate = async {
+            let stmt = self
+                .store
+                .prepare(tx, "claim", &self.store.sql().claim)
+                .await?;
+            let params = claim_params(&req);
+            let rows = tx
+                .query(&stmt, &params.as_params())
+                .await
+                .map_err(|e| self.store.db("claim", e))?;
+            let Some(Claim::Acquired { token, .. }) = interpret_claim(rows, &req)? else {
+                return Ok(None);
+            };
+            let stored = self.write_outcome(tx, record, token, outcome).await;
+            let stored = stored.map_err(|e| self.store.db("complete", e))?;
+            Ok(stored.then_some(token))
+        };
+        timed("complete", cfg.store_timeout, recreate).await
     }
 
     /// Stores the outcome in the open transaction; `Ok(false)` if the fence did not match.
@@ -510,6 +635,15 @@ impl<H: TransactionalHandler> Inner<H> {
                 Ok(tx) => tx,
                 Err(err) => return self.store_down(err),
             };
+            // No claim statement to carry it here: one more round trip, on this rare path only.
+            let pid = async {
+                let row = tx.query_one("SELECT pg_backend_pid()", &[]).await;
+                row.map_err(|e| self.store.db("begin", e))
+            };
+            let pid = match self.store_call("begin", pid).await {
+                Ok(row) => row.try_get::<_, i32>(0).ok(),
+                Err(err) => return self.store_down(err),
+            };
             let ctx = HandlerContext {
                 message: message.clone(),
                 key: None,
@@ -517,31 +651,46 @@ impl<H: TransactionalHandler> Inner<H> {
                 attempt,
                 token: None,
             };
-            let error = match self.run_handler(ctx, &tx, shutdown).await {
+            let error = match self.run_handler(ctx, &tx, pid, shutdown).await {
                 Run::Interrupted => return Disposition::Abandoned,
-                Run::Finished(Ok(value)) => {
-                    let body = match serde_json::to_vec(&value) {
-                        Ok(body) => body,
-                        Err(e) => return Disposition::unserializable(&e),
-                    };
-                    let commit =
-                        async { tx.commit().await.map_err(|e| self.store.db("commit", e)) };
-                    return match self.store_call("commit", commit).await {
-                        Ok(()) => Disposition::Unkeyed {
-                            outcome: Outcome::succeeded(body),
-                        },
-                        Err(err) => self.store_down(err),
-                    };
-                }
+                Run::Finished(Ok(value)) => match serialize(&value) {
+                    Ok(Ok(body)) => {
+                        let commit =
+                            async { tx.commit().await.map_err(|e| self.store.db("commit", e)) };
+                        return match self.store_call("commit", commit).await {
+                            Ok(()) => Disposition::Unkeyed {
+                                outcome: Outcome::succeeded(body),
+                            },
+                            Err(err) => self.store_down(err),
+                        };
+                    }
+                    Ok(Err(e)) => return Disposition::unserializable(&e),
+                    // Its `Serialize` panicked: retried in place, like a handler panic.
+                    Err(panicked) => panicked,
+                },
                 Run::Finished(Err(HandlerError::Permanent(e))) => {
                     return Disposition::dead_letter(DeadLetterReason::HandlerFailed, e.to_string())
                 }
                 Run::Finished(Err(HandlerError::Retriable(e))) => e.to_string(),
             };
-            let _ = tx.rollback().await;
+            self.roll_back(tx).await;
             if let Some(stop) = unkeyed_retry(&self.config, attempt, &error, shutdown).await {
                 return stop;
             }
+        }
+    }
+
+    /// `ROLLBACK` after a dropped handler, under the store timeout: if the server does not answer
+    /// (still busy with the handler's statement), the transaction is dropped, which queues the
+    /// rollback without waiting for it.
+    async fn roll_back(&self, tx: Transaction<'_>) {
+        let rollback = async {
+            tx.rollback()
+                .await
+                .map_err(|e| self.store.db("rollback", e))
+        };
+        if let Err(err) = timed("rollback", self.config.store_timeout, rollback).await {
+            warn!(%err, "rollback not confirmed; it stays queued on the connection");
         }
     }
 
