@@ -8,7 +8,9 @@
 //!
 //! Several copies in one group together run each key's handler once; `--effects` appends one JSON
 //! line per handler execution (`{"key","topic","partition","offset","pid"}`) so that can be checked
-//! afterwards. `--exit-when-idle` counts only while partitions are assigned. Ctrl-C stops gracefully (in-flight messages finish, offsets are flushed).
+//! afterwards. `--exit-when-idle N` exits after N seconds without a record and with nothing in
+//! progress, also when the process holds no partition then (before its first partition it waits at
+//! least 30 s). Ctrl-C or SIGTERM stops gracefully (in-flight messages finish, offsets are flushed).
 //!
 //! `--transactional` (feature `postgres`, with `--store postgres://…`) runs the handler in the
 //! Postgres transaction that claimed the key (`TransactionalEngine`): every handler execution
@@ -175,16 +177,27 @@ async fn run() -> BoxResult<()> {
         let (idle_stop, stats) = (stop.clone(), stats.clone());
         tokio::spawn(async move {
             let idle_for = Duration::from_secs(secs);
+            // The first group join can take a session timeout or two: allow more before the
+            // first partition arrives.
+            let first_join = idle_for.max(Duration::from_secs(30));
+            let mut ever_assigned = false;
             let mut last = (stats.snapshot().received, Instant::now());
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let received = stats.snapshot().received;
-                // Waiting for a partition (a group join can take a session timeout) is not idle.
-                if received != last.0 || stats.in_progress() > 0 || stats.assigned_partitions() == 0
-                {
+                ever_assigned |= stats.assigned_partitions() > 0;
+                // Idle: nothing received and nothing in progress for the whole period, whether
+                // or not partitions are assigned (a member left without partitions must not
+                // keep a script waiting forever).
+                let bound = if ever_assigned { idle_for } else { first_join };
+                if received != last.0 || stats.in_progress() > 0 {
                     last = (received, Instant::now());
-                } else if last.1.elapsed() >= idle_for {
-                    tracing::info!(?idle_for, "idle; exiting");
+                } else if last.1.elapsed() >= bound {
+                    tracing::info!(
+                        ?idle_for,
+                        partitions = stats.assigned_partitions(),
+                        "idle; exiting"
+                    );
                     idle_stop.cancel();
                     return;
                 }
@@ -195,7 +208,7 @@ async fn run() -> BoxResult<()> {
         "consuming {} as group {} (store {}, pid {pid})",
         args.topic, args.group, args.store
     );
-    let summary = consumer.run_until_ctrl_c(stop).await;
+    let summary = consumer.run_until_ctrl_c(stop).await?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

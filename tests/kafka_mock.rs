@@ -720,3 +720,354 @@ async fn an_unreadable_record_is_dead_lettered_after_bounded_retries() {
     );
     assert!(header(&dead[0], "x-idemq-error").is_some_and(|e| e.contains("k1")));
 }
+
+/// Issue 17: a partition paused for backpressure, then revoked (a second member joins), then
+/// assigned back (it leaves), over and over. The first consumer must get its partitions back
+/// every time and go on fetching them; in the field a member was once left with no partition
+/// for good after such a sequence (the pause used to be undone inside the rebalance callback).
+/// (A small `max_buffered_per_partition` makes every fetch pause the partition; the rebalance
+/// phase is bounded to 40 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backpressure_pause_then_revocation_then_reassignment_many_times() {
+    init_tracing();
+    let broker = Broker::mock();
+    let (topic, group) = (unique("bp-rebal"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    let n = 3000;
+    let recs: Vec<Rec> = (0..n)
+        .map(|k| Rec::keyed(&format!("k{k}"), "{}").on(k % 2))
+        .collect();
+    produce(&broker.bootstrap(), &topic, &recs).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runs = Runs::default();
+    // Slow handlers while the rebalances go on; fast ones to drain at the end.
+    let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(20));
+    let build = || {
+        let (runs, delay_ms) = (runs.clone(), delay_ms.clone());
+        let mut b = idemq::kafka::KafkaConsumerBuilder::new()
+            .bootstrap_servers(broker.bootstrap())
+            .group_id(&group)
+            .topic(&topic)
+            .store(store.clone())
+            .engine_config(fast_engine(&group))
+            .max_buffered_per_partition(16)
+            .commit_interval(Duration::from_millis(100))
+            .revoke_timeout(Duration::from_secs(3))
+            .handler(move |ctx: idemq::HandlerContext| {
+                let (runs, delay_ms) = (runs.clone(), delay_ms.clone());
+                async move {
+                    let ms = delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    runs.record(&ctx.key.map(|k| k.to_string()).unwrap_or_default());
+                    Ok::<_, idemq::HandlerError>(())
+                }
+            });
+        for (k, v) in broker.consumer_settings() {
+            b = b.set(k, v);
+        }
+        // The MockCluster waits up to the session timeout minus 1 s for members to rejoin.
+        b.set("session.timeout.ms", "3000").build().expect("builds")
+    };
+    let a = Running::start(build());
+    let started = std::time::Instant::now();
+    let mut cycles = 0;
+    while cycles < 12 && started.elapsed() < Duration::from_secs(40) {
+        let pauses = a.stats.snapshot().pauses;
+        wait_for(
+            &format!("cycle {cycles}: the first consumer holds both partitions"),
+            Duration::from_secs(30),
+            || a.stats.assigned_partitions() == 2,
+        )
+        .await;
+        wait_for(
+            &format!("cycle {cycles}: a backpressure pause"),
+            Duration::from_secs(20),
+            || a.stats.snapshot().pauses > pauses,
+        )
+        .await;
+        let revocations = a.stats.snapshot().revocations;
+        let b = Running::start(build());
+        wait_for(
+            &format!("cycle {cycles}: the second consumer got a partition"),
+            Duration::from_secs(30),
+            || b.stats.assigned_partitions() > 0 && a.stats.snapshot().revocations > revocations,
+        )
+        .await;
+        b.shutdown().await;
+        cycles += 1;
+    }
+    wait_for(
+        "the first consumer holds both partitions at the end",
+        Duration::from_secs(30),
+        || a.stats.assigned_partitions() == 2,
+    )
+    .await;
+    // It goes on fetching and committing both partitions.
+    delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    let at_end = committed(&broker.bootstrap(), &group, &topic, 2);
+    wait_for(
+        "both partitions commit further after the last reassignment",
+        Duration::from_secs(30),
+        || {
+            let now = committed(&broker.bootstrap(), &group, &topic, 2);
+            now[0] > at_end[0] + 20 && now[1] > at_end[1] + 20
+        },
+    )
+    .await;
+    let s = a.shutdown().await;
+    println!("{cycles} cycles in {:?}: {s:?}", started.elapsed());
+    assert!(cycles >= 5, "only {cycles} cycles ran: {s:?}");
+    assert_eq!(runs.repeated(), vec![]);
+    assert!(s.pauses >= cycles, "{s:?}");
+}
+
+/// A consumer that holds no partition says so: `partitions_assigned` is 0 and `unassigned_ms`
+/// grows, while the member that holds the only partition reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_without_partitions_reports_it_in_its_stats() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("idle-member"), unique("g"));
+    broker.create_topic(&topic, 1).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runs = Runs::default();
+    let a = Running::start(consumer(
+        &broker,
+        &group,
+        &topic,
+        store.clone(),
+        &runs,
+        0,
+        |b| b,
+    ));
+    wait_for(
+        "the first consumer got the partition",
+        Duration::from_secs(30),
+        || a.stats.assigned_partitions() == 1,
+    )
+    .await;
+    assert_eq!(a.stats.unassigned_for(), None);
+    let b = Running::start(consumer(&broker, &group, &topic, store, &runs, 0, |b| b));
+    wait_for("the group settled", Duration::from_secs(30), || {
+        a.stats.assigned_partitions() + b.stats.assigned_partitions() == 1
+            && a.stats.snapshot().revocations + b.stats.snapshot().revocations >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (idle, busy) = if a.stats.assigned_partitions() == 0 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let s = idle.stats.snapshot();
+    assert_eq!(s.partitions_assigned, 0, "{s:?}");
+    assert!(s.unassigned_ms >= 400, "{s:?}");
+    assert!(idle.stats.unassigned_for().is_some());
+    let s = busy.stats.snapshot();
+    assert_eq!((s.partitions_assigned, s.unassigned_ms), (1, 0), "{s:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A subscription to a topic that does not exist (auto-creation off) cannot heal: `run` stops
+/// with the error instead of logging it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_topic_without_auto_creation_stops_run_with_an_error() {
+    init_tracing();
+    let broker = Broker::mock();
+    let (topic, group) = (unique("missing"), unique("g"));
+    let runs = Runs::default();
+    let c = consumer(
+        &broker,
+        &group,
+        &topic,
+        Arc::new(MemoryStore::new()),
+        &runs,
+        0,
+        |b| b.set("allow.auto.create.topics", "false"),
+    );
+    let ran = tokio::time::timeout(
+        idemq::kafka::FATAL_AFTER + Duration::from_secs(30),
+        c.run(idemq::CancellationToken::new()),
+    )
+    .await
+    .expect("run returned by itself");
+    let err = ran.expect_err("run fails");
+    assert!(
+        matches!(&err, idemq::kafka::KafkaConsumerError::Client(e)
+            if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+            || e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopic)),
+        "{err:?}"
+    );
+}
+
+/// A librdkafka fatal error stops `run` at once with the error: here a static member fenced by
+/// the broker (`FENCED_INSTANCE_ID`), which librdkafka treats as fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fatal_client_error_stops_run_with_an_error() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("fatal"), unique("g"));
+    broker.create_topic(&topic, 1).await;
+    let runs = Runs::default();
+    let a = consumer(
+        &broker,
+        &group,
+        &topic,
+        Arc::new(MemoryStore::new()),
+        &runs,
+        0,
+        |b| b.set("group.instance.id", "member-1"),
+    );
+    let a_stats = a.stats();
+    let a_run = tokio::spawn(a.run(idemq::CancellationToken::new()));
+    wait_for(
+        "the member got the partition",
+        Duration::from_secs(30),
+        || a_stats.assigned_partitions() == 1,
+    )
+    .await;
+    for api in [
+        RDKafkaApiKey::Heartbeat,
+        RDKafkaApiKey::JoinGroup,
+        RDKafkaApiKey::SyncGroup,
+    ] {
+        broker.mock_cluster().request_errors(
+            api,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID; 100],
+        );
+    }
+    let res = tokio::time::timeout(Duration::from_secs(30), a_run)
+        .await
+        .expect("the fenced member's run returned by itself")
+        .expect("task");
+    let err = res.expect_err("run fails");
+    assert!(
+        err.to_string().to_lowercase().contains("fatal") || err.to_string().contains("Fenced"),
+        "{err}"
+    );
+}
+
+/// Produces one record per entry with raw (possibly non-UTF-8) header names and values, which
+/// rdkafka's typed header API cannot express.
+async fn produce_raw_headers(bootstrap: &str, topic: &str, records: &[Vec<(&[u8], &[u8])>]) {
+    use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    for (i, headers) in records.iter().enumerate() {
+        let hs = OwnedHeaders::new();
+        for (name, value) in headers {
+            let ptr = hs.as_borrowed() as *const BorrowedHeaders
+                as *mut rdkafka::bindings::rd_kafka_headers_t;
+            // SAFETY: `ptr` is the live header list owned by `hs`; librdkafka copies the bytes.
+            let err = unsafe {
+                rdkafka::bindings::rd_kafka_header_add(
+                    ptr,
+                    name.as_ptr().cast(),
+                    name.len() as isize,
+                    value.as_ptr().cast(),
+                    value.len() as isize,
+                )
+            };
+            assert_eq!(
+                err,
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+            );
+        }
+        let key = format!("r{i}");
+        let record: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+            .key(key.as_str())
+            .payload("{}")
+            .headers(hs);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("delivered");
+    }
+}
+
+/// Header names need not be UTF-8 in Kafka. Such a record must not crash the consumer (rdkafka's
+/// header accessors panic on it): a keyed record with such a header is processed, one whose key
+/// header is unreadable is dead-lettered as an invalid key, and the partition commits past both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_header_name_that_is_not_utf8_does_not_crash_the_consumer() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("rawhdr"), unique("g"));
+    let dlq = format!("{topic}.dlq");
+    broker.create_topic(&topic, 1).await;
+    broker.create_topic(&dlq, 1).await;
+    let bad_name: &[u8] = b"trace-\xff\xfe";
+    produce_raw_headers(
+        &broker.bootstrap(),
+        &topic,
+        &[
+            vec![(bad_name, b"t-1"), (b"Idempotency-Key", b"order-1")],
+            vec![(b"Idempotency-Key", b"order-\xff"), (bad_name, b"t-2")],
+            vec![(bad_name, b"t-3")],
+            vec![(b"Idempotency-Key", b"order-2")],
+        ],
+    )
+    .await;
+    let runs = Runs::default();
+    let c = Running::start(consumer(
+        &broker,
+        &group,
+        &topic,
+        Arc::new(MemoryStore::new()),
+        &runs,
+        0,
+        |b| b.dead_letter_topic(dlq.clone()),
+    ));
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[4],
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!((s.processed, s.dead_lettered), (2, 2), "{s:?}");
+    assert_eq!(runs.distinct(), 2);
+    let dead = read_all(&broker.bootstrap(), &dlq, 2, Duration::from_secs(10));
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .filter_map(|m| header_bytes_lossy(m, "x-idemq-reason"))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec!["invalid-idempotency-key", "missing-idempotency-key"]
+    );
+}
+
+/// A header value by name, read without rdkafka's typed accessors (which panic on non-UTF-8
+/// names present in these records).
+fn header_bytes_lossy(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::{BorrowedHeaders, Headers, Message};
+    let hs = m.headers()?;
+    let ptr =
+        hs.as_borrowed() as *const BorrowedHeaders as *const rdkafka::bindings::rd_kafka_headers_t;
+    for idx in 0..hs.count() {
+        let (mut n, mut v, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+        // SAFETY: `idx < count` on the live header list of `m`.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_header_get_all(ptr, idx, &mut n, &mut v, &mut size)
+        };
+        if err != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || v.is_null() {
+            continue;
+        }
+        // SAFETY: NUL-terminated name and `size` value bytes owned by `m`.
+        let (n, v) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(n).to_bytes(),
+                std::slice::from_raw_parts(v.cast::<u8>(), size),
+            )
+        };
+        if n == name.as_bytes() {
+            return Some(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    None
+}

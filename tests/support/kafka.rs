@@ -393,7 +393,7 @@ pub struct Running {
     /// Stops it.
     pub stop: CancellationToken,
     /// Its run task.
-    pub task: JoinHandle<ConsumerSummary>,
+    pub task: JoinHandle<Result<ConsumerSummary, idemq::kafka::KafkaConsumerError>>,
 }
 
 impl Running {
@@ -408,7 +408,10 @@ impl Running {
     /// Graceful stop; returns the summary.
     pub async fn shutdown(self) -> ConsumerSummary {
         self.stop.cancel();
-        self.task.await.expect("consumer task")
+        self.task
+            .await
+            .expect("consumer task")
+            .expect("consumer stopped without an error")
     }
 }
 
