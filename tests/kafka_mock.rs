@@ -1071,3 +1071,64 @@ fn header_bytes_lossy(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<
     }
     None
 }
+
+/// SIGTERM (what Kubernetes and systemd send) stops a consumer as gracefully as Ctrl-C: the
+/// `kafka_orders` example exits by itself with status 0, prints its summary and leaves every
+/// handled record committed.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_the_consumer_gracefully_with_offsets_committed() {
+    let Some(bin) = support::services::example_binary("kafka_orders") else {
+        return;
+    };
+    let broker = Broker::mock();
+    let (topic, group) = (unique("sigterm"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    let recs: Vec<Rec> = (0..20)
+        .map(|k| Rec::keyed(&format!("k{k}"), "{}").on(k % 2))
+        .collect();
+    produce(&broker.bootstrap(), &topic, &recs).await;
+    let effects = std::env::temp_dir().join(unique("sigterm-effects"));
+    let child = std::process::Command::new(bin)
+        .args(["--bootstrap", &broker.bootstrap(), "--topic", &topic])
+        .args(["--group", &group, "--store", "memory"])
+        .arg("--effects")
+        .arg(&effects)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start kafka_orders");
+    let lines = || {
+        std::fs::read_to_string(&effects)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    wait_for("20 records handled", Duration::from_secs(60), || {
+        lines() == 20
+    })
+    .await;
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exited by itself, not killed by the signal: {:?} {stdout}",
+        out.status
+    );
+    assert!(
+        stdout.contains("\"processed\":20"),
+        "summary printed: {stdout}"
+    );
+    assert_eq!(
+        committed(&broker.bootstrap(), &group, &topic, 2),
+        vec![10, 10]
+    );
+    let _ = std::fs::remove_file(&effects);
+}
