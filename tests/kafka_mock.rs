@@ -1132,3 +1132,105 @@ async fn sigterm_stops_the_consumer_gracefully_with_offsets_committed() {
     );
     let _ = std::fs::remove_file(&effects);
 }
+
+/// A consumer whose handler fails permanently with a huge error text, on a record near the
+/// default size limit.
+fn big_failing_consumer(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    dlq: &str,
+    tweak: impl FnOnce(idemq::kafka::KafkaConsumerBuilder) -> idemq::kafka::KafkaConsumerBuilder,
+) -> Running {
+    let mut b = idemq::kafka::KafkaConsumerBuilder::new()
+        .bootstrap_servers(broker.bootstrap())
+        .group_id(group)
+        .topic(topic)
+        .dead_letter_topic(dlq)
+        .store(Arc::new(MemoryStore::new()))
+        .engine_config(fast_engine(group))
+        .commit_interval(Duration::from_millis(100))
+        .handler(|_ctx: idemq::HandlerContext| async move {
+            Err::<(), _>(idemq::HandlerError::permanent("x".repeat(300_000)))
+        });
+    for (k, v) in broker.consumer_settings() {
+        b = b.set(k, v);
+    }
+    Running::start(tweak(b).build().expect("builds"))
+}
+
+/// The dead-letter copy of a record near the size limit, failed with a huge error text, is
+/// produced: `x-idemq-error` is cut to 4 KiB and the dead-letter producer accepts records as large
+/// as the consumer can receive. (Before, the copy exceeded the producer's limit and was retried
+/// forever, blocking the partition.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_record_with_a_huge_error_text_is_dead_lettered() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("bigdl"), unique("g"));
+    let dlq = format!("{topic}.dlq");
+    broker.create_topic(&topic, 1).await;
+    broker.create_topic(&dlq, 1).await;
+    let big = Rec::keyed("big", &"p".repeat(990_000));
+    produce(
+        &broker.bootstrap(),
+        &topic,
+        &[big, Rec::keyed("small", "{}")],
+    )
+    .await;
+    let c = big_failing_consumer(&broker, &group, &topic, &dlq, |b| b);
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[2],
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!(s.dead_lettered, 2, "{s:?}");
+    let dead = read_all(&broker.bootstrap(), &dlq, 2, Duration::from_secs(10));
+    assert_eq!(dead.len(), 2);
+    for m in &dead {
+        let e = header(m, "x-idemq-error").expect("error header");
+        assert!(
+            e.len() <= 4096 && e.len() >= 4000,
+            "cut to 4 KiB: {}",
+            e.len()
+        );
+    }
+}
+
+/// A dead-letter copy that can never be produced (here: the producer's limit set below the
+/// record's size) is not lost and does not pass silently: the original stays uncommitted and
+/// the failures are counted while the publish is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_copy_that_cannot_be_produced_keeps_the_record_and_is_counted() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("dltoobig"), unique("g"));
+    let dlq = format!("{topic}.dlq");
+    broker.create_topic(&topic, 1).await;
+    broker.create_topic(&dlq, 1).await;
+    let recs = [
+        Rec::keyed("a", "{}"),
+        Rec::keyed("big", &"p".repeat(200_000)),
+    ];
+    produce(&broker.bootstrap(), &topic, &recs).await;
+    let c = big_failing_consumer(&broker, &group, &topic, &dlq, |b| {
+        b.producer_set("message.max.bytes", "100000")
+    });
+    let stats = c.stats.clone();
+    wait_for(
+        "repeated dead-letter failures",
+        Duration::from_secs(30),
+        || stats.snapshot().dead_letter_failures >= 3,
+    )
+    .await;
+    assert_eq!(
+        committed(&broker.bootstrap(), &group, &topic, 1),
+        vec![1],
+        "committed up to the record whose copy cannot be produced, not past it"
+    );
+    let s = c.shutdown().await;
+    assert_eq!(s.dead_lettered, 1, "{s:?}");
+    assert!(s.abandoned >= 1, "left for redelivery: {s:?}");
+}

@@ -70,6 +70,7 @@ impl IdempotentConsumer {
                 pc.set("bootstrap.servers", &c.bootstrap)
                     .set("enable.idempotence", "true")
                     .set("acks", "all")
+                    .set("message.max.bytes", super::dead_letter::PRODUCER_MAX_BYTES)
                     .set(
                         "message.timeout.ms",
                         c.settings.dead_letter_timeout.as_millis().to_string(),

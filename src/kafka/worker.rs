@@ -21,6 +21,9 @@ pub(crate) struct Work {
     pub(crate) offset: i64,
 }
 
+/// Metric counting failed dead-letter publishes (label `scope`).
+pub(crate) const DEAD_LETTER_FAILURES: &str = "idemq_kafka_dead_letter_failures_total";
+
 /// Backoff between dead-letter publish attempts.
 const DEAD_LETTER_BACKOFF: Backoff =
     Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -164,7 +167,15 @@ async fn dead_letter(
             Err(err) => {
                 failures += 1;
                 bump(&shared.stats.dead_letter_failures);
-                warn!(%err, failures, source = %work.message.source, "dead-letter publish failed; retrying");
+                metrics::counter!(DEAD_LETTER_FAILURES, "scope" => shared.processor.scope().to_string())
+                    .increment(1);
+                if failures >= 3 {
+                    // Not transient any more (e.g. the copy is larger than the topic accepts):
+                    // loud, and the partition still does not commit past the record.
+                    error!(%err, failures, source = %work.message.source, reason = dl.reason.as_str(), "dead-letter copy cannot be produced; its partition does not commit past it until it can");
+                } else {
+                    warn!(%err, failures, source = %work.message.source, "dead-letter publish failed; retrying");
+                }
                 if sleep_or_cancel(DEAD_LETTER_BACKOFF.delay(failures), cancel).await {
                     return false;
                 }
