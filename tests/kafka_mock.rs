@@ -121,6 +121,13 @@ impl Outage {
 
     /// A consumer of the topic in the group, over the switchable store.
     fn consumer(&self) -> Running {
+        self.consumer_with(|b| b)
+    }
+
+    fn consumer_with(
+        &self,
+        tweak: impl FnOnce(idemq::kafka::KafkaConsumerBuilder) -> idemq::kafka::KafkaConsumerBuilder,
+    ) -> Running {
         Running::start(consumer(
             &self.broker,
             &self.group,
@@ -128,7 +135,7 @@ impl Outage {
             self.store.clone(),
             &self.runs,
             0,
-            |b| b,
+            tweak,
         ))
     }
 
@@ -185,6 +192,38 @@ async fn store_outage_runs_nothing_and_commits_nothing_until_it_is_back() {
     assert_eq!(t.runs.total(), 12);
     assert_eq!(t.runs.repeated(), vec![]);
     assert_eq!(s.processed, 12, "{s:?}");
+}
+
+/// The same outage with several records of the partition in flight (issue 12: the pause is kept
+/// per partition, not per task): nothing runs or commits while the store is down, everything
+/// completes once after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_outage_with_partition_concurrency_above_one_pauses_the_partition() {
+    let t = Outage::new("outage-conc", 1).await;
+    t.produce(0, 6).await;
+    let c = t.consumer_with(|b| b.partition_concurrency(4));
+    let stats = c.stats.clone();
+    t.wait_committed(&[6]).await;
+
+    t.store.set_down(true);
+    t.produce(6, 12).await;
+    wait_for(
+        "several tasks saw the outage",
+        Duration::from_secs(20),
+        || stats.snapshot().store_unavailable >= 8,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(t.runs.total(), 6, "no handler runs during the outage");
+    assert_eq!(t.committed(), vec![6], "no commits during the outage");
+    assert!(stats.snapshot().pauses >= 1, "the partition was paused");
+
+    t.store.set_down(false);
+    t.wait_committed(&[18]).await;
+    let s = c.shutdown().await;
+    assert_eq!(t.runs.total(), 18);
+    assert_eq!(t.runs.repeated(), vec![]);
+    assert_eq!(s.processed, 18, "{s:?}");
 }
 
 /// Regression (found by the chaos harness): a partition paused during a store outage, then

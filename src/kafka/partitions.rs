@@ -36,7 +36,10 @@ struct Partition {
     buffered: usize,
     /// Messages of this partition being processed.
     in_flight: Arc<AtomicUsize>,
-    pause_for_store: bool,
+    /// Tasks of this partition currently waiting for the store to answer: the partition stays
+    /// paused while there is any (one task seeing the store back does not resume it while
+    /// another still sees it down).
+    store_waiters: usize,
     pause_for_backpressure: bool,
 }
 
@@ -134,7 +137,7 @@ impl Shared {
                     queue: tx,
                     buffered: 0,
                     in_flight,
-                    pause_for_store: false,
+                    store_waiters: 0,
                     pause_for_backpressure: false,
                 },
             );
@@ -257,15 +260,39 @@ impl Shared {
         }
     }
 
-    /// Pauses or resumes fetching a partition while the store is unavailable.
-    pub(crate) fn pause_for_store(&self, tp: &Tp, epoch: u64, pause: bool) {
+    /// Registers a task of the partition as waiting for the store: the partition is paused
+    /// until every registration is dropped (also when the task ends or unwinds).
+    pub(crate) fn wait_for_store<'a>(&'a self, tp: &'a Tp, epoch: u64) -> StoreWait<'a> {
+        self.store_waiters(tp, epoch, true);
+        StoreWait {
+            shared: self,
+            tp,
+            epoch,
+        }
+    }
+
+    fn store_waiters(&self, tp: &Tp, epoch: u64, add: bool) {
         let mut parts = self.lock();
         if let Some(p) = parts.map.get_mut(tp).filter(|p| p.epoch == epoch) {
-            if p.pause_for_store != pause {
-                p.pause_for_store = pause;
+            let before = p.store_waiters > 0;
+            p.store_waiters = if add {
+                p.store_waiters + 1
+            } else {
+                p.store_waiters.saturating_sub(1)
+            };
+            if before != (p.store_waiters > 0) {
                 self.pauses_changed.notify_one();
             }
         }
+    }
+
+    /// Whether the partition wants to be paused now (tests).
+    #[cfg(test)]
+    fn wants_pause(&self, tp: &Tp) -> bool {
+        self.lock()
+            .map
+            .get(tp)
+            .is_some_and(|p| p.store_waiters > 0 || p.pause_for_backpressure)
     }
 
     /// Applies pause requests to librdkafka (called from the poll loop only, never from a
@@ -276,7 +303,7 @@ impl Shared {
             let mut guard = self.lock();
             let parts = &mut *guard;
             for (tp, p) in parts.map.iter() {
-                let want = p.pause_for_store || p.pause_for_backpressure;
+                let want = p.store_waiters > 0 || p.pause_for_backpressure;
                 if want != parts.lib_paused.contains(tp) {
                     let list = if want { &mut pause } else { &mut resume };
                     list.add_partition(&tp.0, tp.1);
@@ -392,5 +419,75 @@ impl Shared {
         if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
+    }
+}
+
+/// One task's registration as waiting for the store; see [`Shared::wait_for_store`].
+pub(crate) struct StoreWait<'a> {
+    shared: &'a Shared,
+    tp: &'a Tp,
+    epoch: u64,
+}
+
+impl Drop for StoreWait<'_> {
+    fn drop(&mut self) {
+        self.shared.store_waiters(self.tp, self.epoch, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Disposition;
+    use crate::message::Message;
+
+    struct Nothing;
+
+    #[async_trait::async_trait]
+    impl Processor for Nothing {
+        async fn process(&self, _m: Arc<Message>, _s: &CancellationToken) -> Disposition {
+            Disposition::Abandoned
+        }
+        fn scope(&self) -> &str {
+            "test"
+        }
+    }
+
+    /// Issue 12: with several tasks of a partition waiting for the store, the first one to see
+    /// the store answer must not resume the partition while another still sees it down.
+    #[tokio::test]
+    async fn the_partition_stays_paused_while_any_of_its_tasks_waits_for_the_store() {
+        let settings = LoopSettings {
+            topics: vec!["t".into()],
+            dead_letter_topic: None,
+            partition_concurrency: 4,
+            max_in_flight: 4,
+            max_buffered_per_partition: 10,
+            commit_every: 10,
+            commit_interval: Duration::from_secs(1),
+            revoke_timeout: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(1),
+            dead_letter_timeout: Duration::from_secs(1),
+            no_dead_letter_retry: Duration::from_secs(1),
+        };
+        let shared = Arc::new(Shared::new(
+            settings,
+            Arc::new(Nothing),
+            None,
+            Handle::current(),
+        ));
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("t", 0);
+        shared.on_assign(&tpl);
+        let tp: Tp = ("t".into(), 0);
+        let epoch = shared.lock().map.get(&tp).map(|p| p.epoch).unwrap();
+        let a = shared.wait_for_store(&tp, epoch);
+        let b = shared.wait_for_store(&tp, epoch);
+        assert!(shared.wants_pause(&tp));
+        drop(a);
+        assert!(shared.wants_pause(&tp), "b still sees the store down");
+        drop(b);
+        assert!(!shared.wants_pause(&tp));
+        shared.shutdown.cancel();
     }
 }

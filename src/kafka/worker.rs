@@ -78,7 +78,8 @@ pub(crate) async fn partition_worker(
 
 /// Processes one record until it is finished (committable) or given up (shutdown, revocation).
 async fn process_one(shared: &Shared, tp: &Tp, epoch: u64, work: Work, cancel: &CancellationToken) {
-    let mut paused_for_store = false;
+    // While set, this task counts as waiting for the store and keeps the partition paused.
+    let mut store_wait = None;
     let finished = loop {
         if cancel.is_cancelled() {
             break false;
@@ -92,10 +93,9 @@ async fn process_one(shared: &Shared, tp: &Tp, epoch: u64, work: Work, cancel: &
                 ..
             }
         );
-        if paused_for_store && !store_down {
-            // The store answered again: fetch the partition again.
-            shared.pause_for_store(tp, epoch, false);
-            paused_for_store = false;
+        if !store_down {
+            // The store answered again: this task no longer holds the partition paused.
+            store_wait = None;
         }
         match d {
             d if d.is_ack() => break true,
@@ -113,11 +113,10 @@ async fn process_one(shared: &Shared, tp: &Tp, epoch: u64, work: Work, cancel: &
                 }
             }
             Disposition::Retry { after, .. } => {
-                if store_down && !paused_for_store {
+                if store_down && store_wait.is_none() {
                     // Fail closed: fetch nothing more from this partition until the store is back,
                     // while the poll loop keeps the consumer in its group.
-                    shared.pause_for_store(tp, epoch, true);
-                    paused_for_store = true;
+                    store_wait = Some(shared.wait_for_store(tp, epoch));
                 }
                 if sleep_or_cancel(after, cancel).await {
                     break false;
@@ -127,9 +126,7 @@ async fn process_one(shared: &Shared, tp: &Tp, epoch: u64, work: Work, cancel: &
             _ => break false,
         }
     };
-    if paused_for_store {
-        shared.pause_for_store(tp, epoch, false);
-    }
+    drop(store_wait);
     if finished {
         shared.finish(tp, epoch, work.offset);
     } else {
