@@ -12,6 +12,9 @@
 //! progress, also when the process holds no partition then (before its first partition it waits at
 //! least 30 s). Ctrl-C or SIGTERM stops gracefully (in-flight messages finish, offsets are flushed).
 //!
+//! `--static-member ID` sets `group.instance.id` (static membership: a replacement started with the
+//! same id gets the partitions back without waiting for the session timeout).
+//!
 //! `--transactional` (feature `postgres`, with `--store postgres://…`) runs the handler in the
 //! Postgres transaction that claimed the key (`TransactionalEngine`): every handler execution
 //! inserts one row (key, pid, at) into `--effects-table` (default `order_effects`, created if
@@ -40,11 +43,13 @@ struct Args {
     effects_table: String,
     lease_ms: Option<u64>,
     after_effect_ms: u64,
+    static_member: Option<String>,
 }
 
 const USAGE: &str = "usage: kafka_orders [--bootstrap HOST:PORT] [--topic T] [--group G] \
 [--store memory|redis://..|postgres://..] [--dead-letter-topic T] [--handler-ms N] \
-[--effects FILE] [--exit-when-idle SECS] [--lease-ms N] [--after-effect-ms N] [--transactional [--effects-table NAME]]";
+[--effects FILE] [--exit-when-idle SECS] [--lease-ms N] [--after-effect-ms N] [--static-member ID] \
+[--transactional [--effects-table NAME]]";
 
 fn parse_args() -> BoxResult<Args> {
     let mut a = Args {
@@ -60,6 +65,7 @@ fn parse_args() -> BoxResult<Args> {
         effects_table: "order_effects".into(),
         lease_ms: None,
         after_effect_ms: 0,
+        static_member: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,6 +92,7 @@ fn parse_args() -> BoxResult<Args> {
             "--effects-table" => a.effects_table = value,
             "--lease-ms" => a.lease_ms = Some(value.parse()?),
             "--after-effect-ms" => a.after_effect_ms = value.parse()?,
+            "--static-member" => a.static_member = Some(value),
             other => return Err(format!("unknown flag {other}\n{USAGE}").into()),
         }
     }
@@ -169,6 +176,10 @@ async fn run() -> BoxResult<()> {
     };
     if let Some(dlq) = &args.dead_letter_topic {
         builder = builder.dead_letter_topic(dlq);
+    }
+    if let Some(id) = &args.static_member {
+        // A replacement started with the same id takes the member's partitions over at once.
+        builder = builder.group_instance_id(id);
     }
     let consumer = builder.build()?;
     let stats = consumer.stats();
