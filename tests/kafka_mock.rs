@@ -985,47 +985,6 @@ async fn a_fatal_client_error_stops_run_with_an_error() {
     );
 }
 
-/// Produces one record per entry with raw (possibly non-UTF-8) header names and values, which
-/// rdkafka's typed header API cannot express.
-async fn produce_raw_headers(bootstrap: &str, topic: &str, records: &[Vec<(&[u8], &[u8])>]) {
-    use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("producer");
-    for (i, headers) in records.iter().enumerate() {
-        let hs = OwnedHeaders::new();
-        for (name, value) in headers {
-            let ptr = hs.as_borrowed() as *const BorrowedHeaders
-                as *mut rdkafka::bindings::rd_kafka_headers_t;
-            // SAFETY: `ptr` is the live header list owned by `hs`; librdkafka copies the bytes.
-            let err = unsafe {
-                rdkafka::bindings::rd_kafka_header_add(
-                    ptr,
-                    name.as_ptr().cast(),
-                    name.len() as isize,
-                    value.as_ptr().cast(),
-                    value.len() as isize,
-                )
-            };
-            assert_eq!(
-                err,
-                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
-            );
-        }
-        let key = format!("r{i}");
-        let record: FutureRecord<'_, str, str> = FutureRecord::to(topic)
-            .key(key.as_str())
-            .payload("{}")
-            .headers(hs);
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .expect("delivered");
-    }
-}
-
 /// Header names need not be UTF-8 in Kafka. Such a record must not crash the consumer (rdkafka's
 /// header accessors panic on it): a keyed record with such a header is processed, one whose key
 /// header is unreadable is dead-lettered as an invalid key, and the partition commits past both.

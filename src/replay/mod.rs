@@ -211,9 +211,11 @@ pub fn next_replay_count(original: &[Header]) -> u64 {
 
 /// Whether a header is one idemq adds when dead-lettering (or the replay counter).
 pub fn is_dead_letter_header(name: &str) -> bool {
-    name.len() >= headers::DEAD_LETTER_PREFIX.len()
-        && name[..headers::DEAD_LETTER_PREFIX.len()]
-            .eq_ignore_ascii_case(headers::DEAD_LETTER_PREFIX)
+    // Compared as bytes: slicing the string could cut a multi-byte character (a panic).
+    let prefix = headers::DEAD_LETTER_PREFIX.as_bytes();
+    name.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// Counts and samples of a replay run.
@@ -258,6 +260,13 @@ mod tests {
     use crate::store::{Claim, ClaimRequest, MemoryStore, Release};
     use crate::{IdempotencyKey, Outcome, Source};
     use std::time::Duration;
+
+    #[test]
+    fn non_ascii_header_names_are_not_dead_letter_headers_and_do_not_panic() {
+        assert!(!is_dead_letter_header("trace-\u{fffd}"));
+        assert!(!is_dead_letter_header("ééééé"));
+        assert!(is_dead_letter_header("X-IDEMQ-reason"));
+    }
 
     fn msg(key: Option<&str>, payload: &str) -> Message {
         let m = Message::new(payload.to_string(), Source::Other("dlq".into()));
