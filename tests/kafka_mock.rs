@@ -1232,3 +1232,17 @@ async fn a_dead_letter_copy_that_cannot_be_produced_keeps_the_record_and_is_coun
     assert_eq!(s.dead_lettered, 1, "{s:?}");
     assert!(s.abandoned >= 1, "left for redelivery: {s:?}");
 }
+
+/// The sequence that wedges a group on Tansu (a member leaves while the group waits for its
+/// members to rejoin; see `kafka_tansu.rs`): on the MockCluster the last member always gets every
+/// partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_leaving_while_the_group_rebalances_leaves_no_partition_unowned() {
+    let broker = Broker::mock();
+    let rounds = scenario_member_leaves_during_rebalance(&broker, 3, Duration::from_secs(30)).await;
+    println!("{rounds:?}");
+    assert!(
+        rounds.iter().all(|(_, owned)| owned.is_some()),
+        "{rounds:?}"
+    );
+}

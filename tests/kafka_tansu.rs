@@ -82,76 +82,12 @@ async fn tansu_a_member_leaving_while_the_group_rebalances() {
     let Some(broker) = Broker::tansu() else {
         return;
     };
-    let max_poll = std::env::var("IDEMQ_MAX_POLL_MS").ok();
-    for round in 0..3 {
-        let (topic, group) = (
-            support::services::unique("leave"),
-            support::services::unique("g"),
-        );
-        broker.create_topic(&topic, 4).await;
-        let store: Arc<dyn idemq::Store> = Arc::new(MemoryStore::new());
-        let runs = Runs::default();
-        let tweak = |b: idemq::kafka::KafkaConsumerBuilder| {
-            let b = b.set("heartbeat.interval.ms", "3000");
-            match &max_poll {
-                Some(ms) => b.set("max.poll.interval.ms", ms.clone()),
-                None => b,
-            }
-        };
-        let a = Running::start(consumer(
-            &broker,
-            &group,
-            &topic,
-            store.clone(),
-            &runs,
-            0,
-            tweak,
-        ));
-        let b = Running::start(consumer(
-            &broker,
-            &group,
-            &topic,
-            store.clone(),
-            &runs,
-            0,
-            tweak,
-        ));
-        let c = Running::start(consumer(
-            &broker,
-            &group,
-            &topic,
-            store.clone(),
-            &runs,
-            0,
-            tweak,
-        ));
-        wait_for("all three own partitions", Duration::from_secs(60), || {
-            a.stats.assigned_partitions() > 0
-                && b.stats.assigned_partitions() > 0
-                && c.stats.assigned_partitions() > 0
-        })
-        .await;
-        let b_revs = b.stats.snapshot().revocations;
-        c.shutdown().await;
-        wait_for("b noticed the rebalance", Duration::from_secs(30), || {
-            b.stats.snapshot().revocations > b_revs
-        })
-        .await;
-        let a_noticed = a.stats.assigned_partitions() == 0;
-        a.shutdown().await;
-        let t = std::time::Instant::now();
-        let mut owned = false;
-        while t.elapsed() < Duration::from_secs(120) {
-            if b.stats.assigned_partitions() == 4 {
-                owned = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        println!(
-            "round {round}: a had noticed: {a_noticed}; b owns all 4: {owned} after {:?}",
-            t.elapsed()
-        );
-        b.shutdown().await;
+    for (round, (noticed, owned_after)) in
+        scenario_member_leaves_during_rebalance(&broker, 3, Duration::from_secs(120))
+            .await
+            .into_iter()
+            .enumerate()
+    {
+        println!("round {round}: the leaving member had been revoked: {noticed}; the last one owned every partition after {owned_after:?}");
     }
 }

@@ -678,6 +678,73 @@ pub async fn scenario_dead_letters(broker: &Broker) {
     assert_eq!(header(i, "x-idemq-source-offset").as_deref(), Some("3"));
 }
 
+/// Three members; one leaves, and while the group rebalances a second one leaves too. Returns per
+/// round whether the second had been revoked already (its join pending) when it left, and how
+/// long the last member then took to own every partition (`None`: not within `within`).
+/// `IDEMQ_MAX_POLL_MS` sets `max.poll.interval.ms`.
+pub async fn scenario_member_leaves_during_rebalance(
+    broker: &Broker,
+    rounds: usize,
+    within: Duration,
+) -> Vec<(bool, Option<Duration>)> {
+    let max_poll = std::env::var("IDEMQ_MAX_POLL_MS").ok();
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let (topic, group) = (
+            super::services::unique("leave"),
+            super::services::unique("g"),
+        );
+        broker.create_topic(&topic, 4).await;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let runs = Runs::default();
+        let tweak = |b: KafkaConsumerBuilder| {
+            let b = b.set("heartbeat.interval.ms", "3000");
+            match &max_poll {
+                Some(ms) => b.set("max.poll.interval.ms", ms.clone()),
+                None => b,
+            }
+        };
+        let start = || {
+            Running::start(consumer(
+                broker,
+                &group,
+                &topic,
+                store.clone(),
+                &runs,
+                0,
+                tweak,
+            ))
+        };
+        let (a, b, c) = (start(), start(), start());
+        wait_for("all three own partitions", Duration::from_secs(60), || {
+            a.stats.assigned_partitions() > 0
+                && b.stats.assigned_partitions() > 0
+                && c.stats.assigned_partitions() > 0
+        })
+        .await;
+        let b_revs = b.stats.snapshot().revocations;
+        c.shutdown().await;
+        wait_for("b noticed the rebalance", Duration::from_secs(30), || {
+            b.stats.snapshot().revocations > b_revs
+        })
+        .await;
+        let noticed = a.stats.assigned_partitions() == 0;
+        a.shutdown().await;
+        let t = Instant::now();
+        let mut owned = None;
+        while t.elapsed() < within {
+            if b.stats.assigned_partitions() == 4 {
+                owned = Some(t.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out.push((noticed, owned));
+        b.shutdown().await;
+    }
+    out
+}
+
 /// Installs a tracing subscriber honouring `RUST_LOG` (once per test binary).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
