@@ -273,8 +273,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let ctrl_c = {
         let stop = stop.clone();
         async move {
-            let _ = tokio::signal::ctrl_c().await;
-            stop.cancel();
+            // SIGINT or SIGTERM (Kubernetes, systemd): the same graceful stop.
+            if idemq::signal::shutdown_signal().await.is_ok() {
+                stop.cancel();
+            } else {
+                std::future::pending::<()>().await;
+            }
         }
     };
     let idle = {

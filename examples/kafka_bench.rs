@@ -310,7 +310,7 @@ async fn run() -> BoxResult<()> {
     }
     let dedup_time = started.elapsed();
     stop.cancel();
-    let summary = task.await?;
+    let summary = task.await??;
 
     let n = args.messages as f64;
     let raw_rate = n / raw_time.as_secs_f64().max(1e-9);

@@ -8,7 +8,12 @@
 //!
 //! Several copies in one group together run each key's handler once; `--effects` appends one JSON
 //! line per handler execution (`{"key","topic","partition","offset","pid"}`) so that can be checked
-//! afterwards. `--exit-when-idle` counts only while partitions are assigned. Ctrl-C stops gracefully (in-flight messages finish, offsets are flushed).
+//! afterwards. `--exit-when-idle N` exits after N seconds without a record and with nothing in
+//! progress, also when the process holds no partition then (before its first partition it waits at
+//! least 30 s). Ctrl-C or SIGTERM stops gracefully (in-flight messages finish, offsets are flushed).
+//!
+//! `--static-member ID` sets `group.instance.id` (static membership: a replacement started with the
+//! same id gets the partitions back without waiting for the session timeout).
 //!
 //! `--transactional` (feature `postgres`, with `--store postgres://…`) runs the handler in the
 //! Postgres transaction that claimed the key (`TransactionalEngine`): every handler execution
@@ -38,11 +43,13 @@ struct Args {
     effects_table: String,
     lease_ms: Option<u64>,
     after_effect_ms: u64,
+    static_member: Option<String>,
 }
 
 const USAGE: &str = "usage: kafka_orders [--bootstrap HOST:PORT] [--topic T] [--group G] \
 [--store memory|redis://..|postgres://..] [--dead-letter-topic T] [--handler-ms N] \
-[--effects FILE] [--exit-when-idle SECS] [--lease-ms N] [--after-effect-ms N] [--transactional [--effects-table NAME]]";
+[--effects FILE] [--exit-when-idle SECS] [--lease-ms N] [--after-effect-ms N] [--static-member ID] \
+[--transactional [--effects-table NAME]]";
 
 fn parse_args() -> BoxResult<Args> {
     let mut a = Args {
@@ -58,6 +65,7 @@ fn parse_args() -> BoxResult<Args> {
         effects_table: "order_effects".into(),
         lease_ms: None,
         after_effect_ms: 0,
+        static_member: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,6 +92,7 @@ fn parse_args() -> BoxResult<Args> {
             "--effects-table" => a.effects_table = value,
             "--lease-ms" => a.lease_ms = Some(value.parse()?),
             "--after-effect-ms" => a.after_effect_ms = value.parse()?,
+            "--static-member" => a.static_member = Some(value),
             other => return Err(format!("unknown flag {other}\n{USAGE}").into()),
         }
     }
@@ -168,6 +177,10 @@ async fn run() -> BoxResult<()> {
     if let Some(dlq) = &args.dead_letter_topic {
         builder = builder.dead_letter_topic(dlq);
     }
+    if let Some(id) = &args.static_member {
+        // A replacement started with the same id takes the member's partitions over at once.
+        builder = builder.group_instance_id(id);
+    }
     let consumer = builder.build()?;
     let stats = consumer.stats();
     let stop = CancellationToken::new();
@@ -175,16 +188,27 @@ async fn run() -> BoxResult<()> {
         let (idle_stop, stats) = (stop.clone(), stats.clone());
         tokio::spawn(async move {
             let idle_for = Duration::from_secs(secs);
+            // The first group join can take a session timeout or two: allow more before the
+            // first partition arrives.
+            let first_join = idle_for.max(Duration::from_secs(30));
+            let mut ever_assigned = false;
             let mut last = (stats.snapshot().received, Instant::now());
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let received = stats.snapshot().received;
-                // Waiting for a partition (a group join can take a session timeout) is not idle.
-                if received != last.0 || stats.in_progress() > 0 || stats.assigned_partitions() == 0
-                {
+                ever_assigned |= stats.assigned_partitions() > 0;
+                // Idle: nothing received and nothing in progress for the whole period, whether
+                // or not partitions are assigned (a member left without partitions must not
+                // keep a script waiting forever).
+                let bound = if ever_assigned { idle_for } else { first_join };
+                if received != last.0 || stats.in_progress() > 0 {
                     last = (received, Instant::now());
-                } else if last.1.elapsed() >= idle_for {
-                    tracing::info!(?idle_for, "idle; exiting");
+                } else if last.1.elapsed() >= bound {
+                    tracing::info!(
+                        ?idle_for,
+                        partitions = stats.assigned_partitions(),
+                        "idle; exiting"
+                    );
                     idle_stop.cancel();
                     return;
                 }
@@ -195,7 +219,7 @@ async fn run() -> BoxResult<()> {
         "consuming {} as group {} (store {}, pid {pid})",
         args.topic, args.group, args.store
     );
-    let summary = consumer.run_until_ctrl_c(stop).await;
+    let summary = consumer.run_until_ctrl_c(stop).await?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

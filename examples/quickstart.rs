@@ -177,13 +177,13 @@ async fn publish_orders(bootstrap: &str) -> BoxResult<BTreeMap<i32, i64>> {
 struct Started {
     stats: StatsHandle,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<ConsumerSummary>,
+    task: tokio::task::JoinHandle<Result<ConsumerSummary, idemq::kafka::KafkaConsumerError>>,
 }
 
 impl Started {
     async fn stop(self) -> BoxResult<ConsumerSummary> {
         self.stop.cancel();
-        Ok(self.task.await?)
+        Ok(self.task.await??)
     }
 }
 

@@ -47,6 +47,7 @@ pub mod store;
 pub mod amqp;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod signal;
 
 pub use engine::{
     Backoff, ConfigError, DeadLetter, DeadLetterReason, Disposition, Engine, EngineConfig,

@@ -78,3 +78,19 @@ fn short_chaos_run_holds_every_invariant_and_the_negative_control_is_caught() {
     }
     assert!(text.contains("every invariant held"));
 }
+
+/// Kafka consumers with static group membership (`--static-members`: every consumer has a
+/// `group.instance.id`, a killed one's replacement reuses it) hold every invariant too.
+#[test]
+fn short_chaos_run_with_static_kafka_members_holds_every_invariant() {
+    if example_binary("chaos").is_none() {
+        return;
+    }
+    let (code, text) = chaos(&["--short", "--scenarios", "kafka-redis", "--static-members"]);
+    assert_eq!(code, 0, "an invariant broke or the scenario could not run");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| kafka-redis-static |"))
+        .expect("a table row for kafka-redis-static");
+    assert!(row.ends_with("| PASS |"), "{row}");
+}

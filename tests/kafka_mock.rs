@@ -121,6 +121,13 @@ impl Outage {
 
     /// A consumer of the topic in the group, over the switchable store.
     fn consumer(&self) -> Running {
+        self.consumer_with(|b| b)
+    }
+
+    fn consumer_with(
+        &self,
+        tweak: impl FnOnce(idemq::kafka::KafkaConsumerBuilder) -> idemq::kafka::KafkaConsumerBuilder,
+    ) -> Running {
         Running::start(consumer(
             &self.broker,
             &self.group,
@@ -128,7 +135,7 @@ impl Outage {
             self.store.clone(),
             &self.runs,
             0,
-            |b| b,
+            tweak,
         ))
     }
 
@@ -185,6 +192,38 @@ async fn store_outage_runs_nothing_and_commits_nothing_until_it_is_back() {
     assert_eq!(t.runs.total(), 12);
     assert_eq!(t.runs.repeated(), vec![]);
     assert_eq!(s.processed, 12, "{s:?}");
+}
+
+/// The same outage with several records of the partition in flight (issue 12: the pause is kept
+/// per partition, not per task): nothing runs or commits while the store is down, everything
+/// completes once after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_outage_with_partition_concurrency_above_one_pauses_the_partition() {
+    let t = Outage::new("outage-conc", 1).await;
+    t.produce(0, 6).await;
+    let c = t.consumer_with(|b| b.partition_concurrency(4));
+    let stats = c.stats.clone();
+    t.wait_committed(&[6]).await;
+
+    t.store.set_down(true);
+    t.produce(6, 12).await;
+    wait_for(
+        "several tasks saw the outage",
+        Duration::from_secs(20),
+        || stats.snapshot().store_unavailable >= 8,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(t.runs.total(), 6, "no handler runs during the outage");
+    assert_eq!(t.committed(), vec![6], "no commits during the outage");
+    assert!(stats.snapshot().pauses >= 1, "the partition was paused");
+
+    t.store.set_down(false);
+    t.wait_committed(&[18]).await;
+    let s = c.shutdown().await;
+    assert_eq!(t.runs.total(), 18);
+    assert_eq!(t.runs.repeated(), vec![]);
+    assert_eq!(s.processed, 18, "{s:?}");
 }
 
 /// Regression (found by the chaos harness): a partition paused during a store outage, then
@@ -719,4 +758,491 @@ async fn an_unreadable_record_is_dead_lettered_after_bounded_retries() {
         Some("corrupt-record")
     );
     assert!(header(&dead[0], "x-idemq-error").is_some_and(|e| e.contains("k1")));
+}
+
+/// Issue 17: a partition paused for backpressure, then revoked (a second member joins), then
+/// assigned back (it leaves), over and over. The first consumer must get its partitions back
+/// every time and go on fetching them; in the field a member was once left with no partition
+/// for good after such a sequence (the pause used to be undone inside the rebalance callback).
+/// (A small `max_buffered_per_partition` makes every fetch pause the partition; the rebalance
+/// phase is bounded to 40 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backpressure_pause_then_revocation_then_reassignment_many_times() {
+    init_tracing();
+    let broker = Broker::mock();
+    let (topic, group) = (unique("bp-rebal"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    let n = 3000;
+    let recs: Vec<Rec> = (0..n)
+        .map(|k| Rec::keyed(&format!("k{k}"), "{}").on(k % 2))
+        .collect();
+    produce(&broker.bootstrap(), &topic, &recs).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runs = Runs::default();
+    // Slow handlers while the rebalances go on; fast ones to drain at the end.
+    let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(20));
+    let build = || {
+        let (runs, delay_ms) = (runs.clone(), delay_ms.clone());
+        let mut b = idemq::kafka::KafkaConsumerBuilder::new()
+            .bootstrap_servers(broker.bootstrap())
+            .group_id(&group)
+            .topic(&topic)
+            .store(store.clone())
+            .engine_config(fast_engine(&group))
+            .max_buffered_per_partition(16)
+            .commit_interval(Duration::from_millis(100))
+            .revoke_timeout(Duration::from_secs(3))
+            .handler(move |ctx: idemq::HandlerContext| {
+                let (runs, delay_ms) = (runs.clone(), delay_ms.clone());
+                async move {
+                    let ms = delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    runs.record(&ctx.key.map(|k| k.to_string()).unwrap_or_default());
+                    Ok::<_, idemq::HandlerError>(())
+                }
+            });
+        for (k, v) in broker.consumer_settings() {
+            b = b.set(k, v);
+        }
+        // The MockCluster waits up to the session timeout minus 1 s for members to rejoin.
+        b.set("session.timeout.ms", "3000").build().expect("builds")
+    };
+    let a = Running::start(build());
+    let started = std::time::Instant::now();
+    let mut cycles = 0;
+    while cycles < 12 && started.elapsed() < Duration::from_secs(40) {
+        let pauses = a.stats.snapshot().pauses;
+        wait_for(
+            &format!("cycle {cycles}: the first consumer holds both partitions"),
+            Duration::from_secs(30),
+            || a.stats.assigned_partitions() == 2,
+        )
+        .await;
+        wait_for(
+            &format!("cycle {cycles}: a backpressure pause"),
+            Duration::from_secs(20),
+            || a.stats.snapshot().pauses > pauses,
+        )
+        .await;
+        let revocations = a.stats.snapshot().revocations;
+        let b = Running::start(build());
+        wait_for(
+            &format!("cycle {cycles}: the second consumer got a partition"),
+            Duration::from_secs(30),
+            || b.stats.assigned_partitions() > 0 && a.stats.snapshot().revocations > revocations,
+        )
+        .await;
+        b.shutdown().await;
+        cycles += 1;
+    }
+    wait_for(
+        "the first consumer holds both partitions at the end",
+        Duration::from_secs(30),
+        || a.stats.assigned_partitions() == 2,
+    )
+    .await;
+    // It goes on fetching and committing both partitions.
+    delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    let at_end = committed(&broker.bootstrap(), &group, &topic, 2);
+    wait_for(
+        "both partitions commit further after the last reassignment",
+        Duration::from_secs(30),
+        || {
+            let now = committed(&broker.bootstrap(), &group, &topic, 2);
+            now[0] > at_end[0] + 20 && now[1] > at_end[1] + 20
+        },
+    )
+    .await;
+    let s = a.shutdown().await;
+    println!("{cycles} cycles in {:?}: {s:?}", started.elapsed());
+    assert!(cycles >= 5, "only {cycles} cycles ran: {s:?}");
+    assert_eq!(runs.repeated(), vec![]);
+    assert!(s.pauses >= cycles, "{s:?}");
+}
+
+/// A consumer that holds no partition says so: `partitions_assigned` is 0 and `unassigned_ms`
+/// grows, while the member that holds the only partition reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_without_partitions_reports_it_in_its_stats() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("idle-member"), unique("g"));
+    broker.create_topic(&topic, 1).await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runs = Runs::default();
+    let a = Running::start(consumer(
+        &broker,
+        &group,
+        &topic,
+        store.clone(),
+        &runs,
+        0,
+        |b| b,
+    ));
+    wait_for(
+        "the first consumer got the partition",
+        Duration::from_secs(30),
+        || a.stats.assigned_partitions() == 1,
+    )
+    .await;
+    assert_eq!(a.stats.unassigned_for(), None);
+    let b = Running::start(consumer(&broker, &group, &topic, store, &runs, 0, |b| b));
+    wait_for("the group settled", Duration::from_secs(30), || {
+        a.stats.assigned_partitions() + b.stats.assigned_partitions() == 1
+            && a.stats.snapshot().revocations + b.stats.snapshot().revocations >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (idle, busy) = if a.stats.assigned_partitions() == 0 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let s = idle.stats.snapshot();
+    assert_eq!(s.partitions_assigned, 0, "{s:?}");
+    assert!(s.unassigned_ms >= 400, "{s:?}");
+    assert!(idle.stats.unassigned_for().is_some());
+    let s = busy.stats.snapshot();
+    assert_eq!((s.partitions_assigned, s.unassigned_ms), (1, 0), "{s:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A subscription to a topic that does not exist (auto-creation off) cannot heal: `run` stops
+/// with the error instead of logging it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_topic_without_auto_creation_stops_run_with_an_error() {
+    init_tracing();
+    let broker = Broker::mock();
+    let (topic, group) = (unique("missing"), unique("g"));
+    let runs = Runs::default();
+    let c = consumer(
+        &broker,
+        &group,
+        &topic,
+        Arc::new(MemoryStore::new()),
+        &runs,
+        0,
+        |b| b.set("allow.auto.create.topics", "false"),
+    );
+    let ran = tokio::time::timeout(
+        idemq::kafka::FATAL_AFTER + Duration::from_secs(30),
+        c.run(idemq::CancellationToken::new()),
+    )
+    .await
+    .expect("run returned by itself");
+    let err = ran.expect_err("run fails");
+    assert!(
+        matches!(&err, idemq::kafka::KafkaConsumerError::Client(e)
+            if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+            || e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopic)),
+        "{err:?}"
+    );
+}
+
+/// A librdkafka fatal error stops `run` at once with the error: here a static member fenced by
+/// the broker (`FENCED_INSTANCE_ID`), which librdkafka treats as fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fatal_client_error_stops_run_with_an_error() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("fatal"), unique("g"));
+    broker.create_topic(&topic, 1).await;
+    let runs = Runs::default();
+    let a = consumer(
+        &broker,
+        &group,
+        &topic,
+        Arc::new(MemoryStore::new()),
+        &runs,
+        0,
+        |b| b.set("group.instance.id", "member-1"),
+    );
+    let a_stats = a.stats();
+    let a_run = tokio::spawn(a.run(idemq::CancellationToken::new()));
+    wait_for(
+        "the member got the partition",
+        Duration::from_secs(30),
+        || a_stats.assigned_partitions() == 1,
+    )
+    .await;
+    for api in [
+        RDKafkaApiKey::Heartbeat,
+        RDKafkaApiKey::JoinGroup,
+        RDKafkaApiKey::SyncGroup,
+    ] {
+        broker.mock_cluster().request_errors(
+            api,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID; 100],
+        );
+    }
+    let res = tokio::time::timeout(Duration::from_secs(30), a_run)
+        .await
+        .expect("the fenced member's run returned by itself")
+        .expect("task");
+    let err = res.expect_err("run fails");
+    assert!(
+        err.to_string().to_lowercase().contains("fatal") || err.to_string().contains("Fenced"),
+        "{err}"
+    );
+}
+
+/// Header names need not be UTF-8 in Kafka. Such a record must not crash the consumer (rdkafka's
+/// header accessors panic on it): a keyed record with such a header is processed, one whose key
+/// header is unreadable is dead-lettered as an invalid key, and the partition commits past both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_header_name_that_is_not_utf8_does_not_crash_the_consumer() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("rawhdr"), unique("g"));
+    let dlq = format!("{topic}.dlq");
+    broker.create_topic(&topic, 1).await;
+    broker.create_topic(&dlq, 1).await;
+    let bad_name: &[u8] = b"trace-\xff\xfe";
+    produce_raw_headers(
+        &broker.bootstrap(),
+        &topic,
+        &[
+            vec![(bad_name, b"t-1"), (b"Idempotency-Key", b"order-1")],
+            vec![(b"Idempotency-Key", b"order-\xff"), (bad_name, b"t-2")],
+            vec![(bad_name, b"t-3")],
+            vec![(b"Idempotency-Key", b"order-2")],
+        ],
+    )
+    .await;
+    let runs = Runs::default();
+    let c = Running::start(consumer(
+        &broker,
+        &group,
+        &topic,
+        Arc::new(MemoryStore::new()),
+        &runs,
+        0,
+        |b| b.dead_letter_topic(dlq.clone()),
+    ));
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[4],
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!((s.processed, s.dead_lettered), (2, 2), "{s:?}");
+    assert_eq!(runs.distinct(), 2);
+    let dead = read_all(&broker.bootstrap(), &dlq, 2, Duration::from_secs(10));
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .filter_map(|m| header_bytes_lossy(m, "x-idemq-reason"))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec!["invalid-idempotency-key", "missing-idempotency-key"]
+    );
+}
+
+/// A header value by name, read without rdkafka's typed accessors (which panic on non-UTF-8
+/// names present in these records).
+fn header_bytes_lossy(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::{BorrowedHeaders, Headers, Message};
+    let hs = m.headers()?;
+    let ptr =
+        hs.as_borrowed() as *const BorrowedHeaders as *const rdkafka::bindings::rd_kafka_headers_t;
+    for idx in 0..hs.count() {
+        let (mut n, mut v, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+        // SAFETY: `idx < count` on the live header list of `m`.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_header_get_all(ptr, idx, &mut n, &mut v, &mut size)
+        };
+        if err != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || v.is_null() {
+            continue;
+        }
+        // SAFETY: NUL-terminated name and `size` value bytes owned by `m`.
+        let (n, v) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(n).to_bytes(),
+                std::slice::from_raw_parts(v.cast::<u8>(), size),
+            )
+        };
+        if n == name.as_bytes() {
+            return Some(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    None
+}
+
+/// SIGTERM (what Kubernetes and systemd send) stops a consumer as gracefully as Ctrl-C: the
+/// `kafka_orders` example exits by itself with status 0, prints its summary and leaves every
+/// handled record committed.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_the_consumer_gracefully_with_offsets_committed() {
+    let Some(bin) = support::services::example_binary("kafka_orders") else {
+        return;
+    };
+    let broker = Broker::mock();
+    let (topic, group) = (unique("sigterm"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    let recs: Vec<Rec> = (0..20)
+        .map(|k| Rec::keyed(&format!("k{k}"), "{}").on(k % 2))
+        .collect();
+    produce(&broker.bootstrap(), &topic, &recs).await;
+    let effects = std::env::temp_dir().join(unique("sigterm-effects"));
+    let child = std::process::Command::new(bin)
+        .args(["--bootstrap", &broker.bootstrap(), "--topic", &topic])
+        .args(["--group", &group, "--store", "memory"])
+        .arg("--effects")
+        .arg(&effects)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start kafka_orders");
+    let lines = || {
+        std::fs::read_to_string(&effects)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    wait_for("20 records handled", Duration::from_secs(60), || {
+        lines() == 20
+    })
+    .await;
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exited by itself, not killed by the signal: {:?} {stdout}",
+        out.status
+    );
+    assert!(
+        stdout.contains("\"processed\":20"),
+        "summary printed: {stdout}"
+    );
+    assert_eq!(
+        committed(&broker.bootstrap(), &group, &topic, 2),
+        vec![10, 10]
+    );
+    let _ = std::fs::remove_file(&effects);
+}
+
+/// A consumer whose handler fails permanently with a huge error text, on a record near the
+/// default size limit.
+fn big_failing_consumer(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    dlq: &str,
+    tweak: impl FnOnce(idemq::kafka::KafkaConsumerBuilder) -> idemq::kafka::KafkaConsumerBuilder,
+) -> Running {
+    let mut b = idemq::kafka::KafkaConsumerBuilder::new()
+        .bootstrap_servers(broker.bootstrap())
+        .group_id(group)
+        .topic(topic)
+        .dead_letter_topic(dlq)
+        .store(Arc::new(MemoryStore::new()))
+        .engine_config(fast_engine(group))
+        .commit_interval(Duration::from_millis(100))
+        .handler(|_ctx: idemq::HandlerContext| async move {
+            Err::<(), _>(idemq::HandlerError::permanent("x".repeat(300_000)))
+        });
+    for (k, v) in broker.consumer_settings() {
+        b = b.set(k, v);
+    }
+    Running::start(tweak(b).build().expect("builds"))
+}
+
+/// The dead-letter copy of a record near the size limit, failed with a huge error text, is
+/// produced: `x-idemq-error` is cut to 4 KiB and the dead-letter producer accepts records as large
+/// as the consumer can receive. (Before, the copy exceeded the producer's limit and was retried
+/// forever, blocking the partition.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_record_with_a_huge_error_text_is_dead_lettered() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("bigdl"), unique("g"));
+    let dlq = format!("{topic}.dlq");
+    broker.create_topic(&topic, 1).await;
+    broker.create_topic(&dlq, 1).await;
+    let big = Rec::keyed("big", &"p".repeat(990_000));
+    produce(
+        &broker.bootstrap(),
+        &topic,
+        &[big, Rec::keyed("small", "{}")],
+    )
+    .await;
+    let c = big_failing_consumer(&broker, &group, &topic, &dlq, |b| b);
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[2],
+        Duration::from_secs(30),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!(s.dead_lettered, 2, "{s:?}");
+    let dead = read_all(&broker.bootstrap(), &dlq, 2, Duration::from_secs(10));
+    assert_eq!(dead.len(), 2);
+    for m in &dead {
+        let e = header(m, "x-idemq-error").expect("error header");
+        assert!(
+            e.len() <= 4096 && e.len() >= 4000,
+            "cut to 4 KiB: {}",
+            e.len()
+        );
+    }
+}
+
+/// A dead-letter copy that can never be produced (here: the producer's limit set below the
+/// record's size) is not lost and does not pass silently: the original stays uncommitted and
+/// the failures are counted while the publish is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_copy_that_cannot_be_produced_keeps_the_record_and_is_counted() {
+    let broker = Broker::mock();
+    let (topic, group) = (unique("dltoobig"), unique("g"));
+    let dlq = format!("{topic}.dlq");
+    broker.create_topic(&topic, 1).await;
+    broker.create_topic(&dlq, 1).await;
+    let recs = [
+        Rec::keyed("a", "{}"),
+        Rec::keyed("big", &"p".repeat(200_000)),
+    ];
+    produce(&broker.bootstrap(), &topic, &recs).await;
+    let c = big_failing_consumer(&broker, &group, &topic, &dlq, |b| {
+        b.producer_set("message.max.bytes", "100000")
+    });
+    let stats = c.stats.clone();
+    wait_for(
+        "repeated dead-letter failures",
+        Duration::from_secs(30),
+        || stats.snapshot().dead_letter_failures >= 3,
+    )
+    .await;
+    assert_eq!(
+        committed(&broker.bootstrap(), &group, &topic, 1),
+        vec![1],
+        "committed up to the record whose copy cannot be produced, not past it"
+    );
+    let s = c.shutdown().await;
+    assert_eq!(s.dead_lettered, 1, "{s:?}");
+    assert!(s.abandoned >= 1, "left for redelivery: {s:?}");
+}
+
+/// The sequence that wedges a group on Tansu (a member leaves while the group waits for its
+/// members to rejoin; see `kafka_tansu.rs`): on the MockCluster the last member always gets every
+/// partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_leaving_while_the_group_rebalances_leaves_no_partition_unowned() {
+    let broker = Broker::mock();
+    let rounds = scenario_member_leaves_during_rebalance(&broker, 3, Duration::from_secs(30)).await;
+    println!("{rounds:?}");
+    assert!(
+        rounds.iter().all(|(_, owned)| owned.is_some()),
+        "{rounds:?}"
+    );
 }

@@ -165,3 +165,33 @@ async fn tansu_replay_republishes_and_commits() {
         .expect("second replay");
     assert_eq!(again.examined, 0, "resumes after the committed offset");
 }
+
+/// A dead-lettered record with a header name that is not UTF-8 (legal in Kafka) is replayed, not
+/// a panic in rdkafka's header accessors that kills the run on every retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_that_is_not_utf8_is_replayed() {
+    let broker = Broker::mock();
+    let (dlq, main, group) = (unique("dlq"), unique("main"), unique("g"));
+    broker.create_topic(&dlq, 1).await;
+    broker.create_topic(&main, 1).await;
+    support::kafka::produce_raw_headers(
+        &broker.bootstrap(),
+        &dlq,
+        &[vec![
+            (b"trace-\xff".as_slice(), b"t-1".as_slice()),
+            (b"Idempotency-Key", b"k1"),
+        ]],
+    )
+    .await;
+    let store = FaultyStore::new(Arc::new(MemoryStore::new()));
+    let report = replay(&broker, store, &dlq, &main, &group)
+        .run(|_| {})
+        .await
+        .expect("replay runs");
+    assert_eq!(report.republished, 1, "{report:?}");
+    assert_eq!(
+        read_all(&broker.bootstrap(), &main, 1, Duration::from_secs(10)).len(),
+        1
+    );
+    assert_eq!(committed(&broker.bootstrap(), &group, &dlq, 1), [1]);
+}

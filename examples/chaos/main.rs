@@ -118,13 +118,17 @@ struct Args {
     postgres_url: String,
     work_dir: PathBuf,
     keep: bool,
+    /// Kafka consumers use static group membership; a killed consumer's replacement reuses its
+    /// `group.instance.id`.
+    static_members: bool,
 }
 
 const USAGE: &str = "usage: chaos [--short] [--scenarios amqp-redis,amqp-postgres,kafka-redis,kafka-postgres \
 (default: all four; amqp-memory and kafka-memory are negative controls that must fail)] \
 [--messages N] [--dup-rate R] [--bad-rate R] [--consumers N] [--kills N] [--outage-secs N] \
 [--broker-faults N] [--handler-ms N] [--after-effect-ms N] [--lease-ms N] [--gap-ms N] [--partitions N] \
-[--drain-timeout-secs N] [--seed N] [--amqp-url URL] [--postgres-url URL] [--work-dir DIR] [--keep]";
+[--drain-timeout-secs N] [--seed N] [--amqp-url URL] [--postgres-url URL] [--work-dir DIR] [--keep] \
+[--static-members (Kafka: group.instance.id per consumer, reused by a killed one's replacement; rows named kafka-*-static)]";
 
 fn parse_args() -> Result<Args, String> {
     let all = [
@@ -164,6 +168,7 @@ fn parse_args() -> Result<Args, String> {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
         work_dir: std::env::temp_dir().join("idemq-chaos"),
         keep: false,
+        static_members: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -171,6 +176,10 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => return Err(USAGE.into()),
             "--keep" => {
                 a.keep = true;
+                continue;
+            }
+            "--static-members" => {
+                a.static_members = true;
                 continue;
             }
             "--short" => {
@@ -446,6 +455,9 @@ async fn run_scenario(args: &Args, broker: BrokerKind, store: StoreKind, seed: u
         .chain(store_args),
     );
     let mut pool = Pool::new(bin, consumer_args, dir.clone());
+    if args.static_members && broker == BrokerKind::Kafka {
+        pool = pool.with_static_members();
+    }
     for _ in 0..args.consumers {
         pool.spawn()?;
     }
@@ -546,8 +558,13 @@ async fn run_scenario(args: &Args, broker: BrokerKind, store: StoreKind, seed: u
         (Some(client), Some(table)) => Some(effects::committed_effects(client, table).await?),
         _ => None,
     };
+    let label = if args.static_members && broker == BrokerKind::Kafka {
+        format!("{}-static", scenario_name(broker, store))
+    } else {
+        scenario_name(broker, store).to_string()
+    };
     let report = Report::judge(
-        scenario_name(broker, store),
+        &label,
         &plan,
         &progress.runs(),
         committed.as_ref(),

@@ -11,6 +11,8 @@ use tokio::process::{Child, Command};
 struct Consumer {
     pid: u32,
     child: Child,
+    /// Its `group.instance.id` (Kafka static membership), if the pool uses them.
+    slot: Option<String>,
 }
 
 /// The consumers of one scenario.
@@ -26,6 +28,10 @@ pub struct Pool {
     /// Consumers that died without being asked to.
     pub crashed: Vec<(u32, String)>,
     spawned: usize,
+    /// Kafka static membership: every consumer gets a `--static-member` id, and a replacement
+    /// reuses the id of the consumer it replaces.
+    static_members: bool,
+    free_slots: Vec<String>,
 }
 
 impl Pool {
@@ -40,15 +46,32 @@ impl Pool {
             unclean_exits: Vec::new(),
             crashed: Vec::new(),
             spawned: 0,
+            static_members: false,
+            free_slots: Vec::new(),
         }
+    }
+
+    /// Gives every consumer a static group membership id (`kafka_orders --static-member`).
+    pub fn with_static_members(mut self) -> Self {
+        self.static_members = true;
+        self
     }
 
     /// Starts one more consumer; returns its pid.
     pub fn spawn(&mut self) -> std::io::Result<u32> {
         self.spawned += 1;
         let log = std::fs::File::create(self.logs.join(format!("consumer-{}.log", self.spawned)))?;
-        let child = Command::new(&self.bin)
-            .args(&self.args)
+        let slot = self.static_members.then(|| {
+            self.free_slots
+                .pop()
+                .unwrap_or_else(|| format!("member-{}", self.spawned))
+        });
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args);
+        if let Some(id) = &slot {
+            cmd.args(["--static-member", id]);
+        }
+        let child = cmd
             .env(
                 "RUST_LOG",
                 std::env::var("CHAOS_CONSUMER_LOG").unwrap_or_else(|_| "warn".into()),
@@ -62,7 +85,7 @@ impl Pool {
         let pid = child
             .id()
             .ok_or_else(|| std::io::Error::other("consumer exited at once"))?;
-        self.live.push(Consumer { pid, child });
+        self.live.push(Consumer { pid, child, slot });
         Ok(pid)
     }
 
@@ -94,6 +117,8 @@ impl Pool {
         let _ = c.child.start_kill();
         let _ = c.child.wait().await;
         self.killed.insert(c.pid);
+        // The replacement spawned next takes the killed member's place.
+        self.free_slots.extend(c.slot.take());
         Some(c.pid)
     }
 

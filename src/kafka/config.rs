@@ -110,6 +110,17 @@ impl KafkaConsumerBuilder {
         self
     }
 
+    /// Static group membership (`group.instance.id`, Kafka 2.3+): a member that restarts with the
+    /// same id within `session.timeout.ms` gets its partitions back without a rebalance, so a
+    /// killed and replaced consumer costs no session timeout. Give every consumer of the group its
+    /// own stable id (e.g. the pod name of a StatefulSet). A static member does not leave the group
+    /// when it stops: its partitions wait for it up to the session timeout.
+    pub fn group_instance_id(mut self, id: impl Into<String>) -> Self {
+        self.consumer_settings
+            .push(("group.instance.id".into(), id.into()));
+        self
+    }
+
     /// Adds a topic to subscribe to.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.settings.topics.push(topic.into());

@@ -12,6 +12,7 @@ use crate::engine::Processor;
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::FutureProducer;
 use std::sync::atomic::Ordering;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// What [`KafkaConsumerBuilder::build`](super::KafkaConsumerBuilder::build) resolved.
 pub(crate) struct ClientSettings {
@@ -69,6 +70,7 @@ impl IdempotentConsumer {
                 pc.set("bootstrap.servers", &c.bootstrap)
                     .set("enable.idempotence", "true")
                     .set("acks", "all")
+                    .set("message.max.bytes", super::dead_letter::PRODUCER_MAX_BYTES)
                     .set(
                         "message.timeout.ms",
                         c.settings.dead_letter_timeout.as_millis().to_string(),
@@ -89,11 +91,8 @@ impl IdempotentConsumer {
         cc.set("bootstrap.servers", &c.bootstrap)
             .set("group.id", &c.group)
             .set("auto.offset.reset", "earliest");
+        // `build` refused any override of a fixed setting, so these are the user's own.
         for (k, v) in &c.consumer_settings {
-            if FIXED.iter().any(|(f, _)| f == k) {
-                warn!(setting = %k, "ignored: idemq commits offsets itself");
-                continue;
-            }
             cc.set(k, v);
         }
         for (k, v) in FIXED {
@@ -122,18 +121,22 @@ impl IdempotentConsumer {
         self.shared.processor.scope()
     }
 
-    /// [`run`](Self::run) until Ctrl-C (SIGINT) or `stop`, whichever comes first.
-    pub async fn run_until_ctrl_c(self, stop: CancellationToken) -> ConsumerSummary {
+    /// [`run`](Self::run) until SIGINT (Ctrl-C), SIGTERM (Kubernetes, systemd, `docker stop`) or
+    /// `stop`, whichever comes first; the shutdown is the same graceful one in every case.
+    pub async fn run_until_ctrl_c(
+        self,
+        stop: CancellationToken,
+    ) -> Result<ConsumerSummary, KafkaConsumerError> {
         let on_signal = stop.clone();
         let watcher = tokio::spawn(async move {
             tokio::select! {
-                r = tokio::signal::ctrl_c() => match r {
-                    Ok(()) => {
-                        info!("Ctrl-C: shutting down");
+                r = crate::signal::shutdown_signal() => match r {
+                    Ok(name) => {
+                        info!(signal = name, "shutting down");
                         on_signal.cancel();
                     }
                     // No signal handler: keep running until `stop`.
-                    Err(err) => warn!(%err, "cannot listen for Ctrl-C"),
+                    Err(err) => warn!(%err, "cannot listen for SIGINT/SIGTERM"),
                 },
                 _ = on_signal.cancelled() => {}
             }
@@ -146,29 +149,50 @@ impl IdempotentConsumer {
     /// Consumes until `stop` is cancelled, then shuts down gracefully: stops fetching, lets
     /// in-flight messages finish (bounded by the shutdown timeout; handlers get the engine's
     /// shutdown grace), commits what finished, and leaves the group. Returns what it did.
-    pub async fn run(self, stop: CancellationToken) -> ConsumerSummary {
+    ///
+    /// Returns an error, after the same graceful shutdown, when the client cannot go on: a
+    /// librdkafka fatal error (at once), or an authentication, authorization or unknown-topic
+    /// error (e.g. a topic that does not exist with `allow.auto.create.topics=false`) after which
+    /// the consumer went [`FATAL_AFTER`] without a record and without a partition (for a missing
+    /// topic: and the topic is still missing then).
+    pub async fn run(self, stop: CancellationToken) -> Result<ConsumerSummary, KafkaConsumerError> {
         let IdempotentConsumer {
             consumer, shared, ..
         } = self;
         let mut tick = tokio::time::interval(shared.settings.commit_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         info!(topics = ?shared.settings.topics, scope = shared.processor.scope(), "idempotent consumer started");
-        loop {
+        let mut errors = ClientErrors::default();
+        let mut unassigned = UnassignedWatch::default();
+        let fatal = loop {
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
+                _ = stop.cancelled() => break None,
                 _ = shared.pauses_changed.notified() => shared.apply_pauses(&consumer),
                 _ = shared.commit_wanted.notified() => flush(&shared, &consumer),
-                _ = tick.tick() => flush(&shared, &consumer),
+                _ = tick.tick() => {
+                    flush(&shared, &consumer);
+                    unassigned.check(&shared);
+                    if let Some(err) = errors.fatal(&shared, &consumer) {
+                        break Some(err);
+                    }
+                }
                 received = consumer.recv() => match received {
-                    Ok(record) => dispatch(&shared, &record),
+                    Ok(record) => {
+                        errors.clear();
+                        dispatch(&shared, &record);
+                    }
                     Err(err) => {
-                        warn!(%err, "kafka consumer error");
+                        if let Some((code, reason)) = consumer.client().fatal_error() {
+                            error!(%err, ?code, %reason, "fatal kafka client error; stopping");
+                            break Some(err);
+                        }
+                        errors.note(err);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
             }
-        }
+        };
         info!("shutting down: finishing in-flight messages");
         shared.shutdown.cancel();
         let deadline = Instant::now() + shared.settings.shutdown_timeout;
@@ -191,7 +215,140 @@ impl IdempotentConsumer {
         close(consumer);
         let summary = shared.stats.snapshot();
         info!(?summary, "idempotent consumer stopped");
-        summary
+        match fatal {
+            None => Ok(summary),
+            Some(err) => Err(KafkaConsumerError::Client(err)),
+        }
+    }
+}
+
+/// How long after an authentication, authorization or unknown-topic error a consumer without any
+/// partition and without records gives up: [`IdempotentConsumer::run`] then returns the error.
+pub const FATAL_AFTER: Duration = Duration::from_secs(10);
+
+/// How often a repeated client error is logged again.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Consumer errors seen since the last record: logged once per [`ERROR_LOG_EVERY`], and turned
+/// into a fatal error when they cannot heal by themselves.
+#[derive(Default)]
+struct ClientErrors {
+    /// The first report of an error that may be permanent, since the last record or assignment.
+    permanent: Option<(Instant, KafkaError)>,
+    last_logged: Option<(String, Instant)>,
+    repeats: u64,
+}
+
+impl ClientErrors {
+    /// Logs `err`, throttled (librdkafka may report the same error on every poll).
+    fn note(&mut self, err: KafkaError) {
+        let text = err.to_string();
+        match &self.last_logged {
+            Some((t, at)) if *t == text && at.elapsed() < ERROR_LOG_EVERY => self.repeats += 1,
+            _ => {
+                warn!(%err, repeated = self.repeats, "kafka consumer error");
+                self.last_logged = Some((text, Instant::now()));
+                self.repeats = 0;
+            }
+        }
+        let permanent = matches!(
+            err.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::UnknownTopic
+            )
+        );
+        if permanent && self.permanent.is_none() {
+            self.permanent = Some((Instant::now(), err));
+        }
+    }
+
+    /// A record arrived or a partition was assigned: whatever was wrong healed.
+    fn clear(&mut self) {
+        self.permanent = None;
+    }
+
+    /// The error to stop with: a permanent-looking error reported [`FATAL_AFTER`] ago or more,
+    /// with no record and no partition since. A missing topic must still be missing.
+    fn fatal(
+        &mut self,
+        shared: &Shared,
+        consumer: &StreamConsumer<IdemqContext>,
+    ) -> Option<KafkaError> {
+        if shared.stats.assigned.load(Ordering::Relaxed) > 0 {
+            self.permanent = None;
+        }
+        let (since, err) = self.permanent.as_ref()?;
+        if since.elapsed() < FATAL_AFTER {
+            return None;
+        }
+        let unknown_topic = matches!(
+            err.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        );
+        if unknown_topic && !topic_missing(shared, consumer) {
+            self.permanent = None;
+            return None;
+        }
+        let (_, err) = self.permanent.take()?;
+        error!(%err, after = ?FATAL_AFTER, "kafka client error persists; stopping");
+        Some(err)
+    }
+}
+
+/// Whether a subscribed topic is missing from the cluster's metadata (asked once more, so a
+/// topic created meanwhile is not mistaken for a missing one).
+fn topic_missing(shared: &Shared, consumer: &StreamConsumer<IdemqContext>) -> bool {
+    let ask = || {
+        shared.settings.topics.iter().any(|t| {
+            match consumer.fetch_metadata(Some(t), Duration::from_secs(5)) {
+                Ok(md) => md.topics().iter().any(|mt| {
+                    mt.name() == t && (mt.error().is_some() || mt.partitions().is_empty())
+                }),
+                // No answer: not proof that the topic is missing.
+                Err(_) => false,
+            }
+        })
+    };
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::CurrentThread) | Err(_) => ask(),
+        Ok(_) => tokio::task::block_in_place(ask),
+    }
+}
+
+/// How long a consumer may hold no partition before it warns, and how often it warns again.
+const UNASSIGNED_WARNING: Duration = Duration::from_secs(30);
+
+/// Warns while the consumer holds no partition, so a member left out of a stuck rebalance is
+/// never silent.
+#[derive(Default)]
+struct UnassignedWatch {
+    warned_at: Option<Duration>,
+}
+
+impl UnassignedWatch {
+    fn check(&mut self, shared: &Shared) {
+        let Some(none_for) = shared.stats.unassigned_for() else {
+            self.warned_at = None;
+            return;
+        };
+        let due = match self.warned_at {
+            None => none_for >= UNASSIGNED_WARNING,
+            Some(last) => none_for >= last + UNASSIGNED_WARNING,
+        };
+        if due {
+            warn!(
+                ?none_for,
+                group_topics = ?shared.settings.topics,
+                "this consumer has held no partition for a while; unless its group has more members than partitions, the group's rebalance is stuck"
+            );
+            self.warned_at = Some(none_for);
+        }
     }
 }
 

@@ -2,26 +2,14 @@
 
 use crate::message::{Header, Message, Source};
 use bytes::Bytes;
-use rdkafka::message::{
-    BorrowedMessage, Header as KafkaHeader, Headers, Message as _, OwnedHeaders,
-};
+use rdkafka::bindings as rdsys;
+use rdkafka::message::{BorrowedMessage, Header as KafkaHeader, Message as _, OwnedHeaders};
 
 /// Copies a record out of librdkafka's buffer: headers (order and duplicates kept), payload (empty
 /// when null) and its topic/partition/offset as the source.
 pub(crate) fn to_message(record: &BorrowedMessage<'_>) -> Message {
-    let headers = record
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| Header {
-                    name: h.key.to_string(),
-                    value: h.value.map(Bytes::copy_from_slice),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     Message {
-        headers,
+        headers: headers_of(record),
         payload: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
         source: Source::Kafka {
             topic: record.topic().to_string(),
@@ -31,6 +19,50 @@ pub(crate) fn to_message(record: &BorrowedMessage<'_>) -> Message {
         message_id: None,
         redelivered: false,
     }
+}
+
+/// A record's headers, read through librdkafka's C API.
+///
+/// Kafka header names are bytes; rdkafka's own header accessors panic on a name that is not
+/// UTF-8 (legal in Kafka, and any producer can send one), which would take the consumer down on
+/// every restart. Names are converted lossily instead (invalid bytes become U+FFFD), so such a
+/// header never matches a configured key header and the record goes through the normal
+/// missing/invalid-key policy.
+fn headers_of(record: &BorrowedMessage<'_>) -> Vec<Header> {
+    let mut hdrs: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `record.ptr()` is a live message owned by `record` for the duration of this call;
+    // the headers it hands out are owned by the message and only read here.
+    let err = unsafe { rdsys::rd_kafka_message_headers(record.ptr(), &mut hdrs) };
+    if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: `hdrs` is valid (checked above) while `record` lives.
+    let count = unsafe { rdsys::rd_kafka_header_cnt(hdrs) };
+    let mut out = Vec::with_capacity(count);
+    for idx in 0..count {
+        let mut name: *const std::os::raw::c_char = std::ptr::null();
+        let mut value: *const std::os::raw::c_void = std::ptr::null();
+        let mut size = 0usize;
+        // SAFETY: `idx < count`; the out-pointers are valid locals.
+        let err =
+            unsafe { rdsys::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
+        if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            continue;
+        }
+        // SAFETY: librdkafka stores header names NUL-terminated; `value` points at `size` bytes
+        // (or is null for a null value). Both live as long as the message.
+        let (name, value) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(name).to_bytes(),
+                (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size)),
+            )
+        };
+        out.push(Header {
+            name: String::from_utf8_lossy(name).into_owned(),
+            value: value.map(Bytes::copy_from_slice),
+        });
+    }
+    out
 }
 
 /// rdkafka headers for an outgoing record, in order; a header with no value stays null.
@@ -49,6 +81,7 @@ pub(crate) fn to_kafka_headers<'a>(headers: impl IntoIterator<Item = &'a Header>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::Headers;
 
     #[test]
     fn kafka_headers_keep_order_duplicates_and_null_values() {

@@ -21,6 +21,28 @@ const OWN_HEADERS: [&str; 5] = [
     headers::SOURCE_OFFSET,
 ];
 
+/// Longest `x-idemq-error` value: error texts can embed payload fragments, and an unbounded one
+/// could make the copy too large to ever be produced (blocking its partition).
+pub(crate) const MAX_ERROR_LEN: usize = 4096;
+
+/// Default `message.max.bytes` of the dead-letter producer: room for the largest record a
+/// consumer can receive from a broker with default limits (about 1 MiB) plus its headers and
+/// idemq's, many times over. A dead-letter topic whose broker limit is lower still refuses a
+/// large copy; that is logged as an error and counted, and the original is not committed.
+pub(crate) const PRODUCER_MAX_BYTES: &str = "16777216";
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// An idempotent producer (`enable.idempotence=true`, `acks=all`) for the dead-letter topic.
 pub(crate) struct DeadLetterProducer {
     producer: FutureProducer,
@@ -64,7 +86,10 @@ impl DeadLetterProducer {
         };
         for (name, value) in [
             (headers::REASON, dead_letter.reason.as_str().to_string()),
-            (headers::ERROR, dead_letter.error.clone()),
+            (
+                headers::ERROR,
+                truncate(&dead_letter.error, MAX_ERROR_LEN).to_string(),
+            ),
         ]
         .into_iter()
         .chain(source_headers)
@@ -94,5 +119,19 @@ impl DeadLetterProducer {
                 after: self.timeout,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let cut = truncate(&long, MAX_ERROR_LEN);
+        assert!(cut.len() <= MAX_ERROR_LEN && cut.len() >= MAX_ERROR_LEN - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate("short", MAX_ERROR_LEN), "short");
     }
 }

@@ -37,7 +37,7 @@
 //!     })
 //!     .build()?;
 //! let stop = CancellationToken::new();
-//! let summary = consumer.run(stop).await; // until `stop` is cancelled
+//! let summary = consumer.run(stop).await?; // until `stop` is cancelled (or a fatal error)
 //! println!("handler runs: {}, replays: {}", summary.processed, summary.replayed);
 //! # Ok(()) }
 //! ```
@@ -55,7 +55,7 @@ mod tracker;
 mod worker;
 
 pub use config::KafkaConsumerBuilder;
-pub use consumer::IdempotentConsumer;
+pub use consumer::{IdempotentConsumer, FATAL_AFTER};
 pub use error::{DeadLetterError, KafkaConsumerError, KafkaReplayError};
 pub use properties::KafkaClient;
 pub use replay::KafkaReplay;

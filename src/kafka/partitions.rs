@@ -11,7 +11,7 @@ use crate::engine::Processor;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -36,15 +36,26 @@ struct Partition {
     buffered: usize,
     /// Messages of this partition being processed.
     in_flight: Arc<AtomicUsize>,
-    pause_for_store: bool,
+    /// Tasks of this partition currently waiting for the store to answer: the partition stays
+    /// paused while there is any (one task seeing the store back does not resume it while
+    /// another still sees it down).
+    store_waiters: usize,
     pause_for_backpressure: bool,
-    /// Whether librdkafka currently has the partition paused.
-    paused: bool,
+}
+
+/// The assigned partitions, and which partitions librdkafka holds paused on our request.
+#[derive(Default)]
+struct Parts {
+    map: HashMap<Tp, Partition>,
+    /// Partitions we paused through librdkafka and have not resumed yet, assigned or not:
+    /// librdkafka keeps the pause flag across revoke and assign, so a revoked partition stays in
+    /// here until the poll loop resumes it (never from inside the rebalance callback).
+    lib_paused: HashSet<Tp>,
 }
 
 /// Everything the consumer's tasks share.
 pub(crate) struct Shared {
-    parts: Mutex<HashMap<Tp, Partition>>,
+    parts: Mutex<Parts>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) settings: LoopSettings,
     pub(crate) processor: Arc<dyn Processor>,
@@ -70,7 +81,7 @@ impl Shared {
         runtime: Handle,
     ) -> Self {
         Self {
-            parts: Mutex::new(HashMap::new()),
+            parts: Mutex::new(Parts::default()),
             stats: Arc::new(Stats::default()),
             global: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings,
@@ -86,7 +97,7 @@ impl Shared {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Tp, Partition>> {
+    fn lock(&self) -> MutexGuard<'_, Parts> {
         // A panic while holding the lock cannot leave the map half-updated in a way that matters
         // more than stopping the consumer would, so poisoning is ignored.
         self.parts.lock().unwrap_or_else(|p| p.into_inner())
@@ -95,9 +106,10 @@ impl Shared {
     /// New partitions: create their state and start a worker for each.
     pub(crate) fn on_assign(self: &Arc<Self>, tpl: &TopicPartitionList) {
         let mut parts = self.lock();
+        let mut still_paused = false;
         for el in tpl.elements() {
             let tp = (el.topic().to_string(), el.partition());
-            if parts.contains_key(&tp) {
+            if parts.map.contains_key(&tp) {
                 continue;
             }
             let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
@@ -106,6 +118,8 @@ impl Shared {
             let in_flight = Arc::new(AtomicUsize::new(0));
             info!(topic = %tp.0, partition = tp.1, "partition assigned");
             self.stats.assigned.fetch_add(1, Ordering::Relaxed);
+            // Paused in an earlier assignment and not resumed yet: the poll loop resumes it.
+            still_paused |= parts.lib_paused.contains(&tp);
             self.runtime.spawn(partition_worker(
                 self.clone(),
                 tp.clone(),
@@ -114,7 +128,7 @@ impl Shared {
                 cancel.clone(),
                 in_flight.clone(),
             ));
-            parts.insert(
+            parts.map.insert(
                 tp,
                 Partition {
                     epoch,
@@ -123,11 +137,14 @@ impl Shared {
                     queue: tx,
                     buffered: 0,
                     in_flight,
-                    pause_for_store: false,
+                    store_waiters: 0,
                     pause_for_backpressure: false,
-                    paused: false,
                 },
             );
+        }
+        self.stats.set_unassigned(parts.map.is_empty());
+        if still_paused {
+            self.pauses_changed.notify_one();
         }
     }
 
@@ -146,7 +163,7 @@ impl Shared {
         let counters: Vec<Arc<AtomicUsize>> = {
             let parts = self.lock();
             tps.iter()
-                .filter_map(|tp| parts.get(tp))
+                .filter_map(|tp| parts.map.get(tp))
                 .map(|p| {
                     p.cancel.cancel();
                     p.in_flight.clone()
@@ -177,30 +194,28 @@ impl Shared {
         }
         self.commit_ready(consumer, Some(&tps), CommitMode::Sync);
         let mut parts = self.lock();
-        // librdkafka keeps a partition's pause flag across revoke and assign: a partition we
-        // paused (store outage, backpressure) would come back paused in a later assignment, with
-        // fresh state here that knows nothing of it, and never be fetched again. So resume what we
-        // paused before letting it go. (Resuming on assign instead would race the new
-        // assignment's offset lookup: a resume bumps the partition's op version.)
-        let mut paused = TopicPartitionList::new();
+        // A partition we paused stays paused in librdkafka across revoke and assign. It is resumed
+        // by the poll loop once this callback has returned (see `apply_pauses`), not from here:
+        // pausing or resuming inside the rebalance callback, next to the synchronous commit above,
+        // left the consumer without any partition after the rebalance in rare runs.
+        let mut resume_later = false;
         for tp in &tps {
-            if parts.get(tp).is_some_and(|p| p.paused) {
-                paused.add_partition(&tp.0, tp.1);
-            }
-        }
-        if paused.count() > 0 {
-            if let Err(err) = consumer.resume(&paused) {
-                warn!(%err, "resuming revoked partitions failed");
-            }
-        }
-        for tp in &tps {
-            if let Some(p) = parts.remove(tp) {
+            if let Some(p) = parts.map.remove(tp) {
                 self.stats
                     .in_progress
                     .fetch_sub(p.tracker.unfinished() as u64, Ordering::Relaxed);
                 self.stats.assigned.fetch_sub(1, Ordering::Relaxed);
                 info!(topic = %tp.0, partition = tp.1, "partition revoked");
             }
+            resume_later |= parts.lib_paused.contains(tp);
+        }
+        if parts.map.is_empty() {
+            info!("no partition assigned now; waiting for the group to assign some");
+        }
+        self.stats.set_unassigned(parts.map.is_empty());
+        drop(parts);
+        if resume_later {
+            self.pauses_changed.notify_one();
         }
         bump(&self.stats.revocations);
     }
@@ -209,7 +224,7 @@ impl Shared {
     /// race with a revocation) are dropped: they are not committed, so the owner gets them.
     pub(crate) fn dispatch(&self, tp: Tp, work: Work) {
         let mut parts = self.lock();
-        let Some(p) = parts.get_mut(&tp) else {
+        let Some(p) = parts.map.get_mut(&tp) else {
             debug!(topic = %tp.0, partition = tp.1, "record for an unassigned partition dropped");
             return;
         };
@@ -234,7 +249,7 @@ impl Shared {
     /// A worker took a record off its queue.
     pub(crate) fn dequeued(&self, tp: &Tp, epoch: u64) {
         let mut parts = self.lock();
-        if let Some(p) = parts.get_mut(tp).filter(|p| p.epoch == epoch) {
+        if let Some(p) = parts.map.get_mut(tp).filter(|p| p.epoch == epoch) {
             p.buffered = p.buffered.saturating_sub(1);
             if p.pause_for_backpressure
                 && p.buffered <= self.settings.max_buffered_per_partition / 2
@@ -245,39 +260,88 @@ impl Shared {
         }
     }
 
-    /// Pauses or resumes fetching a partition while the store is unavailable.
-    pub(crate) fn pause_for_store(&self, tp: &Tp, epoch: u64, pause: bool) {
+    /// Registers a task of the partition as waiting for the store: the partition is paused
+    /// until every registration is dropped (also when the task ends or unwinds).
+    pub(crate) fn wait_for_store<'a>(&'a self, tp: &'a Tp, epoch: u64) -> StoreWait<'a> {
+        self.store_waiters(tp, epoch, true);
+        StoreWait {
+            shared: self,
+            tp,
+            epoch,
+        }
+    }
+
+    fn store_waiters(&self, tp: &Tp, epoch: u64, add: bool) {
         let mut parts = self.lock();
-        if let Some(p) = parts.get_mut(tp).filter(|p| p.epoch == epoch) {
-            if p.pause_for_store != pause {
-                p.pause_for_store = pause;
+        if let Some(p) = parts.map.get_mut(tp).filter(|p| p.epoch == epoch) {
+            let before = p.store_waiters > 0;
+            p.store_waiters = if add {
+                p.store_waiters + 1
+            } else {
+                p.store_waiters.saturating_sub(1)
+            };
+            if before != (p.store_waiters > 0) {
                 self.pauses_changed.notify_one();
             }
         }
     }
 
-    /// Applies pause requests to librdkafka (called from the poll loop).
+    /// Whether the partition wants to be paused now (tests).
+    #[cfg(test)]
+    fn wants_pause(&self, tp: &Tp) -> bool {
+        self.lock()
+            .map
+            .get(tp)
+            .is_some_and(|p| p.store_waiters > 0 || p.pause_for_backpressure)
+    }
+
+    /// Applies pause requests to librdkafka (called from the poll loop only, never from a
+    /// rebalance callback). Also resumes partitions that were revoked while paused.
     pub(crate) fn apply_pauses<C: Consumer<IdemqContext>>(&self, consumer: &C) {
         let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
         {
-            let mut parts = self.lock();
-            for (tp, p) in parts.iter_mut() {
-                let want = p.pause_for_store || p.pause_for_backpressure;
-                if want != p.paused {
-                    p.paused = want;
+            let mut guard = self.lock();
+            let parts = &mut *guard;
+            for (tp, p) in parts.map.iter() {
+                let want = p.store_waiters > 0 || p.pause_for_backpressure;
+                if want != parts.lib_paused.contains(tp) {
                     let list = if want { &mut pause } else { &mut resume };
                     list.add_partition(&tp.0, tp.1);
                 }
             }
+            for tp in parts.lib_paused.iter() {
+                if !parts.map.contains_key(tp) {
+                    resume.add_partition(&tp.0, tp.1);
+                }
+            }
+            for el in pause.elements() {
+                parts
+                    .lib_paused
+                    .insert((el.topic().to_string(), el.partition()));
+            }
+            for el in resume.elements() {
+                parts
+                    .lib_paused
+                    .remove(&(el.topic().to_string(), el.partition()));
+            }
         }
+        let names = |l: &TopicPartitionList| -> Vec<Tp> {
+            l.elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect()
+        };
         if pause.count() > 0 {
-            info!(partitions = ?pause.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect::<Vec<_>>(), "pausing");
+            self.stats
+                .pauses
+                .fetch_add(pause.count() as u64, Ordering::Relaxed);
+            info!(partitions = ?names(&pause), "pausing");
             if let Err(err) = consumer.pause(&pause) {
                 warn!(%err, "pausing partitions failed");
             }
         }
         if resume.count() > 0 {
-            info!(partitions = ?resume.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect::<Vec<_>>(), "resuming");
+            info!(partitions = ?names(&resume), "resuming");
             if let Err(err) = consumer.resume(&resume) {
                 warn!(%err, "resuming partitions failed");
             }
@@ -287,7 +351,7 @@ impl Shared {
     /// Marks an offset finished (outcome durable, replayed, or dead-lettered with confirmation).
     pub(crate) fn finish(&self, tp: &Tp, epoch: u64, offset: i64) {
         let mut parts = self.lock();
-        if let Some(p) = parts.get_mut(tp).filter(|p| p.epoch == epoch) {
+        if let Some(p) = parts.map.get_mut(tp).filter(|p| p.epoch == epoch) {
             let before = p.tracker.unfinished();
             let since_commit = p.tracker.finish(offset);
             if p.tracker.unfinished() < before {
@@ -310,7 +374,7 @@ impl Shared {
         let mut positions = Vec::new();
         {
             let mut parts = self.lock();
-            for (tp, p) in parts.iter_mut() {
+            for (tp, p) in parts.map.iter_mut() {
                 if only.is_some_and(|o| !o.contains(tp)) {
                     continue;
                 }
@@ -343,7 +407,7 @@ impl Shared {
         for el in tpl.elements() {
             if let Offset::Offset(pos) = el.offset() {
                 let tp = (el.topic().to_string(), el.partition());
-                if let Some(p) = parts.get_mut(&tp) {
+                if let Some(p) = parts.map.get_mut(&tp) {
                     p.tracker.commit_failed(pos);
                 }
             }
@@ -355,5 +419,75 @@ impl Shared {
         if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
+    }
+}
+
+/// One task's registration as waiting for the store; see [`Shared::wait_for_store`].
+pub(crate) struct StoreWait<'a> {
+    shared: &'a Shared,
+    tp: &'a Tp,
+    epoch: u64,
+}
+
+impl Drop for StoreWait<'_> {
+    fn drop(&mut self) {
+        self.shared.store_waiters(self.tp, self.epoch, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Disposition;
+    use crate::message::Message;
+
+    struct Nothing;
+
+    #[async_trait::async_trait]
+    impl Processor for Nothing {
+        async fn process(&self, _m: Arc<Message>, _s: &CancellationToken) -> Disposition {
+            Disposition::Abandoned
+        }
+        fn scope(&self) -> &str {
+            "test"
+        }
+    }
+
+    /// Issue 12: with several tasks of a partition waiting for the store, the first one to see
+    /// the store answer must not resume the partition while another still sees it down.
+    #[tokio::test]
+    async fn the_partition_stays_paused_while_any_of_its_tasks_waits_for_the_store() {
+        let settings = LoopSettings {
+            topics: vec!["t".into()],
+            dead_letter_topic: None,
+            partition_concurrency: 4,
+            max_in_flight: 4,
+            max_buffered_per_partition: 10,
+            commit_every: 10,
+            commit_interval: Duration::from_secs(1),
+            revoke_timeout: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(1),
+            dead_letter_timeout: Duration::from_secs(1),
+            no_dead_letter_retry: Duration::from_secs(1),
+        };
+        let shared = Arc::new(Shared::new(
+            settings,
+            Arc::new(Nothing),
+            None,
+            Handle::current(),
+        ));
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("t", 0);
+        shared.on_assign(&tpl);
+        let tp: Tp = ("t".into(), 0);
+        let epoch = shared.lock().map.get(&tp).map(|p| p.epoch).unwrap();
+        let a = shared.wait_for_store(&tp, epoch);
+        let b = shared.wait_for_store(&tp, epoch);
+        assert!(shared.wants_pause(&tp));
+        drop(a);
+        assert!(shared.wants_pause(&tp), "b still sees the store down");
+        drop(b);
+        assert!(!shared.wants_pause(&tp));
+        shared.shutdown.cancel();
     }
 }

@@ -2,7 +2,8 @@
 
 use crate::engine::{Disposition, RetryCause};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// What an [`IdempotentConsumer`](super::IdempotentConsumer) did, per decision.
 ///
@@ -36,6 +37,14 @@ pub struct ConsumerSummary {
     pub commit_failures: u64,
     /// Partition revocations handled.
     pub revocations: u64,
+    /// Times a partition was paused (backpressure or store outage).
+    pub pauses: u64,
+    /// Partitions assigned when the snapshot was taken (a gauge, not a counter).
+    pub partitions_assigned: u64,
+    /// How long the consumer had held no partition when the snapshot was taken, in milliseconds
+    /// (0 while it holds some). A member of a group with at least as many partitions as members
+    /// should never stay at zero for long; the consumer logs a warning when it does.
+    pub unassigned_ms: u64,
 }
 
 impl ConsumerSummary {
@@ -46,7 +55,7 @@ impl ConsumerSummary {
 }
 
 /// Live counters shared by the consumer's tasks; see [`StatsHandle::snapshot`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Stats {
     pub(crate) received: AtomicU64,
     processed: AtomicU64,
@@ -61,10 +70,39 @@ pub(crate) struct Stats {
     pub(crate) commits: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
     pub(crate) revocations: AtomicU64,
+    pub(crate) pauses: AtomicU64,
     /// Messages received and not finished or abandoned yet.
     pub(crate) in_progress: AtomicU64,
     /// Partitions currently assigned.
     pub(crate) assigned: AtomicU64,
+    /// Since when the consumer holds no partition (`None` while it holds some).
+    unassigned_since: Mutex<Option<Instant>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let z = || AtomicU64::new(0);
+        Self {
+            received: z(),
+            processed: z(),
+            replayed: z(),
+            superseded: z(),
+            unkeyed: z(),
+            dead_lettered: z(),
+            retries: z(),
+            store_unavailable: z(),
+            abandoned: z(),
+            dead_letter_failures: z(),
+            commits: z(),
+            commit_failures: z(),
+            revocations: z(),
+            pauses: z(),
+            in_progress: z(),
+            assigned: z(),
+            // A new consumer holds nothing until its first assignment.
+            unassigned_since: Mutex::new(Some(Instant::now())),
+        }
+    }
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -88,6 +126,27 @@ impl Stats {
         }
     }
 
+    /// Records whether the consumer now holds no partition.
+    pub(crate) fn set_unassigned(&self, none: bool) {
+        let mut since = self
+            .unassigned_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match (none, *since) {
+            (true, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => *since = None,
+            _ => {}
+        }
+    }
+
+    /// How long the consumer has held no partition, if it holds none.
+    pub(crate) fn unassigned_for(&self) -> Option<Duration> {
+        self.unassigned_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
     pub(crate) fn snapshot(&self) -> ConsumerSummary {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ConsumerSummary {
@@ -104,6 +163,11 @@ impl Stats {
             commits: g(&self.commits),
             commit_failures: g(&self.commit_failures),
             revocations: g(&self.revocations),
+            pauses: g(&self.pauses),
+            partitions_assigned: g(&self.assigned),
+            unassigned_ms: self
+                .unassigned_for()
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -126,5 +190,11 @@ impl StatsHandle {
     /// Partitions currently assigned to this consumer (0 before the first assignment).
     pub fn assigned_partitions(&self) -> u64 {
         self.0.assigned.load(Ordering::Relaxed)
+    }
+
+    /// How long this consumer has held no partition (`None` while it holds some). Starts at
+    /// creation: a consumer that never got a partition counts from then.
+    pub fn unassigned_for(&self) -> Option<Duration> {
+        self.0.unassigned_for()
     }
 }

@@ -24,6 +24,9 @@ pub(crate) struct Work {
     pub(crate) offset: i64,
 }
 
+/// Metric counting failed dead-letter publishes (label `scope`).
+pub(crate) const DEAD_LETTER_FAILURES: &str = "idemq_kafka_dead_letter_failures_total";
+
 /// Backoff between dead-letter publish attempts.
 const DEAD_LETTER_BACKOFF: Backoff =
     Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -100,7 +103,8 @@ pub(crate) async fn partition_worker(
 
 /// Processes one record until it is finished (committable) or given up (shutdown, revocation).
 async fn process_one(shared: &Shared, tp: &Tp, epoch: u64, work: Work, cancel: &CancellationToken) {
-    let mut paused_for_store = false;
+    // While set, this task counts as waiting for the store and keeps the partition paused.
+    let mut store_wait = None;
     let finished = loop {
         if cancel.is_cancelled() {
             break false;
@@ -114,10 +118,9 @@ async fn process_one(shared: &Shared, tp: &Tp, epoch: u64, work: Work, cancel: &
                 ..
             }
         );
-        if paused_for_store && !store_down {
-            // The store answered again: fetch the partition again.
-            shared.pause_for_store(tp, epoch, false);
-            paused_for_store = false;
+        if !store_down {
+            // The store answered again: this task no longer holds the partition paused.
+            store_wait = None;
         }
         match d {
             d if d.is_ack() => break true,
@@ -135,11 +138,10 @@ async fn process_one(shared: &Shared, tp: &Tp, epoch: u64, work: Work, cancel: &
                 }
             }
             Disposition::Retry { after, .. } => {
-                if store_down && !paused_for_store {
+                if store_down && store_wait.is_none() {
                     // Fail closed: fetch nothing more from this partition until the store is back,
                     // while the poll loop keeps the consumer in its group.
-                    shared.pause_for_store(tp, epoch, true);
-                    paused_for_store = true;
+                    store_wait = Some(shared.wait_for_store(tp, epoch));
                 }
                 if sleep_or_cancel(after, cancel).await {
                     break false;
@@ -149,9 +151,7 @@ async fn process_one(shared: &Shared, tp: &Tp, epoch: u64, work: Work, cancel: &
             _ => break false,
         }
     };
-    if paused_for_store {
-        shared.pause_for_store(tp, epoch, false);
-    }
+    drop(store_wait);
     if finished {
         shared.finish(tp, epoch, work.offset);
     } else {
@@ -189,7 +189,15 @@ async fn dead_letter(
             Err(err) => {
                 failures += 1;
                 bump(&shared.stats.dead_letter_failures);
-                warn!(%err, failures, source = %work.message.source, "dead-letter publish failed; retrying");
+                metrics::counter!(DEAD_LETTER_FAILURES, "scope" => shared.processor.scope().to_string())
+                    .increment(1);
+                if failures >= 3 {
+                    // Not transient any more (e.g. the copy is larger than the topic accepts):
+                    // loud, and the partition still does not commit past the record.
+                    error!(%err, failures, source = %work.message.source, reason = dl.reason.as_str(), "dead-letter copy cannot be produced; its partition does not commit past it until it can");
+                } else {
+                    warn!(%err, failures, source = %work.message.source, "dead-letter publish failed; retrying");
+                }
                 if sleep_or_cancel(DEAD_LETTER_BACKOFF.delay(failures), cancel).await {
                     return false;
                 }

@@ -278,6 +278,13 @@ mod tests {
     use crate::{IdempotencyKey, Outcome, Source};
     use std::time::Duration;
 
+    #[test]
+    fn non_ascii_header_names_are_not_dead_letter_headers_and_do_not_panic() {
+        assert!(!is_dead_letter_header("trace-\u{fffd}"));
+        assert!(!is_dead_letter_header("ééééé"));
+        assert!(is_dead_letter_header("X-IDEMQ-reason"));
+    }
+
     fn msg(key: Option<&str>, payload: &str) -> Message {
         let m = Message::new(payload.to_string(), Source::Other("dlq".into()));
         match key {

@@ -227,6 +227,47 @@ pub async fn produce(bootstrap: &str, topic: &str, recs: &[Rec]) {
     }
 }
 
+/// Produces one record per entry with raw (possibly non-UTF-8) header names and values, which
+/// rdkafka's typed header API cannot express.
+pub async fn produce_raw_headers(bootstrap: &str, topic: &str, records: &[Vec<(&[u8], &[u8])>]) {
+    use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    for (i, headers) in records.iter().enumerate() {
+        let hs = OwnedHeaders::new();
+        for (name, value) in headers {
+            let ptr = hs.as_borrowed() as *const BorrowedHeaders
+                as *mut rdkafka::bindings::rd_kafka_headers_t;
+            // SAFETY: `ptr` is the live header list owned by `hs`; librdkafka copies the bytes.
+            let err = unsafe {
+                rdkafka::bindings::rd_kafka_header_add(
+                    ptr,
+                    name.as_ptr().cast(),
+                    name.len() as isize,
+                    value.as_ptr().cast(),
+                    value.len() as isize,
+                )
+            };
+            assert_eq!(
+                err,
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+            );
+        }
+        let key = format!("r{i}");
+        let record: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+            .key(key.as_str())
+            .payload("{}")
+            .headers(hs);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("delivered");
+    }
+}
+
 /// Reads up to `n` records of `topic` from the beginning (all partitions), waiting at most
 /// `within`.
 pub fn read_all(bootstrap: &str, topic: &str, n: usize, within: Duration) -> Vec<OwnedMessage> {
@@ -393,7 +434,7 @@ pub struct Running {
     /// Stops it.
     pub stop: CancellationToken,
     /// Its run task.
-    pub task: JoinHandle<ConsumerSummary>,
+    pub task: JoinHandle<Result<ConsumerSummary, idemq::kafka::KafkaConsumerError>>,
 }
 
 impl Running {
@@ -408,7 +449,10 @@ impl Running {
     /// Graceful stop; returns the summary.
     pub async fn shutdown(self) -> ConsumerSummary {
         self.stop.cancel();
-        self.task.await.expect("consumer task")
+        self.task
+            .await
+            .expect("consumer task")
+            .expect("consumer stopped without an error")
     }
 }
 
@@ -632,6 +676,73 @@ pub async fn scenario_dead_letters(broker: &Broker) {
     assert_eq!(header(m, "x-idemq-source-offset").as_deref(), Some("2"));
     let i = by_reason("invalid-idempotency-key");
     assert_eq!(header(i, "x-idemq-source-offset").as_deref(), Some("3"));
+}
+
+/// Three members; one leaves, and while the group rebalances a second one leaves too. Returns per
+/// round whether the second had been revoked already (its join pending) when it left, and how
+/// long the last member then took to own every partition (`None`: not within `within`).
+/// `IDEMQ_MAX_POLL_MS` sets `max.poll.interval.ms`.
+pub async fn scenario_member_leaves_during_rebalance(
+    broker: &Broker,
+    rounds: usize,
+    within: Duration,
+) -> Vec<(bool, Option<Duration>)> {
+    let max_poll = std::env::var("IDEMQ_MAX_POLL_MS").ok();
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let (topic, group) = (
+            super::services::unique("leave"),
+            super::services::unique("g"),
+        );
+        broker.create_topic(&topic, 4).await;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let runs = Runs::default();
+        let tweak = |b: KafkaConsumerBuilder| {
+            let b = b.set("heartbeat.interval.ms", "3000");
+            match &max_poll {
+                Some(ms) => b.set("max.poll.interval.ms", ms.clone()),
+                None => b,
+            }
+        };
+        let start = || {
+            Running::start(consumer(
+                broker,
+                &group,
+                &topic,
+                store.clone(),
+                &runs,
+                0,
+                tweak,
+            ))
+        };
+        let (a, b, c) = (start(), start(), start());
+        wait_for("all three own partitions", Duration::from_secs(60), || {
+            a.stats.assigned_partitions() > 0
+                && b.stats.assigned_partitions() > 0
+                && c.stats.assigned_partitions() > 0
+        })
+        .await;
+        let b_revs = b.stats.snapshot().revocations;
+        c.shutdown().await;
+        wait_for("b noticed the rebalance", Duration::from_secs(30), || {
+            b.stats.snapshot().revocations > b_revs
+        })
+        .await;
+        let noticed = a.stats.assigned_partitions() == 0;
+        a.shutdown().await;
+        let t = Instant::now();
+        let mut owned = None;
+        while t.elapsed() < within {
+            if b.stats.assigned_partitions() == 4 {
+                owned = Some(t.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out.push((noticed, owned));
+        b.shutdown().await;
+    }
+    out
 }
 
 /// Installs a tracing subscriber honouring `RUST_LOG` (once per test binary).
