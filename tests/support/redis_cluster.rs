@@ -208,6 +208,38 @@ impl RedisCluster {
         }
     }
 
+    /// Starts the killed node on `port` again with its old cluster config: it rejoins the cluster
+    /// (as a replica of whoever was promoted in its place).
+    pub fn restart(&mut self, port: u16) -> Result<(), String> {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.port == port)
+            .ok_or_else(|| format!("no node on {port}"))?;
+        self.kill(port);
+        self.spawn(i)
+    }
+
+    /// The replica that serves the same slots as the primary on `port`, from `CLUSTER NODES`.
+    pub fn replica_of(&self, port: u16) -> Option<u16> {
+        let nodes = cli(port, &["CLUSTER", "NODES"]).ok()?;
+        let id = nodes
+            .lines()
+            .find(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("myself")))?
+            .split(' ')
+            .next()?
+            .to_string();
+        nodes
+            .lines()
+            .find(|l| l.split(' ').nth(3) == Some(id.as_str()))?
+            .split(' ')
+            .nth(1)?
+            .split(['@', ':'])
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
     /// Waits until every live node reports `cluster_state:ok`, all slots are served and every
     /// replica's link to its primary is up.
     pub fn wait_healthy(&self, within: Duration) -> Result<(), String> {
