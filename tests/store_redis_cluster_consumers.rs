@@ -34,7 +34,11 @@ fn assert_on_every_primary(url: &str, prefix: &str, total: usize) {
     let spread = keys_per_primary(&primaries_of(url), &format!("{prefix}:*"));
     assert_eq!(spread.len(), 3, "{spread:?}");
     assert!(spread.iter().all(|(_, n)| *n > 0), "{spread:?}");
-    assert_eq!(spread.iter().map(|(_, n)| n).sum::<usize>(), total, "{spread:?}");
+    assert_eq!(
+        spread.iter().map(|(_, n)| n).sum::<usize>(),
+        total,
+        "{spread:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
