@@ -17,6 +17,9 @@
 //! nothing is sent on behalf of a caller that was already told it timed out (as with a dropped
 //! single call). A request whose caller has gone (dropped future) is skipped. The task ends when
 //! the store's last clone is dropped.
+//!
+//! On a Redis Cluster a script call may only touch keys of one slot, so a batch is split by slot
+//! (one call per slot, all sent at once), and with `WAIT` durability each call carries its `WAIT`.
 
 use super::conn::{self, Conn, Durability};
 use super::reply::bad;
@@ -143,7 +146,7 @@ impl Worker {
         let mut running = FuturesUnordered::new();
         loop {
             // At the limit, calls queue up (and form a bigger batch) until a batch is answered.
-            while running.len() >= PIPELINE {
+            while running.len() >= self.pipeline() {
                 running.next().await;
             }
             let first = match carried.take() {
@@ -181,7 +184,9 @@ impl Worker {
                 size += job.bytes();
                 batch.push(job);
             }
-            running.push(self.dispatch(batch));
+            for group in self.by_slot(batch) {
+                running.push(self.execute(group));
+            }
         }
     }
 
@@ -191,17 +196,28 @@ impl Worker {
         let _ = reply.send(Err(timed_out(self.op, self.timeout)));
     }
 
-    /// Sends `batch`: one script call, or in a Cluster one per hash slot (a script may only touch
-    /// keys of one slot), all at once (the cluster client pipelines the calls bound for one node).
-    async fn dispatch(&self, batch: Vec<Job>) {
+    /// Script calls of this kind on the wire at once before requests queue up: [`PIPELINE`], or
+    /// on a Cluster, where a batch becomes one call per slot, that many batches' worth of calls,
+    /// so one slow node does not hold up the calls to the others.
+    fn pipeline(&self) -> usize {
+        if self.conn.is_cluster() {
+            PIPELINE * self.max_batch
+        } else {
+            PIPELINE
+        }
+    }
+
+    /// `batch` as one script call, or on a Cluster as one call per hash slot (a script may only
+    /// touch keys of one slot); the cluster client pipelines the calls bound for one node.
+    fn by_slot(&self, batch: Vec<Job>) -> Vec<Vec<Job>> {
         if !self.conn.is_cluster() || batch.len() == 1 {
-            return self.execute(batch).await;
+            return vec![batch];
         }
         let mut groups: HashMap<Route, Vec<Job>> = HashMap::new();
         for job in batch {
             groups.entry(conn::route(&job.rkey)).or_default().push(job);
         }
-        futures::future::join_all(groups.into_values().map(|group| self.execute(group))).await;
+        groups.into_values().collect()
     }
 
     /// Runs one script call for `batch` and answers every job in it, each by its own deadline.

@@ -19,8 +19,20 @@
 //!   record fails only its own call; each call keeps its own timeout. `max_batch(1)` (or `?batch=1`
 //!   in the URL) sends one `EVALSHA` per operation. `release`, `renew`, `get` are never batched.
 //!   [`RedisStore::round_trips`] counts the commands actually sent.
-//! - **Cluster**: a batch holds keys of different hash slots, which standalone Redis (the only
-//!   client mode today) accepts. A Cluster client would have to group each batch by slot.
+//! - **Cluster**: `redis-cluster://host:port[,host:port…]` (or `rediss-cluster://` for TLS) uses
+//!   the redis crate's async cluster client, which follows `MOVED` / `ASK`, refreshes the slot map
+//!   and reconnects. Each record lives in one slot (hash tag), so every operation is still one
+//!   script call on one node. A script may only touch keys of one slot, so a batch is split by
+//!   slot into one `EVALSHA` per slot, sent at once (the client pipelines the calls bound for one
+//!   node); with keys spread over 16,384 slots that is about one call per operation (batching
+//!   saves round trips only for keys that share a slot). `SCRIPT LOAD` goes to every node at
+//!   connect; a `NOSCRIPT` (failover, new node) reloads and repeats the call. `scan` walks every
+//!   primary in turn.
+//! - **Durability across failover**: [`RedisStoreBuilder::replicas`] (`?replicas=N&
+//!   replica_timeout_ms=T`) sends `WAIT N T` right after each `claim` / `complete` script call (in
+//!   the same pipeline, so on the same node and connection) and fails the operation
+//!   ([`StoreError::Unavailable`]) unless N replicas acknowledged: nothing is acked on a write a
+//!   failover could lose.
 //! - **Clocks**: lease ends are computed from the Redis server clock (`TIME` inside the script), so
 //!   the consumers' clocks may disagree.
 //! - **Expiry**: a record's TTL is the retention (never shorter than the lease), set by the same
@@ -44,9 +56,11 @@
 //!   slower than [`RedisStoreBuilder::timeout`] is [`StoreError::Timeout`] (it may still have been
 //!   applied). The connection manager reconnects in the background with backoff.
 //! - **URLs**: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS (append
-//!   `#insecure` to skip certificate verification in tests only). Through
+//!   `#insecure` to skip certificate verification in tests only), `redis-cluster://[user:password@]
+//!   host:port[,host:port…]` / `rediss-cluster://…` for a Cluster. Through
 //!   [`store::connect`](super::connect) (and so the CLI) or [`RedisStoreBuilder::from_url`],
-//!   `?prefix=NAME` sets the key prefix and `?batch=N` the largest batch.
+//!   `?prefix=NAME` sets the key prefix, `?batch=N` the largest batch and `?replicas=N&
+//!   replica_timeout_ms=T` the `WAIT` durability.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), idemq::StoreError> {
@@ -218,8 +232,8 @@ impl RedisStore {
     }
 
     /// Redis commands this store and its clones have sent so far: one per `EVALSHA` (a batch of
-    /// `claim` or `complete` calls counts once), `DEL` and `SCAN`, not counting script reloads
-    /// after `NOSCRIPT`. Divided by the messages handled, it gives round trips per message.
+    /// `claim` or `complete` calls counts once per slot it spans), `DEL` and `SCAN`, not counting
+    /// script reloads after `NOSCRIPT` or the `WAIT` sent in the same round trip. Divided by the messages handled, it gives round trips per message.
     pub fn round_trips(&self) -> u64 {
         self.inner.round_trips.load(Ordering::Relaxed)
     }
