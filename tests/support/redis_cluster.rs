@@ -208,6 +208,74 @@ impl RedisCluster {
         }
     }
 
+    /// Makes the replica on `replica` lag behind its primary on `primary`, as a replica on a slow
+    /// link would: the replica is stopped (SIGSTOP) and the primary gets a 32 MiB write to
+    /// replicate, more than the socket buffers between them hold, so whatever the primary
+    /// acknowledges next waits in its own output buffer. [`Self::resume`] lets the replica go on.
+    pub fn lag_replica(&self, primary: u16, replica: u16) -> Result<(), String> {
+        self.signal(replica, "STOP")?;
+        // A key in one of the primary's own slots.
+        let nodes = cli(primary, &["CLUSTER", "NODES"])?;
+        let mine = nodes
+            .lines()
+            .find(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("myself")))
+            .ok_or("no myself line")?;
+        let ranges: Vec<(u16, u16)> = mine
+            .split(' ')
+            .skip(8)
+            .filter_map(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .collect();
+        let key = (0..10_000)
+            .map(|i| format!("idemq-test-filler{{{i}}}"))
+            .find(|k| {
+                cli(primary, &["CLUSTER", "KEYSLOT", k])
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u16>().ok())
+                    .is_some_and(|slot| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            })
+            .ok_or("no key for the primary's slots")?;
+        let script = format!(
+            "redis-cli -h 127.0.0.1 -p {primary} EVAL \"redis.call('SET', KEYS[1], string.rep('x', 33554432)) return 1\" 1 '{key}'"
+        );
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        if !String::from_utf8_lossy(&out.stdout).contains('1') {
+            return Err(format!(
+                "filler write failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Lets a node stopped by [`Self::lag_replica`] run again (SIGCONT).
+    pub fn resume(&self, port: u16) -> Result<(), String> {
+        self.signal(port, "CONT")
+    }
+
+    fn signal(&self, port: u16, signal: &str) -> Result<(), String> {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "kill -{signal} $(cat '{}')",
+                self.pidfile(port).display()
+            ))
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -{signal} of the node on {port} failed"))
+        }
+    }
+
     /// Starts the killed node on `port` again with its old cluster config: it rejoins the cluster
     /// (as a replica of whoever was promoted in its place).
     pub fn restart(&mut self, port: u16) -> Result<(), String> {
