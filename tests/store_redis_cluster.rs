@@ -258,17 +258,19 @@ async fn durable_complete_is_on_the_replica() {
 }
 
 /// A private cluster so the test may flush scripts: after `SCRIPT FLUSH` on every node (as after
-/// a failover to a fresh node), the store reloads and goes on, batched and unbatched.
+/// a failover to a fresh node), the store reloads and goes on, batched and unbatched, with and
+/// without `WAIT` (the script call and `WAIT` share a pipeline).
 #[tokio::test]
 async fn noscript_reloads_on_every_primary() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
     let url = cluster.url();
-    for batch in [1, 64] {
+    for (batch, replicas) in [(1, 0), (64, 0), (1, 1), (64, 1)] {
         let store = RedisStore::builder(url.clone())
             .prefix(unique("idemq-noscript"))
             .max_batch(batch)
+            .replicas(replicas)
             .build()
             .await
             .expect("connect");

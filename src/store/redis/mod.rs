@@ -616,6 +616,33 @@ mod tests {
     }
 
     #[test]
+    fn replica_parameters_are_ours_and_checked() {
+        use super::RedisStoreBuilder;
+        use crate::store::StoreError;
+        let (url, params) =
+            split_params("redis-cluster://h:1,h:2/?replicas=1&replica_timeout_ms=250&prefix=p");
+        assert_eq!(url, "redis-cluster://h:1,h:2/");
+        assert_eq!(params.replicas.as_deref(), Some("1"));
+        assert_eq!(params.replica_timeout_ms.as_deref(), Some("250"));
+        let b = RedisStoreBuilder::from_url("redis://h/?replicas=2&replica_timeout_ms=250")
+            .expect("valid");
+        let shown = format!("{b:?}");
+        assert!(
+            shown.contains("replicas: 2") && shown.contains("replica_timeout: 250ms"),
+            "{shown}"
+        );
+        for url in ["redis://h/?replicas=-1", "redis://h/?replica_timeout_ms=x"] {
+            assert!(
+                matches!(
+                    RedisStoreBuilder::from_url(url),
+                    Err(StoreError::InvalidConfig(_))
+                ),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
     fn batch_parameter_must_be_a_positive_integer() {
         use super::RedisStoreBuilder;
         use crate::store::StoreError;
