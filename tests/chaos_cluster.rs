@@ -45,8 +45,7 @@ fn primary_kill_holds_every_invariant_and_wait_prevents_failover_double_runs() {
     // The failover table: `| scenario | primary kills | failover doubles | other | verdict |`.
     let row = |name: &str| {
         text.lines()
-            .filter(|l| l.starts_with(&format!("| {name} |")))
-            .next_back()
+            .rfind(|l| l.starts_with(&format!("| {name} |")))
             .unwrap_or_else(|| panic!("no failover row for {name}"))
             .split('|')
             .map(str::trim)
