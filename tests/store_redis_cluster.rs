@@ -290,3 +290,42 @@ async fn noscript_reloads_on_every_primary() {
         }
     }
 }
+
+/// Credentials in the URL: a cluster whose nodes require a password is reached with
+/// `redis-cluster://:password@…`; a wrong password fails without echoing it.
+#[tokio::test]
+async fn password_in_the_cluster_url() {
+    let Some(cluster) = RedisCluster::start_with_password(Some("s3cret-pw")) else {
+        return;
+    };
+    let store = idemq::store::connect(&format!(
+        "{}/?prefix={}",
+        cluster.url_with_auth(),
+        unique("idemq-cauth")
+    ))
+    .await
+    .expect("connect with the password");
+    let k = key("auth", "k1");
+    let c = store
+        .claim(&ClaimRequest::new(&k, &fp("a"), LEASE, RETENTION))
+        .await
+        .expect("claim");
+    assert!(matches!(c, Claim::Acquired { .. }), "{c:?}");
+    let shown = format!("{store:?}");
+    assert!(!shown.contains("s3cret-pw"), "{shown}");
+
+    let wrong = cluster.url_with_auth().replace("s3cret-pw", "wrong-pw");
+    let err = RedisStore::builder(wrong)
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .expect_err("a wrong password must fail");
+    assert!(!err.to_string().contains("wrong-pw"), "{err}");
+    let none = RedisStore::builder(cluster.url())
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(500))
+        .build()
+        .await;
+    assert!(none.is_err(), "no password must fail");
+}

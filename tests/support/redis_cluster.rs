@@ -30,6 +30,8 @@ struct Node {
 pub struct RedisCluster {
     nodes: Vec<Node>,
     dir: PathBuf,
+    /// `requirepass` / `masterauth` of every node, when started with one.
+    password: Option<String>,
 }
 
 /// The shared cluster of this test binary (or the one named by `IDEMQ_REDIS_CLUSTER_URL`), as a
@@ -49,7 +51,12 @@ impl RedisCluster {
     /// Starts a private cluster; `None` (with a printed reason) when `redis-server` or
     /// `redis-cli` is missing outside CI; panics under CI.
     pub fn start() -> Option<Self> {
-        match Self::try_start() {
+        Self::start_with_password(None)
+    }
+
+    /// [`Self::start`] with `requirepass` (and `masterauth`) set to `password` on every node.
+    pub fn start_with_password(password: Option<&str>) -> Option<Self> {
+        match Self::try_start(password) {
             Ok(c) => Some(c),
             Err(e) if !super::services::in_ci() => {
                 eprintln!("SKIPPED: cannot start a local Redis Cluster: {e}");
@@ -59,7 +66,7 @@ impl RedisCluster {
         }
     }
 
-    fn try_start() -> Result<Self, String> {
+    fn try_start(password: Option<&str>) -> Result<Self, String> {
         for tool in ["redis-server", "redis-cli"] {
             Command::new(tool)
                 .arg("--version")
@@ -92,6 +99,7 @@ impl RedisCluster {
                 })
                 .collect(),
             dir,
+            password: password.map(str::to_string),
         };
         for i in 0..NODES {
             me.spawn(i)?;
@@ -102,6 +110,7 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let out = Command::new("redis-cli")
+            .envs(me.password.as_ref().map(|p| ("REDISCLI_AUTH", p)))
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -133,6 +142,10 @@ impl RedisCluster {
             self.dir.join(format!("{port}.log")).display(),
             self.pidfile(port).display()
         );
+        let server = match &self.password {
+            Some(pw) => format!("{server} --requirepass '{pw}' --masterauth '{pw}'"),
+            None => server,
+        };
         // `exec` in the inner shell: killing the watchdog's child kills the server itself.
         let script = format!(
             "{server} & r=$!; while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do \
@@ -182,7 +195,10 @@ impl RedisCluster {
             .nodes
             .iter()
             .filter(|n| n.child.is_some())
-            .filter(|n| cli(n.port, &["ROLE"]).is_ok_and(|r| r.starts_with("master")))
+            .filter(|n| {
+                self.cli(n.port, &["ROLE"])
+                    .is_ok_and(|r| r.starts_with("master"))
+            })
             .map(|n| n.port)
             .collect();
         out.sort_unstable();
@@ -215,7 +231,7 @@ impl RedisCluster {
     pub fn lag_replica(&self, primary: u16, replica: u16) -> Result<(), String> {
         self.signal(replica, "STOP")?;
         // A key in one of the primary's own slots.
-        let nodes = cli(primary, &["CLUSTER", "NODES"])?;
+        let nodes = self.cli(primary, &["CLUSTER", "NODES"])?;
         let mine = nodes
             .lines()
             .find(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("myself")))
@@ -231,7 +247,7 @@ impl RedisCluster {
         let key = (0..10_000)
             .map(|i| format!("idemq-test-filler{{{i}}}"))
             .find(|k| {
-                cli(primary, &["CLUSTER", "KEYSLOT", k])
+                self.cli(primary, &["CLUSTER", "KEYSLOT", k])
                     .ok()
                     .and_then(|s| s.trim().parse::<u16>().ok())
                     .is_some_and(|slot| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
@@ -290,7 +306,7 @@ impl RedisCluster {
 
     /// The replica that serves the same slots as the primary on `port`, from `CLUSTER NODES`.
     pub fn replica_of(&self, port: u16) -> Option<u16> {
-        let nodes = cli(port, &["CLUSTER", "NODES"]).ok()?;
+        let nodes = self.cli(port, &["CLUSTER", "NODES"]).ok()?;
         let id = nodes
             .lines()
             .find(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("myself")))?
@@ -320,23 +336,26 @@ impl RedisCluster {
                 .filter(|n| n.child.is_some())
                 .map(|n| n.port)
                 .collect();
-            let ok = live.iter().all(|&p| match cli(p, &["CLUSTER", "INFO"]) {
-                Ok(info) => {
-                    last = info.clone();
-                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
-                }
-                Err(e) => {
-                    last = e;
-                    false
-                }
-            }) && live
+            let ok = live
                 .iter()
-                .all(|&p| match cli(p, &["INFO", "replication"]) {
+                .all(|&p| match self.cli(p, &["CLUSTER", "INFO"]) {
                     Ok(info) => {
-                        info.contains("role:master") || info.contains("master_link_status:up")
+                        last = info.clone();
+                        info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
                     }
-                    Err(_) => false,
-                });
+                    Err(e) => {
+                        last = e;
+                        false
+                    }
+                })
+                && live
+                    .iter()
+                    .all(|&p| match self.cli(p, &["INFO", "replication"]) {
+                        Ok(info) => {
+                            info.contains("role:master") || info.contains("master_link_status:up")
+                        }
+                        Err(_) => false,
+                    });
             if ok && self.primaries().len() == 3 {
                 return Ok(());
             }
@@ -347,7 +366,15 @@ impl RedisCluster {
 
     /// Runs `redis-cli -p <port> args…` and returns its output.
     pub fn cli(&self, port: u16, args: &[&str]) -> Result<String, String> {
-        cli(port, args)
+        cli_as(self.password.as_deref(), port, args)
+    }
+
+    /// `redis-cluster://[:password@]127.0.0.1:<p0>,…`.
+    pub fn url_with_auth(&self) -> String {
+        match &self.password {
+            Some(pw) => self.url().replacen("://", &format!("://:{pw}@"), 1),
+            None => self.url(),
+        }
     }
 
     /// Number of keys matching `pattern` on each current primary (port, count).
@@ -389,7 +416,13 @@ pub fn primaries_of(url: &str) -> Vec<u16> {
 }
 
 fn cli(port: u16, args: &[&str]) -> Result<String, String> {
+    cli_as(None, port, args)
+}
+
+/// `redis-cli` on `port`, authenticating with `password` (`REDISCLI_AUTH`) when given.
+fn cli_as(password: Option<&str>, port: u16, args: &[&str]) -> Result<String, String> {
     let out = Command::new("redis-cli")
+        .envs(password.map(|p| ("REDISCLI_AUTH", p)))
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
