@@ -88,10 +88,10 @@ say "ready: Redis :6379, PostgreSQL :5432, RabbitMQ :5672"
 # 127.0.0.1:7000-7005 (three primaries with one replica each, cluster-node-timeout 1000 ms) for
 # store_bench and manual tries; export IDEMQ_REDIS_CLUSTER_URL to make the tests use it.
 if ! command -v redis-cli >/dev/null || ! command -v redis-server >/dev/null; then
-  say "redis-server and redis-cli are needed by the Redis Cluster tests; run: sudo apt-get install -y redis-server redis-tools"
-  exit 1
+  # Not fatal here (Redis itself may run elsewhere); the cluster tests fail under CI=true.
+  say "warning: the Redis Cluster tests need redis-server and redis-cli; run: sudo apt-get install -y redis-server redis-tools"
 fi
-if [ "${IDEMQ_REDIS_CLUSTER:-0}" = 1 ]; then
+if [ "${IDEMQ_REDIS_CLUSTER:-0}" = 1 ] && command -v redis-cli >/dev/null; then
   cluster_dir=/tmp/idemq-redis-cluster
   if ! port_open 7000; then
     say "starting a Redis Cluster on 127.0.0.1:7000-7005"
