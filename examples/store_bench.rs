@@ -8,7 +8,8 @@
 //!     --store "postgres://postgres@127.0.0.1:5432/test?idemq_migrate=true" --messages 20000
 //! ```
 //!
-//! Options: `--store URL` (`memory`, `redis://…` / `rediss://…`, where `?batch=N` sets the store's
+//! Options: `--store URL` (`memory`, `redis://…` / `rediss://…`, a Redis Cluster as
+//! `redis-cluster://host:port[,host:port…]`, where `?batch=N` sets the store's
 //! batching, `?batch=1` turning it off, or, with feature `postgres`,
 //! `postgres://…` as accepted by `PostgresStore::from_url`; default `memory`),
 //! `--messages N` (default 20000), `--in-flight N` (default 64), `--outcome-bytes N` (default 64).
@@ -29,9 +30,12 @@
 //! answered; pipelined statements count once), shown as `round trips` in the commands column; the
 //! proxy's extra hop is included in the Postgres throughput. Records are deleted at the end.
 //!
+//! On a Redis Cluster the commandstats are summed over the primaries, and the client commands each
+//! primary served during the measured phases are printed per primary (JSON `per_primary_cmds`).
+//!
 //! Prints a table, then as its last line one JSON object with the figures.
 
-use idemq::store::redis::RedisStoreBuilder;
+use idemq::store::redis::{RedisStore, RedisStoreBuilder};
 use idemq::store::{Claim, ClaimRequest, Fence, MemoryStore, RecordKey, Store};
 use idemq::{Fingerprint, IdempotencyKey, Outcome};
 use redis::aio::MultiplexedConnection;
@@ -99,8 +103,132 @@ async fn commandstats(conn: &mut MultiplexedConnection) -> BoxResult<Counts> {
         .arg("commandstats")
         .query_async(conn)
         .await?;
-    Ok(info
-        .lines()
+    Ok(parse_commandstats(&info))
+}
+
+/// Where the commandstats come from: one server, or every primary of a Cluster (summed).
+enum Stats {
+    Single(MultiplexedConnection),
+    Cluster(RedisStore),
+}
+
+impl Stats {
+    /// Commandstats summed over the primaries.
+    async fn commandstats(&mut self) -> BoxResult<Counts> {
+        let mut sum = Counts::new();
+        for (_, counts) in self.per_primary().await? {
+            // Replicas' acknowledgements are replication traffic, not the store's commands.
+            for (name, (calls, usec)) in counts.into_iter().filter(|(n, _)| n != "replconf") {
+                let e = sum.entry(name).or_default();
+                e.0 += calls;
+                e.1 += usec;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Commandstats per primary (`standalone` for a single server).
+    async fn per_primary(&mut self) -> BoxResult<Vec<(String, Counts)>> {
+        match self {
+            Stats::Single(c) => Ok(vec![("standalone".into(), commandstats(c).await?)]),
+            Stats::Cluster(store) => Ok(store
+                .info_per_primary("commandstats")
+                .await?
+                .into_iter()
+                .map(|(addr, info)| (addr, parse_commandstats(&info)))
+                .collect()),
+        }
+    }
+
+    /// Client commands (not those run inside scripts, nor `INFO`) per primary.
+    async fn client_calls_per_primary(&mut self) -> BoxResult<BTreeMap<String, u64>> {
+        Ok(self
+            .per_primary()
+            .await?
+            .into_iter()
+            .map(|(addr, counts)| {
+                let calls = counts
+                    .iter()
+                    .filter(|(name, _)| {
+                        !SCRIPT_INTERNAL.contains(&name.as_str())
+                            && !matches!(name.as_str(), "info" | "replconf")
+                    })
+                    .map(|(_, (calls, _))| calls)
+                    .sum();
+                (addr, calls)
+            })
+            .collect())
+    }
+}
+
+/// The raw phase's connection: one server or a Cluster.
+#[derive(Clone)]
+enum RawConn {
+    Single(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RawConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RawConn::Single(c) => c.req_packed_command(cmd),
+            RawConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RawConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RawConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RawConn::Single(c) => c.get_db(),
+            RawConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Client connections for a Redis or Redis Cluster `url`: the stats source and the raw phase's.
+async fn redis_conns(url: &str, store: &RedisStore) -> BoxResult<(Stats, RawConn)> {
+    let plain = url.split(['?', '#']).next().unwrap_or(url);
+    if store.is_cluster() {
+        let (scheme, rest) = plain.split_once("://").ok_or("bad URL")?;
+        let scheme = scheme.trim_end_matches("-cluster");
+        let (auth, hosts) = match rest.trim_end_matches('/').rsplit_once('@') {
+            Some((a, h)) => (format!("{a}@"), h),
+            None => (String::new(), rest.trim_end_matches('/')),
+        };
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .map(|h| format!("{scheme}://{auth}{}", h.trim_end_matches("/0")))
+            .collect();
+        let client = redis::cluster::ClusterClient::new(nodes)?;
+        Ok((
+            Stats::Cluster(store.clone()),
+            RawConn::Cluster(client.get_async_connection().await?),
+        ))
+    } else {
+        let client = redis::Client::open(url)?;
+        Ok((
+            Stats::Single(client.get_multiplexed_async_connection().await?),
+            RawConn::Single(client.get_multiplexed_async_connection().await?),
+        ))
+    }
+}
+
+fn parse_commandstats(info: &str) -> Counts {
+    info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
             let field = |f: &str| {
@@ -110,7 +238,7 @@ async fn commandstats(conn: &mut MultiplexedConnection) -> BoxResult<Counts> {
             };
             Some((name.to_string(), (field("calls")?, field("usec")?)))
         })
-        .collect())
+        .collect()
 }
 
 /// One measured phase, possibly accumulated over several chunks.
@@ -176,8 +304,8 @@ impl Phase {
 
 struct Bench {
     store: Arc<dyn Store>,
-    stats: Option<MultiplexedConnection>,
-    raw: Option<MultiplexedConnection>,
+    stats: Option<Stats>,
+    raw: Option<RawConn>,
     /// Postgres round trips so far (through the counting proxy).
     round_trips: Option<Arc<AtomicU64>>,
     run: String,
@@ -240,7 +368,7 @@ enum Op {
 impl Bench {
     async fn snapshot(&mut self) -> BoxResult<Option<Counts>> {
         match &mut self.stats {
-            Some(c) => Ok(Some(commandstats(c).await?)),
+            Some(c) => Ok(Some(c.commandstats().await?)),
             None => Ok(self.round_trips.as_ref().map(|n| {
                 let trips = n.load(Ordering::SeqCst);
                 Counts::from([("round trips".to_string(), (trips, 0))])
@@ -402,20 +530,29 @@ async fn main() -> BoxResult<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
-    let is_redis = args.store.starts_with("redis://") || args.store.starts_with("rediss://");
+    let is_redis = [
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "rediss-cluster://",
+    ]
+    .iter()
+    .any(|s| args.store.starts_with(s));
     let is_postgres =
         args.store.starts_with("postgres://") || args.store.starts_with("postgresql://");
+    let mut cluster = false;
     let mut bench = if is_redis {
         // `?batch=N` in the URL sets the store's batching (`batch=1`: one EVALSHA per operation).
         let store = RedisStoreBuilder::from_url(&args.store)?
             .prefix("idemq-bench")
             .build()
             .await?;
-        let client = redis::Client::open(args.store.as_str())?;
+        let (stats, raw) = redis_conns(&args.store, &store).await?;
+        cluster = store.is_cluster();
         Bench {
             store: Arc::new(store),
-            stats: Some(client.get_multiplexed_async_connection().await?),
-            raw: Some(client.get_multiplexed_async_connection().await?),
+            stats: Some(stats),
+            raw: Some(raw),
             round_trips: None,
             run,
             outcome: Outcome::succeeded(vec![b'o'; args.outcome_bytes]),
@@ -454,6 +591,10 @@ async fn main() -> BoxResult<()> {
             .await?;
     }
 
+    let primaries_before = match bench.stats.as_mut() {
+        Some(s) => Some(s.client_calls_per_primary().await?),
+        None => None,
+    };
     let (mut first, mut raw) = (Phase::default(), Phase::default());
     for c in 0..CHUNKS {
         let range = c * n / CHUNKS..(c + 1) * n / CHUNKS;
@@ -470,6 +611,21 @@ async fn main() -> BoxResult<()> {
         .await?;
     let mut conc_first = bench.concurrent(Op::First, "conc", n).await?;
     let mut conc_replay = bench.concurrent(Op::Replay, "conc", n).await?;
+    // Client commands each primary served in the measured phases (raw loop included).
+    let per_primary: Option<BTreeMap<String, u64>> = match (bench.stats.as_mut(), primaries_before)
+    {
+        (Some(s), Some(before)) => Some(
+            s.client_calls_per_primary()
+                .await?
+                .into_iter()
+                .map(|(addr, n)| {
+                    let b = before.get(&addr).copied().unwrap_or(0);
+                    (addr, n.saturating_sub(b))
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
     bench
         .clean_up(&[("warm", warm), ("seq", n), ("conc", n)], n + warm)
         .await?;
@@ -510,6 +666,12 @@ async fn main() -> BoxResult<()> {
         );
     }
 
+    if let Some(pp) = &per_primary {
+        println!();
+        let shown: Vec<String> = pp.iter().map(|(a, n)| format!("{a} {n}")).collect();
+        println!("client commands per primary: {}", shown.join(", "));
+    }
+
     let raw_rate = is_redis.then(|| raw.msgs_per_s());
     let first_vs_raw = raw_rate.map(|r| first.msgs_per_s() / r);
     let speedup = conc_first.msgs_per_s() / first.msgs_per_s();
@@ -542,7 +704,8 @@ async fn main() -> BoxResult<()> {
     );
 
     let json = serde_json::json!({
-        "store": if is_redis { "redis" } else if is_postgres { "postgres" } else { "memory" },
+        "store": if cluster { "redis-cluster" } else if is_redis { "redis" } else if is_postgres { "postgres" } else { "memory" },
+        "per_primary_cmds": per_primary,
         "messages": n,
         "in_flight": args.in_flight,
         "outcome_bytes": args.outcome_bytes,

@@ -80,3 +80,38 @@ if command -v psql >/dev/null; then
   fi
 fi
 say "ready: Redis :6379, PostgreSQL :5432, RabbitMQ :5672"
+
+# --- Redis Cluster (opt-in) ----------------------------------------------------------------------
+# The cluster tests (tests/store_redis_cluster*.rs, tests/cli_cluster.rs) start their own private
+# cluster on free ports (tests/support/redis_cluster.rs); they need only `redis-server` and
+# `redis-cli`. With IDEMQ_REDIS_CLUSTER=1 this script also starts a shared local cluster on
+# 127.0.0.1:7000-7005 (three primaries with one replica each, cluster-node-timeout 1000 ms) for
+# store_bench and manual tries; export IDEMQ_REDIS_CLUSTER_URL to make the tests use it.
+if ! command -v redis-cli >/dev/null || ! command -v redis-server >/dev/null; then
+  # Not fatal here (Redis itself may run elsewhere); the cluster tests fail under CI=true.
+  say "warning: the Redis Cluster tests need redis-server and redis-cli; run: sudo apt-get install -y redis-server redis-tools"
+fi
+if [ "${IDEMQ_REDIS_CLUSTER:-0}" = 1 ] && command -v redis-cli >/dev/null; then
+  cluster_dir=/tmp/idemq-redis-cluster
+  if ! port_open 7000; then
+    say "starting a Redis Cluster on 127.0.0.1:7000-7005"
+    mkdir -p "$cluster_dir"
+    rm -f "$cluster_dir"/nodes-*.conf
+    for port in 7000 7001 7002 7003 7004 7005; do
+      redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --cluster-enabled yes --cluster-config-file "$cluster_dir/nodes-$port.conf" \
+        --cluster-node-timeout 1000 --dir "$cluster_dir" --logfile "$cluster_dir/$port.log" \
+        --pidfile "$cluster_dir/$port.pid" >/dev/null
+      wait_port "Redis Cluster node" "$port" 20
+    done
+    redis-cli --cluster create 127.0.0.1:7000 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7003 \
+      127.0.0.1:7004 127.0.0.1:7005 --cluster-replicas 1 --cluster-yes >/dev/null
+  fi
+  for ((i = 0; i < 120; i++)); do
+    redis-cli -p 7000 cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+    sleep 0.25
+  done
+  redis-cli -p 7000 cluster info | grep -q 'cluster_state:ok' \
+    || { say "Redis Cluster on 7000-7005 is not healthy (see $cluster_dir/*.log)"; exit 1; }
+  say "Redis Cluster up: export IDEMQ_REDIS_CLUSTER_URL=redis-cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"
+fi

@@ -20,6 +20,14 @@
 //! - RabbitMQ: closes every consumer's connection at the broker; Kafka (a private Tansu broker):
 //!   forces a rebalance by adding a consumer and removing it again (`--broker-faults` times).
 //!
+//! The named-only scenarios `amqp-redis-cluster` / `kafka-redis-cluster` run the store on a
+//! private 3-primary Redis Cluster and replace the Redis outage with a primary kill: a primary
+//! dies with SIGKILL while its replica lags (`--lag-ms`, default 300), the replica is promoted and
+//! the old primary rejoins as its replica. Without `WAIT` the lagging replica loses what the
+//! primary acknowledged last, and those keys may run again: reported as "failover" double runs
+//! (allowed there). The `…-redis-cluster-wait` variants use `?replicas=1`: there a double run is
+//! a violation.
+//!
 //! `--after-effect-ms N` makes every handler wait N ms after its side effect, widening the window
 //! between the effect and the outcome write so kills land in it: the Redis scenarios then show
 //! "kill window" double runs (allowed, reported apart) and the Postgres ones rolled-back runs
@@ -43,6 +51,7 @@ mod amqp;
 mod effects;
 mod kafka;
 mod procs;
+mod redis_cluster_proc;
 mod redis_proc;
 mod report;
 mod workload;
@@ -50,6 +59,7 @@ mod workload;
 use amqp::AmqpBus;
 use kafka::{KafkaBus, Tansu};
 use procs::Pool;
+use redis_cluster_proc::PrivateCluster;
 use redis_proc::PrivateRedis;
 use report::{FaultKind, FaultRecord, Report};
 use std::path::PathBuf;
@@ -83,6 +93,10 @@ enum StoreKind {
     /// Negative control: every consumer process has its own in-memory store, so duplicates
     /// that reach different processes run twice and the harness must report it.
     Memory,
+    /// A private 3-primary Redis Cluster; `wait`: `?replicas=1` (WAIT for the replica).
+    RedisCluster {
+        wait: bool,
+    },
 }
 
 fn scenario_name(b: BrokerKind, s: StoreKind) -> &'static str {
@@ -93,6 +107,10 @@ fn scenario_name(b: BrokerKind, s: StoreKind) -> &'static str {
         (BrokerKind::Kafka, StoreKind::Postgres) => "kafka-postgres",
         (BrokerKind::Amqp, StoreKind::Memory) => "amqp-memory",
         (BrokerKind::Kafka, StoreKind::Memory) => "kafka-memory",
+        (BrokerKind::Amqp, StoreKind::RedisCluster { wait: false }) => "amqp-redis-cluster",
+        (BrokerKind::Amqp, StoreKind::RedisCluster { wait: true }) => "amqp-redis-cluster-wait",
+        (BrokerKind::Kafka, StoreKind::RedisCluster { wait: false }) => "kafka-redis-cluster",
+        (BrokerKind::Kafka, StoreKind::RedisCluster { wait: true }) => "kafka-redis-cluster-wait",
     }
 }
 
@@ -121,10 +139,13 @@ struct Args {
     /// Kafka consumers use static group membership; a killed consumer's replacement reuses its
     /// `group.instance.id`.
     static_members: bool,
+    /// How long a Redis Cluster replica lags before its primary is killed.
+    lag_ms: u64,
 }
 
 const USAGE: &str = "usage: chaos [--short] [--scenarios amqp-redis,amqp-postgres,kafka-redis,kafka-postgres \
-(default: all four; amqp-memory and kafka-memory are negative controls that must fail)] \
+(default: all four; amqp-memory and kafka-memory are negative controls that must fail; \
+amqp-redis-cluster[-wait] and kafka-redis-cluster[-wait] run on a Redis Cluster)] [--lag-ms N] \
 [--messages N] [--dup-rate R] [--bad-rate R] [--consumers N] [--kills N] [--outage-secs N] \
 [--broker-faults N] [--handler-ms N] [--after-effect-ms N] [--lease-ms N] [--gap-ms N] [--partitions N] \
 [--drain-timeout-secs N] [--seed N] [--amqp-url URL] [--postgres-url URL] [--work-dir DIR] [--keep] \
@@ -141,6 +162,10 @@ fn parse_args() -> Result<Args, String> {
     let controls = [
         (BrokerKind::Amqp, StoreKind::Memory),
         (BrokerKind::Kafka, StoreKind::Memory),
+        (BrokerKind::Amqp, StoreKind::RedisCluster { wait: false }),
+        (BrokerKind::Amqp, StoreKind::RedisCluster { wait: true }),
+        (BrokerKind::Kafka, StoreKind::RedisCluster { wait: false }),
+        (BrokerKind::Kafka, StoreKind::RedisCluster { wait: true }),
     ];
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -169,6 +194,7 @@ fn parse_args() -> Result<Args, String> {
         work_dir: std::env::temp_dir().join("idemq-chaos"),
         keep: false,
         static_members: false,
+        lag_ms: 300,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -232,6 +258,7 @@ fn parse_args() -> Result<Args, String> {
             "--amqp-url" => a.amqp_url = v,
             "--postgres-url" => a.postgres_url = v,
             "--work-dir" => a.work_dir = PathBuf::from(v),
+            "--lag-ms" => a.lag_ms = num(&v)?,
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
@@ -382,8 +409,18 @@ async fn run_scenario(args: &Args, broker: BrokerKind, store: StoreKind, seed: u
 
     // The store.
     let mut redis = None;
+    let mut cluster = None;
     let mut pg = None;
     let (store_url, store_args, effects_table) = match store {
+        StoreKind::RedisCluster { wait } => {
+            let c = PrivateCluster::start(dir.join("redis-cluster"))?;
+            let mut url = c.url();
+            if wait {
+                url.push_str("/?replicas=1&replica_timeout_ms=500");
+            }
+            cluster = Some(c);
+            (url, Vec::new(), None)
+        }
         StoreKind::Redis => {
             let r = PrivateRedis::start(dir.join("redis"))?;
             let url = r.url();
@@ -501,7 +538,12 @@ async fn run_scenario(args: &Args, broker: BrokerKind, store: StoreKind, seed: u
     for kind in schedule {
         tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
         pool.reap();
-        let rec = inject(kind, args, &mut pool, redis.as_mut(), &progress, &mut rng).await?;
+        let rec = match kind {
+            FaultKind::PrimaryKill => {
+                primary_kill(args, cluster.as_mut(), &progress, &mut rng).await?
+            }
+            _ => inject(kind, args, &mut pool, redis.as_mut(), &progress, &mut rng).await?,
+        };
         println!("  {}", rec.describe());
         faults.push(rec);
     }
@@ -591,6 +633,7 @@ async fn run_scenario(args: &Args, broker: BrokerKind, store: StoreKind, seed: u
         _ => {}
     }
     drop(redis);
+    drop(cluster);
     if keep {
         println!("  kept {} (effects file, consumer logs)", dir.display());
     } else {
@@ -615,7 +658,37 @@ fn schedule(args: &Args, broker: BrokerKind, store: StoreKind) -> Vec<FaultKind>
         let mid = s.len() / 2;
         s.insert(mid, FaultKind::StoreOutage);
     }
+    if matches!(store, StoreKind::RedisCluster { .. }) && args.outage_secs > 0 {
+        let mid = s.len() / 2;
+        s.insert(mid, FaultKind::PrimaryKill);
+    }
     s
+}
+
+/// The Redis Cluster primary-kill fault (see [`PrivateCluster::kill_primary`]); recovered when
+/// the cluster is healthy again and handlers run.
+async fn primary_kill(
+    args: &Args,
+    cluster: Option<&mut PrivateCluster>,
+    progress: &Progress,
+    rng: &mut Rng,
+) -> Res<FaultRecord> {
+    let Some(cluster) = cluster else {
+        return Err("primary kill without a private Redis Cluster".into());
+    };
+    let pick = rng.below(3);
+    let lag = Duration::from_millis(args.lag_ms);
+    // Blocking process control (sleeps, redis-cli): off the async workers.
+    let (detail, healthy) = tokio::task::block_in_place(|| cluster.kill_primary(pick, lag))?;
+    let before = progress.count();
+    let r = progress
+        .wait(Duration::from_secs(60), |runs| runs.len() > before)
+        .await;
+    Ok(FaultRecord {
+        kind: FaultKind::PrimaryKill,
+        detail,
+        recovery: r.map(|d| healthy + d),
+    })
 }
 
 /// Injects one fault and measures how long the deployment took to work normally again.
@@ -630,6 +703,7 @@ async fn inject(
     let settle = Duration::from_secs(60);
     let at = Instant::now();
     let (detail, recovered) = match kind {
+        FaultKind::PrimaryKill => return Err("a primary kill is injected by primary_kill".into()),
         FaultKind::Kill => {
             let victim = pool.kill(rng.below(args.consumers.max(1))).await;
             let fresh = pool.spawn()?;

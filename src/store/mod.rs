@@ -169,7 +169,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
 }
 
-/// Opens a store from a URL: `memory`, `redis://…` / `rediss://…` (feature `redis`),
+/// Opens a store from a URL: `memory`, `redis://…` / `rediss://…` and Redis Cluster
+/// `redis-cluster://host:port[,host:port…]` / `rediss-cluster://…` (feature `redis`),
 /// `postgres://…` (feature `postgres`).
 ///
 /// A scheme whose feature is not compiled in is an [`StoreError::InvalidConfig`] naming the feature.
@@ -178,11 +179,11 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     match scheme {
         "memory" | "mem" => Ok(Arc::new(MemoryStore::new())),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => redis::open(url).await,
+        "redis" | "rediss" | "redis-cluster" | "rediss-cluster" => redis::open(url).await,
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => postgres::open(url).await,
         #[cfg(not(feature = "redis"))]
-        "redis" | "rediss" => Err(StoreError::InvalidConfig(
+        "redis" | "rediss" | "redis-cluster" | "rediss-cluster" => Err(StoreError::InvalidConfig(
             "redis store not compiled in: enable the `redis` feature".into(),
         )),
         #[cfg(not(feature = "postgres"))]
@@ -190,7 +191,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
             "postgres store not compiled in: enable the `postgres` feature".into(),
         )),
         other => Err(StoreError::InvalidConfig(format!(
-            "unknown store URL scheme {other:?}: expected memory, redis://, rediss:// or postgres://"
+            "unknown store URL scheme {other:?}: expected memory, redis://, rediss://, redis-cluster://, rediss-cluster:// or postgres://"
         ))),
     }
 }

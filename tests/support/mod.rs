@@ -11,6 +11,7 @@ pub mod faulty;
 pub mod kafka;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod replay;
 pub mod services;

@@ -140,7 +140,8 @@ pub struct ScopeArgs {
     /// Scope (consumer group or queue name) the keys belong to.
     #[arg(long)]
     pub scope: String,
-    /// Store URL: redis://…, rediss://…, postgres://… (or memory, which is empty in a new process).
+    /// Store URL: redis://…, rediss://…, redis-cluster://host:port[,host:port…], postgres://… (or
+    /// memory, which is empty in a new process).
     #[arg(long, env = "IDEMQ_STORE")]
     pub store: String,
 }

@@ -9,7 +9,7 @@
 //! Rows past their retention read as absent; [`PostgresStore::purge_expired`] deletes them (call
 //! it periodically, e.g. every few minutes; an index on the expiry column keeps it cheap).
 //! Tokens are `max(previous + 1, database clock in ms)`, so they keep growing after a row expired
-//! or was purged (see [`Token`](crate::store::Token)).
+//! or was purged (see [`Token`]).
 //!
 //! [`TransactionalEngine`] goes further: it claims the key, runs your handler and stores the
 //! outcome in **one transaction**, handing the handler that transaction for its own writes. The

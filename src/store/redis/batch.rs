@@ -17,14 +17,18 @@
 //! nothing is sent on behalf of a caller that was already told it timed out (as with a dropped
 //! single call). A request whose caller has gone (dropped future) is skipped. The task ends when
 //! the store's last clone is dropped.
+//!
+//! On a Redis Cluster a script call may only touch keys of one slot, so a batch is split by slot
+//! (one call per slot, all sent at once), and with `WAIT` durability each call carries its `WAIT`.
 
-use super::map_error;
+use super::conn::{self, Conn, Durability};
 use super::reply::bad;
 use crate::store::StoreError;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use redis::aio::ConnectionManager;
-use redis::{Cmd, ErrorKind, Script, ServerErrorKind, Value};
+use redis::cluster_routing::Route;
+use redis::{Cmd, Script, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,11 +83,13 @@ pub(crate) struct Worker {
     /// The `*_MANY` script: `KEYS` in order, `args_per_key` arguments per key in `ARGV`.
     pub(crate) script: Script,
     pub(crate) args_per_key: usize,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Conn,
     pub(crate) max_batch: usize,
     pub(crate) timeout: Duration,
     /// Script calls sent, shared with the store (see `RedisStore::round_trips`).
     pub(crate) round_trips: Arc<AtomicU64>,
+    /// `WAIT` for replicas after each script call, when configured.
+    pub(crate) durability: Option<Durability>,
 }
 
 impl Batcher {
@@ -140,7 +146,7 @@ impl Worker {
         let mut running = FuturesUnordered::new();
         loop {
             // At the limit, calls queue up (and form a bigger batch) until a batch is answered.
-            while running.len() >= PIPELINE {
+            while running.len() >= self.pipeline() {
                 running.next().await;
             }
             let first = match carried.take() {
@@ -178,7 +184,9 @@ impl Worker {
                 size += job.bytes();
                 batch.push(job);
             }
-            running.push(self.execute(batch));
+            for group in self.by_slot(batch) {
+                running.push(self.execute(group));
+            }
         }
     }
 
@@ -186,6 +194,30 @@ impl Worker {
     /// request is not sent, or its answer is no longer awaited.
     fn expire(&self, reply: Answer) {
         let _ = reply.send(Err(timed_out(self.op, self.timeout)));
+    }
+
+    /// Script calls of this kind on the wire at once before requests queue up: [`PIPELINE`], or
+    /// on a Cluster, where a batch becomes one call per slot, that many batches' worth of calls,
+    /// so one slow node does not hold up the calls to the others.
+    fn pipeline(&self) -> usize {
+        if self.conn.is_cluster() {
+            PIPELINE * self.max_batch
+        } else {
+            PIPELINE
+        }
+    }
+
+    /// `batch` as one script call, or on a Cluster as one call per hash slot (a script may only
+    /// touch keys of one slot); the cluster client pipelines the calls bound for one node.
+    fn by_slot(&self, batch: Vec<Job>) -> Vec<Vec<Job>> {
+        if !self.conn.is_cluster() || batch.len() == 1 {
+            return vec![batch];
+        }
+        let mut groups: HashMap<Route, Vec<Job>> = HashMap::new();
+        for job in batch {
+            groups.entry(conn::route(&job.rkey)).or_default().push(job);
+        }
+        groups.into_values().collect()
     }
 
     /// Runs one script call for `batch` and answers every job in it, each by its own deadline.
@@ -214,16 +246,16 @@ impl Worker {
             .collect();
         let mut conn = self.conn.clone();
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let call = async {
-            match cmd.query_async::<Value>(&mut conn).await {
-                // A server restart or `SCRIPT FLUSH` forgot the script: load it, try once more.
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    self.script.load_async(&mut conn).await?;
-                    cmd.query_async::<Value>(&mut conn).await
-                }
-                other => other,
-            }
-        };
+        // Reloads the script on NOSCRIPT (restart, failover, new node, `SCRIPT FLUSH`) and, when
+        // configured, waits for replicas.
+        let call = conn::eval(
+            &mut conn,
+            self.op,
+            &self.script,
+            &cmd,
+            self.durability,
+            self.timeout,
+        );
         tokio::pin!(call);
         // Callers have no timers of their own: each one whose deadline passes is answered
         // `Timeout` while the call is still out. Once all are, the call is dropped, so a call
@@ -263,8 +295,24 @@ impl Worker {
                 }
             }
             Err(e) => {
+                // `StoreError` is not `Clone`: each caller gets an error of the same kind with the
+                // same text.
+                let text = match &e {
+                    StoreError::Unavailable { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
                 for reply in replies.flatten() {
-                    let _ = reply.send(Err(map_error(self.op, e.clone(), self.timeout)));
+                    let err = match &e {
+                        StoreError::Timeout { op, after } => {
+                            StoreError::Timeout { op, after: *after }
+                        }
+                        StoreError::Corrupt { key, detail } => StoreError::Corrupt {
+                            key: key.clone(),
+                            detail: detail.clone(),
+                        },
+                        _ => StoreError::unavailable(self.op, text.clone()),
+                    };
+                    let _ = reply.send(Err(err));
                 }
             }
         }

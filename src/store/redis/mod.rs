@@ -19,8 +19,20 @@
 //!   record fails only its own call; each call keeps its own timeout. `max_batch(1)` (or `?batch=1`
 //!   in the URL) sends one `EVALSHA` per operation. `release`, `renew`, `get` are never batched.
 //!   [`RedisStore::round_trips`] counts the commands actually sent.
-//! - **Cluster**: a batch holds keys of different hash slots, which standalone Redis (the only
-//!   client mode today) accepts. A Cluster client would have to group each batch by slot.
+//! - **Cluster**: `redis-cluster://host:port[,host:port…]` (or `rediss-cluster://` for TLS) uses
+//!   the redis crate's async cluster client, which follows `MOVED` / `ASK`, refreshes the slot map
+//!   and reconnects. Each record lives in one slot (hash tag), so every operation is still one
+//!   script call on one node. A script may only touch keys of one slot, so a batch is split by
+//!   slot into one `EVALSHA` per slot, sent at once (the client pipelines the calls bound for one
+//!   node); with keys spread over 16,384 slots that is about one call per operation (batching
+//!   saves round trips only for keys that share a slot). `SCRIPT LOAD` goes to every node at
+//!   connect; a `NOSCRIPT` (failover, new node) reloads and repeats the call. `scan` walks every
+//!   primary in turn.
+//! - **Durability across failover**: [`RedisStoreBuilder::replicas`] (`?replicas=N&
+//!   replica_timeout_ms=T`) sends `WAIT N T` right after each `claim` / `complete` script call (in
+//!   the same pipeline, so on the same node and connection) and fails the operation
+//!   ([`StoreError::Unavailable`]) unless N replicas acknowledged: nothing is acked on a write a
+//!   failover could lose.
 //! - **Clocks**: lease ends are computed from the Redis server clock (`TIME` inside the script), so
 //!   the consumers' clocks may disagree.
 //! - **Expiry**: a record's TTL is the retention (never shorter than the lease), set by the same
@@ -44,9 +56,11 @@
 //!   slower than [`RedisStoreBuilder::timeout`] is [`StoreError::Timeout`] (it may still have been
 //!   applied). The connection manager reconnects in the background with backoff.
 //! - **URLs**: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS (append
-//!   `#insecure` to skip certificate verification in tests only). Through
+//!   `#insecure` to skip certificate verification in tests only), `redis-cluster://[user:password@]
+//!   host:port[,host:port…]` / `rediss-cluster://…` for a Cluster. Through
 //!   [`store::connect`](super::connect) (and so the CLI) or [`RedisStoreBuilder::from_url`],
-//!   `?prefix=NAME` sets the key prefix and `?batch=N` the largest batch.
+//!   `?prefix=NAME` sets the key prefix, `?batch=N` the largest batch and `?replicas=N&
+//!   replica_timeout_ms=T` the `WAIT` durability.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), idemq::StoreError> {
@@ -62,12 +76,14 @@
 
 mod batch;
 mod config;
+mod conn;
 mod keys;
 mod reply;
 mod scripts;
 
 pub use config::{
-    RedisStoreBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_PREFIX, DEFAULT_TIMEOUT,
+    RedisStoreBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_PREFIX,
+    DEFAULT_REPLICA_TIMEOUT, DEFAULT_TIMEOUT,
 };
 
 use super::types::*;
@@ -76,9 +92,9 @@ use crate::outcome::Outcome;
 use async_trait::async_trait;
 use batch::Batcher;
 use bytes::Bytes;
+use conn::{Conn, Durability};
 use keys::KeyLayout;
-use redis::aio::ConnectionManager;
-use redis::{RedisError, RedisResult, Value};
+use redis::{Cmd, RedisError, RedisResult, Value};
 use reply::Reply;
 use scripts::Scripts;
 use std::future::Future;
@@ -106,6 +122,10 @@ struct UrlParams {
     prefix: Option<String>,
     /// `batch=N`: the largest batch, still unparsed.
     batch: Option<String>,
+    /// `replicas=N`: replicas to `WAIT` for, still unparsed.
+    replicas: Option<String>,
+    /// `replica_timeout_ms=T`: the `WAIT` bound, still unparsed.
+    replica_timeout_ms: Option<String>,
 }
 
 /// Removes idemq's own query parameters from a Redis URL, returning them separately.
@@ -125,6 +145,8 @@ fn split_params(url: &str) -> (String, UrlParams) {
             let slot = match name {
                 "prefix" => &mut params.prefix,
                 "batch" => &mut params.batch,
+                "replicas" => &mut params.replicas,
+                "replica_timeout_ms" => &mut params.replica_timeout_ms,
                 _ => return !pair.is_empty(),
             };
             *slot = Some(value.to_string());
@@ -151,13 +173,15 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     layout: KeyLayout,
     scripts: Scripts,
     /// Group commit of `claim` / `complete`; `None` when `max_batch` is 1.
     claim_batch: Option<Batcher>,
     complete_batch: Option<Batcher>,
     max_batch: usize,
+    /// `WAIT` after each claim / complete, when configured.
+    durability: Option<Durability>,
     /// Commands sent (a batch counts once).
     round_trips: Arc<AtomicU64>,
     max_outcome_bytes: usize,
@@ -175,6 +199,8 @@ impl std::fmt::Debug for RedisStore {
             .field("max_outcome_bytes", &self.inner.max_outcome_bytes)
             .field("timeout", &self.inner.timeout)
             .field("max_batch", &self.inner.max_batch)
+            .field("cluster", &self.inner.conn.is_cluster())
+            .field("durability", &self.inner.durability)
             .finish()
     }
 }
@@ -206,10 +232,72 @@ impl RedisStore {
     }
 
     /// Redis commands this store and its clones have sent so far: one per `EVALSHA` (a batch of
-    /// `claim` or `complete` calls counts once), `DEL` and `SCAN`, not counting script reloads
-    /// after `NOSCRIPT`. Divided by the messages handled, it gives round trips per message.
+    /// `claim` or `complete` calls counts once per slot it spans), `DEL` and `SCAN`, not counting
+    /// script reloads after `NOSCRIPT` or the `WAIT` sent in the same round trip. Divided by the messages handled, it gives round trips per message.
     pub fn round_trips(&self) -> u64 {
         self.inner.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store runs on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.conn.is_cluster()
+    }
+
+    /// The addresses (`host:port`) of the Cluster's current primaries, sorted; for a standalone
+    /// server, one empty string.
+    pub async fn primaries(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let call = async move { conn.primaries().await };
+        self.run("primaries", call).await
+    }
+
+    /// Sends `INFO <section>` to every primary (one standalone server: itself) and returns each
+    /// answer with the primary's address (empty for a standalone server), for operators and
+    /// benchmarks (e.g. `commandstats` per primary).
+    pub async fn info_per_primary(
+        &self,
+        section: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg(section);
+        let replies = self.run("info", conn.on_all_primaries(cmd)).await?;
+        replies
+            .into_iter()
+            .map(|(addr, v)| match v {
+                Value::BulkString(b) => Ok((addr, String::from_utf8_lossy(&b).into_owned())),
+                Value::VerbatimString { text, .. } => Ok((addr, text)),
+                Value::SimpleString(s) => Ok((addr, s)),
+                other => Err(reply::bad(
+                    "info",
+                    format!("unexpected INFO reply {other:?}"),
+                )),
+            })
+            .collect()
+    }
+
+    /// One script call for a single key (claim / complete unbatched): `EVALSHA`, then `WAIT`
+    /// when durability is configured.
+    async fn eval_one(
+        &self,
+        op: &'static str,
+        script: &redis::Script,
+        rkey: &str,
+        args: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        let mut cmd = Cmd::new();
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(1).arg(rkey);
+        for a in args {
+            cmd.arg(*a);
+        }
+        let mut conn = self.inner.conn.clone();
+        let (durability, timeout) = (self.inner.durability, self.inner.timeout);
+        self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        let call = conn::eval(&mut conn, op, script, &cmd, durability, timeout);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout { op, after: timeout }),
+        }
     }
 
     /// Runs one Redis call under the operation timeout.
@@ -286,10 +374,10 @@ impl Store for RedisStore {
                 self.batched(batcher, rkey.clone(), args).await?
             }
             None => {
-                let mut inv = self.inner.scripts.claim.prepare_invoke();
-                inv.key(&rkey).arg(fingerprint).arg(lease).arg(ttl);
-                let mut conn = self.inner.conn.clone();
-                self.run("claim", inv.invoke_async(&mut conn)).await?
+                let (lease, ttl) = (lease.to_string(), ttl.to_string());
+                let args = [fingerprint.as_bytes(), lease.as_bytes(), ttl.as_bytes()];
+                self.eval_one("claim", &self.inner.scripts.claim, &rkey, &args)
+                    .await?
             }
         };
         Reply::new("claim", &rkey, v)?.claim()
@@ -320,14 +408,15 @@ impl Store for RedisStore {
                 self.batched(batcher, rkey.clone(), args).await?
             }
             None => {
-                let mut inv = self.inner.scripts.complete.prepare_invoke();
-                inv.key(&rkey)
-                    .arg(token.0)
-                    .arg(outcome.status.as_str())
-                    .arg(&outcome.body[..])
-                    .arg(ms(retention));
-                let mut conn = self.inner.conn.clone();
-                self.run("complete", inv.invoke_async(&mut conn)).await?
+                let (token, retention) = (token.0.to_string(), ms(retention).to_string());
+                let args = [
+                    token.as_bytes(),
+                    outcome.status.as_str().as_bytes(),
+                    &outcome.body[..],
+                    retention.as_bytes(),
+                ];
+                self.eval_one("complete", &self.inner.scripts.complete, &rkey, &args)
+                    .await?
             }
         };
         Reply::new("complete", &rkey, v)?.fence()
@@ -393,31 +482,43 @@ impl Store for RedisStore {
         cursor: Option<String>,
         count: usize,
     ) -> Result<ScanPage, StoreError> {
-        let mut cursor: u64 = match cursor.as_deref() {
-            None => 0,
-            Some(c) => c
-                .parse()
-                .map_err(|_| StoreError::InvalidConfig(format!("invalid scan cursor {c:?}")))?,
+        // Standalone: Redis's cursor. Cluster: `<primary index>-<cursor>`, walking the sorted
+        // primaries one after the other (a topology change during a scan may skip or repeat
+        // records, as SCAN itself may).
+        let bad_cursor = |c: &str| StoreError::InvalidConfig(format!("invalid scan cursor {c:?}"));
+        let (mut node, mut cursor): (usize, u64) = match cursor.as_deref() {
+            None => (0, 0),
+            Some(c) => match c.split_once('-') {
+                Some((n, c2)) => (
+                    n.parse().map_err(|_| bad_cursor(c))?,
+                    c2.parse().map_err(|_| bad_cursor(c))?,
+                ),
+                None => (0, c.parse().map_err(|_| bad_cursor(c))?),
+            },
         };
         let pattern = self.inner.layout.scan_pattern(scope);
         let mut conn = self.inner.conn.clone();
+        let primaries = self.primaries().await?;
         let mut names: Vec<Vec<u8>> = Vec::new();
         for _ in 0..SCAN_ROUNDS {
-            let (next, batch): (u64, Vec<Vec<u8>>) = self
-                .run(
-                    "scan",
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(count.max(MIN_SCAN_COUNT))
-                        .query_async(&mut conn),
-                )
-                .await?;
+            let Some(addr) = primaries.get(node) else {
+                break;
+            };
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(count.max(MIN_SCAN_COUNT));
+            let reply = self.run("scan", conn.on_node(addr, cmd)).await?;
+            let (next, batch): (u64, Vec<Vec<u8>>) =
+                redis::from_redis_value(reply).map_err(|e| StoreError::unavailable("scan", e))?;
             names.extend(batch);
             cursor = next;
-            if cursor == 0 || names.len() >= count.max(1) {
+            if cursor == 0 {
+                node += 1;
+            }
+            if node >= primaries.len() || names.len() >= count.max(1) {
                 break;
             }
         }
@@ -448,7 +549,11 @@ impl Store for RedisStore {
             .collect();
         Ok(ScanPage {
             records,
-            next: (cursor != 0).then(|| cursor.to_string()),
+            next: match (node < primaries.len(), self.inner.conn.is_cluster()) {
+                (false, _) => None,
+                (true, false) => Some(cursor.to_string()),
+                (true, true) => Some(format!("{node}-{cursor}")),
+            },
         })
     }
 }
@@ -471,6 +576,7 @@ mod tests {
         let p = |prefix: Option<&str>, batch: Option<&str>| UrlParams {
             prefix: prefix.map(str::to_string),
             batch: batch.map(str::to_string),
+            ..UrlParams::default()
         };
         let cases = [
             ("redis://h:1/0", ("redis://h:1/0", p(None, None))),
@@ -506,6 +612,33 @@ mod tests {
         for (url, (want_url, want)) in cases {
             let (u, params) = split_params(url);
             assert_eq!((u.as_str(), params), (want_url, want), "{url}");
+        }
+    }
+
+    #[test]
+    fn replica_parameters_are_ours_and_checked() {
+        use super::RedisStoreBuilder;
+        use crate::store::StoreError;
+        let (url, params) =
+            split_params("redis-cluster://h:1,h:2/?replicas=1&replica_timeout_ms=250&prefix=p");
+        assert_eq!(url, "redis-cluster://h:1,h:2/");
+        assert_eq!(params.replicas.as_deref(), Some("1"));
+        assert_eq!(params.replica_timeout_ms.as_deref(), Some("250"));
+        let b = RedisStoreBuilder::from_url("redis://h/?replicas=2&replica_timeout_ms=250")
+            .expect("valid");
+        let shown = format!("{b:?}");
+        assert!(
+            shown.contains("replicas: 2") && shown.contains("replica_timeout: 250ms"),
+            "{shown}"
+        );
+        for url in ["redis://h/?replicas=-1", "redis://h/?replica_timeout_ms=x"] {
+            assert!(
+                matches!(
+                    RedisStoreBuilder::from_url(url),
+                    Err(StoreError::InvalidConfig(_))
+                ),
+                "{url}"
+            );
         }
     }
 

@@ -47,7 +47,8 @@
 //! `claim` and `complete` also come as `*_MANY` scripts for group commit (see `batch.rs`): they
 //! run the same per-record Lua function over every key in `KEYS`, in order, and answer an array
 //! holding, per key, exactly the reply the single-key script gives. A batch reads `TIME` at most
-//! once. The keys of one batch may lie in different Cluster slots, which standalone Redis allows.
+//! once. On standalone Redis the keys of one batch may lie in different slots; on a Cluster the
+//! batcher sends one call per slot (a script may only touch keys of one slot).
 
 use redis::Script;
 
