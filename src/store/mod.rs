@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod error;
 mod memory;
 #[cfg(feature = "postgres")]
@@ -34,6 +35,7 @@ pub mod postgres;
 pub mod redis;
 mod types;
 
+pub use cache::CachedStore;
 pub use error::{BoxError, StoreError};
 pub use memory::MemoryStore;
 pub use types::{
