@@ -47,13 +47,15 @@ pub struct CpuUse {
 }
 
 impl CpuMeter {
-    /// This process, RabbitMQ (`beam.smp`) and every local `redis-server`.
-    pub fn new() -> Self {
-        let groups = vec![
-            ("this process", vec![std::process::id().to_string()]),
-            ("rabbitmq", pids_named("beam.smp")),
-            ("redis", pids_named("redis-server")),
-        ];
+    /// This process and, per `(label, command name)`, every local process of that name (e.g.
+    /// `("rabbitmq", "beam.smp")`, `("redis", "redis-server")`).
+    pub fn new(others: &[(&'static str, &str)]) -> Self {
+        let mut groups = vec![("this process", vec![std::process::id().to_string()])];
+        groups.extend(
+            others
+                .iter()
+                .map(|(label, comm)| (*label, pids_named(comm))),
+        );
         let mut meter = CpuMeter {
             groups,
             start: Vec::new(),
@@ -114,4 +116,22 @@ impl CpuUse {
         }
         serde_json::Value::Object(map)
     }
+}
+
+/// CPU per process group summed over phases (all measured with the same groups).
+pub fn sum<'a>(phases: impl Iterator<Item = &'a CpuUse>) -> CpuUse {
+    let mut groups: Vec<(&'static str, Option<f64>)> = Vec::new();
+    for p in phases {
+        if groups.is_empty() {
+            groups = p.groups.clone();
+            continue;
+        }
+        for (sum, (_, s)) in groups.iter_mut().zip(&p.groups) {
+            sum.1 = match (sum.1, s) {
+                (Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            };
+        }
+    }
+    CpuUse { groups }
 }
