@@ -4,7 +4,7 @@
 //! cargo run --release --features redis --example kafka_bench -- --broker mock|tansu \
 //!     --store memory|redis://127.0.0.1:6379 --messages 20000 --dup-rate 0.2 [--partitions 4] \
 //!     [--partition-concurrency 32] [--handler-us 0] [--rounds 1] \
-//!     [--local-cache ENTRIES] [--local-cache-age-ms 60000] [--soak]
+//!     [--local-cache ENTRIES] [--local-cache-age-ms 60000] [--soak] [--consumer-property k=v]…
 //! ```
 //!
 //! One run produces `--messages` records to a fresh topic, with `--dup-rate` of them repeating an
@@ -23,7 +23,9 @@
 //! `--local-cache N` puts a `CachedStore` of N completed keys (each kept at most
 //! `--local-cache-age-ms`) in front of the store: replays of keys seen completed are answered in
 //! process. `--soak` runs only the idemq consumer over 1,000,000 records (or `--messages`) and
-//! prints the process RSS at every 10%.
+//! prints the process RSS at every 10% (use `--broker tansu`: the mock broker lives in this
+//! process and keeps at most 100 000 records or 5 MB per partition). `--consumer-property`
+//! sets a librdkafka property on both consumers (e.g. `queued.max.messages.kbytes=8192`).
 //!
 //! Every run checks that the handler ran exactly once per distinct key and fails otherwise.
 //! Prints a table, then one JSON line.
@@ -55,6 +57,10 @@ use soak::RssSamples;
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// Records of this bench that fit in one partition of the mock broker (5 MB per partition, about
+/// 150 bytes per record), with a margin.
+const MOCK_RECORDS_PER_PARTITION: usize = 25_000;
+
 struct Args {
     broker: String,
     store: String,
@@ -67,6 +73,8 @@ struct Args {
     local_cache: usize,
     local_cache_age_ms: u64,
     soak: bool,
+    /// librdkafka consumer properties for both sides (`--consumer-property key=value`).
+    properties: Vec<(String, String)>,
 }
 
 fn parse_args() -> BoxResult<Args> {
@@ -82,6 +90,7 @@ fn parse_args() -> BoxResult<Args> {
         local_cache: 0,
         local_cache_age_ms: 60_000,
         soak: false,
+        properties: vec![("session.timeout.ms".into(), "6000".into())],
     };
     let mut messages = None;
     let mut it = std::env::args().skip(1);
@@ -102,6 +111,12 @@ fn parse_args() -> BoxResult<Args> {
             "--rounds" => a.rounds = v.parse()?,
             "--local-cache" => a.local_cache = v.parse()?,
             "--local-cache-age-ms" => a.local_cache_age_ms = v.parse()?,
+            "--consumer-property" => {
+                let (k, v) = v
+                    .split_once('=')
+                    .ok_or("--consumer-property takes key=value")?;
+                a.properties.push((k.into(), v.into()));
+            }
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -112,6 +127,16 @@ fn parse_args() -> BoxResult<Args> {
     });
     if !(0.0..1.0).contains(&a.dup_rate) {
         return Err("--dup-rate must be in [0, 1)".into());
+    }
+    // The mock broker keeps at most 100 000 records or 5 MB per partition and silently drops older
+    // ones, so a longer run would never finish.
+    if a.broker == "mock" && a.messages / a.partitions.max(1) as usize > MOCK_RECORDS_PER_PARTITION
+    {
+        return Err(format!(
+            "--broker mock keeps at most about {MOCK_RECORDS_PER_PARTITION} of these records per partition: \
+             use --broker tansu or more --partitions"
+        )
+        .into());
     }
     if a.messages == 0 || a.rounds == 0 || a.partitions <= 0 || a.partition_concurrency == 0 {
         return Err(
@@ -268,13 +293,13 @@ async fn handler_work(handler_us: u64) {
     }
 }
 
-fn consumer_config(bootstrap: &str, group: &str, extra: &[(&str, &str)]) -> ClientConfig {
+fn consumer_config(bootstrap: &str, group: &str, extra: &[(String, String)]) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest");
     for (k, v) in extra {
-        cfg.set(*k, *v);
+        cfg.set(k, v);
     }
     cfg
 }
@@ -285,7 +310,7 @@ async fn raw_read(
     group: &str,
     topic: &str,
     n: usize,
-    extra: &[(&str, &str)],
+    extra: &[(String, String)],
 ) -> BoxResult<Duration> {
     let consumer: StreamConsumer = consumer_config(bootstrap, group, extra).create()?;
     consumer.subscribe(&[topic])?;
@@ -319,7 +344,7 @@ async fn raw_at_least_once(
     group: &str,
     topic: &str,
     n: usize,
-    extra: &[(&str, &str)],
+    extra: &[(String, String)],
     concurrency: usize,
     handler_us: u64,
 ) -> BoxResult<Duration> {
@@ -440,7 +465,6 @@ struct Setup {
     store: Arc<dyn Store>,
     sent: Option<SentCounter>,
     cache: Option<LocalCache>,
-    extra: Vec<(&'static str, &'static str)>,
 }
 
 /// One measured phase: how long it took and the CPU each process group used.
@@ -472,14 +496,21 @@ async fn raw_phase(s: &Setup, round: u32) -> BoxResult<Phase> {
     let group = format!("raw-{}-{round}", s.run_id);
     let m = meter(&s.args.broker);
     let took = if s.args.handler_us == 0 {
-        raw_read(&s.bootstrap, &group, &s.topic, s.args.messages, &s.extra).await?
+        raw_read(
+            &s.bootstrap,
+            &group,
+            &s.topic,
+            s.args.messages,
+            &s.args.properties,
+        )
+        .await?
     } else {
         raw_at_least_once(
             &s.bootstrap,
             &group,
             &s.topic,
             s.args.messages,
-            &s.extra,
+            &s.args.properties,
             s.args.partition_concurrency,
             s.args.handler_us,
         )
@@ -522,8 +553,8 @@ async fn dedup_phase(
                 Ok::<_, HandlerError>(())
             }
         });
-    for (k, v) in &s.extra {
-        builder = builder.set(*k, *v);
+    for (k, v) in &s.args.properties {
+        builder = builder.set(k, v);
     }
     let consumer = builder.build()?;
     let stats = consumer.stats();
@@ -612,7 +643,6 @@ async fn run() -> BoxResult<()> {
         store,
         sent,
         cache,
-        extra: vec![("session.timeout.ms", "6000")],
     };
     if s.args.soak {
         return soak_run(&s).await;
