@@ -37,7 +37,8 @@ fn pids_named(name: &str) -> Vec<String> {
 /// The processes a benchmark reports on: a label and the pids behind it.
 pub struct CpuMeter {
     groups: Vec<(&'static str, Vec<String>)>,
-    start: Vec<Option<f64>>,
+    /// Per group, per pid: CPU seconds at the start of the phase.
+    start: Vec<Vec<Option<f64>>>,
 }
 
 /// CPU seconds per group over one phase.
@@ -66,7 +67,11 @@ impl CpuMeter {
 
     /// Starts a new phase now.
     pub fn restart(&mut self) {
-        self.start = self.groups.iter().map(|(_, pids)| total(pids)).collect();
+        self.start = self
+            .groups
+            .iter()
+            .map(|(_, pids)| pids.iter().map(|p| cpu_seconds(p)).collect())
+            .collect();
     }
 
     /// CPU used since the phase started.
@@ -76,22 +81,19 @@ impl CpuMeter {
             .iter()
             .zip(&self.start)
             .map(|((label, pids), start)| {
-                let used = match (start, total(pids)) {
-                    (Some(a), Some(b)) => Some(b - a),
-                    _ => None,
-                };
+                // Processes that ended (or started) during the phase are left out: on a shared
+                // machine other tests' short-lived servers come and go.
+                let deltas: Vec<f64> = pids
+                    .iter()
+                    .zip(start)
+                    .filter_map(|(p, a)| Some(cpu_seconds(p)? - (*a)?))
+                    .collect();
+                let used = (!deltas.is_empty()).then(|| deltas.iter().sum());
                 (*label, used)
             })
             .collect();
         CpuUse { groups }
     }
-}
-
-fn total(pids: &[String]) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
-    }
-    pids.iter().map(|p| cpu_seconds(p)).sum()
 }
 
 impl CpuUse {
