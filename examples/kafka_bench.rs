@@ -464,7 +464,6 @@ struct Setup {
     distinct: usize,
     store: Arc<dyn Store>,
     sent: Option<SentCounter>,
-    cache: Option<LocalCache>,
 }
 
 /// One measured phase: how long it took and the CPU each process group used.
@@ -479,6 +478,8 @@ struct DedupPhase {
     runs: u64,
     replayed: u64,
     store_cmds: f64,
+    /// Store calls (claim, complete, …) per message that reached the store.
+    store_ops: f64,
     cache_hits: u64,
     /// Mean µs of a claim and of a complete, as the consumer waited for them.
     latency_us: (Option<f64>, Option<f64>),
@@ -529,9 +530,15 @@ async fn dedup_phase(
     mut rss: Option<&mut RssSamples>,
 ) -> BoxResult<DedupPhase> {
     let a = &s.args;
+    // Counting sits between the local cache (a fresh one per phase, as each phase has its own
+    // scope) and the store, so it sees what reaches the store.
     let counting = Arc::new(Counting::new(s.store.clone()));
+    let (store, cache): (Arc<dyn Store>, Option<LocalCache>) = with_local_cache(
+        counting.clone(),
+        a.local_cache,
+        Duration::from_millis(a.local_cache_age_ms),
+    );
     let sent_before = s.sent.as_ref().map(|f| f());
-    let hits_before = s.cache.as_ref().map_or(0, |c| c.hits());
     let handler_runs = Arc::new(AtomicU64::new(0));
     let runs = handler_runs.clone();
     let handler_us = a.handler_us;
@@ -540,7 +547,7 @@ async fn dedup_phase(
         .bootstrap_servers(&s.bootstrap)
         .group_id(&group)
         .topic(&s.topic)
-        .store(counting.clone())
+        .store(store)
         .engine_config(bench_engine(&group))
         .partition_concurrency(a.partition_concurrency)
         .max_in_flight(a.partition_concurrency * a.partitions as usize)
@@ -586,8 +593,9 @@ async fn dedup_phase(
     let cpu = m.read();
     // Commands of the consumer run are the per-message cost; neither counter includes any else.
     // Redis reports what it sent (a batch of claims or completes is one command); other stores
-    // count operations (behind the local cache, if any: hits are not counted).
+    // count operations; local cache hits reach neither.
     let store_cmds = bench_store::per_message(&s.sent, sent_before, &counting, a.messages as f64);
+    let store_ops = bench_store::ops_per_message(&counting, a.messages as f64);
     stop.cancel();
     let summary = task.await?;
     let runs = handler_runs.load(Ordering::Relaxed);
@@ -599,7 +607,8 @@ async fn dedup_phase(
         runs,
         replayed: summary.replayed,
         store_cmds,
-        cache_hits: s.cache.as_ref().map_or(0, |c| c.hits()) - hits_before,
+        store_ops,
+        cache_hits: cache.as_ref().map_or(0, |c| c.hits()),
         latency_us: counting.mean_latency_us(),
     })
 }
@@ -629,20 +638,14 @@ async fn run() -> BoxResult<()> {
         distinct
     };
     let (inner, sent) = open_store(&args.store).await?;
-    let (store, cache) = with_local_cache(
-        inner,
-        args.local_cache,
-        Duration::from_millis(args.local_cache_age_ms),
-    );
     let s = Setup {
         args,
         bootstrap,
         topic,
         run_id,
         distinct,
-        store,
+        store: inner,
         sent,
-        cache,
     };
     if s.args.soak {
         return soak_run(&s).await;
@@ -673,11 +676,11 @@ async fn soak_run(s: &Setup) -> BoxResult<()> {
     let rate = a.messages as f64 / d.phase.took.as_secs_f64().max(1e-9);
     rss.print_table();
     println!(
-        "| broker | store | messages | handler µs | idemq msg/s | handler runs | distinct keys | replays | store cmds/msg | local cache hits |"
+        "| broker | store | messages | handler µs | idemq msg/s | handler runs | distinct keys | replays | store cmds/msg | store ops/msg | local cache hits |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.3} | {} |",
+        "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.3} | {:.3} | {} |",
         a.broker,
         scheme(&a.store),
         a.messages,
@@ -687,6 +690,7 @@ async fn soak_run(s: &Setup) -> BoxResult<()> {
         s.distinct,
         d.replayed,
         d.store_cmds,
+        d.store_ops,
         d.cache_hits
     );
     let mut json = serde_json::Map::new();
@@ -704,6 +708,7 @@ async fn soak_run(s: &Setup) -> BoxResult<()> {
             "store_cmds_per_msg",
             serde_json::json!(round3(d.store_cmds)),
         ),
+        ("store_ops_per_msg", serde_json::json!(round3(d.store_ops))),
         ("local_cache", serde_json::json!(a.local_cache)),
         ("local_cache_hits", serde_json::json!(d.cache_hits)),
     ] {
@@ -738,14 +743,14 @@ fn report(s: &Setup, raws: &[Phase], dedups: &[DedupPhase]) {
     let a = &s.args;
     let n = a.messages as f64;
     let rate = |took: Duration| n / took.as_secs_f64().max(1e-9);
-    println!("| round | broker | store | messages | dup rate | partitions | partition concurrency | handler µs | raw msg/s | idemq msg/s | ratio | handler runs | distinct keys | replays | store cmds/msg | local cache hits | claim / complete µs | CPU/msg raw | CPU/msg idemq |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| round | broker | store | messages | dup rate | partitions | partition concurrency | handler µs | raw msg/s | idemq msg/s | ratio | handler runs | distinct keys | replays | store cmds/msg | store ops/msg | local cache hits | claim / complete µs | CPU/msg raw | CPU/msg idemq |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for (i, (r, d)) in raws.iter().zip(dedups).enumerate() {
         let ratio = rate(d.phase.took) / rate(r.took);
         ratios.push(ratio);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {:.3} | {} | {} / {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {:.3} | {:.3} | {} | {} / {} | {} | {} |",
             i + 1,
             a.broker,
             scheme(&a.store),
@@ -761,6 +766,7 @@ fn report(s: &Setup, raws: &[Phase], dedups: &[DedupPhase]) {
             s.distinct,
             d.replayed,
             d.store_cmds,
+            d.store_ops,
             d.cache_hits,
             fmt_us(d.latency_us.0),
             fmt_us(d.latency_us.1),
@@ -788,6 +794,7 @@ fn report(s: &Setup, raws: &[Phase], dedups: &[DedupPhase]) {
             "handler_runs": dedups.iter().map(|d| d.runs).sum::<u64>(),
             "distinct_keys": s.distinct * dedups.len(),
             "store_cmds_per_msg": (cmds * 100.0).round() / 100.0,
+            "store_ops_per_msg": round3(dedups.iter().map(|d| d.store_ops).sum::<f64>() / dedups.len() as f64),
             "local_cache": a.local_cache, "local_cache_age_ms": a.local_cache_age_ms,
             "local_cache_hits": dedups.iter().map(|d| d.cache_hits).sum::<u64>(),
             "claim_us": mean_of(dedups.iter().map(|d| d.latency_us.0)),

@@ -137,6 +137,11 @@ impl Counting {
     }
 }
 
+/// Store operations (calls that reached the store) per message.
+pub fn ops_per_message(counting: &Counting, messages: f64) -> f64 {
+    counting.calls.load(Ordering::Relaxed) as f64 / messages
+}
+
 /// Store commands per message between `before` (the sent count at the start of the phase) and
 /// now: what Redis sent when it counts, otherwise the calls `counting` saw.
 pub fn per_message(
