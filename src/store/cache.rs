@@ -11,7 +11,7 @@ use crate::outcome::Outcome;
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -272,10 +272,11 @@ impl<S: Store> Store for CachedStore<S> {
 #[derive(Debug)]
 struct Bounded<V> {
     capacity: usize,
-    map: HashMap<RecordKey, Slot<V>>,
+    /// Keys are shared with `order`, so each key's strings are held once.
+    map: HashMap<Arc<RecordKey>, Slot<V>>,
     /// Insertion order; an item whose sequence number no longer matches the map's is stale and
     /// skipped (removals and replacements do not search the queue).
-    order: VecDeque<(u64, RecordKey)>,
+    order: VecDeque<(u64, Arc<RecordKey>)>,
     next: u64,
 }
 
@@ -328,8 +329,9 @@ impl<V> Bounded<V> {
             expires_at,
             value,
         };
+        let key = Arc::new(key.clone());
         self.map.insert(key.clone(), slot);
-        self.order.push_back((seq, key.clone()));
+        self.order.push_back((seq, key));
         while self.map.len() > self.capacity {
             let Some((seq, oldest)) = self.order.pop_front() else {
                 break;
@@ -338,9 +340,11 @@ impl<V> Bounded<V> {
                 self.map.remove(&oldest);
             }
         }
-        // Stale queue items (removed or replaced keys) are dropped in bulk, so the queue stays
-        // within a constant factor of the map and the work per insert is constant on average.
-        if self.order.len() > 2 * self.capacity + 64 {
+        // Stale queue items (removed or replaced keys) are dropped in bulk once they outnumber
+        // the live ones, so the queue stays within a constant factor of the map (which may be
+        // far below capacity, e.g. claims awaiting their complete) and the work per insert is
+        // constant on average.
+        if self.order.len() > 2 * self.map.len() + 64 {
             let map = &self.map;
             self.order
                 .retain(|(seq, k)| map.get(k).is_some_and(|s| s.seq == *seq));
@@ -570,6 +574,22 @@ mod tests {
         }
         assert!(store.lock().done.order.len() <= 2 * 3 + 64 + 1);
         assert!(store.lock().claimed.map.len() <= 3);
+        // Claims completed at once leave no live entry; their queue stays short too.
+        assert!(store.lock().claimed.order.len() <= 64 + 1);
+    }
+
+    #[tokio::test]
+    async fn bookkeeping_follows_live_entries_not_capacity() {
+        // Every claim is completed at once, so no claim is awaiting its complete: the queue of
+        // claims must not grow towards the (large) capacity.
+        let (_inner, store) = cached(10_000, Duration::from_secs(60));
+        for i in 0..3000 {
+            process(&store, &key(&format!("k{i}")), &fp("p"), "done").await;
+        }
+        let st = store.lock();
+        assert!(st.claimed.map.is_empty());
+        assert!(st.claimed.order.len() <= 65, "{}", st.claimed.order.len());
+        assert_eq!(st.done.map.len(), 3000);
     }
 
     #[tokio::test]
