@@ -29,6 +29,8 @@ use tokio::time::Instant;
 /// Bounds: at most `capacity` completed keys (the oldest inserted is evicted first) and the same
 /// number of claims awaiting their `complete`; an entry is served for at most `max_age`, and never
 /// past the retention the record was written or claimed with. `capacity == 0` disables caching.
+/// An entry costs its key, its outcome body and about 0.5 KiB of bookkeeping (measured: 100 000
+/// entries with short keys and outcomes took about 70 MiB of resident memory).
 ///
 /// # What it trades
 ///
@@ -167,7 +169,7 @@ impl<S: Store> Store for CachedStore<S> {
                 if st.epoch == epoch {
                     let done = Done {
                         fingerprint: *req.fingerprint,
-                        outcome: outcome.clone(),
+                        outcome: own(outcome),
                     };
                     st.done.insert(req.key, done, now + self.ttl(req.retention));
                 }
@@ -212,7 +214,7 @@ impl<S: Store> Store for CachedStore<S> {
                     if t == token && st.epoch == epoch && !st.done.contains(key) {
                         let done = Done {
                             fingerprint,
-                            outcome: outcome.clone(),
+                            outcome: own(outcome),
                         };
                         st.done
                             .insert(key, done, Instant::now() + self.ttl(retention));
@@ -265,6 +267,15 @@ impl<S: Store> Store for CachedStore<S> {
         count: usize,
     ) -> Result<ScanPage, StoreError> {
         self.inner.scan(scope, filter, cursor, count).await
+    }
+}
+
+/// A copy of `outcome` whose body owns exactly its bytes: a body sliced out of a larger buffer (a
+/// whole reply, say) would keep that buffer alive for as long as the entry is cached.
+fn own(outcome: &Outcome) -> Outcome {
+    Outcome {
+        status: outcome.status,
+        body: bytes::Bytes::copy_from_slice(&outcome.body),
     }
 }
 
