@@ -205,13 +205,17 @@ impl<S: Store> Store for CachedStore<S> {
         let epoch = self.lock().epoch;
         let fence = self.inner.complete(key, token, outcome, retention).await?;
         let mut st = self.lock();
-        let claimed = st.claimed.take(key);
+        // Only this token's claim is settled here; a newer claim of the key stays remembered.
+        let claimed = match st.claimed.map.get(key) {
+            Some(slot) if slot.value.0 == token => st.claimed.take(key),
+            _ => None,
+        };
         match fence {
             Fence::Held => {
                 // Only a claim this wrapper saw tells which fingerprint the record holds; a
                 // repeated complete keeps the first outcome, so an entry already cached stays.
-                if let Some((t, fingerprint)) = claimed {
-                    if t == token && st.epoch == epoch && !st.done.contains(key) {
+                if let Some((_, fingerprint)) = claimed {
+                    if st.epoch == epoch && !st.done.contains(key) {
                         let done = Done {
                             fingerprint,
                             outcome: own(outcome),
@@ -601,6 +605,47 @@ mod tests {
         assert!(st.claimed.map.is_empty());
         assert!(st.claimed.order.len() <= 65, "{}", st.claimed.order.len());
         assert_eq!(st.done.map.len(), 3000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_complete_keeps_the_newer_claim_cacheable() {
+        let (inner, store) = cached(10, Duration::from_secs(60));
+        let k = key("takeover");
+        let f = fp("p");
+        let short = ClaimRequest::new(&k, &f, Duration::from_secs(1), RETENTION);
+        let Claim::Acquired { token: old, .. } = store.claim(&short).await.expect("claim") else {
+            panic!("expected Acquired");
+        };
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // The lease expired: a second claim takes over with a newer token.
+        let Claim::Acquired { token: new, .. } = claim(&store, &k, &f).await else {
+            panic!("expected a takeover");
+        };
+        let ok = Outcome::succeeded("x");
+        assert_eq!(
+            store
+                .complete(&k, old, &ok, RETENTION)
+                .await
+                .expect("complete"),
+            Fence::Lost
+        );
+        assert_eq!(
+            store
+                .complete(&k, new, &ok, RETENTION)
+                .await
+                .expect("complete"),
+            Fence::Held
+        );
+        let before = claims(&inner);
+        assert!(matches!(
+            claim(&store, &k, &f).await,
+            Claim::Completed { .. }
+        ));
+        assert_eq!(
+            claims(&inner),
+            before,
+            "the owner's completion must be cached"
+        );
     }
 
     #[tokio::test]
