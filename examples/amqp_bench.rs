@@ -2,14 +2,21 @@
 //!
 //! ```text
 //! cargo run --release --features amqp,redis --example amqp_bench -- \
-//!     --store memory|redis://127.0.0.1:6379 --messages 20000 --dup-rate 0.2 [--rounds 3]
+//!     --store memory|redis://127.0.0.1:6379 --messages 20000 --dup-rate 0.2 [--rounds 3] \
+//!     [--prefetch 256] [--concurrency 64] [--handler-us 0] [--local-cache ENTRIES] \
+//!     [--local-cache-age-ms 60000] [--soak]
 //! ```
 //!
 //! Each round publishes an identical copy of the data (N messages, a fraction `--dup-rate` of them
 //! duplicates of earlier keys) to two fresh queues, then runs both consumers with the same prefetch
-//! and a trivial handler, one after the other; which one goes first alternates between rounds, so
-//! drift in the machine's load falls on both alike. The raw consumer acks every message; the idemq
-//! consumer claims every key, stores every outcome and acks replays without running the handler.
+//! and the same handler, one after the other; which one goes first alternates between rounds, so
+//! drift in the machine's load falls on both alike. The handler parses the JSON body and awaits
+//! `--handler-us` µs (`tokio::time::sleep`, millisecond timer resolution; 0 by default). The raw
+//! consumer runs up to `--concurrency` handlers at once and acks each message after its handler;
+//! the idemq consumer claims every key, stores every outcome and acks replays without running the
+//! handler. `--local-cache N` puts a `CachedStore` of N completed keys in front of the store.
+//! `--soak` runs only the idemq consumer over 1,000,000 messages (or `--messages`), published while
+//! it consumes, and prints the process RSS at every 10%; its records are left to expire.
 //! Every round checks `handler_runs == distinct_keys` and fails otherwise; the idemq records are
 //! deleted after each round (outside the measurement), so expiring keys do not load Redis later.
 //!
@@ -38,9 +45,15 @@ use std::time::{Duration, Instant};
 mod bench_store;
 #[path = "shared/cpu.rs"]
 mod cpu;
-use bench_store::{bench_engine, open_store, Counting, SentCounter};
+#[path = "shared/soak.rs"]
+mod soak;
+use bench_store::{bench_engine, open_store, with_local_cache, Counting, LocalCache, SentCounter};
 use cpu::{CpuMeter, CpuUse};
 use idemq::amqp::ConsumerStats;
+use soak::RssSamples;
+
+/// The processes whose CPU the benchmark reports besides its own.
+const CPU_GROUPS: [(&str, &str); 2] = [("rabbitmq", "beam.smp"), ("redis", "redis-server")];
 
 struct Args {
     amqp_url: String,
@@ -50,6 +63,10 @@ struct Args {
     prefetch: u16,
     concurrency: usize,
     rounds: u32,
+    handler_us: u64,
+    local_cache: usize,
+    local_cache_age_ms: u64,
+    soak: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -61,24 +78,41 @@ fn parse() -> Result<Args, String> {
         prefetch: 256,
         concurrency: 64,
         rounds: 3,
+        handler_us: 0,
+        local_cache: 0,
+        local_cache_age_ms: 60_000,
+        soak: false,
     };
+    let mut messages = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--soak" {
+            a.soak = true;
+            continue;
+        }
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: String| format!("{flag}: {e}");
         match flag.as_str() {
             "--amqp-url" => a.amqp_url = v,
             "--store" => a.store = v,
-            "--messages" => a.messages = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "--messages" => messages = Some(v.parse().map_err(|e| bad(format!("{e}")))?),
             "--dup-rate" => a.dup_rate = v.parse().map_err(|e| bad(format!("{e}")))?,
             "--prefetch" => a.prefetch = v.parse().map_err(|e| bad(format!("{e}")))?,
             "--concurrency" => a.concurrency = v.parse().map_err(|e| bad(format!("{e}")))?,
             "--rounds" => a.rounds = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "--handler-us" => a.handler_us = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "--local-cache" => a.local_cache = v.parse().map_err(|e| bad(format!("{e}")))?,
+            "--local-cache-age-ms" => {
+                a.local_cache_age_ms = v.parse().map_err(|e| bad(format!("{e}")))?
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if !(0.0..1.0).contains(&a.dup_rate) || a.messages == 0 || a.rounds == 0 {
-        return Err("--dup-rate must be in [0, 1), --messages and --rounds positive".into());
+    a.messages = messages.unwrap_or(if a.soak { soak::SOAK_MESSAGES } else { 20_000 });
+    if !(0.0..1.0).contains(&a.dup_rate) || a.messages == 0 || a.rounds == 0 || a.concurrency == 0 {
+        return Err(
+            "--dup-rate must be in [0, 1), --messages, --rounds and --concurrency positive".into(),
+        );
     }
     Ok(a)
 }
@@ -158,8 +192,24 @@ async fn publish_all(
     Ok(())
 }
 
-/// Plain lapin: consume, run the trivial handler, ack.
-async fn raw(url: &str, queue: &str, n: u64, prefetch: u16) -> Result<Duration, lapin::Error> {
+/// The handler both sides run: parse the body, await `handler_us` µs (nothing at 0).
+async fn handler_work(body: &[u8], handler_us: u64) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if handler_us > 0 {
+        tokio::time::sleep(Duration::from_micros(handler_us)).await;
+    }
+    v
+}
+
+/// Plain lapin: consume, run the handler (at most `concurrency` at once), ack after it.
+async fn raw(
+    url: &str,
+    queue: &str,
+    n: u64,
+    prefetch: u16,
+    concurrency: usize,
+    handler_us: u64,
+) -> Result<Duration, lapin::Error> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
@@ -172,17 +222,26 @@ async fn raw(url: &str, queue: &str, n: u64, prefetch: u16) -> Result<Duration, 
             FieldTable::default(),
         )
         .await?;
-    // Acks run concurrently (one task per delivery, bounded by the prefetch), like the idemq
-    // consumer, so the baseline is not limited by awaiting each ack in turn.
+    // Handlers and acks run concurrently (one task per delivery, at most `concurrency` at once,
+    // as in the idemq consumer), so the baseline is not limited by awaiting each ack in turn.
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     let mut taken = 0;
     while let Some(d) = consumer.next().await {
         let d = d?;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         tasks.spawn(async move {
-            let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
-            std::hint::black_box(v);
-            d.ack(BasicAckOptions::default()).await
+            std::hint::black_box(handler_work(&d.data, handler_us).await);
+            let acked = d.ack(BasicAckOptions::default()).await;
+            drop(slot);
+            acked
         });
+        // Reap finished tasks as we go, so a long run does not hold every result.
+        while let Some(r) = tasks.try_join_next() {
+            r.map_err(|e| lapin::Error::from(std::io::Error::other(e)))??;
+        }
         taken += 1;
         if taken == n {
             break;
@@ -215,7 +274,12 @@ struct DedupRound {
     phase: Phase,
     handler_runs: u64,
     store_cmds: f64,
+    /// Store calls (claim, complete, …) per message that reached the store.
+    store_ops: f64,
     totals: ConsumerStats,
+    cache_hits: u64,
+    /// Mean µs of a claim and of a complete, as the consumer waited for them.
+    latency_us: (Option<f64>, Option<f64>),
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -232,9 +296,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (inner, sent) = open_store(&a.store)
         .await
         .map_err(|e| e as Box<dyn std::error::Error>)?;
+    let store = Stores { inner, sent };
     let setup = Connection::connect(&a.amqp_url, ConnectionProperties::default()).await?;
     let ch = setup.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    if a.soak {
+        let result = soak_run(&a, &ch, &tag, &store, distinct).await;
+        setup.close(200, "done".into()).await?;
+        return result;
+    }
 
     let (mut raws, mut dedups) = (Vec::new(), Vec::new());
     for round in 0..a.rounds {
@@ -255,10 +325,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let r = raw_phase(&a, &q_raw).await?;
             (
                 r,
-                dedup_phase(&a, &q_dedup, &rtag, &inner, &sent, distinct).await?,
+                dedup_phase(&a, &q_dedup, &rtag, &store, distinct, None).await?,
             )
         } else {
-            let d = dedup_phase(&a, &q_dedup, &rtag, &inner, &sent, distinct).await?;
+            let d = dedup_phase(&a, &q_dedup, &rtag, &store, distinct, None).await?;
             (raw_phase(&a, &q_raw).await?, d)
         };
         for q in [&q_raw, &q_dedup] {
@@ -274,35 +344,55 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The plain lapin consumer over `queue`, measured.
 async fn raw_phase(a: &Args, queue: &str) -> Result<Phase, Box<dyn std::error::Error>> {
-    let meter = CpuMeter::new();
-    let took = raw(&a.amqp_url, queue, a.messages, a.prefetch).await?;
+    let meter = CpuMeter::new(&CPU_GROUPS);
+    let took = raw(
+        &a.amqp_url,
+        queue,
+        a.messages,
+        a.prefetch,
+        a.concurrency,
+        a.handler_us,
+    )
+    .await?;
     Ok(Phase {
         took,
         cpu: meter.read(),
     })
 }
 
-/// The idemq consumer over `queue` until every message is settled, measured; its records are
-/// deleted afterwards (outside the measurement) so that expiring keys do not load the next round.
+/// The store a run uses and what Redis reports it sent.
+struct Stores {
+    inner: Arc<dyn Store>,
+    sent: Option<SentCounter>,
+}
+
+/// The idemq consumer over `queue` until every message is settled, measured. Without `rss` its
+/// records are deleted afterwards (outside the measurement) so that expiring keys do not load the
+/// next round; with `rss` (a soak) memory is sampled at every 10% and the records left to expire.
 async fn dedup_phase(
     a: &Args,
     queue: &str,
     rtag: &str,
-    store: &Arc<dyn Store>,
-    sent: &Option<SentCounter>,
+    stores: &Stores,
     distinct: u64,
+    mut rss: Option<&mut RssSamples>,
 ) -> Result<DedupRound, Box<dyn std::error::Error>> {
+    let (store, sent) = (&stores.inner, &stores.sent);
     let counting = Arc::new(Counting::new(store.clone()));
     let sent_before = sent.as_ref().map(|f| f());
     let runs = Arc::new(AtomicU64::new(0));
     let counter = runs.clone();
     let scope = format!("bench-{rtag}");
-    // Redis counts its own round trips; other stores are counted by the wrapper. Redis runs
-    // unwrapped, as users run it.
-    let measured: Arc<dyn Store> = match sent {
-        Some(_) => store.clone(),
-        None => counting.clone(),
-    };
+    let handler_us = a.handler_us;
+    // Redis counts its own round trips, other stores are counted by the wrapper; the wrapper
+    // also times claims and completes (two clock readings per call, nothing measurable). It sits
+    // between the local cache (a fresh one per phase: each phase has its own scope) and the
+    // store, so it sees what reaches the store.
+    let (measured, cache): (Arc<dyn Store>, Option<LocalCache>) = with_local_cache(
+        counting.clone(),
+        a.local_cache,
+        Duration::from_millis(a.local_cache_age_ms),
+    );
     let consumer = AmqpConsumer::builder(&a.amqp_url, queue)
         .store(measured)
         .engine_config(bench_engine(scope.clone()))
@@ -311,8 +401,7 @@ async fn dedup_phase(
         .handler(move |ctx: HandlerContext| {
             let counter = counter.clone();
             async move {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&ctx.message.payload).unwrap_or_default();
+                let v = handler_work(&ctx.message.payload, handler_us).await;
                 counter.fetch_add(1, Ordering::Relaxed);
                 Ok::<_, HandlerError>(v["amount"].clone())
             }
@@ -320,10 +409,17 @@ async fn dedup_phase(
         .build()?;
     let stats = consumer.stats();
     let stop = CancellationToken::new();
-    let meter = CpuMeter::new();
+    let meter = CpuMeter::new(&CPU_GROUPS);
     let start = Instant::now();
     let running = tokio::spawn(consumer.run(stop.clone()));
-    while stats.snapshot().settled() < a.messages {
+    loop {
+        let settled = stats.snapshot().settled();
+        if let Some(r) = rss.as_deref_mut() {
+            r.observe(settled);
+        }
+        if settled >= a.messages {
+            break;
+        }
         if running.is_finished() {
             return Err("idemq consumer stopped early".into());
         }
@@ -332,9 +428,13 @@ async fn dedup_phase(
     let took = start.elapsed();
     let cpu = meter.read();
     let store_cmds = bench_store::per_message(sent, sent_before, &counting, a.messages as f64);
+    let store_ops = bench_store::ops_per_message(&counting, a.messages as f64);
     stop.cancel();
     let totals = running.await??;
-    forget_records(store.clone(), &scope, distinct).await?;
+    let cache_hits = cache.as_ref().map_or(0, |c| c.hits());
+    if rss.is_none() {
+        forget_records(store.clone(), &scope, distinct).await?;
+    }
     let handler_runs = runs.load(Ordering::Relaxed);
     if handler_runs != distinct {
         return Err(format!("handler ran {handler_runs} times for {distinct} keys").into());
@@ -343,26 +443,11 @@ async fn dedup_phase(
         phase: Phase { took, cpu },
         handler_runs,
         store_cmds,
+        store_ops,
         totals,
+        cache_hits,
+        latency_us: counting.mean_latency_us(),
     })
-}
-
-/// CPU seconds per process group summed over phases.
-fn cpu_sum<'a>(phases: impl Iterator<Item = &'a Phase>) -> CpuUse {
-    let mut groups: Vec<(&'static str, Option<f64>)> = Vec::new();
-    for p in phases {
-        if groups.is_empty() {
-            groups = p.cpu.groups.clone();
-            continue;
-        }
-        for (sum, (_, s)) in groups.iter_mut().zip(&p.cpu.groups) {
-            sum.1 = match (sum.1, s) {
-                (Some(a), Some(b)) => Some(a + b),
-                _ => None,
-            };
-        }
-    }
-    CpuUse { groups }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -373,6 +458,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// Mean of the known values, rounded to whole µs.
+fn mean_of(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let known: Vec<f64> = v.flatten().collect();
+    (!known.is_empty()).then(|| (known.iter().sum::<f64>() / known.len() as f64).round())
+}
+
+fn fmt_us(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
 }
 
 fn round3(x: f64) -> f64 {
@@ -386,30 +481,34 @@ fn report(
     dedups: &[DedupRound],
 ) -> Result<(), Box<dyn std::error::Error>> {
     let rate = |took: Duration| a.messages as f64 / took.as_secs_f64();
-    println!("| round | consumer | store | messages | dup rate | seconds | msgs/s | handler runs | store cmds/msg | ack frames/msg | CPU per message |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| round | consumer | store | messages | dup rate | handler µs | seconds | msgs/s | handler runs | store cmds/msg | claim / complete µs | ack frames/msg | CPU per message |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for (i, (r, d)) in raws.iter().zip(dedups).enumerate() {
         println!(
-            "| {} | raw lapin | - | {} | {} | {:.3} | {:.0} | {} | - | 1 | {} |",
+            "| {} | raw lapin | - | {} | {} | {} | {:.3} | {:.0} | {} | - | - | 1 | {} |",
             i + 1,
             a.messages,
             a.dup_rate,
+            a.handler_us,
             r.took.as_secs_f64(),
             rate(r.took),
             a.messages,
             r.cpu.per_message(a.messages)
         );
         println!(
-            "| {} | idemq | {} | {} | {} | {:.3} | {:.0} | {} | {:.3} | {:.3} | {} |",
+            "| {} | idemq | {} | {} | {} | {} | {:.3} | {:.0} | {} | {:.3} | {} / {} | {:.3} | {} |",
             i + 1,
             a.store,
             a.messages,
             a.dup_rate,
+            a.handler_us,
             d.phase.took.as_secs_f64(),
             rate(d.phase.took),
             d.handler_runs,
             d.store_cmds,
+            fmt_us(d.latency_us.0),
+            fmt_us(d.latency_us.1),
             d.totals.ack_frames as f64 / a.messages as f64,
             d.phase.cpu.per_message(a.messages)
         );
@@ -422,13 +521,13 @@ fn report(
         total as f64 / raw_took.as_secs_f64(),
         total as f64 / dedup_took.as_secs_f64(),
     );
-    let raw_cpu = cpu_sum(raws.iter());
-    let dedup_cpu = cpu_sum(dedups.iter().map(|d| &d.phase));
+    let raw_cpu = cpu::sum(raws.iter().map(|r| &r.cpu));
+    let dedup_cpu = cpu::sum(dedups.iter().map(|d| &d.phase.cpu));
     println!(
         "{}",
         serde_json::json!({
             "store": a.store, "messages": a.messages, "rounds": a.rounds, "dup_rate": a.dup_rate,
-            "prefetch": a.prefetch, "concurrency": a.concurrency,
+            "prefetch": a.prefetch, "concurrency": a.concurrency, "handler_us": a.handler_us,
             "raw_msgs_per_s": raw_rate.round(), "dedup_msgs_per_s": dedup_rate.round(),
             "ratio": round3(dedup_rate / raw_rate),
             "round_ratios": ratios.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
@@ -438,9 +537,71 @@ fn report(
             "replayed": dedups.iter().map(|d| d.totals.acked_replayed).sum::<u64>(),
             "dead_lettered": dedups.iter().map(|d| d.totals.dead_lettered + d.totals.rejected).sum::<u64>(),
             "store_cmds_per_msg": round3(dedups.iter().map(|d| d.store_cmds).sum::<f64>() / dedups.len() as f64),
+            "store_ops_per_msg": round3(dedups.iter().map(|d| d.store_ops).sum::<f64>() / dedups.len() as f64),
             "ack_frames_per_msg": round3(dedups.iter().map(|d| d.totals.ack_frames).sum::<u64>() as f64 / total as f64),
+            "local_cache": a.local_cache, "local_cache_age_ms": a.local_cache_age_ms,
+            "local_cache_hits": dedups.iter().map(|d| d.cache_hits).sum::<u64>(),
+            "claim_us": mean_of(dedups.iter().map(|d| d.latency_us.0)),
+            "complete_us": mean_of(dedups.iter().map(|d| d.latency_us.1)),
             "cpu_us_per_msg": {"raw": raw_cpu.json(total), "idemq": dedup_cpu.json(total)},
         })
     );
+    Ok(())
+}
+
+/// Only the idemq consumer over `a.messages` messages, published into its queue while it
+/// consumes, sampling RSS at every 10%.
+async fn soak_run(
+    a: &Args,
+    ch: &Channel,
+    tag: &str,
+    stores: &Stores,
+    distinct: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let queue = format!("bench-soak-{tag}");
+    declare(ch, &queue).await?;
+    eprintln!(
+        "soak: publishing {} messages ({distinct} distinct keys) while the idemq consumer runs…",
+        a.messages
+    );
+    let publisher = {
+        let (ch, queue, n) = (ch.clone(), queue.clone(), a.messages);
+        tokio::spawn(async move { publish_all(&ch, &[&queue], n, distinct).await })
+    };
+    let mut rss = RssSamples::new(a.messages);
+    let d = dedup_phase(a, &queue, tag, stores, distinct, Some(&mut rss)).await?;
+    publisher.await??;
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    let rate = a.messages as f64 / d.phase.took.as_secs_f64();
+    rss.print_table();
+    println!("| store | messages | handler µs | idemq msgs/s | handler runs | distinct keys | store cmds/msg | local cache hits |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {rate:.0} | {} | {distinct} | {:.3} | {} |",
+        a.store, a.messages, a.handler_us, d.handler_runs, d.store_cmds, d.cache_hits
+    );
+    let mut json = serde_json::Map::new();
+    for (k, v) in [
+        ("mode", serde_json::json!("soak")),
+        ("store", serde_json::json!(a.store)),
+        ("messages", serde_json::json!(a.messages)),
+        ("dup_rate", serde_json::json!(a.dup_rate)),
+        ("handler_us", serde_json::json!(a.handler_us)),
+        ("dedup_msgs_per_s", serde_json::json!(rate.round())),
+        ("handler_runs", serde_json::json!(d.handler_runs)),
+        ("distinct_keys", serde_json::json!(distinct)),
+        (
+            "store_cmds_per_msg",
+            serde_json::json!(round3(d.store_cmds)),
+        ),
+        ("store_ops_per_msg", serde_json::json!(round3(d.store_ops))),
+        ("local_cache", serde_json::json!(a.local_cache)),
+        ("local_cache_hits", serde_json::json!(d.cache_hits)),
+    ] {
+        json.insert(k.into(), v);
+    }
+    rss.json_fields(&mut json);
+    println!("{}", serde_json::Value::Object(json));
     Ok(())
 }

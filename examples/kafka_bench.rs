@@ -1,34 +1,65 @@
 //! Throughput of the idemq Kafka consumer against a raw rdkafka consumer over the same records.
 //!
 //! ```text
-//! cargo run --release --example kafka_bench -- --broker mock|tansu --store memory|redis://127.0.0.1:6379 \
-//!     --messages 20000 --dup-rate 0.2 [--partitions 4] [--partition-concurrency 32]
+//! cargo run --release --features redis --example kafka_bench -- --broker mock|tansu \
+//!     --store memory|redis://127.0.0.1:6379 --messages 20000 --dup-rate 0.2 [--partitions 4] \
+//!     [--partition-concurrency 32] [--handler-us 0] [--rounds 1] \
+//!     [--local-cache ENTRIES] [--local-cache-age-ms 60000] [--soak] [--consumer-property k=v]…
 //! ```
 //!
 //! One run produces `--messages` records to a fresh topic, with `--dup-rate` of them repeating an
-//! earlier key (duplicate publishes). A raw `StreamConsumer` (auto commit, no-op handler) reads
-//! them all, then the idemq consumer (claim, no-op handler, store outcome, batched commits) reads
-//! the same records in its own group. Each rate is measured from the first record received to the
-//! last record finished, so the group join is not counted. Prints a table, then one JSON line.
+//! earlier key (duplicate publishes). Each round then reads them all with a raw consumer and with
+//! the idemq consumer (claim, handler, store outcome, batched commits), each in its own group;
+//! which one goes first alternates between rounds so drift in the machine's load falls on both.
+//! Each rate is measured from the first record received to the last record finished, so the group
+//! join is not counted.
+//!
+//! The handler awaits `--handler-us` µs (`tokio::time::sleep`, whose timer has millisecond
+//! resolution). With 0 (the default) the raw side is a `StreamConsumer` with auto commit and no
+//! handler, the bare cost of reading. Above 0 the raw side is a hand-written at-least-once
+//! consumer running the same handler: up to `--partition-concurrency` handlers per partition, the
+//! offset of a partition stored (then auto-committed) only up to its lowest unfinished record.
+//!
+//! `--local-cache N` puts a `CachedStore` of N completed keys (each kept at most
+//! `--local-cache-age-ms`) in front of the store: replays of keys seen completed are answered in
+//! process. `--soak` runs only the idemq consumer over 1,000,000 records (or `--messages`) and
+//! prints the process RSS at every 10% (use `--broker tansu`: the mock broker lives in this
+//! process and keeps at most 100 000 records or 5 MB per partition). `--consumer-property`
+//! sets a librdkafka property on both consumers (e.g. `queued.max.messages.kbytes=8192`).
+//!
+//! Every run checks that the handler ran exactly once per distinct key and fails otherwise.
+//! Prints a table, then one JSON line.
 
 use idemq::kafka::KafkaConsumerBuilder;
 use idemq::{CancellationToken, HandlerContext, HandlerError};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
 
 #[path = "shared/bench_store.rs"]
 mod bench_store;
-use bench_store::{bench_engine, open_store, Counting};
+#[path = "shared/cpu.rs"]
+mod cpu;
+#[path = "shared/soak.rs"]
+mod soak;
+use bench_store::{bench_engine, open_store, with_local_cache, Counting, LocalCache, SentCounter};
+use cpu::{CpuMeter, CpuUse};
+use idemq::store::Store;
+use soak::RssSamples;
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Records of this bench that fit in one partition of the mock broker (5 MB per partition, about
+/// 150 bytes per record), with a margin.
+const MOCK_RECORDS_PER_PARTITION: usize = 25_000;
 
 struct Args {
     broker: String,
@@ -37,6 +68,13 @@ struct Args {
     dup_rate: f64,
     partitions: i32,
     partition_concurrency: usize,
+    handler_us: u64,
+    rounds: u32,
+    local_cache: usize,
+    local_cache_age_ms: u64,
+    soak: bool,
+    /// librdkafka consumer properties for both sides (`--consumer-property key=value`).
+    properties: Vec<(String, String)>,
 }
 
 fn parse_args() -> BoxResult<Args> {
@@ -47,22 +85,64 @@ fn parse_args() -> BoxResult<Args> {
         dup_rate: 0.2,
         partitions: 4,
         partition_concurrency: 32,
+        handler_us: 0,
+        rounds: 1,
+        local_cache: 0,
+        local_cache_age_ms: 60_000,
+        soak: false,
+        properties: vec![("session.timeout.ms".into(), "6000".into())],
     };
+    let mut messages = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--soak" {
+            a.soak = true;
+            continue;
+        }
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--broker" => a.broker = v,
             "--store" => a.store = v,
-            "--messages" => a.messages = v.parse()?,
+            "--messages" => messages = Some(v.parse()?),
             "--dup-rate" => a.dup_rate = v.parse()?,
             "--partitions" => a.partitions = v.parse()?,
             "--partition-concurrency" => a.partition_concurrency = v.parse()?,
+            "--handler-us" => a.handler_us = v.parse()?,
+            "--rounds" => a.rounds = v.parse()?,
+            "--local-cache" => a.local_cache = v.parse()?,
+            "--local-cache-age-ms" => a.local_cache_age_ms = v.parse()?,
+            "--consumer-property" => {
+                let (k, v) = v
+                    .split_once('=')
+                    .ok_or("--consumer-property takes key=value")?;
+                a.properties.push((k.into(), v.into()));
+            }
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
+    a.messages = messages.unwrap_or(if a.soak {
+        soak::SOAK_MESSAGES as usize
+    } else {
+        20_000
+    });
     if !(0.0..1.0).contains(&a.dup_rate) {
         return Err("--dup-rate must be in [0, 1)".into());
+    }
+    // The mock broker keeps at most 100 000 records or 5 MB per partition and silently drops older
+    // ones, so a longer run would never finish.
+    if a.broker == "mock" && a.messages / a.partitions.max(1) as usize > MOCK_RECORDS_PER_PARTITION
+    {
+        return Err(format!(
+            "--broker mock keeps at most about {MOCK_RECORDS_PER_PARTITION} of these records per partition: \
+             use --broker tansu or more --partitions"
+        )
+        .into());
+    }
+    if a.messages == 0 || a.rounds == 0 || a.partitions <= 0 || a.partition_concurrency == 0 {
+        return Err(
+            "--messages, --rounds, --partitions and --partition-concurrency must be positive"
+                .into(),
+        );
     }
     Ok(a)
 }
@@ -206,21 +286,33 @@ async fn produce(bootstrap: &str, topic: &str, keys: &[String]) -> BoxResult<()>
     Ok(())
 }
 
-/// Raw consumer: time from the first record received to the `n`th.
-async fn raw(
-    bootstrap: &str,
-    topic: &str,
-    n: usize,
-    extra: &[(&str, &str)],
-) -> BoxResult<Duration> {
+/// The handler both sides run: await `handler_us` µs (nothing at 0).
+async fn handler_work(handler_us: u64) {
+    if handler_us > 0 {
+        tokio::time::sleep(Duration::from_micros(handler_us)).await;
+    }
+}
+
+fn consumer_config(bootstrap: &str, group: &str, extra: &[(String, String)]) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("raw-{}", std::process::id()))
+        .set("group.id", group)
         .set("auto.offset.reset", "earliest");
     for (k, v) in extra {
-        cfg.set(*k, *v);
+        cfg.set(k, v);
     }
-    let consumer: StreamConsumer = cfg.create()?;
+    cfg
+}
+
+/// Raw consumer without a handler: time from the first record received to the `n`th.
+async fn raw_read(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    n: usize,
+    extra: &[(String, String)],
+) -> BoxResult<Duration> {
+    let consumer: StreamConsumer = consumer_config(bootstrap, group, extra).create()?;
     consumer.subscribe(&[topic])?;
     let mut first = None;
     let mut seen = 0usize;
@@ -233,12 +325,292 @@ async fn raw(
     Ok(first.map(|f| f.elapsed()).unwrap_or_default())
 }
 
+/// Offsets of one partition dispatched to handlers and not finished yet.
+#[derive(Default)]
+struct Lane {
+    in_flight: BTreeSet<i64>,
+    /// Highest offset dispatched.
+    high: i64,
+    /// Last offset stored for commit.
+    stored: i64,
+}
+
+/// A hand-written at-least-once consumer: records are read by one loop and handed to a task per
+/// partition, which runs up to `concurrency` handlers at once; after a handler, the partition's
+/// offset is stored (auto commit sends it) up to its lowest unfinished record, never past it.
+/// Time from the first record received to the `n`th handler finished.
+async fn raw_at_least_once(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    n: usize,
+    extra: &[(String, String)],
+    concurrency: usize,
+    handler_us: u64,
+) -> BoxResult<Duration> {
+    let mut cfg = consumer_config(bootstrap, group, extra);
+    cfg.set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false");
+    let consumer: Arc<StreamConsumer> = Arc::new(cfg.create()?);
+    consumer.subscribe(&[topic])?;
+    let done = Arc::new(AtomicU64::new(0));
+    let store_failures = Arc::new(AtomicU64::new(0));
+    let mut lanes: HashMap<i32, mpsc::Sender<(i64, Vec<u8>)>> = HashMap::new();
+    let mut first = None;
+    for _ in 0..n {
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
+        first.get_or_insert_with(Instant::now);
+        let (partition, offset) = (m.partition(), m.offset());
+        let payload = m.payload().unwrap_or_default().to_vec();
+        drop(m);
+        let lane = lanes.entry(partition).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(10_000);
+            let ctx = LaneCtx {
+                consumer: consumer.clone(),
+                topic: topic.to_string(),
+                partition,
+                concurrency,
+                handler_us,
+                done: done.clone(),
+                store_failures: store_failures.clone(),
+            };
+            tokio::spawn(run_lane(ctx, rx));
+            tx
+        });
+        lane.send((offset, payload))
+            .await
+            .map_err(|_| "partition task stopped")?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while done.load(Ordering::Acquire) < n as u64 {
+        if Instant::now() > deadline {
+            return Err("raw consumer stuck".into());
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let took = first.map(|f| f.elapsed()).unwrap_or_default();
+    match store_failures.load(Ordering::Relaxed) {
+        0 => Ok(took),
+        f => Err(format!("raw consumer: {f} offset stores failed").into()),
+    }
+}
+
+struct LaneCtx {
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    partition: i32,
+    concurrency: usize,
+    handler_us: u64,
+    done: Arc<AtomicU64>,
+    store_failures: Arc<AtomicU64>,
+}
+
+async fn run_lane(ctx: LaneCtx, mut rx: mpsc::Receiver<(i64, Vec<u8>)>) {
+    let ctx = Arc::new(ctx);
+    let slots = Arc::new(Semaphore::new(ctx.concurrency));
+    let lane = Arc::new(Mutex::new(Lane::default()));
+    while let Some((offset, payload)) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        {
+            let mut l = lane.lock().unwrap_or_else(|e| e.into_inner());
+            l.in_flight.insert(offset);
+            l.high = l.high.max(offset);
+        }
+        let (ctx, lane) = (ctx.clone(), lane.clone());
+        tokio::spawn(async move {
+            handler_work(ctx.handler_us).await;
+            std::hint::black_box(&payload);
+            let commit_to = {
+                let mut l = lane.lock().unwrap_or_else(|e| e.into_inner());
+                l.in_flight.remove(&offset);
+                // Next offset to read after a restart: the lowest unfinished one.
+                let next = l.in_flight.first().copied().unwrap_or(l.high + 1);
+                (next > l.stored).then(|| {
+                    l.stored = next;
+                    next
+                })
+            };
+            if let Some(next) = commit_to {
+                if ctx
+                    .consumer
+                    .store_offset(&ctx.topic, ctx.partition, next)
+                    .is_err()
+                {
+                    ctx.store_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            ctx.done.fetch_add(1, Ordering::Release);
+            drop(permit);
+        });
+    }
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(err) = run().await {
         eprintln!("kafka_bench: {err}");
         std::process::exit(2);
     }
+}
+
+/// Everything a run shares between its phases.
+struct Setup {
+    args: Args,
+    bootstrap: String,
+    topic: String,
+    run_id: String,
+    distinct: usize,
+    store: Arc<dyn Store>,
+    sent: Option<SentCounter>,
+}
+
+/// One measured phase: how long it took and the CPU each process group used.
+struct Phase {
+    took: Duration,
+    cpu: CpuUse,
+}
+
+/// What one idemq phase reports besides its time.
+struct DedupPhase {
+    phase: Phase,
+    runs: u64,
+    replayed: u64,
+    store_cmds: f64,
+    /// Store calls (claim, complete, …) per message that reached the store.
+    store_ops: f64,
+    cache_hits: u64,
+    /// Mean µs of a claim and of a complete, as the consumer waited for them.
+    latency_us: (Option<f64>, Option<f64>),
+}
+
+fn meter(broker: &str) -> CpuMeter {
+    let mut groups = vec![("redis", "redis-server")];
+    if broker == "tansu" {
+        groups.push(("tansu", "tansu"));
+    }
+    CpuMeter::new(&groups)
+}
+
+async fn raw_phase(s: &Setup, round: u32) -> BoxResult<Phase> {
+    let group = format!("raw-{}-{round}", s.run_id);
+    let m = meter(&s.args.broker);
+    let took = if s.args.handler_us == 0 {
+        raw_read(
+            &s.bootstrap,
+            &group,
+            &s.topic,
+            s.args.messages,
+            &s.args.properties,
+        )
+        .await?
+    } else {
+        raw_at_least_once(
+            &s.bootstrap,
+            &group,
+            &s.topic,
+            s.args.messages,
+            &s.args.properties,
+            s.args.partition_concurrency,
+            s.args.handler_us,
+        )
+        .await?
+    };
+    Ok(Phase {
+        took,
+        cpu: m.read(),
+    })
+}
+
+/// The idemq consumer over every record in a fresh group; `rss` samples memory as it goes.
+async fn dedup_phase(
+    s: &Setup,
+    round: u32,
+    mut rss: Option<&mut RssSamples>,
+) -> BoxResult<DedupPhase> {
+    let a = &s.args;
+    // Counting sits between the local cache (a fresh one per phase, as each phase has its own
+    // scope) and the store, so it sees what reaches the store.
+    let counting = Arc::new(Counting::new(s.store.clone()));
+    let (store, cache): (Arc<dyn Store>, Option<LocalCache>) = with_local_cache(
+        counting.clone(),
+        a.local_cache,
+        Duration::from_millis(a.local_cache_age_ms),
+    );
+    let sent_before = s.sent.as_ref().map(|f| f());
+    let handler_runs = Arc::new(AtomicU64::new(0));
+    let runs = handler_runs.clone();
+    let handler_us = a.handler_us;
+    let group = format!("idemq-bench-{}-{round}", s.run_id);
+    let mut builder = KafkaConsumerBuilder::new()
+        .bootstrap_servers(&s.bootstrap)
+        .group_id(&group)
+        .topic(&s.topic)
+        .store(store)
+        .engine_config(bench_engine(&group))
+        .partition_concurrency(a.partition_concurrency)
+        .max_in_flight(a.partition_concurrency * a.partitions as usize)
+        .max_buffered_per_partition(10_000)
+        .handler(move |_ctx: HandlerContext| {
+            let runs = runs.clone();
+            async move {
+                handler_work(handler_us).await;
+                runs.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, HandlerError>(())
+            }
+        });
+    for (k, v) in &s.args.properties {
+        builder = builder.set(k, v);
+    }
+    let consumer = builder.build()?;
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let m = meter(&a.broker);
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(if a.soak { 3600 } else { 300 });
+    while stats.snapshot().received == 0 {
+        if Instant::now() > deadline {
+            return Err("idemq consumer received nothing".into());
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let started = Instant::now();
+    loop {
+        let finished = stats.snapshot().finished();
+        if let Some(r) = rss.as_deref_mut() {
+            r.observe(finished);
+        }
+        if finished >= a.messages as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("idemq consumer stuck: {:?}", stats.snapshot()).into());
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let took = started.elapsed();
+    let cpu = m.read();
+    // Commands of the consumer run are the per-message cost; neither counter includes any else.
+    // Redis reports what it sent (a batch of claims or completes is one command); other stores
+    // count operations; local cache hits reach neither.
+    let store_cmds = bench_store::per_message(&s.sent, sent_before, &counting, a.messages as f64);
+    let store_ops = bench_store::ops_per_message(&counting, a.messages as f64);
+    stop.cancel();
+    let summary = task.await??;
+    let runs = handler_runs.load(Ordering::Relaxed);
+    if runs != s.distinct as u64 {
+        return Err(format!("handler runs ({runs}) != distinct keys ({})", s.distinct).into());
+    }
+    Ok(DedupPhase {
+        phase: Phase { took, cpu },
+        runs,
+        replayed: summary.replayed,
+        store_cmds,
+        store_ops,
+        cache_hits: cache.as_ref().map_or(0, |c| c.hits()),
+        latency_us: counting.mean_latency_us(),
+    })
 }
 
 async fn run() -> BoxResult<()> {
@@ -248,113 +620,195 @@ async fn run() -> BoxResult<()> {
     let run_id = format!(
         "{}-{}",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
     );
     let topic = format!("bench-{run_id}");
     broker.create_topic(&topic, args.partitions).await?;
-    let keys = keys(args.messages, args.dup_rate);
-    let distinct = keys.iter().collect::<HashSet<_>>().len();
-    eprintln!(
-        "producing {} records ({} distinct keys) to {} partitions on {}…",
-        args.messages, distinct, args.partitions, args.broker
-    );
-    produce(&bootstrap, &topic, &keys).await?;
-    let extra: Vec<(&str, &str)> = vec![("session.timeout.ms", "6000")];
-
-    eprintln!("raw rdkafka consumer…");
-    let raw_time = raw(&bootstrap, &topic, args.messages, &extra).await?;
-
-    eprintln!("idemq consumer…");
+    let distinct = {
+        let keys = keys(args.messages, args.dup_rate);
+        let distinct = keys.iter().collect::<HashSet<_>>().len();
+        eprintln!(
+            "producing {} records ({} distinct keys) to {} partitions on {}…",
+            args.messages, distinct, args.partitions, args.broker
+        );
+        produce(&bootstrap, &topic, &keys).await?;
+        distinct
+    };
     let (inner, sent) = open_store(&args.store).await?;
-    let counting = Arc::new(Counting::new(inner));
-    let sent_before = sent.as_ref().map(|f| f());
-    let handler_runs = Arc::new(AtomicU64::new(0));
-    let runs = handler_runs.clone();
-    let group = format!("idemq-bench-{run_id}");
-    let mut builder = KafkaConsumerBuilder::new()
-        .bootstrap_servers(&bootstrap)
-        .group_id(&group)
-        .topic(&topic)
-        .store(counting.clone())
-        .engine_config(bench_engine(&group))
-        .partition_concurrency(args.partition_concurrency)
-        .max_in_flight(args.partition_concurrency * args.partitions as usize)
-        .max_buffered_per_partition(10_000)
-        .handler(move |_ctx: HandlerContext| {
-            let runs = runs.clone();
-            async move {
-                runs.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, HandlerError>(())
-            }
-        });
-    for (k, v) in &extra {
-        builder = builder.set(*k, *v);
-    }
-    let consumer = builder.build()?;
-    let stats = consumer.stats();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(consumer.run(stop.clone()));
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while stats.snapshot().received == 0 {
-        if Instant::now() > deadline {
-            return Err("idemq consumer received nothing".into());
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let started = Instant::now();
-    while stats.snapshot().finished() < args.messages as u64 {
-        if Instant::now() > deadline {
-            return Err(format!("idemq consumer stuck: {:?}", stats.snapshot()).into());
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-    let dedup_time = started.elapsed();
-    stop.cancel();
-    let summary = task.await??;
-
-    let n = args.messages as f64;
-    let raw_rate = n / raw_time.as_secs_f64().max(1e-9);
-    let dedup_rate = n / dedup_time.as_secs_f64().max(1e-9);
-    let ratio = dedup_rate / raw_rate;
-    let runs = handler_runs.load(Ordering::Relaxed);
-    // Commands of the consumer run are the per-message cost; neither counter includes any else.
-    // Redis reports what it sent (a batch of claims or completes is one command); other stores
-    // count operations.
-    let cmds = bench_store::per_message(&sent, sent_before, &counting, n);
-    println!("| broker | store | messages | dup rate | partitions | partition concurrency | raw msg/s | idemq msg/s | ratio | handler runs | distinct keys | replays | store cmds/msg |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {:.2} |",
-        args.broker,
-        scheme(&args.store),
-        args.messages,
-        args.dup_rate,
-        args.partitions,
-        args.partition_concurrency,
-        raw_rate,
-        dedup_rate,
-        ratio,
-        runs,
+    let s = Setup {
+        args,
+        bootstrap,
+        topic,
+        run_id,
         distinct,
-        summary.replayed,
-        cmds
+        store: inner,
+        sent,
+    };
+    if s.args.soak {
+        return soak_run(&s).await;
+    }
+    let (mut raws, mut dedups) = (Vec::new(), Vec::new());
+    for round in 0..s.args.rounds {
+        // Alternate which side goes first, so drift in the machine's load falls on both alike.
+        if round % 2 == 0 {
+            eprintln!("round {}: raw, then idemq…", round + 1);
+            raws.push(raw_phase(&s, round).await?);
+            dedups.push(dedup_phase(&s, round, None).await?);
+        } else {
+            eprintln!("round {}: idemq, then raw…", round + 1);
+            dedups.push(dedup_phase(&s, round, None).await?);
+            raws.push(raw_phase(&s, round).await?);
+        }
+    }
+    report(&s, &raws, &dedups);
+    Ok(())
+}
+
+/// Only the idemq consumer, over every record, sampling RSS at every 10%.
+async fn soak_run(s: &Setup) -> BoxResult<()> {
+    let a = &s.args;
+    eprintln!("soak: idemq consumer over {} records…", a.messages);
+    let mut rss = RssSamples::new(a.messages as u64);
+    let d = dedup_phase(s, 0, Some(&mut rss)).await?;
+    let rate = a.messages as f64 / d.phase.took.as_secs_f64().max(1e-9);
+    rss.print_table();
+    println!(
+        "| broker | store | messages | handler µs | idemq msg/s | handler runs | distinct keys | replays | store cmds/msg | store ops/msg | local cache hits |"
     );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.3} | {:.3} | {} |",
+        a.broker,
+        scheme(&a.store),
+        a.messages,
+        a.handler_us,
+        rate,
+        d.runs,
+        s.distinct,
+        d.replayed,
+        d.store_cmds,
+        d.store_ops,
+        d.cache_hits
+    );
+    let mut json = serde_json::Map::new();
+    for (k, v) in [
+        ("mode", serde_json::json!("soak")),
+        ("broker", serde_json::json!(a.broker)),
+        ("store", serde_json::json!(scheme(&a.store))),
+        ("messages", serde_json::json!(a.messages)),
+        ("dup_rate", serde_json::json!(a.dup_rate)),
+        ("handler_us", serde_json::json!(a.handler_us)),
+        ("dedup_msgs_per_s", serde_json::json!(rate.round())),
+        ("handler_runs", serde_json::json!(d.runs)),
+        ("distinct_keys", serde_json::json!(s.distinct)),
+        (
+            "store_cmds_per_msg",
+            serde_json::json!(round3(d.store_cmds)),
+        ),
+        ("store_ops_per_msg", serde_json::json!(round3(d.store_ops))),
+        ("local_cache", serde_json::json!(a.local_cache)),
+        ("local_cache_hits", serde_json::json!(d.cache_hits)),
+    ] {
+        json.insert(k.into(), v);
+    }
+    rss.json_fields(&mut json);
+    println!("{}", serde_json::Value::Object(json));
+    Ok(())
+}
+
+/// Mean of the known values, rounded to whole µs.
+fn mean_of(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let known: Vec<f64> = v.flatten().collect();
+    (!known.is_empty()).then(|| (known.iter().sum::<f64>() / known.len() as f64).round())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn report(s: &Setup, raws: &[Phase], dedups: &[DedupPhase]) {
+    let a = &s.args;
+    let n = a.messages as f64;
+    let rate = |took: Duration| n / took.as_secs_f64().max(1e-9);
+    println!("| round | broker | store | messages | dup rate | partitions | partition concurrency | handler µs | raw msg/s | idemq msg/s | ratio | handler runs | distinct keys | replays | store cmds/msg | store ops/msg | local cache hits | claim / complete µs | CPU/msg raw | CPU/msg idemq |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for (i, (r, d)) in raws.iter().zip(dedups).enumerate() {
+        let ratio = rate(d.phase.took) / rate(r.took);
+        ratios.push(ratio);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {:.3} | {:.3} | {} | {} / {} | {} | {} |",
+            i + 1,
+            a.broker,
+            scheme(&a.store),
+            a.messages,
+            a.dup_rate,
+            a.partitions,
+            a.partition_concurrency,
+            a.handler_us,
+            rate(r.took),
+            rate(d.phase.took),
+            ratio,
+            d.runs,
+            s.distinct,
+            d.replayed,
+            d.store_cmds,
+            d.store_ops,
+            d.cache_hits,
+            fmt_us(d.latency_us.0),
+            fmt_us(d.latency_us.1),
+            r.cpu.per_message(a.messages as u64),
+            d.phase.cpu.per_message(a.messages as u64),
+        );
+    }
+    let total = a.messages as u64 * raws.len() as u64;
+    let raw_took: Duration = raws.iter().map(|r| r.took).sum();
+    let dedup_took: Duration = dedups.iter().map(|d| d.phase.took).sum();
+    let raw_rate = total as f64 / raw_took.as_secs_f64().max(1e-9);
+    let dedup_rate = total as f64 / dedup_took.as_secs_f64().max(1e-9);
+    let cmds = dedups.iter().map(|d| d.store_cmds).sum::<f64>() / dedups.len() as f64;
     println!(
         "{}",
         serde_json::json!({
-            "broker": args.broker, "store": scheme(&args.store), "messages": args.messages,
-            "dup_rate": args.dup_rate, "partitions": args.partitions,
-            "partition_concurrency": args.partition_concurrency,
+            "broker": a.broker, "store": scheme(&a.store), "messages": a.messages,
+            "dup_rate": a.dup_rate, "partitions": a.partitions,
+            "partition_concurrency": a.partition_concurrency, "handler_us": a.handler_us,
+            "rounds": a.rounds,
             "raw_msgs_per_s": raw_rate.round(), "dedup_msgs_per_s": dedup_rate.round(),
-            "ratio": (ratio * 100.0).round() / 100.0, "handler_runs": runs,
-            "distinct_keys": distinct, "store_cmds_per_msg": (cmds * 100.0).round() / 100.0,
+            "ratio": (dedup_rate / raw_rate * 100.0).round() / 100.0,
+            "round_ratios": ratios.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
+            "median_round_ratio": round3(median(ratios.clone())),
+            "handler_runs": dedups.iter().map(|d| d.runs).sum::<u64>(),
+            "distinct_keys": s.distinct * dedups.len(),
+            "store_cmds_per_msg": (cmds * 100.0).round() / 100.0,
+            "store_ops_per_msg": round3(dedups.iter().map(|d| d.store_ops).sum::<f64>() / dedups.len() as f64),
+            "local_cache": a.local_cache, "local_cache_age_ms": a.local_cache_age_ms,
+            "local_cache_hits": dedups.iter().map(|d| d.cache_hits).sum::<u64>(),
+            "claim_us": mean_of(dedups.iter().map(|d| d.latency_us.0)),
+            "complete_us": mean_of(dedups.iter().map(|d| d.latency_us.1)),
+            "cpu_us_per_msg": {
+                "raw": cpu::sum(raws.iter().map(|r| &r.cpu)).json(total),
+                "idemq": cpu::sum(dedups.iter().map(|d| &d.phase.cpu)).json(total),
+            },
         })
     );
-    if runs != distinct as u64 {
-        eprintln!("handler runs ({runs}) != distinct keys ({distinct})");
-        std::process::exit(1);
-    }
-    Ok(())
+}
+
+fn fmt_us(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
 }
 
 fn scheme(url: &str) -> &str {

@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use idemq::store::{
-    Claim, ClaimRequest, Fence, Record, RecordKey, Release, ScanPage, StateFilter, Store,
-    StoreError, Token,
+    CachedStore, Claim, ClaimRequest, Fence, Record, RecordKey, Release, ScanPage, StateFilter,
+    Store, StoreError, Token,
 };
 use idemq::{EngineConfig, Outcome};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,24 +33,46 @@ pub async fn open_store(url: &str) -> BoxResult<(Arc<dyn Store>, Option<SentCoun
 }
 
 /// Counts store operations to report store commands per message (for stores that cannot count
-/// their own commands).
+/// their own commands), and times claims and completes as the consumer sees them (queueing for a
+/// batch and the round trip included).
 #[derive(Debug)]
 pub struct Counting {
     inner: Arc<dyn Store>,
     calls: AtomicU64,
+    /// (calls, total ns) of `claim` and of `complete`.
+    claims: (AtomicU64, AtomicU64),
+    completes: (AtomicU64, AtomicU64),
 }
 
 impl Counting {
     fn hit(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Mean latency of `claim` and of `complete` in µs so far (`None` before the first call).
+    pub fn mean_latency_us(&self) -> (Option<f64>, Option<f64>) {
+        let mean = |(n, ns): &(AtomicU64, AtomicU64)| {
+            let n = n.load(Ordering::Relaxed);
+            (n > 0).then(|| ns.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0)
+        };
+        (mean(&self.claims), mean(&self.completes))
+    }
+}
+
+fn timed(slot: &(AtomicU64, AtomicU64), since: std::time::Instant) {
+    slot.0.fetch_add(1, Ordering::Relaxed);
+    slot.1
+        .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
 #[async_trait]
 impl Store for Counting {
     async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
         self.hit();
-        self.inner.claim(req).await
+        let t = std::time::Instant::now();
+        let r = self.inner.claim(req).await;
+        timed(&self.claims, t);
+        r
     }
     async fn complete(
         &self,
@@ -60,7 +82,10 @@ impl Store for Counting {
         retention: Duration,
     ) -> Result<Fence, StoreError> {
         self.hit();
-        self.inner.complete(key, token, outcome, retention).await
+        let t = std::time::Instant::now();
+        let r = self.inner.complete(key, token, outcome, retention).await;
+        timed(&self.completes, t);
+        r
     }
     async fn release(
         &self,
@@ -106,8 +131,15 @@ impl Counting {
         Counting {
             inner,
             calls: AtomicU64::new(0),
+            claims: Default::default(),
+            completes: Default::default(),
         }
     }
+}
+
+/// Store operations (calls that reached the store) per message.
+pub fn ops_per_message(counting: &Counting, messages: f64) -> f64 {
+    counting.calls.load(Ordering::Relaxed) as f64 / messages
 }
 
 /// Store commands per message between `before` (the sent count at the start of the phase) and
@@ -130,4 +162,21 @@ pub fn bench_engine(scope: impl Into<String>) -> EngineConfig {
     let mut config = EngineConfig::new(scope);
     config.retention = Duration::from_secs(600);
     config
+}
+
+/// The local cache of completed keys a benchmark runs with, to read its hits.
+pub type LocalCache = Arc<CachedStore<Arc<dyn Store>>>;
+
+/// `inner` behind a local cache of `entries` completed keys kept at most `max_age` each, or
+/// `inner` itself when `entries` is 0.
+pub fn with_local_cache(
+    inner: Arc<dyn Store>,
+    entries: usize,
+    max_age: Duration,
+) -> (Arc<dyn Store>, Option<LocalCache>) {
+    if entries == 0 {
+        return (inner, None);
+    }
+    let cache = Arc::new(CachedStore::new(inner, entries, max_age));
+    (cache.clone(), Some(cache))
 }

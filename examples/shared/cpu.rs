@@ -37,7 +37,8 @@ fn pids_named(name: &str) -> Vec<String> {
 /// The processes a benchmark reports on: a label and the pids behind it.
 pub struct CpuMeter {
     groups: Vec<(&'static str, Vec<String>)>,
-    start: Vec<Option<f64>>,
+    /// Per group, per pid: CPU seconds at the start of the phase.
+    start: Vec<Vec<Option<f64>>>,
 }
 
 /// CPU seconds per group over one phase.
@@ -47,13 +48,15 @@ pub struct CpuUse {
 }
 
 impl CpuMeter {
-    /// This process, RabbitMQ (`beam.smp`) and every local `redis-server`.
-    pub fn new() -> Self {
-        let groups = vec![
-            ("this process", vec![std::process::id().to_string()]),
-            ("rabbitmq", pids_named("beam.smp")),
-            ("redis", pids_named("redis-server")),
-        ];
+    /// This process and, per `(label, command name)`, every local process of that name (e.g.
+    /// `("rabbitmq", "beam.smp")`, `("redis", "redis-server")`).
+    pub fn new(others: &[(&'static str, &str)]) -> Self {
+        let mut groups = vec![("this process", vec![std::process::id().to_string()])];
+        groups.extend(
+            others
+                .iter()
+                .map(|(label, comm)| (*label, pids_named(comm))),
+        );
         let mut meter = CpuMeter {
             groups,
             start: Vec::new(),
@@ -64,7 +67,11 @@ impl CpuMeter {
 
     /// Starts a new phase now.
     pub fn restart(&mut self) {
-        self.start = self.groups.iter().map(|(_, pids)| total(pids)).collect();
+        self.start = self
+            .groups
+            .iter()
+            .map(|(_, pids)| pids.iter().map(|p| cpu_seconds(p)).collect())
+            .collect();
     }
 
     /// CPU used since the phase started.
@@ -74,22 +81,19 @@ impl CpuMeter {
             .iter()
             .zip(&self.start)
             .map(|((label, pids), start)| {
-                let used = match (start, total(pids)) {
-                    (Some(a), Some(b)) => Some(b - a),
-                    _ => None,
-                };
+                // Processes that ended (or started) during the phase are left out: on a shared
+                // machine other tests' short-lived servers come and go.
+                let deltas: Vec<f64> = pids
+                    .iter()
+                    .zip(start)
+                    .filter_map(|(p, a)| Some(cpu_seconds(p)? - (*a)?))
+                    .collect();
+                let used = (!deltas.is_empty()).then(|| deltas.iter().sum());
                 (*label, used)
             })
             .collect();
         CpuUse { groups }
     }
-}
-
-fn total(pids: &[String]) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
-    }
-    pids.iter().map(|p| cpu_seconds(p)).sum()
 }
 
 impl CpuUse {
@@ -114,4 +118,22 @@ impl CpuUse {
         }
         serde_json::Value::Object(map)
     }
+}
+
+/// CPU per process group summed over phases (all measured with the same groups).
+pub fn sum<'a>(phases: impl Iterator<Item = &'a CpuUse>) -> CpuUse {
+    let mut groups: Vec<(&'static str, Option<f64>)> = Vec::new();
+    for p in phases {
+        if groups.is_empty() {
+            groups = p.groups.clone();
+            continue;
+        }
+        for (sum, (_, s)) in groups.iter_mut().zip(&p.groups) {
+            sum.1 = match (sum.1, s) {
+                (Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            };
+        }
+    }
+    CpuUse { groups }
 }

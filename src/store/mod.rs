@@ -37,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod error;
 mod memory;
 #[cfg(feature = "postgres")]
@@ -45,6 +46,7 @@ pub mod postgres;
 pub mod redis;
 mod types;
 
+pub use cache::CachedStore;
 pub use error::{BoxError, StoreError};
 pub use memory::MemoryStore;
 pub use types::{
