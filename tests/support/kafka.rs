@@ -198,11 +198,25 @@ impl Rec {
 
 /// Produces records and waits for every delivery.
 pub async fn produce(bootstrap: &str, topic: &str, recs: &[Rec]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    produce_with(&config, &[], topic, recs).await
+}
+
+/// Produces records with `config` (plus `extra` producer properties) and waits for every
+/// delivery.
+pub async fn produce_with(
+    config: &ClientConfig,
+    extra: &[(&str, &str)],
+    topic: &str,
+    recs: &[Rec],
+) {
+    let mut config = config.clone();
+    config.set("linger.ms", "5");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    let producer: FutureProducer = config.create().expect("producer");
     let sends = recs.iter().map(|r| {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &r.headers {

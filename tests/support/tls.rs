@@ -270,44 +270,6 @@ impl Drop for TlsBroker {
     }
 }
 
-/// Produces records with `config` (plus `extra` producer properties) and waits for every
-/// delivery.
-pub async fn produce_with(
-    config: &ClientConfig,
-    extra: &[(&str, &str)],
-    topic: &str,
-    recs: &[Rec],
-) {
-    let mut config = config.clone();
-    config.set("linger.ms", "5");
-    for (k, v) in extra {
-        config.set(*k, *v);
-    }
-    let producer: FutureProducer = config.create().expect("producer");
-    let sends = recs.iter().map(|r| {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &r.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
-            .payload(r.payload.as_slice())
-            .headers(headers);
-        if let Some(k) = &r.kafka_key {
-            record = record.key(k.as_str());
-        }
-        if let Some(p) = r.partition {
-            record = record.partition(p);
-        }
-        producer.send(record, Duration::from_secs(10))
-    });
-    for r in futures::future::join_all(sends).await {
-        r.expect("delivered");
-    }
-}
-
 /// Reads up to `n` records of `topic` from the beginning with `config`, waiting at most `within`.
 pub fn read_all_with(
     config: &ClientConfig,
