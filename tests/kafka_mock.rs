@@ -508,6 +508,80 @@ async fn partition_concurrency_above_one_commits_everything_and_runs_each_key_on
     );
 }
 
+/// The concurrency bounds hold: at most `partition_concurrency` records of a partition and at
+/// most `max_in_flight` records overall are processed at once (records of a partition run inside
+/// its worker task, not as a task each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partition_concurrency_and_max_in_flight_bound_the_handlers_running_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Default)]
+    struct Gauge {
+        now: AtomicUsize,
+        max: AtomicUsize,
+    }
+    impl Gauge {
+        fn enter(&self) {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max.fetch_max(n, Ordering::SeqCst);
+        }
+        fn leave(&self) {
+            self.now.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let broker = Broker::mock();
+    let (topic, group) = (unique("bounds"), unique("g"));
+    broker.create_topic(&topic, 3).await;
+    let recs: Vec<Rec> = (0..60)
+        .map(|i| Rec::keyed(&format!("k{i}"), "{}").on(i % 3))
+        .collect();
+    produce(&broker.bootstrap(), &topic, &recs).await;
+    let gauges: Arc<[Gauge; 4]> = Arc::new(Default::default());
+    let g2 = gauges.clone();
+    let mut b = idemq::kafka::KafkaConsumerBuilder::new()
+        .bootstrap_servers(broker.bootstrap())
+        .group_id(&group)
+        .topic(&topic)
+        .store(Arc::new(MemoryStore::new()))
+        .engine_config(fast_engine(&group))
+        .partition_concurrency(3)
+        .max_in_flight(5)
+        .handler(move |ctx: idemq::HandlerContext| {
+            let gauges = g2.clone();
+            async move {
+                let p = match &ctx.message.source {
+                    idemq::Source::Kafka { partition, .. } => *partition as usize,
+                    _ => 0,
+                };
+                gauges[p].enter();
+                gauges[3].enter();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                gauges[3].leave();
+                gauges[p].leave();
+                Ok::<_, idemq::HandlerError>(())
+            }
+        });
+    for (k, v) in broker.consumer_settings() {
+        b = b.set(k, v);
+    }
+    let c = Running::start(b.build().expect("builds"));
+    wait_committed(
+        &broker.bootstrap(),
+        &group,
+        &topic,
+        &[20, 20, 20],
+        Duration::from_secs(60),
+    )
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!(s.processed, 60, "{s:?}");
+    let max = |i: usize| gauges[i].max.load(Ordering::SeqCst);
+    for p in 0..3 {
+        assert!(max(p) <= 3, "partition {p}: {} at once", max(p));
+    }
+    assert!(max(3) <= 5, "overall: {} at once", max(3));
+    assert!(max(3) >= 2, "records really ran concurrently: {}", max(3));
+}
+
 /// A retriable handler failure is retried in place (the partition waits, nothing is committed past
 /// it); once it succeeds everything completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
