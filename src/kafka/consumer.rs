@@ -10,7 +10,6 @@ use super::worker::Work;
 use super::IdemqContext;
 use crate::engine::Processor;
 use bytes::Bytes;
-use futures::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -165,7 +164,7 @@ impl IdempotentConsumer {
         info!(topics = ?shared.settings.topics, scope = shared.processor.scope(), "idempotent consumer started");
         let mut errors = ClientErrors::default();
         let mut unassigned = UnassignedWatch::default();
-        let fatal = 'poll: loop {
+        let fatal = loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break None,
@@ -178,35 +177,20 @@ impl IdempotentConsumer {
                         break Some(err);
                     }
                 }
-                received = consumer.recv() => {
-                    // Records librdkafka already holds are taken without going round this
-                    // select again (each pass registers and drops a waiter with every other
-                    // branch), in bounded batches so stop, commits and pauses are still seen
-                    // between them.
-                    let mut next = Some(received);
-                    let mut taken = 0;
-                    while let Some(received) = next.take() {
-                        match received {
-                            Ok(record) => {
-                                errors.clear();
-                                dispatch(&shared, &record);
-                            }
-                            Err(err) => {
-                                if let Some((code, reason)) = consumer.client().fatal_error() {
-                                    error!(%err, ?code, %reason, "fatal kafka client error; stopping");
-                                    break 'poll Some(err);
-                                }
-                                errors.note(err);
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                break;
-                            }
-                        }
-                        taken += 1;
-                        if taken < DISPATCH_BATCH {
-                            next = consumer.recv().now_or_never();
-                        }
+                received = consumer.recv() => match received {
+                    Ok(record) => {
+                        errors.clear();
+                        dispatch(&shared, &record);
                     }
-                }
+                    Err(err) => {
+                        if let Some((code, reason)) = consumer.client().fatal_error() {
+                            error!(%err, ?code, %reason, "fatal kafka client error; stopping");
+                            break Some(err);
+                        }
+                        errors.note(err);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
             }
         };
         info!("shutting down: finishing in-flight messages");
@@ -237,9 +221,6 @@ impl IdempotentConsumer {
         }
     }
 }
-
-/// Most records dispatched per pass of the poll loop when librdkafka already holds them.
-const DISPATCH_BATCH: usize = 64;
 
 /// How long after an authentication, authorization or unknown-topic error a consumer without any
 /// partition and without records gives up: [`IdempotentConsumer::run`] then returns the error.

@@ -1,5 +1,4 @@
-//! One task per assigned partition takes its records in order and processes them (up to the
-//! partition's concurrency at once, inside that task), mapping each
+//! One task per assigned partition takes its records in order and processes them, mapping each
 //! engine [`Disposition`] to commit, dead-letter or retry.
 
 use super::partitions::{Shared, Tp};
@@ -7,15 +6,12 @@ use super::summary::bump;
 use crate::engine::{panic_text, Backoff, DeadLetter, Disposition, RetryCause};
 use crate::message::Message;
 use bytes::Bytes;
-use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, AcquireError, OwnedSemaphorePermit, TryAcquireError};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -43,104 +39,65 @@ pub(crate) async fn partition_worker(
     cancel: CancellationToken,
     in_flight: Arc<AtomicUsize>,
 ) {
-    let limit = shared.settings.partition_concurrency;
-    // The partition's records in flight run inside this task rather than as a task each: a
-    // spawn per record (task allocation, scheduling, a wake-up on another thread, clones of the
-    // shared state) cost more than processing a record with a fast store.
-    let mut running = FuturesUnordered::new();
-    // The next record, taken off the queue and waiting for a global slot. One at a time, so
-    // records of the partition start in offset order.
-    let mut next: Option<Work> = None;
-    let mut acquiring: Option<Acquiring> = None;
+    let local = Arc::new(Semaphore::new(shared.settings.partition_concurrency));
     loop {
-        if next.is_some() && acquiring.is_none() {
-            match shared.global.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    if let Some(work) = next.take() {
-                        running.push(run_record(
-                            &shared, &tp, epoch, work, &cancel, &in_flight, permit,
-                        ));
-                    }
-                    continue;
-                }
-                Err(TryAcquireError::NoPermits) => {
-                    acquiring = Some(Box::pin(shared.global.clone().acquire_owned()));
-                }
-                Err(TryAcquireError::Closed) => break,
-            }
-        }
-        tokio::select! {
+        let work = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            Some(()) = running.next(), if !running.is_empty() => {}
-            permit = async {
-                match acquiring.as_mut() {
-                    Some(a) => a.await,
-                    None => std::future::pending().await,
-                }
-            }, if acquiring.is_some() => {
-                acquiring = None;
-                let Ok(permit) = permit else { break };
-                if let Some(work) = next.take() {
-                    running.push(run_record(&shared, &tp, epoch, work, &cancel, &in_flight, permit));
-                }
-            }
-            w = queue.recv(), if next.is_none() && running.len() < limit => match w {
-                Some(w) => {
-                    shared.dequeued(&tp, epoch);
-                    next = Some(w);
-                }
+            w = queue.recv() => match w {
+                Some(w) => w,
                 None => break,
             },
-        }
-    }
-    // Cancelled (revocation, shutdown) or the queue closed: records in flight see the
-    // cancellation themselves; they are driven to their end here.
-    while running.next().await.is_some() {}
-}
-
-/// A pending acquisition of a global in-flight slot.
-type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
-
-/// Processes one record holding its global slot, and counts it in and out.
-fn run_record<'a>(
-    shared: &'a Shared,
-    tp: &'a Tp,
-    epoch: u64,
-    work: Work,
-    cancel: &'a CancellationToken,
-    in_flight: &'a AtomicUsize,
-    permit: OwnedSemaphorePermit,
-) -> impl Future<Output = ()> + Send + 'a {
-    in_flight.fetch_add(1, Ordering::AcqRel);
-    shared.active.fetch_add(1, Ordering::AcqRel);
-    async move {
-        // Defence in depth (the engine already turns handler panics into retriable failures): a
-        // panic must not end this record's future before it gives its slot and counts back (the
-        // partition would never commit again and revocations would wait their full timeout),
-        // nor mark the record finished unprocessed. The record is processed again after a
-        // backoff, until it finishes or the partition is cancelled.
-        let mut panics = 0u32;
-        while let Err(panic) =
-            AssertUnwindSafe(process_one(shared, tp, epoch, work.clone(), cancel))
-                .catch_unwind()
-                .await
-        {
-            panics += 1;
-            error!(
-                panic = %panic_text(&*panic),
-                panics,
-                source = %work.message.source,
-                "processing a record panicked; processing it again"
-            );
-            if sleep_or_cancel(DEAD_LETTER_BACKOFF.delay(panics), cancel).await {
-                bump(&shared.stats.abandoned);
-                break;
+        };
+        shared.dequeued(&tp, epoch);
+        // Taking the partition permit before the global one keeps start order within the partition
+        // and never holds a global slot while waiting for our own partition.
+        let permits = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            p = async {
+                let a = local.clone().acquire_owned().await?;
+                let b = shared.global.clone().acquire_owned().await?;
+                Ok::<_, tokio::sync::AcquireError>((a, b))
+            } => p,
+        };
+        let Ok(permits) = permits else { break };
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        let (shared2, tp2, cancel2, in_flight2) = (
+            shared.clone(),
+            tp.clone(),
+            cancel.clone(),
+            in_flight.clone(),
+        );
+        shared.runtime.spawn(async move {
+            // Defence in depth (the engine already turns handler panics into retriable failures):
+            // a panic must not end this task before it gives its permits and counts back (the
+            // partition would never commit again and revocations would wait their full
+            // timeout), nor mark the record finished unprocessed. The record is processed again
+            // after a backoff, until it finishes or the partition is cancelled.
+            let mut panics = 0u32;
+            while let Err(panic) =
+                AssertUnwindSafe(process_one(&shared2, &tp2, epoch, work.clone(), &cancel2))
+                    .catch_unwind()
+                    .await
+            {
+                panics += 1;
+                error!(
+                    panic = %panic_text(&*panic),
+                    panics,
+                    source = %work.message.source,
+                    "processing a record panicked; processing it again"
+                );
+                if sleep_or_cancel(DEAD_LETTER_BACKOFF.delay(panics), &cancel2).await {
+                    bump(&shared2.stats.abandoned);
+                    break;
+                }
             }
-        }
-        drop(permit);
-        in_flight.fetch_sub(1, Ordering::AcqRel);
-        shared.task_done();
+            drop(permits);
+            in_flight2.fetch_sub(1, Ordering::AcqRel);
+            shared2.task_done();
+        });
     }
 }
 
