@@ -285,13 +285,25 @@ pub async fn produce_raw_headers(bootstrap: &str, topic: &str, records: &[Vec<(&
 /// Reads up to `n` records of `topic` from the beginning (all partitions), waiting at most
 /// `within`.
 pub fn read_all(bootstrap: &str, topic: &str, n: usize, within: Duration) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    read_all_with(&config, topic, n, within)
+}
+
+/// Reads up to `n` records of `topic` from the beginning with `config`, waiting at most `within`.
+pub fn read_all_with(
+    config: &ClientConfig,
+    topic: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<OwnedMessage> {
+    let mut config = config.clone();
+    config
         .set("group.id", super::services::unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    // Assign every partition from the beginning: no group join, which is slow on some brokers.
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().expect("reader");
+    // Assigned from the beginning, no group join (slow on Tansu); watermarks are not used because
+    // Tansu reports them wrongly for batched partitions.
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
@@ -324,12 +336,24 @@ pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
 
 /// Committed offsets of `group` for partitions `0..partitions` of `topic` (-1 when none).
 pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    committed_with(&config, group, topic, partitions)
+}
+
+/// Committed offsets of `group` for partitions `0..partitions` of `topic`, read with `config`
+/// (-1 when none).
+pub fn committed_with(
+    config: &ClientConfig,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<i64> {
+    let mut config = config.clone();
+    config
         .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("offset reader");
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().expect("offset reader");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);

@@ -5,14 +5,11 @@
 //! Without `openssl`, `stunnel` or the Tansu binary the tests are skipped, except under `CI=true`
 //! where they fail (scripts/services.sh installs all three).
 
-use super::kafka::{free_port, tansu_binary, Rec};
+use super::kafka::{free_port, tansu_binary};
 use super::services::{in_ci, unique};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -267,70 +264,5 @@ impl Drop for TlsBroker {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Reads up to `n` records of `topic` from the beginning with `config`, waiting at most `within`.
-pub fn read_all_with(
-    config: &ClientConfig,
-    topic: &str,
-    n: usize,
-    within: Duration,
-) -> Vec<OwnedMessage> {
-    let mut config = config.clone();
-    config
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = config.create().expect("reader");
-    // Assigned from the beginning, no group join (slow on Tansu); watermarks are not used because
-    // Tansu reports them wrongly for batched partitions.
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .expect("partition");
-        }
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + within;
-    while out.len() < n && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(m.detach());
-        }
-    }
-    out
-}
-
-/// Committed offsets of `group` for partitions `0..partitions` of `topic`, read with `config`
-/// (-1 when none).
-pub fn committed_with(
-    config: &ClientConfig,
-    group: &str,
-    topic: &str,
-    partitions: i32,
-) -> Vec<i64> {
-    let mut config = config.clone();
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = config.create().expect("offset reader");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    match consumer.committed_offsets(tpl, Duration::from_secs(5)) {
-        Ok(list) => list
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => o,
-                _ => -1,
-            })
-            .collect(),
-        Err(_) => vec![-1; partitions as usize],
     }
 }
