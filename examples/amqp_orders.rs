@@ -12,6 +12,10 @@
 //! (`{"key":..,"queue":..,"delivery_tag":..,"redelivered":..,"pid":..}`), so duplicates are easy to
 //! count. Messages need an `Idempotency-Key` header (or a `message_id`, which is used as fallback).
 //!
+//! With `--dead-letter-exchange X` it declares the exchange `X` (durable, fanout) and the queue
+//! `--dead-letter-queue` (default `<queue>.dlq`) bound to it, if they are missing: messages without
+//! a key, with a conflicting payload or whose handler failed permanently land there.
+//!
 //! `--publish N [--copies C]` instead publishes N orders, each C times (default 2), and exits: a
 //! quick way to feed the consumers above.
 //!
@@ -31,80 +35,58 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// An idempotent order consumer on RabbitMQ (or, with `--publish`, a feeder for one).
+#[derive(clap::Parser)]
 struct Args {
+    /// AMQP URL.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
+    /// Queue to consume (declared durable if missing).
+    #[arg(long, default_value = "orders")]
     queue: String,
+    /// Exchange dead-lettered messages are published to. Declared (durable, fanout) if missing,
+    /// with `--dead-letter-queue` bound to it.
+    #[arg(long, value_name = "NAME")]
     dead_letter_exchange: Option<String>,
+    /// Queue bound to the dead-letter exchange (default: `<queue>.dlq`).
+    #[arg(long, value_name = "NAME", requires = "dead_letter_exchange")]
+    dead_letter_queue: Option<String>,
+    /// Store: `memory`, `redis://…`, `redis-cluster://…` or `postgres://…`.
+    #[arg(long, default_value = "memory")]
     store: String,
+    /// Milliseconds each handler run sleeps (simulated work).
+    #[arg(long, default_value_t = 0)]
     handler_ms: u64,
+    /// File that gets one JSON line per handler execution.
+    #[arg(long)]
     effects: Option<String>,
+    /// Exit after this many seconds without any change in the counts.
+    #[arg(long, value_name = "SECS")]
     exit_when_idle: Option<u64>,
+    /// `basic.qos` prefetch count.
+    #[arg(long, default_value_t = 32)]
     prefetch: u16,
+    /// Deliveries processed at the same time.
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Publish this many orders (each `--copies` times) and exit instead of consuming.
+    #[arg(long, value_name = "N")]
     publish: Option<u64>,
+    /// Copies of each order published by `--publish`.
+    #[arg(long, default_value_t = 2)]
     copies: u64,
+    /// Run the handler in the Postgres transaction that claimed the key (needs `--store postgres://…`).
+    #[arg(long)]
     transactional: bool,
+    /// Table of effect rows written by `--transactional` handlers.
+    #[arg(long, default_value = "order_effects")]
     effects_table: String,
+    /// Claim lease in milliseconds (default: the engine's).
+    #[arg(long)]
     lease_ms: Option<u64>,
+    /// Milliseconds each handler waits after its effect, before the outcome is written.
+    #[arg(long, default_value_t = 0)]
     after_effect_ms: u64,
-}
-
-const USAGE: &str = "usage: amqp_orders [--amqp-url URL] [--queue NAME] [--dead-letter-exchange NAME] \
-[--store memory|redis://..|postgres://..] [--handler-ms N] [--effects FILE] [--exit-when-idle SECS] \
-[--prefetch N] [--concurrency N] [--lease-ms N] [--after-effect-ms N] [--transactional [--effects-table NAME]] | --publish N [--copies C]";
-
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-        queue: "orders".into(),
-        dead_letter_exchange: None,
-        store: "memory".into(),
-        handler_ms: 0,
-        effects: None,
-        exit_when_idle: None,
-        prefetch: 32,
-        concurrency: 16,
-        publish: None,
-        copies: 2,
-        transactional: false,
-        effects_table: "order_effects".into(),
-        lease_ms: None,
-        after_effect_ms: 0,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(USAGE.into());
-        }
-        if flag == "--transactional" {
-            a.transactional = true;
-            continue;
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
-        match flag.as_str() {
-            "--amqp-url" => a.amqp_url = value,
-            "--queue" => a.queue = value,
-            "--dead-letter-exchange" => a.dead_letter_exchange = Some(value),
-            "--store" => a.store = value,
-            "--handler-ms" => a.handler_ms = num(&value)?,
-            "--effects" => a.effects = Some(value),
-            "--exit-when-idle" => a.exit_when_idle = Some(num(&value)?),
-            "--prefetch" => {
-                a.prefetch = u16::try_from(num(&value)?).map_err(|e| format!("{flag}: {e}"))?
-            }
-            "--concurrency" => a.concurrency = num(&value)? as usize,
-            "--publish" => a.publish = Some(num(&value)?),
-            "--copies" => a.copies = num(&value)?,
-            "--effects-table" => a.effects_table = value,
-            "--lease-ms" => a.lease_ms = Some(num(&value)?),
-            "--after-effect-ms" => a.after_effect_ms = num(&value)?,
-            other => return Err(format!("unknown flag {other}\n{USAGE}")),
-        }
-    }
-    Ok(a)
 }
 
 /// Declares the queue durable if missing. A queue that exists with other arguments is used as it
@@ -133,6 +115,61 @@ async fn ensure_queue(url: &str, queue: &str) -> Result<(), lapin::Error> {
     }
     // Best effort: a channel closed by the broker above may still be closing.
     let _ = conn.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// Declares the dead-letter exchange (durable fanout) and a durable queue bound to it, so the
+/// first dead letter has somewhere to go (publishing to a missing exchange fails with 404).
+/// Existing ones with other settings are used as they are.
+async fn ensure_dead_letter(url: &str, exchange: &str, queue: &str) -> Result<(), lapin::Error> {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+    use lapin::ExchangeKind;
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let declared = conn
+        .create_channel()
+        .await?
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await;
+    if declared.is_err() {
+        // An exchange of another kind exists (PRECONDITION_FAILED closed that channel): keep it.
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        conn.create_channel()
+            .await?
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                passive,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let _ = conn.close(200, "declared".into()).await;
+    ensure_queue(url, queue).await?;
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    // A fanout exchange ignores the routing key, so the original one can be kept.
+    conn.create_channel()
+        .await?
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = conn.close(200, "bound".into()).await;
     Ok(())
 }
 
@@ -187,8 +224,15 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse()?;
+    let args = <Args as clap::Parser>::parse();
     ensure_queue(&args.amqp_url, &args.queue).await?;
+    if let Some(dlx) = &args.dead_letter_exchange {
+        let dlq = args
+            .dead_letter_queue
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", args.queue));
+        ensure_dead_letter(&args.amqp_url, dlx, &dlq).await?;
+    }
     if let Some(n) = args.publish {
         return publish(&args.amqp_url, &args.queue, n, args.copies).await;
     }

@@ -29,74 +29,48 @@ use std::time::{Duration, Instant};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-#[derive(Debug)]
+/// An idempotent order consumer on Kafka.
+#[derive(Debug, clap::Parser)]
 struct Args {
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "localhost:9092")]
     bootstrap: String,
+    /// Topic to consume.
+    #[arg(long, default_value = "orders")]
     topic: String,
+    /// Consumer group id (also the idempotency scope).
+    #[arg(long, default_value = "idemq-orders")]
     group: String,
+    /// Store: `memory`, `redis://…`, `redis-cluster://…` or `postgres://…`.
+    #[arg(long, default_value = "memory")]
     store: String,
+    /// Topic that dead-lettered records are produced to.
+    #[arg(long)]
     dead_letter_topic: Option<String>,
+    /// Milliseconds each handler run sleeps (simulated work).
+    #[arg(long, default_value_t = 0)]
     handler_ms: u64,
+    /// File that gets one JSON line per handler execution.
+    #[arg(long)]
     effects: Option<String>,
+    /// Exit after this many seconds without a record and with nothing in progress.
+    #[arg(long, value_name = "SECS")]
     exit_when_idle: Option<u64>,
+    /// Run the handler in the Postgres transaction that claimed the key (needs `--store postgres://…`).
+    #[arg(long)]
     transactional: bool,
+    /// Table of effect rows written by `--transactional` handlers.
+    #[arg(long, default_value = "order_effects")]
     effects_table: String,
+    /// Claim lease in milliseconds (default: the engine's).
+    #[arg(long)]
     lease_ms: Option<u64>,
+    /// Milliseconds each handler waits after its effect, before the outcome is written.
+    #[arg(long, default_value_t = 0)]
     after_effect_ms: u64,
+    /// Static group membership: sets `group.instance.id`.
+    #[arg(long, value_name = "ID")]
     static_member: Option<String>,
-}
-
-const USAGE: &str = "usage: kafka_orders [--bootstrap HOST:PORT] [--topic T] [--group G] \
-[--store memory|redis://..|postgres://..] [--dead-letter-topic T] [--handler-ms N] \
-[--effects FILE] [--exit-when-idle SECS] [--lease-ms N] [--after-effect-ms N] [--static-member ID] \
-[--transactional [--effects-table NAME]]";
-
-fn parse_args() -> BoxResult<Args> {
-    let mut a = Args {
-        bootstrap: "localhost:9092".into(),
-        topic: "orders".into(),
-        group: "idemq-orders".into(),
-        store: "memory".into(),
-        dead_letter_topic: None,
-        handler_ms: 0,
-        effects: None,
-        exit_when_idle: None,
-        transactional: false,
-        effects_table: "order_effects".into(),
-        lease_ms: None,
-        after_effect_ms: 0,
-        static_member: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        if flag == "--transactional" {
-            a.transactional = true;
-            continue;
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--bootstrap" => a.bootstrap = value,
-            "--topic" => a.topic = value,
-            "--group" => a.group = value,
-            "--store" => a.store = value,
-            "--dead-letter-topic" => a.dead_letter_topic = Some(value),
-            "--handler-ms" => a.handler_ms = value.parse()?,
-            "--effects" => a.effects = Some(value),
-            "--exit-when-idle" => a.exit_when_idle = Some(value.parse()?),
-            "--effects-table" => a.effects_table = value,
-            "--lease-ms" => a.lease_ms = Some(value.parse()?),
-            "--after-effect-ms" => a.after_effect_ms = value.parse()?,
-            "--static-member" => a.static_member = Some(value),
-            other => return Err(format!("unknown flag {other}\n{USAGE}").into()),
-        }
-    }
-    Ok(a)
 }
 
 #[tokio::main]
@@ -111,7 +85,7 @@ async fn main() {
 }
 
 async fn run() -> BoxResult<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let effects = args.effects.clone();
     let handler_ms = args.handler_ms;
     let after_effect_ms = args.after_effect_ms;

@@ -37,34 +37,23 @@ const RETENTION: Duration = Duration::from_secs(3600);
 /// Sequential operations per phase in the round-trip pass.
 const RT_SAMPLE: u64 = 200;
 
+/// Round trips and throughput of the Postgres store and the transactional engine.
+#[derive(clap::Parser)]
 struct Args {
+    /// Postgres URL (a private table is created and dropped).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     url: String,
+    /// Messages per phase.
+    #[arg(long, default_value_t = 4000)]
     messages: u64,
+    /// Operations in flight in the throughput passes.
+    #[arg(long, default_value_t = 16)]
     concurrency: u64,
-}
-
-fn args() -> Result<Args, BoxError> {
-    let mut a = Args {
-        url: "postgres://postgres@127.0.0.1:5432/test".into(),
-        messages: 4000,
-        concurrency: 16,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--url" => a.url = value,
-            "--messages" => a.messages = value.parse()?,
-            "--concurrency" => a.concurrency = value.parse()?,
-            other => return Err(format!("unknown flag {other}").into()),
-        }
-    }
-    Ok(a)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let args = args()?;
+    let args = <Args as clap::Parser>::parse();
     let table = format!("idemq_bench_{}", std::process::id());
     let effects = format!("{table}_effects");
     let store = open(&args.url, &table, args.concurrency as usize + 4).await?;

@@ -143,13 +143,96 @@ struct Args {
     lag_ms: u64,
 }
 
-const USAGE: &str = "usage: chaos [--short] [--scenarios amqp-redis,amqp-postgres,kafka-redis,kafka-postgres \
-(default: all four; amqp-memory and kafka-memory are negative controls that must fail; \
-amqp-redis-cluster[-wait] and kafka-redis-cluster[-wait] run on a Redis Cluster)] [--lag-ms N] \
-[--messages N] [--dup-rate R] [--bad-rate R] [--consumers N] [--kills N] [--outage-secs N] \
-[--broker-faults N] [--handler-ms N] [--after-effect-ms N] [--lease-ms N] [--gap-ms N] [--partitions N] \
-[--drain-timeout-secs N] [--seed N] [--amqp-url URL] [--postgres-url URL] [--work-dir DIR] [--keep] \
-[--static-members (Kafka: group.instance.id per consumer, reused by a killed one's replacement; rows named kafka-*-static)]";
+/// Fault injection against running `amqp_orders` / `kafka_orders` consumers; exits 1 if an
+/// invariant of the processing contract broke.
+#[derive(clap::Parser)]
+struct Cli {
+    /// The CI configuration: a few hundred messages and a few faults (~1 minute a scenario).
+    /// Explicit flags override its values.
+    #[arg(long)]
+    short: bool,
+    /// Comma-separated scenarios (default: amqp-redis,amqp-postgres,kafka-redis,kafka-postgres).
+    /// amqp-memory and kafka-memory are negative controls that must fail;
+    /// amqp-redis-cluster[-wait] and kafka-redis-cluster[-wait] run on a Redis Cluster.
+    #[arg(long, value_name = "LIST")]
+    scenarios: Option<String>,
+    /// Orders published per scenario (at least 10; default 5000, 300 with --short).
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Share of publishes that repeat an earlier key.
+    #[arg(long, default_value_t = 0.3, value_parser = rate)]
+    dup_rate: f64,
+    /// Share of bad inputs (no key, empty key, oversized key, non-UTF-8 key, conflicting payload).
+    #[arg(long, default_value_t = 0.03, value_parser = rate)]
+    bad_rate: f64,
+    /// Consumer processes per scenario.
+    #[arg(long, default_value_t = 4)]
+    consumers: usize,
+    /// SIGKILLs of a random consumer (default 10, 3 with --short).
+    #[arg(long)]
+    kills: Option<usize>,
+    /// Length of the store outage in seconds (default 10, 3 with --short).
+    #[arg(long)]
+    outage_secs: Option<u64>,
+    /// Broker faults: closed AMQP connections or forced Kafka rebalances (default 2, 1 with --short).
+    #[arg(long)]
+    broker_faults: Option<usize>,
+    /// Milliseconds each handler run sleeps.
+    #[arg(long, default_value_t = 10)]
+    handler_ms: u64,
+    /// Milliseconds each handler waits after its effect (widens the kill window).
+    #[arg(long, default_value_t = 0)]
+    after_effect_ms: u64,
+    /// Consumers' lease in milliseconds (default: 3 s, or three times the outage when longer).
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// Milliseconds between faults (default 2500, 1500 with --short).
+    #[arg(long)]
+    gap_ms: Option<u64>,
+    /// Kafka topic partitions.
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    /// How long to wait for everything to drain (default 300, 120 with --short).
+    #[arg(long)]
+    drain_timeout_secs: Option<u64>,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// AMQP URL.
+    #[arg(
+        long,
+        env = "IDEMQ_TEST_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Postgres URL.
+    #[arg(
+        long,
+        env = "IDEMQ_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
+    /// Directory for logs, effects files and private servers (default: $TMPDIR/idemq-chaos).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the work directory afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Kafka: group.instance.id per consumer, reused by a killed one's replacement (rows named
+    /// kafka-*-static).
+    #[arg(long)]
+    static_members: bool,
+    /// How long a Redis Cluster replica lags before its primary is killed (milliseconds).
+    #[arg(long, default_value_t = 300)]
+    lag_ms: u64,
+}
+
+fn rate(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(r) if (0.0..1.0).contains(&r) => Ok(r),
+        _ => Err("a number in [0, 1)".into()),
+    }
+}
 
 fn parse_args() -> Result<Args, String> {
     let all = [
@@ -158,7 +241,7 @@ fn parse_args() -> Result<Args, String> {
         (BrokerKind::Kafka, StoreKind::Redis),
         (BrokerKind::Kafka, StoreKind::Postgres),
     ];
-    // Named only: the negative controls that must fail.
+    // Named only: the negative controls that must fail, and the Redis Cluster runs.
     let controls = [
         (BrokerKind::Amqp, StoreKind::Memory),
         (BrokerKind::Kafka, StoreKind::Memory),
@@ -167,101 +250,53 @@ fn parse_args() -> Result<Args, String> {
         (BrokerKind::Kafka, StoreKind::RedisCluster { wait: false }),
         (BrokerKind::Kafka, StoreKind::RedisCluster { wait: true }),
     ];
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    let mut a = Args {
-        scenarios: all.to_vec(),
-        messages: 5000,
-        dup_rate: 0.3,
-        bad_rate: 0.03,
-        consumers: 4,
-        kills: 10,
-        outage_secs: 10,
-        broker_faults: 2,
-        handler_ms: 10,
-        after_effect_ms: 0,
-        lease_ms: None,
-        gap_ms: 2500,
-        partitions: 8,
-        drain_timeout: Duration::from_secs(300),
-        seed,
-        amqp_url: std::env::var("IDEMQ_TEST_AMQP_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
-        postgres_url: std::env::var("IDEMQ_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
-        work_dir: std::env::temp_dir().join("idemq-chaos"),
-        keep: false,
-        static_members: false,
-        lag_ms: 300,
+    let c = <Cli as clap::Parser>::parse();
+    let scenarios = match &c.scenarios {
+        None => all.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|s| {
+                all.iter()
+                    .chain(&controls)
+                    .copied()
+                    .find(|(b, st)| scenario_name(*b, *st) == s.trim())
+                    .ok_or_else(|| format!("unknown scenario {s:?} (see --help)"))
+            })
+            .collect::<Result<_, _>>()?,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "-h" | "--help" => return Err(USAGE.into()),
-            "--keep" => {
-                a.keep = true;
-                continue;
-            }
-            "--static-members" => {
-                a.static_members = true;
-                continue;
-            }
-            "--short" => {
-                // The CI configuration: a few hundred messages, a few faults, ~1 minute a scenario.
-                a.messages = 300;
-                a.kills = 3;
-                a.outage_secs = 3;
-                a.broker_faults = 1;
-                a.gap_ms = 1500;
-                a.drain_timeout = Duration::from_secs(120);
-                continue;
-            }
-            _ => {}
-        }
-        let v = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
-        let rate = |v: &str| match v.parse::<f64>() {
-            Ok(r) if (0.0..1.0).contains(&r) => Ok(r),
-            _ => Err(format!("{flag}: a number in [0, 1)")),
-        };
-        match flag.as_str() {
-            "--scenarios" => {
-                a.scenarios = v
-                    .split(',')
-                    .map(|s| {
-                        all.iter()
-                            .chain(&controls)
-                            .copied()
-                            .find(|(b, st)| scenario_name(*b, *st) == s.trim())
-                            .ok_or_else(|| format!("unknown scenario {s:?}\n{USAGE}"))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            "--messages" => a.messages = num(&v)? as usize,
-            "--dup-rate" => a.dup_rate = rate(&v)?,
-            "--bad-rate" => a.bad_rate = rate(&v)?,
-            "--consumers" => a.consumers = (num(&v)? as usize).max(1),
-            "--kills" => a.kills = num(&v)? as usize,
-            "--outage-secs" => a.outage_secs = num(&v)?,
-            "--broker-faults" => a.broker_faults = num(&v)? as usize,
-            "--handler-ms" => a.handler_ms = num(&v)?,
-            "--after-effect-ms" => a.after_effect_ms = num(&v)?,
-            "--lease-ms" => a.lease_ms = Some(num(&v)?.max(100)),
-            "--gap-ms" => a.gap_ms = num(&v)?,
-            "--partitions" => a.partitions = (num(&v)? as i32).max(1),
-            "--drain-timeout-secs" => a.drain_timeout = Duration::from_secs(num(&v)?),
-            "--seed" => a.seed = num(&v)?,
-            "--amqp-url" => a.amqp_url = v,
-            "--postgres-url" => a.postgres_url = v,
-            "--work-dir" => a.work_dir = PathBuf::from(v),
-            "--lag-ms" => a.lag_ms = num(&v)?,
-            other => return Err(format!("unknown flag {other}\n{USAGE}")),
-        }
-    }
+    // `--short` is the CI configuration; flags given explicitly still win.
+    let pick = |short: u64, long: u64| if c.short { short } else { long };
+    let seed = c.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let a = Args {
+        scenarios,
+        messages: c.messages.unwrap_or(pick(300, 5000) as usize),
+        dup_rate: c.dup_rate,
+        bad_rate: c.bad_rate,
+        consumers: c.consumers.max(1),
+        kills: c.kills.unwrap_or(pick(3, 10) as usize),
+        outage_secs: c.outage_secs.unwrap_or(pick(3, 10)),
+        broker_faults: c.broker_faults.unwrap_or(pick(1, 2) as usize),
+        handler_ms: c.handler_ms,
+        after_effect_ms: c.after_effect_ms,
+        lease_ms: c.lease_ms.map(|ms| ms.max(100)),
+        gap_ms: c.gap_ms.unwrap_or(pick(1500, 2500)),
+        partitions: c.partitions.max(1),
+        drain_timeout: Duration::from_secs(c.drain_timeout_secs.unwrap_or(pick(120, 300))),
+        seed,
+        amqp_url: c.amqp_url,
+        postgres_url: c.postgres_url,
+        work_dir: c
+            .work_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("idemq-chaos")),
+        keep: c.keep,
+        static_members: c.static_members,
+        lag_ms: c.lag_ms,
+    };
     if a.messages < 10 {
         return Err("--messages must be at least 10".into());
     }

@@ -1,0 +1,51 @@
+//! The smallest useful idempotent Kafka consumer: copy it and replace the handler.
+//!
+//! ```text
+//! cargo run --example minimal_kafka -- --store memory --bootstrap localhost:9092 --topic orders
+//! ```
+//!
+//! Producers put the idempotency key in the `Idempotency-Key` header. The handler runs once per key;
+//! records without a key, with a payload that is not JSON, or reusing a key with another payload go
+//! to `<topic>.dlq`. One JSON line per handled record goes to stdout, logs to stderr. Ctrl-C or
+//! SIGTERM stops it gracefully (in-flight records finish, offsets are committed).
+use clap::Parser;
+use idemq::{CancellationToken, HandlerContext, HandlerError};
+
+#[derive(Parser)]
+struct Args {
+    /// `memory`, `redis://127.0.0.1:6379` (feature `redis`) or `postgres://…` (feature `postgres`).
+    #[arg(long, env = "IDEMQ_STORE", default_value = "memory")]
+    store: String,
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
+    bootstrap: String,
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "orders")]
+    topic: String,
+    /// Consumer group; also the scope the keys are claimed in.
+    #[arg(long, env = "KAFKA_GROUP", default_value = "payments")]
+    group: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let consumer = idemq::kafka::KafkaConsumerBuilder::new()
+        .bootstrap_servers(&args.bootstrap)
+        .group_id(&args.group)
+        .topic(&args.topic)
+        .dead_letter_topic(format!("{}.dlq", args.topic))
+        .store(idemq::store::connect(&args.store).await?)
+        .handler(|ctx: HandlerContext| async move {
+            let order: serde_json::Value =
+                serde_json::from_slice(&ctx.message.payload).map_err(HandlerError::permanent)?;
+            let key = ctx.key.as_ref().map(|k| k.to_string());
+            // The side effect (charge the card, write the row) goes here.
+            println!("{}", serde_json::json!({ "key": key, "order": order }));
+            Ok::<_, HandlerError>(serde_json::json!({ "charged": order["amount"] }))
+        })
+        .build()?;
+    consumer.run_until_ctrl_c(CancellationToken::new()).await?;
+    Ok(())
+}
