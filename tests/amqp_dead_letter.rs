@@ -255,3 +255,72 @@ async fn unconfirmed_dead_letter_is_requeued_not_lost() {
     );
     rabbit.cleanup().await;
 }
+
+/// `amqp_orders --dead-letter-exchange X` declares `X` and `<queue>.dlq` when they are missing, so
+/// the very first dead letter lands in the DLQ (publishing to a missing exchange would fail with
+/// 404 and the delivery would be requeued over and over).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_orders_declares_its_dead_letter_exchange_and_queue() {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    use support::services::{amqp_url, example_binary, unique};
+    let Some(rabbit) = Rabbit::connect().await else {
+        return;
+    };
+    let Some(bin) = example_binary("amqp_orders") else {
+        return;
+    };
+    let queue = rabbit.queue("orders-ex").await;
+    let (dlx, dlq) = (unique("orders-ex-dlx"), format!("{queue}.dlq"));
+    // No key header and no message_id: dead-lettered as `missing-idempotency-key`.
+    rabbit.publish(&queue, None, b"{\"order\":1}").await;
+    let mut child = tokio::process::Command::new(bin)
+        .args(["--amqp-url", &amqp_url(), "--queue", &queue])
+        .args(["--dead-letter-exchange", &dlx, "--store", "memory"])
+        .args(["--exit-when-idle", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start amqp_orders");
+    // The DLQ appears when the example has declared it.
+    let exists = || async {
+        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+            .await
+            .expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        let passive = lapin::options::QueueDeclareOptions::default().passive();
+        let found = ch
+            .queue_declare(dlq.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_ok();
+        let _ = conn.close(200, "ok".into()).await;
+        found
+    };
+    let start = std::time::Instant::now();
+    while !exists().await {
+        assert!(start.elapsed() < Duration::from_secs(30), "{dlq} declared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = rabbit.wait_drain(&dlq, 1, Duration::from_secs(30)).await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits when idle")
+        .expect("wait");
+    assert!(status.success(), "amqp_orders exit status {status:?}");
+    assert_eq!(dead.len(), 1, "the first dead letter is in the DLQ");
+    assert_eq!(
+        dead[0].header(headers::REASON).as_deref(),
+        Some("missing-idempotency-key")
+    );
+    assert_eq!(rabbit.counts(&queue).await.0, 0, "not requeued");
+    let _ = rabbit
+        .ch
+        .queue_delete(dlq.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = rabbit
+        .ch
+        .exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
+    rabbit.cleanup().await;
+}

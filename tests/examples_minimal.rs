@@ -1,0 +1,250 @@
+//! The copy-me examples `minimal_kafka` and `minimal_amqp`, run as users run them: as processes
+//! against a broker, fed a duplicate and a keyless message, stopped with SIGTERM. Each must print
+//! one JSON line per handled key (a duplicate is not handled again), dead-letter the keyless
+//! message, and exit 0 by itself.
+//!
+//! Needs the example binaries (`cargo test --all-features` builds examples before running tests;
+//! with `--test examples_minimal` alone, build them first: `cargo build --all-features --example
+//! minimal_kafka --example minimal_amqp`).
+#![cfg(unix)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// An example process whose stdout lines are collected as they come.
+struct Example {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Example {
+    fn start(mut cmd: Command) -> Example {
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start example");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (out, sink) = (child.stdout.take().expect("stdout"), lines.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        Example {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    fn line_count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// SIGTERM, then waits (at most 30 s) for the process to exit; returns its stderr.
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>, String) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "SIGTERM sent");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = self.stderr.join().expect("stderr reader");
+        let lines = self.lines.lock().unwrap().clone();
+        (status, lines, stderr)
+    }
+}
+
+/// How often each `"key"` occurs in the handler's JSON lines (every line must be JSON).
+fn handled_keys(lines: &[String]) -> HashMap<String, u32> {
+    let mut runs = HashMap::new();
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let key = v["key"].as_str().expect("key").to_string();
+        *runs.entry(key).or_insert(0) += 1;
+    }
+    runs
+}
+
+fn once_each(keys: &[&str]) -> HashMap<String, u32> {
+    keys.iter().map(|k| (k.to_string(), 1)).collect()
+}
+
+async fn wait_until(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimal_kafka_handles_each_key_once_and_stops_on_sigterm() {
+    use support::kafka::{committed, produce, read_all, Broker, Rec};
+    use support::services::{example_binary, unique};
+
+    let Some(bin) = example_binary("minimal_kafka") else {
+        return;
+    };
+    // An in-process MockCluster listens on a real port, so the example process can reach it.
+    let broker = Broker::mock();
+    let (topic, group) = (unique("minimal"), unique("minimal-g"));
+    let dlq = format!("{topic}.dlq");
+    broker.create_topic(&topic, 1).await;
+    broker.create_topic(&dlq, 1).await;
+    let keyless = Rec {
+        partition: None,
+        kafka_key: None,
+        headers: vec![],
+        payload: br#"{"amount":9}"#.to_vec(),
+    };
+    let recs = [
+        Rec::keyed("order-1", r#"{"amount":1}"#),
+        Rec::keyed("order-2", r#"{"amount":2}"#),
+        Rec::keyed("order-1", r#"{"amount":1}"#), // a producer retry
+        keyless,
+        Rec::keyed("order-3", r#"{"amount":3}"#),
+    ];
+    produce(&broker.bootstrap(), &topic, &recs).await;
+
+    let mut cmd = Command::new(bin);
+    cmd.args(["--bootstrap", &broker.bootstrap(), "--topic", &topic])
+        .args(["--group", &group, "--store", "memory"]);
+    let example = Example::start(cmd);
+    let bootstrap = broker.bootstrap();
+    // Everything up to the last record was handled or dead-lettered: 3 keys printed and the
+    // keyless record in the DLQ.
+    wait_until("3 handled keys", Duration::from_secs(60), async || {
+        example.line_count() >= 3
+    })
+    .await;
+    let dead = read_all(&bootstrap, &dlq, 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1, "the keyless record is dead-lettered");
+    assert_eq!(
+        support::kafka::header(&dead[0], "x-idemq-reason").as_deref(),
+        Some("missing-idempotency-key")
+    );
+
+    let (status, lines, stderr) = example.terminate();
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status:?}\n{stderr}"
+    );
+    assert_eq!(
+        handled_keys(&lines),
+        once_each(&["order-1", "order-2", "order-3"])
+    );
+    // The graceful stop committed all five records, the duplicate and the dead letter included.
+    assert_eq!(committed(&bootstrap, &group, &topic, 1), vec![5]);
+}
+
+#[cfg(feature = "amqp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimal_amqp_handles_each_key_once_and_stops_on_sigterm() {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::FieldTable;
+    use support::amqp::Rabbit;
+    use support::services::{amqp_url, example_binary, unique};
+
+    let Some(rabbit) = Rabbit::connect().await else {
+        return;
+    };
+    let Some(bin) = example_binary("minimal_amqp") else {
+        return;
+    };
+    // Declared here as the example declares it, so the messages can be published before it starts.
+    let queue = unique("minimal");
+    let (dlx, dlq) = (format!("{queue}.dlx"), format!("{queue}.dlq"));
+    rabbit
+        .ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
+    rabbit
+        .publish(&queue, Some("order-1"), br#"{"amount":1}"#)
+        .await;
+    rabbit
+        .publish(&queue, Some("order-2"), br#"{"amount":2}"#)
+        .await;
+    rabbit
+        .publish(&queue, Some("order-1"), br#"{"amount":1}"#)
+        .await;
+    rabbit.publish(&queue, None, br#"{"amount":9}"#).await;
+    rabbit
+        .publish(&queue, Some("order-3"), br#"{"amount":3}"#)
+        .await;
+
+    let mut cmd = Command::new(bin);
+    cmd.args(["--amqp-url", &amqp_url(), "--queue", &queue])
+        .args(["--store", "memory"]);
+    let example = Example::start(cmd);
+    wait_until("3 handled keys", Duration::from_secs(60), async || {
+        example.line_count() >= 3
+    })
+    .await;
+    // The example declared the dead-letter exchange and queue; the first dead letter lands there.
+    let dead = rabbit.wait_drain(&dlq, 1, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 1, "the keyless message is dead-lettered");
+    assert_eq!(
+        dead[0].header("x-idemq-reason").as_deref(),
+        Some("missing-idempotency-key")
+    );
+    // The duplicate was settled too (acked as a replay): nothing left in the queue.
+    wait_until("the queue drained", Duration::from_secs(30), async || {
+        rabbit.counts(&queue).await.0 == 0
+    })
+    .await;
+
+    let (status, lines, stderr) = example.terminate();
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status:?}\n{stderr}"
+    );
+    assert_eq!(
+        handled_keys(&lines),
+        once_each(&["order-1", "order-2", "order-3"])
+    );
+    let (ready, _) = rabbit.counts(&queue).await;
+    assert_eq!(ready, 0, "nothing requeued by the shutdown");
+    for q in [&queue, &dlq] {
+        let _ = rabbit
+            .ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = rabbit
+        .ch
+        .exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
+    rabbit.cleanup().await;
+}
