@@ -3,11 +3,11 @@
 # no services needed. Installs the build prerequisites first when it can.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v cmake >/dev/null || ! dpkg -s libcurl4-openssl-dev libssl-dev >/dev/null 2>&1; then
+if ! command -v cmake >/dev/null || ! dpkg -s libssl-dev >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake libcurl4-openssl-dev libssl-dev >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake libssl-dev >/dev/null
   else
-    echo "librdkafka needs cmake, libcurl and OpenSSL headers: sudo apt-get install -y cmake libcurl4-openssl-dev libssl-dev" >&2
+    echo "librdkafka needs cmake and the OpenSSL headers: sudo apt-get install -y cmake libssl-dev" >&2
     exit 1
   fi
 fi

