@@ -1,4 +1,4 @@
-//! The engine against the processing contract (shared/SEMANTICS.md), on the memory store.
+//! The engine against the processing contract (docs/semantics.md), on the memory store.
 //!
 //! Cases where time matters run on tokio's paused clock (the memory store keeps time with
 //! `tokio::time::Instant`), so leases of seconds cost no wall time and timings are exact.

@@ -5,7 +5,7 @@
 //! dead-letter; the engine never acknowledges anything itself, which keeps acknowledgement where the
 //! broker connection is.
 //!
-//! The decisions follow the processing contract (`shared/SEMANTICS.md`). Where it leaves room, the
+//! The decisions follow the processing contract (`docs/semantics.md`). Where it leaves room, the
 //! engine behaves as follows:
 //!
 //! - **Panics are retriable failures.** A panic in the handler's future, in the handler *before*

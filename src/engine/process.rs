@@ -1,4 +1,4 @@
-//! The processing flow of one message. The table in `shared/SEMANTICS.md` is the specification;
+//! The processing flow of one message. The tables in `docs/semantics.md` are the specification;
 //! each branch below names the row it implements.
 
 use super::telemetry::record_decision;
