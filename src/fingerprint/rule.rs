@@ -258,6 +258,23 @@ mod tests {
                 .unwrap(),
             Fingerprint::of(&m, &names)
         );
+        // Pinned values (SHA-256 of the documented v1 layout), so records written by earlier
+        // versions keep matching.
+        assert_eq!(
+            FingerprintRule::default()
+                .fingerprint(&msg("a"))
+                .unwrap()
+                .to_hex(),
+            "ce0ffdeedc2c7292265adc8d9cb3ecce6040518bde0dd13eb16a3905fe49dfc6"
+        );
+        assert_eq!(
+            FingerprintRule::default()
+                .with_headers(["Tenant"])
+                .fingerprint(&m)
+                .unwrap()
+                .to_hex(),
+            "a8c7b86a4f6ca102a312de80b770f660f282b6de8dd927f787330a2214612827"
+        );
         // Not JSON is fine for the byte rule.
         assert!(FingerprintRule::default()
             .fingerprint(&msg("\u{1}"))
