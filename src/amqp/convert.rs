@@ -32,20 +32,20 @@ pub(crate) fn to_message(
 /// The basic properties users read, as owned strings.
 fn properties_of(p: &BasicProperties) -> AmqpProperties {
     let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_string());
-    let mut out = AmqpProperties::default();
-    out.message_id = text(p.message_id());
-    out.correlation_id = text(p.correlation_id());
-    out.reply_to = text(p.reply_to());
-    out.content_type = text(p.content_type());
-    out.content_encoding = text(p.content_encoding());
-    out.timestamp = *p.timestamp();
-    out.message_type = text(p.kind());
-    out.app_id = text(p.app_id());
-    out.user_id = text(p.user_id());
-    out.priority = *p.priority();
-    out.expiration = text(p.expiration());
-    out.delivery_mode = *p.delivery_mode();
-    out
+    AmqpProperties {
+        message_id: text(p.message_id()),
+        correlation_id: text(p.correlation_id()),
+        reply_to: text(p.reply_to()),
+        content_type: text(p.content_type()),
+        content_encoding: text(p.content_encoding()),
+        timestamp: *p.timestamp(),
+        message_type: text(p.kind()),
+        app_id: text(p.app_id()),
+        user_id: text(p.user_id()),
+        priority: *p.priority(),
+        expiration: text(p.expiration()),
+        delivery_mode: *p.delivery_mode(),
+    }
 }
 
 /// Header table → ordered headers; `Void` values become headers without a value.

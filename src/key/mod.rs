@@ -384,10 +384,7 @@ mod tests {
     #[test]
     fn custom_sources() {
         let cfg = KeyConfig::new([
-            KeySource::custom_checked(|m| match m.header("bad") {
-                Some(_) => Some(Err("bad header".into())),
-                None => None,
-            }),
+            KeySource::custom_checked(|m| m.header("bad").map(|_| Err("bad header".into()))),
             KeySource::custom(|m| Some(format!("len-{}", m.payload.len()))),
         ]);
         assert_eq!(cfg.extract(&msg()).unwrap().as_str(), "len-1");

@@ -4,6 +4,9 @@
 use bytes::Bytes;
 
 /// What the broker delivered besides headers and payload.
+// Not boxed: a message is allocated once (in an `Arc`) per delivery, and boxing the AMQP variant
+// would add a second allocation to every AMQP delivery.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Metadata {
