@@ -27,7 +27,7 @@
 //! written (outside the transaction, so at-least-once).
 
 use idemq::amqp::AmqpConsumer;
-use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError, Source};
+use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError, KeySource, Source};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -268,7 +268,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 // One write per line with O_APPEND, so several processes can share the file.
                 let line = serde_json::json!({
                     "key": key, "queue": queue, "delivery_tag": tag,
-                    "redelivered": ctx.message.redelivered, "pid": std::process::id(),
+                    "redelivered": ctx.amqp().is_some_and(|a| a.redelivered), "pid": std::process::id(),
                 });
                 let mut f = file
                     .lock()
@@ -292,8 +292,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         // A short lease lets a killed consumer's claims be taken over quickly (chaos runs).
         config.lease = Duration::from_millis(ms);
     }
+    // The message_id is the key when no Idempotency-Key header is present.
+    config.key.sources.push(KeySource::MessageId);
     let mut builder = if args.transactional {
-        config.key.use_message_id = true;
         builder.processor(
             transactional::processor(&args.store, &args.effects_table, config, handler)
                 .await
@@ -303,7 +304,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         builder
             .store(idemq::store::connect(&args.store).await?)
             .engine_config(config)
-            .message_id_fallback(true)
             .handler(handler)
     };
     if let Some(dlx) = &args.dead_letter_exchange {

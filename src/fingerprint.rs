@@ -1,7 +1,14 @@
-//! Payload fingerprints: SHA-256 over the payload and, optionally, chosen headers.
+//! Payload fingerprints: SHA-256 over the payload (or the parts a [`FingerprintRule`] chooses)
+//! and, optionally, chosen headers.
 //!
 //! The fingerprint is stored with each record so that a true replay (same key, same content) can be
-//! told apart from a key reused for a different message, which is a conflict.
+//! told apart from a key reused for a different message, which is a conflict. See
+//! [`FingerprintRule`] for choosing what counts, and the risks of each choice.
+
+mod canonical;
+mod rule;
+
+pub use rule::{FingerprintError, FingerprintRule};
 
 use crate::message::Message;
 use sha2::{Digest, Sha256};
@@ -21,19 +28,7 @@ impl Fingerprint {
         h.update(b"idemq-fp-v1");
         h.update((message.payload.len() as u64).to_be_bytes());
         h.update(&message.payload);
-        for name in headers {
-            h.update((name.len() as u64).to_be_bytes());
-            h.update(name.to_ascii_lowercase().as_bytes());
-            match message.header(name) {
-                Some(Some(v)) => {
-                    h.update([1]);
-                    h.update((v.len() as u64).to_be_bytes());
-                    h.update(v);
-                }
-                Some(None) => h.update([2]),
-                None => h.update([0]),
-            }
-        }
+        hash_headers(&mut h, message, headers);
         Fingerprint(h.finalize().into())
     }
 
@@ -50,6 +45,23 @@ impl Fingerprint {
             s.push(char::from(HEX[(b & 15) as usize]));
         }
         s
+    }
+}
+
+/// Mixes the named headers of `message` (name, then absent / no value / value) into `h`.
+fn hash_headers(h: &mut Sha256, message: &Message, headers: &[String]) {
+    for name in headers {
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.to_ascii_lowercase().as_bytes());
+        match message.header(name) {
+            Some(Some(v)) => {
+                h.update([1]);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(v);
+            }
+            Some(None) => h.update([2]),
+            None => h.update([0]),
+        }
     }
 }
 

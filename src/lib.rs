@@ -1,13 +1,16 @@
 //! # idemq — idempotent message consumers
 //!
 //! idemq sits between a broker (Kafka, RabbitMQ) and your handler. For every message it reads an
-//! idempotency key from a header, **claims** the key in a [`Store`] before the handler
-//! runs, **stores the handler's outcome**, and acknowledges later copies of a completed key without
-//! running the handler again. Broker redeliveries, rebalances, double publishes and dead-letter
-//! replays therefore run a handler at most once per key.
+//! idempotency key (from a header, the Kafka record key, an AMQP property, a JSON field, …),
+//! **claims** the key in a [`Store`] before the handler runs, **stores the handler's outcome**,
+//! and acknowledges later copies of a completed key without running the handler again. Broker
+//! redeliveries, rebalances, double publishes and dead-letter replays therefore run a handler at
+//! most once per key.
 //!
 //! The pieces, by folder:
-//! - [`key`]: where keys come from, validation, the missing-key policy.
+//! - [`key`]: where keys come from, validation, the missing-key policy, scopes.
+//! - [`fingerprint`]: which parts of a message tell a replay from a conflicting reuse of a key.
+//! - [`message`]: the broker-neutral message and its Kafka / AMQP metadata.
 //! - [`store`]: the [`Store`] trait and its backends (memory, Redis, Postgres).
 //! - [`engine`]: claim → run with lease renewal → settle, returning a [`Disposition`].
 //! - `kafka` / `amqp` (features): consumer wrappers that map dispositions to commits and acks.
@@ -53,9 +56,9 @@ pub use engine::{
     Backoff, ConfigError, DeadLetter, DeadLetterReason, Disposition, Engine, EngineConfig,
     Processor, RetryCause,
 };
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, FingerprintRule};
 pub use handler::{Handler, HandlerContext, HandlerError};
-pub use key::{IdempotencyKey, KeyConfig, KeyError, MissingKeyPolicy};
+pub use key::{IdempotencyKey, KeyConfig, KeyError, KeySource, MissingKeyPolicy, Scope};
 pub use message::{Header, Message, Source};
 pub use outcome::{Outcome, OutcomeStatus};
 pub use store::{BoxError, Store, StoreError};

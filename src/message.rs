@@ -2,6 +2,25 @@
 //!
 //! Broker adapters convert a Kafka record or an AMQP delivery into a [`Message`]; the engine never sees
 //! a broker type, which is what lets one engine serve both brokers and the tests.
+//!
+//! What the broker said about a message besides headers and payload (the Kafka record key and
+//! timestamp, the AMQP properties, …) is in its [`Metadata`], read with [`Message::kafka`] and
+//! [`Message::amqp`]:
+//!
+//! ```
+//! use idemq::message::{KafkaMetadata, Message};
+//!
+//! let msg = Message::from_kafka("{}", KafkaMetadata::new("orders", 3, 42).with_key("order-7"));
+//! let kafka = msg.kafka().unwrap();
+//! assert_eq!(kafka.key.as_deref(), Some(&b"order-7"[..]));
+//! assert_eq!((kafka.topic.as_str(), kafka.partition, kafka.offset), ("orders", 3, 42));
+//! assert!(msg.amqp().is_none());
+//! assert_eq!(msg.source.to_string(), "kafka:orders/3@42");
+//! ```
+
+mod metadata;
+
+pub use metadata::{AmqpMetadata, AmqpProperties, KafkaMetadata, KafkaTimestamp, Metadata};
 
 use bytes::Bytes;
 use std::fmt;
@@ -70,30 +89,73 @@ impl fmt::Display for Source {
     }
 }
 
-/// A message as the engine sees it: headers, payload and origin.
+/// A message as the engine sees it: headers, payload, origin and broker metadata.
 #[derive(Clone, Debug)]
 pub struct Message {
     /// Headers in delivery order (names may repeat).
     pub headers: Vec<Header>,
     /// The payload bytes.
     pub payload: Bytes,
-    /// Where the message came from.
+    /// Where the message came from (copied into dead-letter headers and logs).
     pub source: Source,
-    /// AMQP `message_id` property, used as a key fallback when configured.
-    pub message_id: Option<String>,
-    /// Whether the broker flagged this delivery as a redelivery (AMQP) — informational only.
-    pub redelivered: bool,
+    /// What the broker delivered besides headers and payload.
+    pub metadata: Metadata,
 }
 
 impl Message {
-    /// A message with the given payload and no headers; mostly for tests and examples.
+    /// A message with the given payload, no headers and no broker metadata; mostly for tests and
+    /// examples.
     pub fn new(payload: impl Into<Bytes>, source: Source) -> Self {
         Self {
             headers: Vec::new(),
             payload: payload.into(),
             source,
-            message_id: None,
-            redelivered: false,
+            metadata: Metadata::None,
+        }
+    }
+
+    /// A message as the Kafka consumer builds it: the source is the record's
+    /// topic/partition/offset.
+    pub fn from_kafka(payload: impl Into<Bytes>, kafka: KafkaMetadata) -> Self {
+        let source = Source::Kafka {
+            topic: kafka.topic.clone(),
+            partition: kafka.partition,
+            offset: kafka.offset,
+        };
+        Self {
+            metadata: Metadata::Kafka(kafka),
+            ..Self::new(payload, source)
+        }
+    }
+
+    /// A message as the AMQP consumer builds it: the source is the delivery's queue, exchange,
+    /// routing key and delivery tag.
+    pub fn from_amqp(payload: impl Into<Bytes>, amqp: AmqpMetadata) -> Self {
+        let source = Source::Amqp {
+            queue: amqp.queue.clone(),
+            exchange: amqp.exchange.clone(),
+            routing_key: amqp.routing_key.clone(),
+            delivery_tag: amqp.delivery_tag,
+        };
+        Self {
+            metadata: Metadata::Amqp(amqp),
+            ..Self::new(payload, source)
+        }
+    }
+
+    /// The Kafka record's metadata, if the message came from Kafka.
+    pub fn kafka(&self) -> Option<&KafkaMetadata> {
+        match &self.metadata {
+            Metadata::Kafka(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The AMQP delivery's metadata, if the message came from RabbitMQ.
+    pub fn amqp(&self) -> Option<&AmqpMetadata> {
+        match &self.metadata {
+            Metadata::Amqp(a) => Some(a),
+            _ => None,
         }
     }
 

@@ -5,7 +5,7 @@
 mod support;
 
 use idemq::headers;
-use idemq::Store;
+use idemq::{KeySource, Store};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use std::sync::Arc;
@@ -184,7 +184,11 @@ async fn message_id_is_the_key_fallback_and_numeric_headers_work() {
     };
     let queue = rabbit.queue("mid").await;
     let rec = Recorder::default();
-    let run = Running::start(consumer(&queue, memory(), &rec).message_id_fallback(true));
+    let run = Running::start(
+        consumer(&queue, memory(), &rec)
+            .key_source(KeySource::header("Idempotency-Key"))
+            .key_source(KeySource::MessageId),
+    );
     for _ in 0..2 {
         rabbit
             .publish_props(

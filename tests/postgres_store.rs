@@ -382,10 +382,7 @@ async fn scan_reads_back_keys_longer_than_the_default_limit() {
     };
     // A consumer configured with a larger key limit stores long keys; operators must be able to
     // list them.
-    let config = idemq::KeyConfig {
-        max_len: 1000,
-        ..idemq::KeyConfig::default()
-    };
+    let config = idemq::KeyConfig::default().max_len(1000);
     let long = "k".repeat(600);
     let msg = idemq::Message::new("p", idemq::Source::Other("test".into()))
         .with_header("Idempotency-Key", long.clone());

@@ -159,6 +159,7 @@ pub fn per_message(
 /// Engine settings of a benchmark: defaults, except that records expire after 10 minutes so
 /// repeated runs do not fill a shared store with keys nobody reads again.
 pub fn bench_engine(scope: impl Into<String>) -> EngineConfig {
+    let scope: String = scope.into();
     let mut config = EngineConfig::new(scope);
     config.retention = Duration::from_secs(600);
     config

@@ -3,7 +3,10 @@
 use super::consumer::AmqpConsumer;
 use super::error::AmqpError;
 use crate::engine::{Backoff, ConfigError, Engine, EngineConfig, Processor};
+use crate::fingerprint::FingerprintRule;
 use crate::handler::Handler;
+use crate::headers::IDEMPOTENCY_KEY;
+use crate::key::{KeySource, Scope};
 use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,13 +69,33 @@ enum ProcessorSpec {
 ///
 /// Required: URL and queue (given to [`AmqpConsumer::builder`]), and either a store plus a
 /// [`handler`](Self::handler), or a ready [`processor`](Self::processor).
+///
+/// Keys, scopes and fingerprints follow the same rules as on the Kafka builder:
+///
+/// ```
+/// use idemq::amqp::AmqpConsumer;
+/// use idemq::fingerprint::FingerprintRule;
+/// use idemq::store::MemoryStore;
+/// use idemq::{HandlerContext, HandlerError, KeySource};
+/// use std::sync::Arc;
+///
+/// let consumer = AmqpConsumer::builder("amqp://127.0.0.1:5672/%2f", "payments")
+///     .key_source(KeySource::MessageId)
+///     .key_source(KeySource::json_pointer("/payment/id")) // when message_id is not set
+///     .fingerprint(FingerprintRule::json_pointers(["/payment/id", "/amount"]))
+///     .store(Arc::new(MemoryStore::new()))
+///     .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) })
+///     .build()
+///     .unwrap();
+/// assert_eq!(consumer.processor_scope(), "payments"); // the queue, by default
+/// ```
 pub struct AmqpConsumerBuilder {
     config: AmqpConfig,
     store: Option<Arc<dyn Store>>,
     engine: Option<EngineConfig>,
-    scope: Option<String>,
-    key_headers: Option<Vec<String>>,
-    message_id_fallback: Option<bool>,
+    scope: Option<Scope>,
+    key_sources: Option<Vec<KeySource>>,
+    fingerprint: Option<FingerprintRule>,
     processor: Option<ProcessorSpec>,
 }
 
@@ -102,8 +125,8 @@ impl AmqpConsumerBuilder {
             store: None,
             engine: None,
             scope: None,
-            key_headers: None,
-            message_id_fallback: None,
+            key_sources: None,
+            fingerprint: None,
             processor: None,
         }
     }
@@ -127,9 +150,32 @@ impl AmqpConsumerBuilder {
         self
     }
 
-    /// Scope the keys are claimed in (default: the queue name).
-    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+    /// Scope the keys are claimed in (default: the queue name). A name, or a [`Scope`];
+    /// [`Scope::PerTopic`] is the queue name.
+    pub fn scope(mut self, scope: impl Into<Scope>) -> Self {
         self.scope = Some(scope.into());
+        self
+    }
+
+    /// Adds a place the idempotency key is read from. The first call replaces the default
+    /// (`Idempotency-Key` header), later calls add fallbacks; the first source present wins (see
+    /// [`KeySource`]). Overrides the key sources of [`engine_config`](Self::engine_config).
+    pub fn key_source(mut self, source: KeySource) -> Self {
+        self.key_sources.get_or_insert_with(Vec::new).push(source);
+        self
+    }
+
+    /// Sets every key source at once, in order (see [`key_source`](Self::key_source)).
+    pub fn key_sources(mut self, sources: impl IntoIterator<Item = KeySource>) -> Self {
+        self.key_sources = Some(sources.into_iter().collect());
+        self
+    }
+
+    /// Which parts of a message its fingerprint covers (default: the whole payload); see
+    /// [`FingerprintRule`] for the risks of each. Overrides that of
+    /// [`engine_config`](Self::engine_config).
+    pub fn fingerprint(mut self, rule: FingerprintRule) -> Self {
+        self.fingerprint = Some(rule);
         self
     }
 
@@ -147,20 +193,41 @@ impl AmqpConsumerBuilder {
         self
     }
 
-    /// Header names the key is read from, tried in order (default `Idempotency-Key`).
+    /// Header names the key is read from, tried in order: the key sources become these headers
+    /// (followed by `message_id` if [`message_id_fallback`](Self::message_id_fallback) was on).
+    #[deprecated(note = "use `key_source(KeySource::header(..))` / `key_sources(..)`")]
     pub fn key_headers<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.key_headers = Some(names.into_iter().map(Into::into).collect());
-        self
+        let fallback = self
+            .sources()
+            .iter()
+            .any(|s| matches!(s, KeySource::MessageId));
+        let mut sources: Vec<KeySource> = names.into_iter().map(KeySource::header).collect();
+        if fallback {
+            sources.push(KeySource::MessageId);
+        }
+        self.key_sources(sources)
     }
 
     /// Fall back to the AMQP `message_id` property when no key header is present.
+    #[deprecated(note = "use `key_source(KeySource::MessageId)` after the header sources")]
     pub fn message_id_fallback(mut self, on: bool) -> Self {
-        self.message_id_fallback = Some(on);
-        self
+        let mut sources = self.sources();
+        sources.retain(|s| !matches!(s, KeySource::MessageId));
+        if on {
+            sources.push(KeySource::MessageId);
+        }
+        self.key_sources(sources)
+    }
+
+    /// The key sources configured so far (the default header if none).
+    fn sources(&mut self) -> Vec<KeySource> {
+        self.key_sources
+            .take()
+            .unwrap_or_else(|| vec![KeySource::header(IDEMPOTENCY_KEY)])
     }
 
     /// Dead-letter exchange and optional routing key (default: keep the original routing key).
@@ -246,7 +313,7 @@ impl AmqpConsumerBuilder {
     }
 
     /// A ready processor (an [`Engine`] you built, or the Postgres transactional engine). The store,
-    /// scope, key and engine settings of this builder are then not used.
+    /// scope, key, fingerprint and engine settings of this builder are then not used.
     pub fn processor(mut self, processor: Arc<dyn Processor>) -> Self {
         self.processor = Some(ProcessorSpec::Ready(processor));
         self
@@ -296,11 +363,12 @@ impl AmqpConsumerBuilder {
                 if let Some(scope) = self.scope {
                     engine.scope = scope;
                 }
-                if let Some(headers) = self.key_headers {
-                    engine.key.headers = headers;
+                engine.scope = engine.scope.under_queue(&config.queue);
+                if let Some(sources) = self.key_sources {
+                    engine.key.sources = sources;
                 }
-                if let Some(on) = self.message_id_fallback {
-                    engine.key.use_message_id = on;
+                if let Some(rule) = self.fingerprint {
+                    engine.fingerprint = rule;
                 }
                 make(store, engine)?
             }
@@ -340,21 +408,38 @@ mod tests {
             .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) });
         assert!(err(no_store).contains("store"));
         assert!(err(AmqpConsumer::builder("amqp://h/%2f", "q")).contains("handler"));
-        assert!(err(builder().key_headers(Vec::<String>::new())).contains("key source"));
+        assert!(err(builder().key_sources([])).contains("key source"));
         assert!(err(builder().settle_timeout(Duration::ZERO)).contains("timeouts"));
     }
 
     #[test]
-    fn scope_defaults_to_the_queue_and_message_id_fallback_is_applied() {
-        let c = builder().message_id_fallback(true).build().unwrap();
+    fn scope_defaults_to_the_queue() {
+        let c = builder().build().unwrap();
         assert_eq!(c.processor_scope(), "orders");
         let c = builder().scope("billing").build().unwrap();
         assert_eq!(c.processor_scope(), "billing");
-        // With only the message_id as key source the engine accepts the configuration.
-        assert!(builder()
-            .key_headers(Vec::<String>::new())
-            .message_id_fallback(true)
+        let c = builder().scope(Scope::PerTopic).build().unwrap();
+        assert_eq!(c.processor_scope(), "orders");
+        let c = builder()
+            .scope(Scope::custom("tenant", |_| "t".into()))
             .build()
-            .is_ok());
+            .unwrap();
+        assert_eq!(c.processor_scope(), "tenant");
+        // With only the message_id as key source the engine accepts the configuration.
+        assert!(builder().key_source(KeySource::MessageId).build().is_ok());
+        assert!(err(builder().fingerprint(FingerprintRule::json_pointers(["x"]))).contains("'/'"));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn deprecated_key_setters_map_to_sources() {
+        let mut b = builder().message_id_fallback(true);
+        let names: Vec<String> = b.sources().iter().map(KeySource::describe).collect();
+        assert_eq!(names, ["header Idempotency-Key", "message_id"]);
+        let mut b = builder().message_id_fallback(true).key_headers(["A", "B"]);
+        let names: Vec<String> = b.sources().iter().map(KeySource::describe).collect();
+        assert_eq!(names, ["header A", "header B", "message_id"]);
+        let mut b = builder().key_headers(["A"]).message_id_fallback(false);
+        assert_eq!(b.sources().len(), 1);
     }
 }

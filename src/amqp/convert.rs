@@ -1,12 +1,12 @@
 //! Turning an AMQP delivery into the broker-neutral [`Message`].
 
-use crate::message::{Header, Message, Source};
+use crate::message::{AmqpMetadata, AmqpProperties, Header, Message};
 use bytes::Bytes;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 
-/// Builds the engine's view of a delivery: headers as bytes, payload, origin, `message_id` and the
-/// redelivered flag.
+/// Builds the engine's view of a delivery: headers as bytes, payload, origin, and the delivery's
+/// metadata (exchange, routing key, basic properties, redelivered flag).
 pub(crate) fn to_message(
     queue: &str,
     exchange: &str,
@@ -21,20 +21,30 @@ pub(crate) fn to_message(
         .as_ref()
         .map(headers_of)
         .unwrap_or_default();
-    Message {
-        headers,
-        payload,
-        source: Source::Amqp {
-            queue: queue.to_string(),
-            exchange: exchange.to_string(),
-            routing_key: routing_key.to_string(),
-            delivery_tag,
-        },
-        message_id: properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_string()),
-        redelivered,
+    let meta = AmqpMetadata::new(queue, exchange, routing_key, delivery_tag)
+        .with_redelivered(redelivered)
+        .with_properties(properties_of(properties));
+    let mut message = Message::from_amqp(payload, meta);
+    message.headers = headers;
+    message
+}
+
+/// The basic properties users read, as owned strings.
+fn properties_of(p: &BasicProperties) -> AmqpProperties {
+    let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_string());
+    AmqpProperties {
+        message_id: text(p.message_id()),
+        correlation_id: text(p.correlation_id()),
+        reply_to: text(p.reply_to()),
+        content_type: text(p.content_type()),
+        content_encoding: text(p.content_encoding()),
+        timestamp: *p.timestamp(),
+        message_type: text(p.kind()),
+        app_id: text(p.app_id()),
+        user_id: text(p.user_id()),
+        priority: *p.priority(),
+        expiration: text(p.expiration()),
+        delivery_mode: *p.delivery_mode(),
     }
 }
 
@@ -127,6 +137,7 @@ fn as_u64(v: &AMQPValue) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Source;
     use lapin::types::{ByteArray, DecimalValue, FieldArray, LongString, ShortString};
 
     fn table(entries: Vec<(&str, AMQPValue)>) -> FieldTable {
@@ -167,16 +178,50 @@ mod tests {
     }
 
     #[test]
-    fn message_carries_id_source_and_redelivered() {
+    fn message_carries_properties_source_and_redelivered() {
         let props = BasicProperties::default()
             .with_message_id("mid-1".into())
+            .with_correlation_id("cid-1".into())
+            .with_reply_to("replies".into())
+            .with_content_type("application/json".into())
+            .with_content_encoding("gzip".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("order.created".into())
+            .with_app_id("shop".into())
+            .with_user_id("guest".into())
+            .with_priority(3)
+            .with_expiration("60000".into())
+            .with_delivery_mode(2)
             .with_headers(table(vec![(
                 "Idempotency-Key",
                 AMQPValue::LongString("k".into()),
             )]));
         let m = to_message("q", "ex", "rk", 7, true, &props, Bytes::from_static(b"p"));
-        assert_eq!(m.message_id.as_deref(), Some("mid-1"));
-        assert!(m.redelivered);
+        let a = m.amqp().unwrap();
+        assert_eq!(
+            (
+                a.queue.as_str(),
+                a.exchange.as_str(),
+                a.routing_key.as_str()
+            ),
+            ("q", "ex", "rk")
+        );
+        assert_eq!(a.delivery_tag, 7);
+        assert!(a.redelivered);
+        let p = &a.properties;
+        assert_eq!(p.message_id.as_deref(), Some("mid-1"));
+        assert_eq!(p.correlation_id.as_deref(), Some("cid-1"));
+        assert_eq!(p.reply_to.as_deref(), Some("replies"));
+        assert_eq!(p.content_type.as_deref(), Some("application/json"));
+        assert_eq!(p.content_encoding.as_deref(), Some("gzip"));
+        assert_eq!(p.timestamp, Some(1_700_000_000));
+        assert_eq!(p.message_type.as_deref(), Some("order.created"));
+        assert_eq!(p.app_id.as_deref(), Some("shop"));
+        assert_eq!(p.user_id.as_deref(), Some("guest"));
+        assert_eq!(p.priority, Some(3));
+        assert_eq!(p.expiration.as_deref(), Some("60000"));
+        assert_eq!(p.delivery_mode, Some(2));
+        assert!(m.kafka().is_none());
         assert_eq!(m.header("idempotency-key"), Some(Some(&b"k"[..])));
         assert!(matches!(
             m.source,

@@ -1,4 +1,5 @@
-use crate::key::KeyConfig;
+use crate::fingerprint::FingerprintRule;
+use crate::key::{KeyConfig, KeySource, Scope};
 use crate::store::DEFAULT_MAX_OUTCOME_BYTES;
 use std::hash::BuildHasher;
 use std::time::Duration;
@@ -98,12 +99,13 @@ fn in_range(
 /// must be at least [`MIN_POSITIVE`].
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Namespace of the keys, normally the consumer group or queue name.
-    pub scope: String,
+    /// Namespace each message's key is claimed in (see [`Scope`]); the consumers' builders set
+    /// it to the group id (Kafka) or queue name (AMQP) unless told otherwise.
+    pub scope: Scope,
     /// Where keys come from and the missing-key policy.
     pub key: KeyConfig,
-    /// Headers whose values take part in the fingerprint besides the payload.
-    pub fingerprint_headers: Vec<String>,
+    /// Which parts of a message its fingerprint covers (default: the whole payload).
+    pub fingerprint: FingerprintRule,
     /// How long a claim stays valid without renewal.
     pub lease: Duration,
     /// How often a running handler renews its lease; `None` means `lease / 3`.
@@ -149,12 +151,14 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// The defaults with the given scope.
-    pub fn new(scope: impl Into<String>) -> Self {
+    /// The defaults with the given scope (a name, or a [`Scope`]). There is deliberately no
+    /// `Default`: a scope shared by accident between services would make one skip the other's
+    /// messages.
+    pub fn new(scope: impl Into<Scope>) -> Self {
         Self {
             scope: scope.into(),
             key: KeyConfig::default(),
-            fingerprint_headers: Vec::new(),
+            fingerprint: FingerprintRule::default(),
             lease: Duration::from_secs(30),
             renew_every: None,
             retention: Duration::from_secs(24 * 3600),
@@ -188,7 +192,7 @@ impl EngineConfig {
     /// Checks the settings for contradictions and out-of-range durations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |why: String| Err(ConfigError::Invalid(why));
-        if self.scope.is_empty() {
+        if self.scope.label().is_empty() {
             return invalid("scope must not be empty".into());
         }
         self.validate_durations()?;
@@ -205,9 +209,17 @@ impl EngineConfig {
         if self.max_attempts == 0 {
             return invalid("max_attempts must be at least 1".into());
         }
-        if self.key.headers.is_empty() && !self.key.use_message_id {
-            return invalid("no key source: configure at least one key header".into());
+        if self.key.sources.is_empty() {
+            return invalid("no key source: configure at least one key source".into());
         }
+        for source in &self.key.sources {
+            if let KeySource::JsonPointer(p) = source {
+                if !p.starts_with('/') {
+                    return invalid(format!("key JSON pointer {p:?} must start with '/'"));
+                }
+            }
+        }
+        self.fingerprint.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -254,12 +266,6 @@ impl EngineConfig {
     }
 }
 
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self::new("default")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +289,15 @@ mod tests {
         c.renew_every = Some(c.lease);
         assert!(c.validate().is_err());
         assert!(EngineConfig::new("").validate().is_err());
+        let mut c = EngineConfig::new("s");
+        c.key.sources.clear();
+        assert!(c.validate().is_err());
+        c.key.sources.push(KeySource::json_pointer("id"));
+        assert!(c.validate().is_err());
+        c.key.sources = vec![KeySource::json_pointer("/id")];
+        assert_eq!(c.validate(), Ok(()));
+        c.fingerprint = FingerprintRule::exclude_fields(["sent_at"]);
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -5,19 +5,31 @@
 use super::health::StoreHealth;
 use super::process::sleep_or_cancel;
 use super::{ConfigError, DeadLetterReason, Disposition, EngineConfig, RetryCause};
-use crate::store::StoreError;
+use crate::fingerprint::Fingerprint;
+use crate::key::{derive_from_payload, MissingKeyPolicy, Scope};
+use crate::message::Message;
+use crate::store::{RecordKey, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn, Span};
+
+/// Where a message is claimed; see [`EngineCore::identify`].
+pub(crate) struct Identity {
+    /// The message's scope (shared with its handler context).
+    pub(crate) scope: Arc<str>,
+    /// The record to claim and the message's fingerprint; `None` without deduplication.
+    pub(crate) claim: Option<(RecordKey, Fingerprint)>,
+}
 
 /// An engine's state apart from its handler; `S` is the store (a `dyn Store` or a concrete one).
 pub(crate) struct EngineCore<S> {
     pub(crate) store: S,
     pub(crate) config: EngineConfig,
-    /// The configured scope, shared cheaply with every handler context.
+    /// The scope's label ([`Scope::label`]): the scope itself when fixed, shared cheaply with
+    /// every handler context; otherwise what logs and metrics show.
     pub(crate) scope: Arc<str>,
     pub(crate) health: StoreHealth,
 }
@@ -28,9 +40,50 @@ impl<S> EngineCore<S> {
         config.validate()?;
         Ok(EngineCore {
             store,
-            scope: Arc::from(config.scope.as_str()),
+            scope: Arc::from(config.scope.label()),
             config,
             health: StoreHealth::default(),
+        })
+    }
+
+    /// The scope, key and fingerprint of `message`: what claiming it takes. `claim` is `None`
+    /// when the missing-key policy runs it without deduplication; `Err` with the dead letter
+    /// when it cannot be claimed (no or invalid key, empty custom scope, unreadable payload).
+    pub(crate) fn identify(&self, message: &Message) -> Result<Identity, Disposition> {
+        let cfg = &self.config;
+        let scope = match &cfg.scope {
+            Scope::Fixed(_) => self.scope.clone(),
+            other => Arc::from(
+                other
+                    .resolve(message)
+                    .map_err(|e| Disposition::dead_letter(DeadLetterReason::InvalidKey, e))?,
+            ),
+        };
+        let key = match cfg.key.extract(message) {
+            Ok(key) => key,
+            Err(err) => match cfg.key.missing {
+                MissingKeyPolicy::Reject => {
+                    return Err(Disposition::dead_letter((&err).into(), err.to_string()))
+                }
+                MissingKeyPolicy::ProcessWithoutDedup => {
+                    warn!(%err, "processing without deduplication (ProcessWithoutDedup policy)");
+                    return Ok(Identity { scope, claim: None });
+                }
+                MissingKeyPolicy::DeriveFromPayload => {
+                    debug!(%err, "deriving the key from the payload");
+                    derive_from_payload(message)
+                }
+            },
+        };
+        Span::current().record("key", key.as_str());
+        let fingerprint = cfg
+            .fingerprint
+            .fingerprint(message)
+            .map_err(|e| Disposition::dead_letter((&e).into(), e.to_string()))?;
+        let record = RecordKey::new(&*scope, key);
+        Ok(Identity {
+            scope,
+            claim: Some((record, fingerprint)),
         })
     }
 

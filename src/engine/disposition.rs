@@ -1,3 +1,5 @@
+use crate::fingerprint::FingerprintError;
+use crate::key::KeyError;
 use crate::outcome::Outcome;
 use std::fmt;
 use std::time::Duration;
@@ -8,9 +10,10 @@ use std::time::Duration;
 pub enum DeadLetterReason {
     /// The key is recorded with a different payload fingerprint.
     Conflict,
-    /// No key header.
+    /// None of the key sources is present.
     MissingKey,
-    /// A key header that is empty, too long, not UTF-8 or not printable.
+    /// A key that is empty, too long, not UTF-8 or not printable (or unreadable, such as a JSON
+    /// pointer into a payload that is not JSON).
     InvalidKey,
     /// The handler failed permanently.
     HandlerFailed,
@@ -20,6 +23,9 @@ pub enum DeadLetterReason {
     OutcomeTooLarge,
     /// The stored record stayed unreadable after bounded retries.
     CorruptRecord,
+    /// The payload cannot be read as the configuration requires (e.g. not JSON under a JSON
+    /// [`FingerprintRule`](crate::fingerprint::FingerprintRule)).
+    InvalidPayload,
 }
 
 impl DeadLetterReason {
@@ -33,11 +39,12 @@ impl DeadLetterReason {
             DeadLetterReason::RetriesExhausted => "retries-exhausted",
             DeadLetterReason::OutcomeTooLarge => "outcome-too-large",
             DeadLetterReason::CorruptRecord => "corrupt-record",
+            DeadLetterReason::InvalidPayload => "invalid-payload",
         }
     }
 
     /// Every reason, for docs and exhaustive tests.
-    pub const ALL: [DeadLetterReason; 7] = [
+    pub const ALL: [DeadLetterReason; 8] = [
         DeadLetterReason::Conflict,
         DeadLetterReason::MissingKey,
         DeadLetterReason::InvalidKey,
@@ -45,11 +52,28 @@ impl DeadLetterReason {
         DeadLetterReason::RetriesExhausted,
         DeadLetterReason::OutcomeTooLarge,
         DeadLetterReason::CorruptRecord,
+        DeadLetterReason::InvalidPayload,
     ];
 
     /// Parses [`as_str`](Self::as_str)'s form.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+// The mapping lives here, not in `key`, so the key module does not depend on the engine.
+impl From<&KeyError> for DeadLetterReason {
+    fn from(err: &KeyError) -> Self {
+        match err {
+            KeyError::Missing { .. } => DeadLetterReason::MissingKey,
+            KeyError::Invalid { .. } => DeadLetterReason::InvalidKey,
+        }
+    }
+}
+
+impl From<&FingerprintError> for DeadLetterReason {
+    fn from(_: &FingerprintError) -> Self {
+        DeadLetterReason::InvalidPayload
     }
 }
 

@@ -75,7 +75,7 @@ pub use config::{
 pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 // Shared with other processors (the Postgres transactional engine), so they behave and report
 // like the engine.
-pub(crate) use self::core::EngineCore;
+pub(crate) use self::core::{EngineCore, Identity};
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use process::{
     call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out, panic_text,
@@ -101,7 +101,9 @@ pub trait Processor: Send + Sync + 'static {
     /// `shutdown` cancels waiting; a running handler gets the configured grace period.
     async fn process(&self, message: Arc<Message>, shutdown: &CancellationToken) -> Disposition;
 
-    /// The scope keys are claimed in.
+    /// The scope keys are claimed in, or, when it is chosen per message
+    /// ([`Scope::PerTopic`](crate::Scope::PerTopic), [`Scope::Custom`](crate::Scope::Custom)),
+    /// its label (e.g. `orders-group/{topic}`), as logs and metrics show it.
     fn scope(&self) -> &str;
 }
 

@@ -2,11 +2,11 @@
 //! each branch below names the row it implements.
 
 use super::telemetry::record_decision;
+use super::Identity;
 use super::{Disposition, EngineConfig, Inner, RetryCause};
 use crate::engine::DeadLetterReason;
 use crate::fingerprint::Fingerprint;
 use crate::handler::{Handler, HandlerContext, HandlerError};
-use crate::key::{derive_from_payload, MissingKeyPolicy};
 use crate::message::Message;
 use crate::outcome::Outcome;
 use crate::store::{Claim, ClaimRequest, Fence, RecordKey, Release, StoreError, Token};
@@ -33,6 +33,15 @@ enum Run<T> {
     Finished(Result<T, HandlerError>),
     /// Shutdown grace ran out; the handler future was dropped.
     Interrupted,
+}
+
+/// A claimed message: where it is claimed and under which token.
+struct Claimed {
+    scope: Arc<str>,
+    record: RecordKey,
+    fingerprint: Fingerprint,
+    token: Token,
+    attempt: u32,
 }
 
 /// Which limit stopped a pending handler.
@@ -81,31 +90,29 @@ impl<H: Handler> Inner<H> {
     }
 
     async fn decide(&self, message: &Arc<Message>, shutdown: &CancellationToken) -> Disposition {
-        let key = match self.config.key.extract(message) {
-            Ok(key) => key,
-            Err(err) => match self.config.key.missing {
-                MissingKeyPolicy::Reject => {
-                    return Disposition::dead_letter(err.reason(), err.to_string())
-                }
-                MissingKeyPolicy::ProcessWithoutDedup => {
-                    warn!(%err, "processing without deduplication (ProcessWithoutDedup policy)");
-                    return self.run_unkeyed(message, shutdown).await;
-                }
-                MissingKeyPolicy::DeriveFromPayload => {
-                    debug!(%err, "deriving the key from the payload");
-                    derive_from_payload(message)
-                }
-            },
+        let (scope, record, fingerprint) = match self.identify(message) {
+            Ok(Identity {
+                scope,
+                claim: Some((record, fingerprint)),
+            }) => (scope, record, fingerprint),
+            Ok(Identity { scope, claim: None }) => {
+                return self.run_unkeyed(message, scope, shutdown).await
+            }
+            Err(settled) => return settled,
         };
-        Span::current().record("key", key.as_str());
-        let record = RecordKey::new(&*self.scope, key);
-        let fingerprint = Fingerprint::of(message, &self.config.fingerprint_headers);
         match self.acquire(&record, &fingerprint, shutdown).await {
             // A separate allocation: with it inline, the message's future would pass the size at
             // which allocators switch to their slow path for large blocks (about 1 KiB), and it is
             // allocated for every message.
             Ok((token, attempt)) => {
-                Box::pin(self.run_claimed(message, record, token, attempt, shutdown)).await
+                let claimed = Claimed {
+                    scope,
+                    record,
+                    fingerprint,
+                    token,
+                    attempt,
+                };
+                Box::pin(self.run_claimed(message, claimed, shutdown)).await
             }
             Err(settled) => settled,
         }
@@ -155,15 +162,20 @@ impl<H: Handler> Inner<H> {
     async fn run_claimed(
         &self,
         message: &Arc<Message>,
-        record: RecordKey,
-        token: Token,
-        attempt: u32,
+        claimed: Claimed,
         shutdown: &CancellationToken,
     ) -> Disposition {
+        let Claimed {
+            scope,
+            record,
+            fingerprint,
+            token,
+            attempt,
+        } = claimed;
         let ctx = HandlerContext {
             message: message.clone(),
             key: Some(record.key.clone()),
-            scope: self.scope.clone(),
+            scope,
             attempt,
             token: Some(token),
         };
@@ -208,7 +220,8 @@ impl<H: Handler> Inner<H> {
                 {
                     Ok((Fence::Held, outcome)) => Disposition::Processed { outcome },
                     Ok((Fence::Lost, outcome)) => {
-                        self.claim_lost(message, &record, outcome, shutdown).await
+                        self.claim_lost(&record, &fingerprint, outcome, shutdown)
+                            .await
                     }
                     Err(NotStored::TooLarge(size)) => {
                         self.outcome_too_large(&record, token, size).await
@@ -423,15 +436,14 @@ impl<H: Handler> Inner<H> {
     /// superseded (warning, `idemq_superseded_total`).
     fn claim_lost<'a>(
         &'a self,
-        message: &'a Arc<Message>,
         record: &'a RecordKey,
+        fingerprint: &'a Fingerprint,
         outcome: Outcome,
         shutdown: &'a CancellationToken,
     ) -> BoxFuture<'a, Disposition> {
         async move {
             let cfg = &self.config;
-            let fingerprint = Fingerprint::of(message, &cfg.fingerprint_headers);
-            let req = ClaimRequest::new(record, &fingerprint, cfg.lease, cfg.retention);
+            let req = ClaimRequest::new(record, fingerprint, cfg.lease, cfg.retention);
             let (mut failures, mut corrupt) = (0u32, 0u32);
             let token = loop {
                 match self.store_call("claim", self.store.claim(&req)).await {
@@ -488,6 +500,7 @@ impl<H: Handler> Inner<H> {
     async fn run_unkeyed(
         &self,
         message: &Arc<Message>,
+        scope: Arc<str>,
         shutdown: &CancellationToken,
     ) -> Disposition {
         let mut attempt = 0;
@@ -496,7 +509,7 @@ impl<H: Handler> Inner<H> {
             let ctx = HandlerContext {
                 message: message.clone(),
                 key: None,
-                scope: self.scope.clone(),
+                scope: scope.clone(),
                 attempt,
                 token: None,
             };

@@ -19,6 +19,7 @@
 //! the handler a single function users can test directly. A `Service` can be wrapped in a closure.
 
 mod error;
+mod metadata;
 
 pub use error::HandlerError;
 

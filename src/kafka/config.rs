@@ -4,7 +4,9 @@ use super::consumer::IdempotentConsumer;
 use super::error::KafkaConsumerError;
 use super::properties::{check_fixed, route, KafkaClient, Routed};
 use crate::engine::{Engine, EngineConfig, Processor};
+use crate::fingerprint::FingerprintRule;
 use crate::handler::Handler;
+use crate::key::{KeySource, Scope};
 use crate::store::Store;
 use rdkafka::config::ClientConfig;
 use std::sync::Arc;
@@ -51,10 +53,37 @@ pub(crate) struct LoopSettings {
 /// on the dead-letter producer `enable.idempotence=true`, `acks=all` and `message.timeout.ms` (from
 /// [`dead_letter_timeout`](Self::dead_letter_timeout)). `auto.offset.reset` is `earliest` unless
 /// you set it.
+///
+/// Keys, scopes and fingerprints ([`key_source`](Self::key_source), [`scope`](Self::scope),
+/// [`fingerprint`](Self::fingerprint)) follow the same rules as on the AMQP builder:
+///
+/// ```no_run
+/// # fn demo(store: std::sync::Arc<dyn idemq::Store>) -> Result<(), idemq::kafka::KafkaConsumerError> {
+/// use idemq::fingerprint::FingerprintRule;
+/// use idemq::kafka::KafkaConsumerBuilder;
+/// use idemq::{HandlerContext, HandlerError, KeySource, Scope};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let consumer = KafkaConsumerBuilder::new()
+///     .bootstrap_servers("localhost:9092")
+///     .group_id("billing")
+///     .topics(["orders", "refunds"])
+///     .key_source(KeySource::header("Idempotency-Key"))
+///     .key_source(KeySource::KafkaKey) // when the header is absent
+///     .scope(Scope::PerTopic) // keys in "billing/orders" and "billing/refunds"
+///     .fingerprint(FingerprintRule::exclude_fields(["/sent_at"]))
+///     .store(store)
+///     .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) })
+///     .build()?;
+/// # let _ = consumer; Ok(()) })
+/// # }
+/// ```
 pub struct KafkaConsumerBuilder {
     bootstrap: Option<String>,
     group_id: Option<String>,
-    scope: Option<String>,
+    scope: Option<Scope>,
+    key_sources: Option<Vec<KeySource>>,
+    fingerprint: Option<FingerprintRule>,
     consumer_settings: Vec<(String, String)>,
     producer_settings: Vec<(String, String)>,
     store: Option<Arc<dyn Store>>,
@@ -77,6 +106,8 @@ impl KafkaConsumerBuilder {
             bootstrap: None,
             group_id: None,
             scope: None,
+            key_sources: None,
+            fingerprint: None,
             consumer_settings: Vec::new(),
             producer_settings: Vec::new(),
             store: None,
@@ -139,10 +170,33 @@ impl KafkaConsumerBuilder {
         self
     }
 
-    /// Key namespace; defaults to the group id. Overrides the scope of
+    /// Key namespace; defaults to the group id. A name, or a [`Scope`]:
+    /// [`Scope::PerTopic`] claims each topic's keys in `{group}/{topic}`. Overrides the scope of
     /// [`engine_config`](Self::engine_config).
-    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+    pub fn scope(mut self, scope: impl Into<Scope>) -> Self {
         self.scope = Some(scope.into());
+        self
+    }
+
+    /// Adds a place the idempotency key is read from. The first call replaces the default
+    /// (`Idempotency-Key` header), later calls add fallbacks; the first source present wins (see
+    /// [`KeySource`]). Overrides the key sources of [`engine_config`](Self::engine_config).
+    pub fn key_source(mut self, source: KeySource) -> Self {
+        self.key_sources.get_or_insert_with(Vec::new).push(source);
+        self
+    }
+
+    /// Sets every key source at once, in order (see [`key_source`](Self::key_source)).
+    pub fn key_sources(mut self, sources: impl IntoIterator<Item = KeySource>) -> Self {
+        self.key_sources = Some(sources.into_iter().collect());
+        self
+    }
+
+    /// Which parts of a message its fingerprint covers (default: the whole payload); see
+    /// [`FingerprintRule`] for the risks of each. Overrides that of
+    /// [`engine_config`](Self::engine_config).
+    pub fn fingerprint(mut self, rule: FingerprintRule) -> Self {
+        self.fingerprint = Some(rule);
         self
     }
 
@@ -228,7 +282,8 @@ impl KafkaConsumerBuilder {
     }
 
     /// A ready processor (an [`Engine`] you built, or the Postgres transactional engine) instead of
-    /// a handler; [`store`](Self::store) and [`engine_config`](Self::engine_config) are then unused.
+    /// a handler; [`store`](Self::store), [`engine_config`](Self::engine_config) and the scope, key
+    /// and fingerprint settings are then unused (the processor has its own).
     pub fn processor(mut self, processor: Arc<dyn Processor>) -> Self {
         self.processor = Some(ProcessorSource::Ready(processor));
         self
@@ -348,7 +403,14 @@ impl KafkaConsumerBuilder {
                 let mut config = self
                     .engine_config
                     .unwrap_or_else(|| EngineConfig::new(group.clone()));
-                config.scope = self.scope.unwrap_or_else(|| group.clone());
+                let scope = self.scope.unwrap_or_else(|| Scope::Fixed(group.clone()));
+                config.scope = scope.under_group(&group);
+                if let Some(sources) = self.key_sources {
+                    config.key.sources = sources;
+                }
+                if let Some(rule) = self.fingerprint {
+                    config.fingerprint = rule;
+                }
                 factory(store, config)?
             }
             None => {

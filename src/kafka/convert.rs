@@ -1,23 +1,30 @@
 //! Conversions between rdkafka records and idemq's broker-neutral [`Message`].
 
-use crate::message::{Header, Message, Source};
+use crate::message::{Header, KafkaMetadata, KafkaTimestamp, Message};
 use bytes::Bytes;
 use rdkafka::bindings as rdsys;
 use rdkafka::message::{BorrowedMessage, Header as KafkaHeader, Message as _, OwnedHeaders};
+use rdkafka::Timestamp;
 
 /// Copies a record out of librdkafka's buffer: headers (order and duplicates kept), payload (empty
-/// when null) and its topic/partition/offset as the source.
+/// when null), and its key, timestamp and topic/partition/offset as metadata and source.
 pub(crate) fn to_message(record: &BorrowedMessage<'_>) -> Message {
-    Message {
-        headers: headers_of(record),
-        payload: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
-        source: Source::Kafka {
-            topic: record.topic().to_string(),
-            partition: record.partition(),
-            offset: record.offset(),
-        },
-        message_id: None,
-        redelivered: false,
+    let mut meta = KafkaMetadata::new(record.topic(), record.partition(), record.offset());
+    meta.key = record.key().map(Bytes::copy_from_slice);
+    meta.timestamp = timestamp_of(record.timestamp());
+    let mut message = Message::from_kafka(
+        Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+        meta,
+    );
+    message.headers = headers_of(record);
+    message
+}
+
+fn timestamp_of(ts: Timestamp) -> Option<KafkaTimestamp> {
+    match ts {
+        Timestamp::NotAvailable => None,
+        Timestamp::CreateTime(ms) => Some(KafkaTimestamp::CreateTime(ms)),
+        Timestamp::LogAppendTime(ms) => Some(KafkaTimestamp::LogAppendTime(ms)),
     }
 }
 
@@ -82,6 +89,19 @@ pub(crate) fn to_kafka_headers<'a>(headers: impl IntoIterator<Item = &'a Header>
 mod tests {
     use super::*;
     use rdkafka::message::Headers;
+
+    #[test]
+    fn timestamps_keep_their_type() {
+        assert_eq!(timestamp_of(Timestamp::NotAvailable), None);
+        assert_eq!(
+            timestamp_of(Timestamp::CreateTime(5)),
+            Some(KafkaTimestamp::CreateTime(5))
+        );
+        assert_eq!(
+            timestamp_of(Timestamp::LogAppendTime(6)),
+            Some(KafkaTimestamp::LogAppendTime(6))
+        );
+    }
 
     #[test]
     fn kafka_headers_keep_order_duplicates_and_null_values() {

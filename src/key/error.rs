@@ -1,7 +1,6 @@
-use crate::engine::DeadLetterReason;
-
 /// Why a present key was not accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidKeyReason {
     /// The value is empty.
     #[error("key is empty")]
@@ -20,33 +19,36 @@ pub enum InvalidKeyReason {
     /// The value contains control characters.
     #[error("key contains control characters")]
     NotPrintable,
+    /// A JSON-pointer source met a payload that is not JSON (the parser's message).
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    /// A JSON-pointer source found a value that is neither a string nor a number.
+    #[error("key is {0}, not a string or a number")]
+    NotScalar(&'static str),
+    /// A custom key function rejected the key (its reason).
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// A message's idempotency key could not be used.
+///
+/// The engine dead-letters a missing key with reason `missing-idempotency-key` and an invalid one
+/// with `invalid-idempotency-key` (under [`MissingKeyPolicy::Reject`](super::MissingKeyPolicy)).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    /// None of the configured headers (nor `message_id`, when enabled) is present.
-    #[error("no idempotency key: none of the headers {looked_in:?} is present")]
+    /// None of the configured sources is present.
+    #[error("no idempotency key: none of {looked_in:?} is present")]
     Missing {
-        /// Header names that were tried.
+        /// The sources that were tried, as [`KeySource::describe`](super::KeySource::describe)
+        /// puts them.
         looked_in: Vec<String>,
     },
     /// A key is present but not valid.
     #[error("invalid idempotency key in {origin}: {reason}")]
     Invalid {
-        /// Header name (or `message_id`) the key came from.
+        /// The source the key came from (e.g. `header Idempotency-Key`, `JSON pointer /id`).
         origin: String,
         /// What is wrong with it.
         reason: InvalidKeyReason,
     },
-}
-
-impl KeyError {
-    /// The dead-letter reason this error maps to.
-    pub fn reason(&self) -> DeadLetterReason {
-        match self {
-            KeyError::Missing { .. } => DeadLetterReason::MissingKey,
-            KeyError::Invalid { .. } => DeadLetterReason::InvalidKey,
-        }
-    }
 }

@@ -1,17 +1,51 @@
-//! Idempotency keys: where they are read from, what makes one valid, and what happens without one.
+//! Idempotency keys: where they are read from, what makes one valid, what happens without one,
+//! and the [`Scope`] they are claimed in.
+//!
+//! # The key rule (both brokers)
+//!
+//! A [`KeyConfig`] holds a list of [`KeySource`]s: a header, the Kafka record key, the AMQP
+//! `message_id` or `correlation_id`, a JSON pointer into the payload, or a function of the
+//! message. They are tried in order and **the first source present wins**. A present value that
+//! is not a valid key (empty, longer than [`KeyConfig::max_len`], not printable UTF-8, a JSON
+//! object, a payload that is not JSON under a JSON-pointer source) is an error, never a reason to
+//! try the next source: falling through would quietly key the same message two different ways
+//! once a producer bug appears. With no source present the key is missing. Missing and invalid
+//! keys follow [`MissingKeyPolicy`] (default: dead-letter with `missing-idempotency-key` /
+//! `invalid-idempotency-key`). Sources that cannot occur on a broker (the Kafka key on RabbitMQ,
+//! AMQP properties on Kafka) are simply never present there, so one configuration serves both.
+//!
+//! # The scope rule
+//!
+//! A key is claimed in a scope, and each message in its own: the engine resolves the
+//! [`Scope`] for every message before it claims. The Kafka consumer's default is its group id,
+//! the AMQP consumer's its queue name; [`Scope::PerTopic`] gives every Kafka topic its own
+//! namespace (`{group}/{topic}`), [`Scope::Custom`] lets a function choose. There is no shared
+//! default: an [`EngineConfig`](crate::EngineConfig) is always built with a scope.
 //!
 //! ```
-//! use idemq::{KeyConfig, Message, MissingKeyPolicy, Source};
+//! use idemq::key::{KeyConfig, KeySource};
+//! use idemq::message::{AmqpMetadata, AmqpProperties};
+//! use idemq::{Message, MissingKeyPolicy, Source};
 //!
 //! let config = KeyConfig::default();
 //! let msg = Message::new("{}", Source::Other("doc".into())).with_header("Idempotency-Key", "order-42");
 //! assert_eq!(config.extract(&msg).unwrap().as_str(), "order-42");
 //! assert_eq!(config.missing, MissingKeyPolicy::Reject);
+//!
+//! // A header first, then the AMQP correlation id.
+//! let config = KeyConfig::new([KeySource::header("Idempotency-Key"), KeySource::CorrelationId]);
+//! let props = AmqpProperties::default().with_correlation_id("req-7");
+//! let msg = Message::from_amqp("{}", AmqpMetadata::new("q", "", "q", 1).with_properties(props));
+//! assert_eq!(config.extract(&msg).unwrap().as_str(), "req-7");
 //! ```
 
 mod error;
+mod scope;
+mod source;
 
 pub use error::{InvalidKeyReason, KeyError};
+pub use scope::{Scope, ScopeFn};
+pub use source::{KeyFn, KeySource};
 
 use crate::fingerprint::Fingerprint;
 use crate::headers;
@@ -29,7 +63,10 @@ impl IdempotencyKey {
     /// Validates `raw` against the default length limit.
     pub fn new(raw: impl Into<String>) -> Result<Self, KeyError> {
         let raw = raw.into();
-        validate(raw.as_bytes(), DEFAULT_MAX_KEY_LEN, "<argument>")?;
+        validate(raw.as_bytes(), DEFAULT_MAX_KEY_LEN).map_err(|reason| KeyError::Invalid {
+            origin: "argument".into(),
+            reason,
+        })?;
         Ok(IdempotencyKey(raw))
     }
 
@@ -37,7 +74,12 @@ impl IdempotencyKey {
     /// any length, since the configured length limit was applied when the message was read.
     #[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
     pub(crate) fn from_stored(raw: &str) -> Result<Self, KeyError> {
-        validate(raw.as_bytes(), usize::MAX, "store").map(|s| IdempotencyKey(s.to_owned()))
+        validate(raw.as_bytes(), usize::MAX)
+            .map(|s| IdempotencyKey(s.to_owned()))
+            .map_err(|reason| KeyError::Invalid {
+                origin: "store".into(),
+                reason,
+            })
     }
 
     /// The key text.
@@ -71,12 +113,24 @@ pub enum MissingKeyPolicy {
 }
 
 /// Where keys come from and what makes them valid.
+///
+/// The [`sources`](Self::sources) are tried in order and the first one present wins; see
+/// [`KeySource`] for what "present" means for each.
+///
+/// ```
+/// use idemq::key::{KeyConfig, KeySource};
+/// use idemq::MissingKeyPolicy;
+///
+/// let keys = KeyConfig::new([KeySource::CorrelationId, KeySource::MessageId])
+///     .max_len(128)
+///     .missing(MissingKeyPolicy::DeriveFromPayload);
+/// assert_eq!(keys.sources.len(), 2);
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct KeyConfig {
-    /// Header names tried in order (ASCII case-insensitive); default `["Idempotency-Key"]`.
-    pub headers: Vec<String>,
-    /// Fall back to the AMQP `message_id` property when no header is present.
-    pub use_message_id: bool,
+    /// Where the key is read from, in order; default `[Header("Idempotency-Key")]`.
+    pub sources: Vec<KeySource>,
     /// Maximum key length in bytes (default 255).
     pub max_len: usize,
     /// Policy for missing or invalid keys.
@@ -85,33 +139,49 @@ pub struct KeyConfig {
 
 impl Default for KeyConfig {
     fn default() -> Self {
-        Self {
-            headers: vec![headers::IDEMPOTENCY_KEY.to_string()],
-            use_message_id: false,
-            max_len: DEFAULT_MAX_KEY_LEN,
-            missing: MissingKeyPolicy::Reject,
-        }
+        Self::new([KeySource::header(headers::IDEMPOTENCY_KEY)])
     }
 }
 
 impl KeyConfig {
-    /// Reads and validates the key of `msg`. The first configured header present wins, even if its
-    /// value is invalid: silently falling through to another header would hide a producer bug.
-    pub fn extract(&self, msg: &Message) -> Result<IdempotencyKey, KeyError> {
-        for name in &self.headers {
-            if let Some(value) = msg.header(name) {
-                let value = value.unwrap_or_default();
-                return validate(value, self.max_len, name).map(|s| IdempotencyKey(s.to_owned()));
-            }
+    /// The given sources with the default length limit and [`MissingKeyPolicy::Reject`].
+    pub fn new(sources: impl IntoIterator<Item = KeySource>) -> Self {
+        Self {
+            sources: sources.into_iter().collect(),
+            max_len: DEFAULT_MAX_KEY_LEN,
+            missing: MissingKeyPolicy::Reject,
         }
-        if self.use_message_id {
-            if let Some(id) = &msg.message_id {
-                return validate(id.as_bytes(), self.max_len, "message_id")
-                    .map(|s| IdempotencyKey(s.to_owned()));
+    }
+
+    /// Sets the maximum key length in bytes.
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// Sets the policy for missing or invalid keys.
+    pub fn missing(mut self, policy: MissingKeyPolicy) -> Self {
+        self.missing = policy;
+        self
+    }
+
+    /// Reads and validates the key of `msg`. The first configured source present wins, even if its
+    /// value is invalid: silently falling through to another source would hide a producer bug.
+    pub fn extract(&self, msg: &Message) -> Result<IdempotencyKey, KeyError> {
+        let mut json = None;
+        for source in &self.sources {
+            match source.raw(msg, &mut json) {
+                None => continue,
+                Some(Err(reason)) => return Err(source.invalid(reason)),
+                Some(Ok(raw)) => {
+                    return validate(&raw, self.max_len)
+                        .map(|s| IdempotencyKey(s.to_owned()))
+                        .map_err(|reason| source.invalid(reason))
+                }
             }
         }
         Err(KeyError::Missing {
-            looked_in: self.headers.clone(),
+            looked_in: self.sources.iter().map(KeySource::describe).collect(),
         })
     }
 }
@@ -124,23 +194,20 @@ pub fn derive_from_payload(msg: &Message) -> IdempotencyKey {
     ))
 }
 
-fn validate<'a>(raw: &'a [u8], max_len: usize, source: &str) -> Result<&'a str, KeyError> {
-    let invalid = |reason| KeyError::Invalid {
-        origin: source.to_string(),
-        reason,
-    };
+/// 1..=`max_len` bytes of printable UTF-8.
+fn validate(raw: &[u8], max_len: usize) -> Result<&str, InvalidKeyReason> {
     if raw.is_empty() {
-        return Err(invalid(InvalidKeyReason::Empty));
+        return Err(InvalidKeyReason::Empty);
     }
     if raw.len() > max_len {
-        return Err(invalid(InvalidKeyReason::TooLong {
+        return Err(InvalidKeyReason::TooLong {
             len: raw.len(),
             max: max_len,
-        }));
+        });
     }
-    let s = std::str::from_utf8(raw).map_err(|_| invalid(InvalidKeyReason::NotUtf8))?;
+    let s = std::str::from_utf8(raw).map_err(|_| InvalidKeyReason::NotUtf8)?;
     if s.chars().any(char::is_control) {
-        return Err(invalid(InvalidKeyReason::NotPrintable));
+        return Err(InvalidKeyReason::NotPrintable);
     }
     Ok(s)
 }
@@ -148,10 +215,17 @@ fn validate<'a>(raw: &'a [u8], max_len: usize, source: &str) -> Result<&'a str, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Header, Source};
+    use crate::message::{AmqpMetadata, AmqpProperties, Header, KafkaMetadata, Source};
 
     fn msg() -> Message {
         Message::new("p", Source::Other("t".into()))
+    }
+
+    fn invalid(r: Result<IdempotencyKey, KeyError>) -> InvalidKeyReason {
+        match r {
+            Err(KeyError::Invalid { reason, .. }) => reason,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
     }
 
     #[test]
@@ -170,10 +244,14 @@ mod tests {
     }
 
     #[test]
-    fn missing_key_is_typed() {
-        let err = KeyConfig::default().extract(&msg()).unwrap_err();
-        assert!(matches!(err, KeyError::Missing { .. }));
-        assert_eq!(err.reason(), crate::DeadLetterReason::MissingKey);
+    fn missing_key_is_typed_and_names_the_sources() {
+        let cfg = KeyConfig::new([KeySource::header("X"), KeySource::KafkaKey]);
+        match cfg.extract(&msg()) {
+            Err(KeyError::Missing { looked_in }) => {
+                assert_eq!(looked_in, ["header X", "Kafka record key"])
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -192,12 +270,8 @@ mod tests {
         ];
         for (raw, check) in cases {
             let m = msg().with_header("Idempotency-Key", raw.clone());
-            match cfg.extract(&m) {
-                Err(KeyError::Invalid { reason, .. }) => {
-                    assert!(check(&reason), "{raw:?}: {reason:?}")
-                }
-                other => panic!("{raw:?}: expected invalid, got {other:?}"),
-            }
+            let reason = invalid(cfg.extract(&m));
+            assert!(check(&reason), "{raw:?}: {reason:?}");
         }
         assert!(cfg
             .extract(&msg().with_header("Idempotency-Key", vec![b'a'; 255]))
@@ -211,27 +285,118 @@ mod tests {
             name: "Idempotency-Key".into(),
             value: None,
         });
+        assert_eq!(
+            invalid(KeyConfig::default().extract(&m)),
+            InvalidKeyReason::Empty
+        );
+    }
+
+    #[test]
+    fn first_present_source_wins_in_order() {
+        let cfg = KeyConfig::new([
+            KeySource::header("X-A"),
+            KeySource::header("X-B"),
+            KeySource::MessageId,
+        ]);
+        let props = AmqpProperties::default().with_message_id("mid");
+        let m = Message::from_amqp(
+            "p",
+            AmqpMetadata::new("q", "", "q", 1).with_properties(props),
+        )
+        .with_header("X-B", "b");
+        assert_eq!(cfg.extract(&m).unwrap().as_str(), "b");
+        let mut m = m;
+        m.headers.clear();
+        assert_eq!(cfg.extract(&m).unwrap().as_str(), "mid");
+        // A present but invalid source does not fall through.
+        let m = m.with_header("X-A", "");
+        assert_eq!(invalid(cfg.extract(&m)), InvalidKeyReason::Empty);
+    }
+
+    #[test]
+    fn kafka_key_and_amqp_properties() {
+        let cfg = KeyConfig::new([KeySource::KafkaKey, KeySource::CorrelationId]);
+        let kafka = |key: Option<&'static str>| {
+            let mut meta = KafkaMetadata::new("t", 0, 1);
+            meta.key = key.map(|k: &'static str| bytes::Bytes::from_static(k.as_bytes()));
+            Message::from_kafka("p", meta)
+        };
+        assert_eq!(cfg.extract(&kafka(Some("rk"))).unwrap().as_str(), "rk");
+        assert_eq!(
+            invalid(cfg.extract(&kafka(Some("")))),
+            InvalidKeyReason::Empty
+        );
         assert!(matches!(
-            KeyConfig::default().extract(&m),
-            Err(KeyError::Invalid {
-                reason: InvalidKeyReason::Empty,
-                ..
-            })
+            cfg.extract(&kafka(None)),
+            Err(KeyError::Missing { .. })
+        ));
+        let props = AmqpProperties::default()
+            .with_correlation_id("cid")
+            .with_message_id("mid");
+        let amqp = Message::from_amqp(
+            "p",
+            AmqpMetadata::new("q", "", "q", 1).with_properties(props),
+        );
+        assert_eq!(cfg.extract(&amqp).unwrap().as_str(), "cid");
+    }
+
+    #[test]
+    fn json_pointer_takes_strings_and_numbers() {
+        let cfg = KeyConfig::new([
+            KeySource::json_pointer("/order/id"),
+            KeySource::json_pointer("/id"),
+        ]);
+        let m = |p: &'static str| Message::new(p, Source::Other("t".into()));
+        assert_eq!(
+            cfg.extract(&m(r#"{"order":{"id":"o-1"}}"#))
+                .unwrap()
+                .as_str(),
+            "o-1"
+        );
+        assert_eq!(
+            cfg.extract(&m(r#"{"order":{"id":17}}"#)).unwrap().as_str(),
+            "17"
+        );
+        // Absent first pointer: the second is tried.
+        assert_eq!(cfg.extract(&m(r#"{"id":"x"}"#)).unwrap().as_str(), "x");
+        assert!(matches!(
+            cfg.extract(&m("{}")),
+            Err(KeyError::Missing { .. })
+        ));
+        assert_eq!(
+            invalid(cfg.extract(&m(r#"{"order":{"id":{"a":1}}}"#))),
+            InvalidKeyReason::NotScalar("an object")
+        );
+        assert_eq!(
+            invalid(cfg.extract(&m(r#"{"order":{"id":null}}"#))),
+            InvalidKeyReason::NotScalar("null")
+        );
+        assert!(matches!(
+            invalid(cfg.extract(&m("not json"))),
+            InvalidKeyReason::NotJson(_)
+        ));
+        assert!(matches!(
+            invalid(cfg.extract(&m(r#"{"order":{"id":""}}"#))),
+            InvalidKeyReason::Empty
         ));
     }
 
     #[test]
-    fn message_id_fallback_and_header_order() {
-        let cfg = KeyConfig {
-            headers: vec!["X-A".into(), "X-B".into()],
-            use_message_id: true,
-            ..KeyConfig::default()
-        };
-        let mut m = msg().with_header("X-B", "b");
-        m.message_id = Some("mid".into());
-        assert_eq!(cfg.extract(&m).unwrap().as_str(), "b");
-        m.headers.clear();
-        assert_eq!(cfg.extract(&m).unwrap().as_str(), "mid");
+    fn custom_sources() {
+        let cfg = KeyConfig::new([
+            KeySource::custom_checked(|m| m.header("bad").map(|_| Err("bad header".into()))),
+            KeySource::custom(|m| Some(format!("len-{}", m.payload.len()))),
+        ]);
+        assert_eq!(cfg.extract(&msg()).unwrap().as_str(), "len-1");
+        match cfg.extract(&msg().with_header("bad", "1")) {
+            Err(e @ KeyError::Invalid { .. }) => {
+                assert!(
+                    e.to_string().contains("custom key function: bad header"),
+                    "{e}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! | [`ReplayClass::WouldRun`] | no record, released, or in progress | republish, then remove from the DLQ |
 //! | [`ReplayClass::WouldSkip`] | completed with the same fingerprint | remove without republishing |
 //! | [`ReplayClass::Conflict`] | recorded with another fingerprint | keep (it would be dead-lettered again) |
-//! | [`ReplayClass::NoKey`] | key missing or invalid, policy `Reject` | keep |
+//! | [`ReplayClass::NoKey`] | key missing or invalid, policy `Reject`; or a payload the fingerprint rule cannot read | keep |
 //!
 //! Keyless messages follow the consumer's [`MissingKeyPolicy`] (from the [`KeyConfig`] the
 //! classifier is given, which must match the consumer's): `Reject` → `NoKey`;
@@ -34,7 +34,7 @@
 //! # }
 //! ```
 
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::FingerprintRule;
 use crate::headers;
 use crate::key::{derive_from_payload, KeyConfig, MissingKeyPolicy};
 use crate::message::{Header, Message};
@@ -123,7 +123,7 @@ pub struct Classifier {
     store: Arc<dyn Store>,
     scope: String,
     key: KeyConfig,
-    fingerprint_headers: Vec<String>,
+    fingerprint: FingerprintRule,
 }
 
 impl Classifier {
@@ -133,14 +133,20 @@ impl Classifier {
             store,
             scope: scope.into(),
             key,
-            fingerprint_headers: Vec::new(),
+            fingerprint: FingerprintRule::default(),
         }
     }
 
-    /// Headers that take part in the fingerprint, as configured on the consumer.
-    pub fn fingerprint_headers(mut self, names: Vec<String>) -> Self {
-        self.fingerprint_headers = names;
+    /// The fingerprint rule, as configured on the consumer.
+    pub fn fingerprint(mut self, rule: FingerprintRule) -> Self {
+        self.fingerprint = rule;
         self
+    }
+
+    /// Headers that take part in the whole-payload fingerprint, as configured on the consumer.
+    #[deprecated(note = "use `fingerprint(FingerprintRule::whole_payload().with_headers(..))`")]
+    pub fn fingerprint_headers(self, names: Vec<String>) -> Self {
+        self.fingerprint(FingerprintRule::whole_payload().with_headers(names))
     }
 
     /// Classifies one message (one store read).
@@ -166,7 +172,17 @@ impl Classifier {
                 MissingKeyPolicy::DeriveFromPayload => derive_from_payload(msg),
             },
         };
-        let fingerprint = Fingerprint::of(msg, &self.fingerprint_headers);
+        let fingerprint = match self.fingerprint.fingerprint(msg) {
+            Ok(f) => f,
+            // The consumer dead-letters such a message again: it cannot be fingerprinted.
+            Err(e) => {
+                return Ok(Classified {
+                    class: ReplayClass::NoKey,
+                    key: Some(key.as_str().to_string()),
+                    detail: e.to_string(),
+                })
+            }
+        };
         let record = self
             .store
             .get(&RecordKey::new(self.scope.clone(), key.clone()))
@@ -275,7 +291,7 @@ impl ReplayReport {
 mod tests {
     use super::*;
     use crate::store::{Claim, ClaimRequest, MemoryStore, Release};
-    use crate::{IdempotencyKey, Outcome, Source};
+    use crate::{Fingerprint, IdempotencyKey, Outcome, Source};
     use std::time::Duration;
 
     #[test]

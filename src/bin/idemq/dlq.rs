@@ -4,7 +4,7 @@ use crate::args::{Output, ReplayArgs};
 use crate::keys::open;
 use crate::{output, Failure};
 use idemq::replay::{Classifier, ReplayClass, ReplayReport};
-use idemq::KeyConfig;
+use idemq::{FingerprintRule, KeyConfig, KeySource};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
@@ -12,14 +12,13 @@ use std::io::IsTerminal;
 /// `idemq dlq replay`
 pub async fn replay(a: &ReplayArgs, out: Output) -> Result<(), Failure> {
     let store = open(&a.at).await?;
-    let key = KeyConfig {
-        headers: a.key_headers.clone(),
-        use_message_id: a.message_id_fallback,
-        missing: a.missing_key.into(),
-        ..KeyConfig::default()
-    };
-    let classifier = Classifier::new(store, a.at.scope.clone(), key)
-        .fingerprint_headers(a.fingerprint_headers.clone());
+    let mut sources: Vec<KeySource> = a.key_headers.iter().map(KeySource::header).collect();
+    if a.message_id_fallback {
+        sources.push(KeySource::MessageId);
+    }
+    let key = KeyConfig::new(sources).missing(a.missing_key.into());
+    let fingerprint = FingerprintRule::whole_payload().with_headers(a.fingerprint_headers.clone());
+    let classifier = Classifier::new(store, a.at.scope.clone(), key).fingerprint(fingerprint);
     let bar = progress_bar(a, out);
     let tick = |r: &ReplayReport| {
         bar.set_position(r.examined);

@@ -5,11 +5,9 @@ use super::{Inner, TransactionalHandler};
 use crate::engine::{
     call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out,
     record_decision, record_recreated, serialize, timed, unkeyed_retry, DeadLetterReason,
-    Disposition, RetryCause,
+    Disposition, Identity, RetryCause,
 };
-use crate::fingerprint::Fingerprint;
 use crate::handler::{HandlerContext, HandlerError};
-use crate::key::{derive_from_payload, MissingKeyPolicy};
 use crate::message::Message;
 use crate::outcome::Outcome;
 use crate::store::postgres::{claim_params, interpret_claim, row, Transaction};
@@ -100,22 +98,16 @@ impl<H: TransactionalHandler> Inner<H> {
 
     async fn decide(&self, message: &Arc<Message>, shutdown: &CancellationToken) -> Disposition {
         let cfg = &self.config;
-        let key = match cfg.key.extract(message) {
-            Ok(key) => key,
-            Err(err) => match cfg.key.missing {
-                MissingKeyPolicy::Reject => {
-                    return Disposition::dead_letter(err.reason(), err.to_string())
-                }
-                MissingKeyPolicy::ProcessWithoutDedup => {
-                    warn!(%err, "processing without deduplication (ProcessWithoutDedup policy)");
-                    return self.run_unkeyed(message, shutdown).await;
-                }
-                MissingKeyPolicy::DeriveFromPayload => derive_from_payload(message),
-            },
+        // Scope, key and fingerprint exactly as `Engine` finds them.
+        let (record, fingerprint) = match self.identify(message) {
+            Ok(Identity {
+                claim: Some(claim), ..
+            }) => claim,
+            Ok(Identity { scope, claim: None }) => {
+                return self.run_unkeyed(message, scope, shutdown).await
+            }
+            Err(settled) => return settled,
         };
-        Span::current().record("key", key.as_str());
-        let record = RecordKey::new(&*self.scope, key);
-        let fingerprint = Fingerprint::of(message, &cfg.fingerprint_headers);
         let req = ClaimRequest::new(&record, &fingerprint, cfg.lease, cfg.retention);
         let wait_until = deadline_after(cfg.in_flight_bound());
         let (mut polls, mut corrupt, mut races, mut stale) = (0u32, 0u32, 0u32, 0u32);
@@ -147,9 +139,7 @@ impl<H: TransactionalHandler> Inner<H> {
                         let (token, attempt) = (claimed.token, claimed.attempt);
                         info!(%token, attempt, "claimed (retry or takeover)");
                     }
-                    return self
-                        .run_claimed(message, &record, tx, claimed, shutdown)
-                        .await;
+                    return self.run_claimed(message, &req, tx, claimed, shutdown).await;
                 }
                 Ok(Err(step)) => step,
                 Err(err) => return self.store_down(err),
@@ -290,11 +280,12 @@ impl<H: TransactionalHandler> Inner<H> {
     async fn run_claimed(
         &self,
         message: &Arc<Message>,
-        record: &RecordKey,
+        req: &ClaimRequest<'_>,
         tx: Transaction<'_>,
         claimed: Claimed,
         shutdown: &CancellationToken,
     ) -> Disposition {
+        let record = req.key;
         let Claimed {
             token,
             attempt,
@@ -303,7 +294,7 @@ impl<H: TransactionalHandler> Inner<H> {
         let ctx = HandlerContext {
             message: message.clone(),
             key: Some(record.key.clone()),
-            scope: self.scope.clone(),
+            scope: Arc::from(record.scope.as_str()),
             attempt,
             token: Some(token),
         };
@@ -358,7 +349,7 @@ impl<H: TransactionalHandler> Inner<H> {
         let mut recreated = None;
         match self.write_outcome(&tx, record, token, &outcome).await {
             Ok(true) => {}
-            Ok(false) => match self.recreate(&tx, message, record, &outcome).await {
+            Ok(false) => match self.recreate(&tx, req, &outcome).await {
                 Ok(Some(token)) => recreated = Some(token),
                 Ok(None) => {
                     let _ = tx.rollback().await;
@@ -472,13 +463,11 @@ impl<H: TransactionalHandler> Inner<H> {
     async fn recreate(
         &self,
         tx: &Transaction<'_>,
-        message: &Arc<Message>,
-        record: &RecordKey,
+        req: &ClaimRequest<'_>,
         outcome: &Outcome,
     ) -> Result<Option<Token>, StoreError> {
         let cfg = &self.config;
-        let fingerprint = Fingerprint::of(message, &cfg.fingerprint_headers);
-        let req = ClaimRequest::new(record, &fingerprint, cfg.lease, cfg.retention);
+        let (req, record) = (*req, req.key);
         let recreate = async {
             let stmt = self
                 .store
@@ -622,6 +611,7 @@ impl<H: TransactionalHandler> Inner<H> {
     async fn run_unkeyed(
         &self,
         message: &Arc<Message>,
+        scope: Arc<str>,
         shutdown: &CancellationToken,
     ) -> Disposition {
         let mut attempt = 0;
@@ -647,7 +637,7 @@ impl<H: TransactionalHandler> Inner<H> {
             let ctx = HandlerContext {
                 message: message.clone(),
                 key: None,
-                scope: self.scope.clone(),
+                scope: scope.clone(),
                 attempt,
                 token: None,
             };
