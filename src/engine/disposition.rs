@@ -20,6 +20,9 @@ pub enum DeadLetterReason {
     OutcomeTooLarge,
     /// The stored record stayed unreadable after bounded retries.
     CorruptRecord,
+    /// The handler could not read the payload (e.g. bad JSON for
+    /// [`HandlerContext::json`](crate::HandlerContext::json)); permanent.
+    InvalidPayload,
 }
 
 impl DeadLetterReason {
@@ -33,11 +36,12 @@ impl DeadLetterReason {
             DeadLetterReason::RetriesExhausted => "retries-exhausted",
             DeadLetterReason::OutcomeTooLarge => "outcome-too-large",
             DeadLetterReason::CorruptRecord => "corrupt-record",
+            DeadLetterReason::InvalidPayload => "invalid-payload",
         }
     }
 
     /// Every reason, for docs and exhaustive tests.
-    pub const ALL: [DeadLetterReason; 7] = [
+    pub const ALL: [DeadLetterReason; 8] = [
         DeadLetterReason::Conflict,
         DeadLetterReason::MissingKey,
         DeadLetterReason::InvalidKey,
@@ -45,6 +49,7 @@ impl DeadLetterReason {
         DeadLetterReason::RetriesExhausted,
         DeadLetterReason::OutcomeTooLarge,
         DeadLetterReason::CorruptRecord,
+        DeadLetterReason::InvalidPayload,
     ];
 
     /// Parses [`as_str`](Self::as_str)'s form.

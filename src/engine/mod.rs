@@ -79,7 +79,7 @@ pub(crate) use self::core::EngineCore;
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use process::{
     call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out, panic_text,
-    record_recreated, serialize, unkeyed_retry,
+    permanent_failure, record_recreated, retry_delay, serialize, unkeyed_retry, Failure,
 };
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use telemetry::{record_decision, timed};
