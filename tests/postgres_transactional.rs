@@ -1261,3 +1261,101 @@ async fn record_expired_during_the_handler_is_recreated_with_the_outcome() {
     assert_eq!(fx.runs.load(Ordering::SeqCst), 1);
     fx.drop_table().await;
 }
+
+/// Handlers written as `async fn`s and as struct impls with `async fn handle` (no `Box::pin`);
+/// a retry-after hint sets the retry delay (clamped to `retry_backoff.max`) and rolls the
+/// handler's write back; bad JSON is dead-lettered as `invalid-payload`.
+#[tokio::test]
+async fn async_fn_handlers_retry_after_hints_and_invalid_payloads() {
+    use idemq::prelude::{HandlerContext, ResultExt};
+
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.retry_backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(800));
+
+    #[derive(serde::Deserialize)]
+    struct Order {
+        amount: i32,
+    }
+
+    struct Ledger {
+        insert: String,
+    }
+
+    impl TransactionalHandler for Ledger {
+        type Output = i32;
+
+        async fn handle(
+            &self,
+            ctx: HandlerContext,
+            tx: &Transaction<'_>,
+        ) -> Result<i32, HandlerError> {
+            let order: Order = ctx.json()?;
+            let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+            tx.execute(&self.insert, &[&key, &order.amount])
+                .await
+                .retriable()?;
+            if ctx.attempt == 1 {
+                return Err(
+                    HandlerError::retriable("rate limited").retry_after(Duration::from_secs(60))
+                );
+            }
+            Ok(order.amount)
+        }
+    }
+
+    let insert = insert_effect(&fx);
+    let engine = TransactionalEngine::new(fx.store.clone(), config.clone(), Ledger { insert })
+        .expect("engine");
+    let stop = CancellationToken::new();
+    match engine
+        .process(fx.message("hinted", "{\"amount\":7}"), &stop)
+        .await
+    {
+        Disposition::Retry {
+            after,
+            cause: RetryCause::HandlerFailed { attempt: 1, error },
+        } => {
+            assert_eq!(after, Duration::from_millis(800), "the 60 s hint, clamped");
+            assert_eq!(error, "rate limited");
+        }
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    assert_eq!(
+        fx.effects("hinted").await,
+        0,
+        "the failed attempt's write rolled back"
+    );
+    match engine
+        .process(fx.message("hinted", "{\"amount\":7}"), &stop)
+        .await
+    {
+        Disposition::Processed { outcome } => assert_eq!(&outcome.body[..], b"7"),
+        other => panic!("expected Processed, got {other:?}"),
+    }
+    assert_eq!(fx.effects("hinted").await, 1);
+    match engine
+        .process(fx.message("garbled", "{\"amount\":"), &stop)
+        .await
+    {
+        Disposition::DeadLetter(dl) => {
+            assert_eq!(dl.reason, DeadLetterReason::InvalidPayload);
+            assert!(dl.error.contains("EOF while parsing"), "{}", dl.error);
+        }
+        other => panic!("expected invalid-payload, got {other:?}"),
+    }
+
+    async fn count(_ctx: HandlerContext, tx: &Transaction<'_>) -> Result<i64, HandlerError> {
+        let row = tx.query_one("SELECT 41::int8", &[]).await.retriable()?;
+        Ok(row.get::<_, i64>(0) + 1)
+    }
+    let engine =
+        TransactionalEngine::new(fx.store.clone(), config, from_fn(count)).expect("engine");
+    match engine.process(fx.message("fn-item", "p"), &stop).await {
+        Disposition::Processed { outcome } => assert_eq!(&outcome.body[..], b"42"),
+        other => panic!("expected Processed, got {other:?}"),
+    }
+    fx.drop_table().await;
+}
