@@ -15,7 +15,9 @@ use idemq::{Fingerprint, IdempotencyKey, Outcome};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "testing")]
 const CAPACITY: usize = 1000;
+#[cfg(feature = "testing")]
 const MAX_AGE: Duration = Duration::from_secs(60);
 
 #[cfg(feature = "testing")]

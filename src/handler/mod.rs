@@ -34,6 +34,16 @@
 //!   middleware (timeouts, concurrency and rate limits, your own layers) composes with handlers.
 //! - **State**: implement [`Handler`] on your own type, or capture `Arc`s in the closure.
 //!
+//! ## Design: wrappers, not a marker type parameter
+//!
+//! Typed input could have been a second argument type that [`Handler`] accepts directly, picked
+//! through a marker type parameter as web frameworks pick extractors. That parameter would have
+//! to appear on `Handler` and on everything generic over it (`Engine<H>`, the consumers'
+//! builders), and closure type inference would depend on which implementation applies. Wrapping
+//! functions ([`json`], `service`) produce ordinary [`Handler`]s instead, so
+//! `|ctx: HandlerContext| async { .. }` closures keep working unchanged and the engine never
+//! learns about input types.
+//!
 //! Closures stay the default shape because a handler is then a single function users can call in
 //! their own tests; the broker adapters already bound concurrency, so most handlers need no
 //! `poll_ready`. Where middleware helps, `handler::service` adapts a service instead of making every

@@ -13,11 +13,22 @@
 //!
 //! async fn subject() -> Option<Subject> {
 //!     let store = my_dynamo_store::DynamoStore::connect("http://localhost:8000").await.ok()?;
-//!     // A unique scope per case keeps cases from seeing each other's keys in a shared table.
+//!     // `Subject::new` gives every case its own scope, so cases can share one table.
 //!     Some(Subject::new(Arc::new(store)))
 //! }
 //!
 //! store_conformance!(subject);
+//! ```
+//!
+//! The same with a store that ships with idemq (an async closure works as the factory too):
+//!
+//! ```no_run
+//! use idemq::store::MemoryStore;
+//! use idemq::testing::conformance::{store_conformance, Subject};
+//! use std::sync::Arc;
+//!
+//! store_conformance!(|| async { Some(Subject::new(Arc::new(MemoryStore::new()))) });
+//! # fn main() {}
 //! ```
 //!
 //! Optional capabilities: [`Subject::with_corrupter`] (how to write an unreadable record; without

@@ -14,9 +14,9 @@
 //! |---|---|---|
 //! | `Ok(outcome)` | store the outcome, `COMMIT` | ack (`Processed`) |
 //! | `Ok(outcome)`, record expired during the handler | claim again in the transaction, store the outcome, `COMMIT` (re-created, as `Engine` does) | ack (`Processed`) |
-//! | `Err(Retriable)` / panic (also before the handler returns its future, or in the outcome's `Serialize`) | roll back to the savepoint (effects gone), release (attempt counted), `COMMIT` | retry with backoff; dead-letter after `max_attempts` |
-//! | running longer than `handler_timeout` | handler dropped, its statement cancelled (`pg_cancel_backend`), then as for `Err(Retriable)` | retry; effects outside the database may have happened |
-//! | `Err(Permanent)` | roll back to the savepoint, release (or store the failure, per `store_permanent_failures`), `COMMIT` | dead-letter |
+//! | retriable error / panic (also before the handler returns its future, or in the outcome's `Serialize`) | roll back to the savepoint (effects gone), release (attempt counted), `COMMIT` | retry after the backoff (or the error's `retry_after` hint, clamped to `retry_backoff.max`); dead-letter after `max_attempts` |
+//! | running longer than `handler_timeout` | handler dropped, its statement cancelled (`pg_cancel_backend`), then as for a retriable error | retry; effects outside the database may have happened |
+//! | permanent error | roll back to the savepoint, release (or store the failure, per `store_permanent_failures`), `COMMIT` | dead-letter `handler-failed` (`invalid-payload` for [`HandlerError::invalid_payload`](crate::HandlerError::invalid_payload)) |
 //! | outcome too large | roll back to the savepoint, release, `COMMIT` | dead-letter `outcome-too-large` |
 //! | failure whose fenced release / outcome matches no row (record expired during the handler) | `ROLLBACK` of everything, claim included | retry or dead-letter as for the failure |
 //! | crash, dropped future, lost connection, failed `COMMIT` | nothing commits: the server rolls back | redelivery runs again on a clean slate |
