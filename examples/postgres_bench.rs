@@ -19,11 +19,12 @@
 #[path = "shared/pg_round_trips.rs"]
 mod pg_round_trips;
 
-use idemq::store::postgres::{from_fn, PostgresOptions, PostgresStore, TransactionalEngine};
+use idemq::store::postgres::{PostgresOptions, PostgresStore};
 use idemq::store::{Claim, ClaimRequest, RecordKey, Store};
+use idemq::transactional::{from_fn_with, TransactionalEngine, TransactionalHandler};
 use idemq::{
-    CancellationToken, Disposition, EngineConfig, Fingerprint, HandlerError, IdempotencyKey,
-    Message, Outcome, Source,
+    CancellationToken, Disposition, EngineConfig, Fingerprint, IdempotencyKey, Message, Outcome,
+    ResultExt, Source,
 };
 use pg_round_trips::counting_proxy;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -197,21 +198,13 @@ fn tx_engine(
     store: PostgresStore,
     scope: &str,
     effects: &str,
-) -> Result<TransactionalEngine<impl idemq::store::postgres::TransactionalHandler>, BoxError> {
+) -> Result<TransactionalEngine<impl TransactionalHandler>, BoxError> {
     let insert = format!("INSERT INTO {effects} (idempotency_key) VALUES ($1)");
-    let handler = from_fn(move |ctx, tx| {
-        let insert = insert.clone();
-        Box::pin(async move {
-            let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
-            let stmt = tx
-                .prepare_cached(&insert)
-                .await
-                .map_err(HandlerError::retriable)?;
-            tx.execute(&stmt, &[&key])
-                .await
-                .map_err(HandlerError::retriable)?;
-            Ok::<_, HandlerError>(true)
-        })
+    let handler = from_fn_with(insert, async |insert, ctx, tx| {
+        let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+        let stmt = tx.prepare_cached(insert).await.retriable()?;
+        tx.execute(&stmt, &[&key]).await.retriable()?;
+        Ok(true)
     });
     Ok(TransactionalEngine::new(
         store,
@@ -221,7 +214,7 @@ fn tx_engine(
 }
 
 async fn process(
-    engine: Arc<TransactionalEngine<impl idemq::store::postgres::TransactionalHandler>>,
+    engine: Arc<TransactionalEngine<impl TransactionalHandler>>,
     i: u64,
 ) -> Result<(), BoxError> {
     let msg = Arc::new(

@@ -13,7 +13,12 @@
 //! - [`message`]: the broker-neutral message and its Kafka / AMQP metadata.
 //! - [`store`]: the [`Store`] trait and its backends (memory, Redis, Postgres).
 //! - [`engine`]: claim → run with lease renewal → settle, returning a [`Disposition`].
+//! - [`handler`]: the handler shape, typed JSON input, error classification, tower services.
+//! - `transactional` (feature `postgres`): the engine whose handlers write in the claim's
+//!   Postgres transaction, for exactly-once effects.
 //! - `kafka` / `amqp` (features): consumer wrappers that map dispositions to commits and acks.
+//! - [`prelude`]: the common names in one import.
+//! - `testing` (feature `testing`): the store conformance suite, for your own [`Store`].
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -43,8 +48,13 @@ pub mod headers;
 pub mod key;
 pub mod message;
 pub mod outcome;
+pub mod prelude;
 pub mod replay;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+#[cfg(feature = "postgres")]
+pub mod transactional;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -57,7 +67,7 @@ pub use engine::{
     Processor, RetryCause,
 };
 pub use fingerprint::{Fingerprint, FingerprintRule};
-pub use handler::{Handler, HandlerContext, HandlerError};
+pub use handler::{Handler, HandlerContext, HandlerError, ResultExt};
 pub use key::{IdempotencyKey, KeyConfig, KeyError, KeySource, MissingKeyPolicy, Scope};
 pub use message::{Header, Message, Source};
 pub use outcome::{Outcome, OutcomeStatus};

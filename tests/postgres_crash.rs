@@ -222,7 +222,8 @@ fn crash_worker() {
 }
 
 mod worker {
-    use idemq::store::postgres::{from_fn, PostgresOptions, PostgresStore, TransactionalEngine};
+    use idemq::store::postgres::{PostgresOptions, PostgresStore};
+    use idemq::transactional::{from_fn_with, TransactionalEngine};
     use idemq::{
         Backoff, CancellationToken, Disposition, EngineConfig, HandlerError, Message, Source,
     };
@@ -249,17 +250,14 @@ mod worker {
             env("IDEMQ_CRASH_EFFECTS")
         );
         let pid = std::process::id() as i32;
-        let handler = from_fn(move |ctx, tx| {
-            let insert = insert.clone();
-            Box::pin(async move {
-                let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
-                tx.execute(&insert, &[&key, &pid])
-                    .await
-                    .map_err(HandlerError::retriable)?;
-                // Widen the window between the effect and the commit, where a kill hurts most.
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                Ok::<_, HandlerError>(true)
-            })
+        let handler = from_fn_with((insert, pid), async |(insert, pid), ctx, tx| {
+            let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+            tx.execute(insert, &[&key, pid])
+                .await
+                .map_err(HandlerError::retriable)?;
+            // Widen the window between the effect and the commit, where a kill hurts most.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok(true)
         });
         let mut config = EngineConfig::new(env("IDEMQ_CRASH_SCOPE"));
         config.lease = Duration::from_secs(5);

@@ -6,8 +6,11 @@
 
 mod support;
 
-use idemq::store::postgres::{from_fn, PostgresStore, TransactionalEngine, TransactionalHandler};
+use idemq::store::postgres::PostgresStore;
 use idemq::store::{RecordKey, RecordState, Store};
+use idemq::transactional::{
+    from_fn, from_fn_with, Transaction, TransactionalEngine, TransactionalHandler,
+};
 use idemq::{
     Backoff, CancellationToken, DeadLetterReason, Disposition, EngineConfig, HandlerError,
     IdempotencyKey, Message, OutcomeStatus, Processor, RetryCause, Source,
@@ -108,18 +111,14 @@ impl Fixture {
             "INSERT INTO {} (idempotency_key, attempt) VALUES ($1, $2)",
             self.effects
         );
-        let handler = from_fn(move |ctx, tx| {
-            let (runs, inserted, resume, insert) = (
-                runs.clone(),
-                inserted.clone(),
-                resume.clone(),
-                insert.clone(),
-            );
-            Box::pin(async move {
+        let state = (runs, inserted, resume, insert, plan);
+        let handler = from_fn_with(state, async |state, ctx, tx| {
+            let (runs, inserted, resume, insert, plan) = state;
+            {
                 runs.fetch_add(1, Ordering::SeqCst);
                 let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
                 let attempt = ctx.attempt as i32;
-                tx.execute(&insert, &[&key, &attempt])
+                tx.execute(insert, &[&key, &attempt])
                     .await
                     .map_err(HandlerError::retriable)?;
                 inserted.notify_one();
@@ -158,8 +157,8 @@ impl Fixture {
                         });
                     }
                 }
-                Ok::<_, HandlerError>(serde_json::json!({ "booked": key }))
-            })
+                Ok(serde_json::json!({ "booked": key }))
+            }
         });
         TransactionalEngine::new(store, config, handler).expect("engine")
     }
@@ -614,14 +613,12 @@ async fn handler_statements_do_not_inherit_the_claim_lock_timeout() {
     let Some(fx) = Fixture::new().await else {
         return;
     };
-    let handler = from_fn(|_ctx, tx| {
-        Box::pin(async move {
-            let row = tx
-                .query_one("SHOW lock_timeout", &[])
-                .await
-                .map_err(HandlerError::retriable)?;
-            Ok::<_, HandlerError>(row.get::<_, String>(0))
-        })
+    let handler = from_fn(async |_ctx, tx| {
+        let row = tx
+            .query_one("SHOW lock_timeout", &[])
+            .await
+            .map_err(HandlerError::retriable)?;
+        Ok(row.get::<_, String>(0))
     });
     let engine = TransactionalEngine::new(fx.store.clone(), fx.config(), handler).expect("engine");
     let default: String = fx
@@ -894,22 +891,27 @@ async fn handler_panicking_before_its_future_is_a_retriable_failure() {
     let mut config = fx.config();
     config.max_attempts = 2;
     let insert = insert_effect(&fx);
+    // A function (not an async closure) can do synchronous work before it returns its future.
+    fn sync_bomb<'a>(
+        insert: &'a String,
+        ctx: idemq::HandlerContext,
+        tx: &'a Transaction<'a>,
+    ) -> impl std::future::Future<Output = Result<&'static str, HandlerError>> + Send + 'a {
+        if ctx.message.payload.as_ref() == b"sync" {
+            panic!("synchronous bug");
+        }
+        async move {
+            let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+            tx.execute(insert, &[&key, &(ctx.attempt as i32)])
+                .await
+                .map_err(HandlerError::retriable)?;
+            Ok("fine")
+        }
+    }
     let engine = TransactionalEngine::new(
         fx.store.clone(),
         config.clone(),
-        from_fn(move |ctx, tx| {
-            if ctx.message.payload.as_ref() == b"sync" {
-                panic!("synchronous bug");
-            }
-            let insert = insert.clone();
-            Box::pin(async move {
-                let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
-                tx.execute(&insert, &[&key, &(ctx.attempt as i32)])
-                    .await
-                    .map_err(HandlerError::retriable)?;
-                Ok::<_, HandlerError>("fine")
-            })
-        }),
+        from_fn_with(insert, sync_bomb),
     )
     .expect("engine");
     let stop = CancellationToken::new();
@@ -940,12 +942,17 @@ async fn handler_panicking_before_its_future_is_a_retriable_failure() {
     struct Broken;
     impl TransactionalHandler for Broken {
         type Output = ();
+        #[allow(clippy::manual_async_fn)] // the panic must come before the future exists
         fn handle<'a>(
             &'a self,
             _ctx: idemq::HandlerContext,
-            _tx: &'a idemq::store::postgres::Transaction<'a>,
-        ) -> futures::future::BoxFuture<'a, Result<(), HandlerError>> {
-            panic!("panicked in handle")
+            _tx: &'a Transaction<'a>,
+        ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send + 'a {
+            #[allow(unreachable_code)]
+            {
+                panic!("panicked in handle");
+                async { Ok(()) }
+            }
         }
     }
     let engine =
@@ -993,15 +1000,12 @@ async fn outcome_serialize_panic_is_a_retriable_failure() {
     let mut config = fx.config();
     config.max_attempts = 2;
     let insert = insert_effect(&fx);
-    let handler = from_fn(move |ctx, tx| {
-        let insert = insert.clone();
-        Box::pin(async move {
-            let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
-            tx.execute(&insert, &[&key, &(ctx.attempt as i32)])
-                .await
-                .map_err(HandlerError::retriable)?;
-            Ok::<_, HandlerError>(SerializeBomb)
-        })
+    let handler = from_fn_with(insert, async |insert, ctx, tx| {
+        let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+        tx.execute(insert, &[&key, &(ctx.attempt as i32)])
+            .await
+            .map_err(HandlerError::retriable)?;
+        Ok(SerializeBomb)
     });
     let engine =
         TransactionalEngine::new(fx.store.clone(), config.clone(), handler).expect("engine");
@@ -1034,14 +1038,11 @@ async fn outcome_serialize_panic_is_a_retriable_failure() {
     // Without deduplication: retried in place, nothing committed, then dead-lettered.
     config.key.missing = idemq::MissingKeyPolicy::ProcessWithoutDedup;
     let insert = insert_effect(&fx);
-    let handler = from_fn(move |_ctx, tx| {
-        let insert = insert.clone();
-        Box::pin(async move {
-            tx.execute(&insert, &[&"unkeyed-ser", &0i32])
-                .await
-                .map_err(HandlerError::retriable)?;
-            Ok::<_, HandlerError>(SerializeBomb)
-        })
+    let handler = from_fn_with(insert, async |insert, _ctx, tx| {
+        tx.execute(insert, &[&"unkeyed-ser", &0i32])
+            .await
+            .map_err(HandlerError::retriable)?;
+        Ok(SerializeBomb)
     });
     let engine = TransactionalEngine::new(fx.store.clone(), config, handler).expect("engine");
     let unkeyed = Arc::new(Message::new("p", Source::Other("test".into())));
@@ -1181,7 +1182,7 @@ async fn transactional_engine_refuses_out_of_range_durations() {
     };
     let mut config = fx.config();
     config.handler_timeout = Some(Duration::ZERO);
-    let handler = from_fn(|_ctx, _tx| Box::pin(async { Ok::<_, HandlerError>(()) }));
+    let handler = from_fn(async |_ctx, _tx| Ok(()));
     match TransactionalEngine::new(fx.store.clone(), config, handler) {
         Err(idemq::ConfigError::DurationOutOfRange { field, .. }) => {
             assert_eq!(field, "handler_timeout")
@@ -1258,5 +1259,103 @@ async fn record_expired_during_the_handler_is_recreated_with_the_outcome() {
         "the outcome committed with it"
     );
     assert_eq!(fx.runs.load(Ordering::SeqCst), 1);
+    fx.drop_table().await;
+}
+
+/// Handlers written as `async fn`s and as struct impls with `async fn handle` (no `Box::pin`);
+/// a retry-after hint sets the retry delay (clamped to `retry_backoff.max`) and rolls the
+/// handler's write back; bad JSON is dead-lettered as `invalid-payload`.
+#[tokio::test]
+async fn async_fn_handlers_retry_after_hints_and_invalid_payloads() {
+    use idemq::prelude::{HandlerContext, ResultExt};
+
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut config = fx.config();
+    config.retry_backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(800));
+
+    #[derive(serde::Deserialize)]
+    struct Order {
+        amount: i32,
+    }
+
+    struct Ledger {
+        insert: String,
+    }
+
+    impl TransactionalHandler for Ledger {
+        type Output = i32;
+
+        async fn handle(
+            &self,
+            ctx: HandlerContext,
+            tx: &Transaction<'_>,
+        ) -> Result<i32, HandlerError> {
+            let order: Order = ctx.json()?;
+            let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+            tx.execute(&self.insert, &[&key, &order.amount])
+                .await
+                .retriable()?;
+            if ctx.attempt == 1 {
+                return Err(
+                    HandlerError::retriable("rate limited").retry_after(Duration::from_secs(60))
+                );
+            }
+            Ok(order.amount)
+        }
+    }
+
+    let insert = insert_effect(&fx);
+    let engine = TransactionalEngine::new(fx.store.clone(), config.clone(), Ledger { insert })
+        .expect("engine");
+    let stop = CancellationToken::new();
+    match engine
+        .process(fx.message("hinted", "{\"amount\":7}"), &stop)
+        .await
+    {
+        Disposition::Retry {
+            after,
+            cause: RetryCause::HandlerFailed { attempt: 1, error },
+        } => {
+            assert_eq!(after, Duration::from_millis(800), "the 60 s hint, clamped");
+            assert_eq!(error, "rate limited");
+        }
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    assert_eq!(
+        fx.effects("hinted").await,
+        0,
+        "the failed attempt's write rolled back"
+    );
+    match engine
+        .process(fx.message("hinted", "{\"amount\":7}"), &stop)
+        .await
+    {
+        Disposition::Processed { outcome } => assert_eq!(&outcome.body[..], b"7"),
+        other => panic!("expected Processed, got {other:?}"),
+    }
+    assert_eq!(fx.effects("hinted").await, 1);
+    match engine
+        .process(fx.message("garbled", "{\"amount\":"), &stop)
+        .await
+    {
+        Disposition::DeadLetter(dl) => {
+            assert_eq!(dl.reason, DeadLetterReason::InvalidPayload);
+            assert!(dl.error.contains("EOF while parsing"), "{}", dl.error);
+        }
+        other => panic!("expected invalid-payload, got {other:?}"),
+    }
+
+    async fn count(_ctx: HandlerContext, tx: &Transaction<'_>) -> Result<i64, HandlerError> {
+        let row = tx.query_one("SELECT 41::int8", &[]).await.retriable()?;
+        Ok(row.get::<_, i64>(0) + 1)
+    }
+    let engine =
+        TransactionalEngine::new(fx.store.clone(), config, from_fn(count)).expect("engine");
+    match engine.process(fx.message("fn-item", "p"), &stop).await {
+        Disposition::Processed { outcome } => assert_eq!(&outcome.body[..], b"42"),
+        other => panic!("expected Processed, got {other:?}"),
+    }
     fx.drop_table().await;
 }

@@ -6,8 +6,8 @@ mod support;
 
 use idemq::fingerprint::FingerprintRule;
 use idemq::message::KafkaMetadata;
-use idemq::store::postgres::{from_fn, TransactionalEngine};
 use idemq::store::{RecordKey, Store};
+use idemq::transactional::{from_fn_with, TransactionalEngine};
 use idemq::{
     CancellationToken, DeadLetterReason, Disposition, EngineConfig, HandlerError, IdempotencyKey,
     KeySource, Message, Scope,
@@ -29,12 +29,9 @@ async fn per_topic_scope_record_key_and_exclude_fields() {
     let engine = TransactionalEngine::new(
         store.clone(),
         cfg,
-        from_fn(move |ctx, _tx| {
-            let seen = seen.clone();
-            Box::pin(async move {
-                seen.lock().expect("lock").push(ctx.scope.to_string());
-                Ok::<_, HandlerError>("done")
-            })
+        from_fn_with(seen, async |seen, ctx, _tx| {
+            seen.lock().expect("lock").push(ctx.scope.to_string());
+            Ok::<_, HandlerError>("done")
         }),
     )
     .expect("engine");

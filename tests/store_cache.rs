@@ -9,14 +9,18 @@
 mod support;
 
 use idemq::store::{CachedStore, Claim, ClaimRequest, Fence, MemoryStore, RecordKey, Store};
+#[cfg(feature = "testing")]
+use idemq::testing::conformance::{store_conformance, Subject};
 use idemq::{Fingerprint, IdempotencyKey, Outcome};
 use std::sync::Arc;
 use std::time::Duration;
-use support::conformance::{store_conformance, Subject};
 
+#[cfg(feature = "testing")]
 const CAPACITY: usize = 1000;
+#[cfg(feature = "testing")]
 const MAX_AGE: Duration = Duration::from_secs(60);
 
+#[cfg(feature = "testing")]
 store_conformance!(|| async {
     Some(Subject::new(Arc::new(CachedStore::new(
         MemoryStore::new(),
@@ -25,7 +29,7 @@ store_conformance!(|| async {
     ))))
 });
 
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "redis", feature = "testing"))]
 mod over_redis {
     use super::*;
     use idemq::store::redis::RedisStore;

@@ -1,9 +1,11 @@
 //! The memory store against the store conformance suite.
 
+#![cfg(feature = "testing")]
+
 mod support;
 
 use idemq::store::MemoryStore;
+use idemq::testing::conformance::{store_conformance, Subject};
 use std::sync::Arc;
-use support::conformance::{store_conformance, Subject};
 
 store_conformance!(|| async { Some(Subject::new(Arc::new(MemoryStore::new()))) });

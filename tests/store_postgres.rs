@@ -1,13 +1,13 @@
 //! The Postgres store against the store conformance suite (one shared, migrated table; every case
 //! uses its own scope).
-#![cfg(feature = "postgres")]
+#![cfg(all(feature = "postgres", feature = "testing"))]
 
 mod support;
 
 use futures::FutureExt;
 use idemq::store::RecordKey;
+use idemq::testing::conformance::{store_conformance, Subject};
 use std::sync::Arc;
-use support::conformance::{store_conformance, Subject};
 
 store_conformance!(|| async {
     let store = support::postgres::shared_store().await?;

@@ -1,13 +1,13 @@
 //! The Redis store against the store conformance suite (shared local Redis, a unique key prefix
 //! per test), with batching on (default) and off.
-#![cfg(feature = "redis")]
+#![cfg(all(feature = "redis", feature = "testing"))]
 
 mod support;
 
 use idemq::store::redis::RedisStore;
 use idemq::store::RecordKey;
+use idemq::testing::conformance::{store_conformance, Corrupter, Subject};
 use std::sync::Arc;
-use support::conformance::{store_conformance, Corrupter, Subject};
 use support::services::{redis_url, require_redis, unique};
 
 /// The store with batching on (the default).

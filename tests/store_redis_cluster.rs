@@ -2,17 +2,17 @@
 //! support on free ports, or named by `IDEMQ_REDIS_CLUSTER_URL`): the conformance suite batched
 //! and unbatched, keys spread over every primary, batches split by slot, `WAIT` durability and
 //! the scan over every primary.
-#![cfg(feature = "redis")]
+#![cfg(all(feature = "redis", feature = "testing"))]
 
 mod support;
 
 use futures::future::join_all;
 use idemq::store::redis::RedisStore;
 use idemq::store::{Claim, ClaimRequest, Fence, RecordKey, StateFilter, Store, StoreError};
+use idemq::testing::conformance::{store_conformance, Corrupter, Subject};
 use idemq::{Fingerprint, IdempotencyKey, Outcome};
 use std::sync::Arc;
 use std::time::Duration;
-use support::conformance::{store_conformance, Corrupter, Subject};
 use support::redis_cluster::{keys_per_primary, primaries_of, shared_url, RedisCluster};
 use support::services::unique;
 

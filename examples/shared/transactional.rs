@@ -18,8 +18,9 @@ pub async fn processor<H: Handler>(
     config: EngineConfig,
     handler: H,
 ) -> Result<Arc<dyn Processor>, SetupError> {
-    use idemq::store::postgres::{from_fn, PostgresStore, TransactionalEngine};
-    use idemq::{HandlerContext, HandlerError};
+    use idemq::store::postgres::PostgresStore;
+    use idemq::transactional::{from_fn_with, TransactionalEngine};
+    use idemq::ResultExt;
 
     if !store_url.starts_with("postgres://") && !store_url.starts_with("postgresql://") {
         return Err("--transactional needs --store postgres://…".into());
@@ -49,20 +50,14 @@ pub async fn processor<H: Handler>(
         tx.commit().await?;
     }
     let insert = format!("INSERT INTO {table} (idempotency_key, pid) VALUES ($1, $2)");
-    let handler = Arc::new(handler);
     let engine = TransactionalEngine::new(
         store,
         config,
-        from_fn(move |ctx: HandlerContext, tx| {
-            let (insert, handler) = (insert.clone(), handler.clone());
-            Box::pin(async move {
-                let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
-                let pid = std::process::id() as i32;
-                tx.execute(&insert, &[&key, &pid])
-                    .await
-                    .map_err(HandlerError::retriable)?;
-                handler.handle(ctx).await
-            })
+        from_fn_with((insert, handler), async |(insert, handler), ctx, tx| {
+            let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
+            let pid = std::process::id() as i32;
+            tx.execute(insert, &[&key, &pid]).await.retriable()?;
+            handler.handle(ctx).await
         }),
     )?;
     Ok(Arc::new(engine))

@@ -117,7 +117,9 @@ pub struct EngineConfig {
     pub max_outcome_bytes: usize,
     /// Attempts for retriable failures before dead-lettering with `retries-exhausted`.
     pub max_attempts: u32,
-    /// Delay between attempts after a retriable handler failure.
+    /// Delay between attempts after a retriable handler failure. A handler's
+    /// [`HandlerError::retry_after`](crate::HandlerError::retry_after) hint replaces it, clamped
+    /// to `retry_backoff.max`.
     pub retry_backoff: Backoff,
     /// Deadline for every store operation.
     pub store_timeout: Duration,

@@ -23,8 +23,9 @@ pub enum DeadLetterReason {
     OutcomeTooLarge,
     /// The stored record stayed unreadable after bounded retries.
     CorruptRecord,
-    /// The payload cannot be read as the configuration requires (e.g. not JSON under a JSON
-    /// [`FingerprintRule`](crate::fingerprint::FingerprintRule)).
+    /// The payload cannot be read as required: bad JSON for
+    /// [`HandlerContext::json`](crate::HandlerContext::json) or [`Json`](crate::handler::Json), or
+    /// not JSON under a JSON [`FingerprintRule`](crate::fingerprint::FingerprintRule); permanent.
     InvalidPayload,
 }
 

@@ -13,6 +13,16 @@
 //!   [`Handler::handle`]), or in the outcome's `Serialize` implementation
 //!   releases the claim and returns `Retry` (`retries-exhausted` dead letter after
 //!   `max_attempts`). The handler's effects may have happened.
+//! - **Handlers may set the retry delay.** A retriable failure built with
+//!   [`HandlerError::retry_after`](crate::HandlerError::retry_after) (e.g. from a dependency's
+//!   `Retry-After`) becomes `Retry { after }` with that delay instead of
+//!   [`EngineConfig::retry_backoff`]'s, clamped to `retry_backoff.max` so one dependency cannot
+//!   stall a Kafka partition (retried in place) longer than the configuration allows. The broker
+//!   adapters wait `after` as given. Without deduplication the in-place retries wait the same.
+//! - **Unreadable payloads are their own dead-letter reason.** A handler's
+//!   [`HandlerError::invalid_payload`](crate::HandlerError::invalid_payload) (what
+//!   [`HandlerContext::json`](crate::HandlerContext::json) returns for bad JSON) is permanent
+//!   and dead-lettered as `invalid-payload` rather than `handler-failed`.
 //! - **Hung handlers time out.** A run longer than [`EngineConfig::handler_timeout`] (default 10
 //!   min, `None` to disable) is dropped and treated like a panic: claim released, retriable
 //!   failure, effects may have happened. The lease is renewed meanwhile, so the timeout may exceed
@@ -79,7 +89,7 @@ pub(crate) use self::core::{EngineCore, Identity};
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use process::{
     call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out, panic_text,
-    record_recreated, serialize, unkeyed_retry,
+    permanent_failure, record_recreated, retry_delay, serialize, unkeyed_retry, Failure,
 };
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use telemetry::{record_decision, timed};

@@ -192,12 +192,13 @@ impl<H: Handler> Inner<H> {
             }
         };
         match result {
-            Err(HandlerError::Retriable(e)) => {
-                self.on_retriable(&record, token, attempt, e.to_string())
-                    .await
+            Err(e) if e.is_retriable() => {
+                let failure = Failure::of(&e);
+                self.on_retriable(&record, token, attempt, failure).await
             }
-            Err(HandlerError::Permanent(e)) => {
-                self.on_permanent(&record, token, e.to_string(), shutdown)
+            Err(e) => {
+                let (reason, error) = permanent_failure(&e);
+                self.on_permanent(&record, token, reason, error, shutdown)
                     .await
             }
             Ok(value) => {
@@ -205,10 +206,14 @@ impl<H: Handler> Inner<H> {
                     Ok(Ok(body)) => body,
                     Ok(Err(e)) => {
                         let error = format!("outcome could not be serialized: {e}");
-                        return self.on_permanent(&record, token, error, shutdown).await;
+                        let reason = DeadLetterReason::HandlerFailed;
+                        return self
+                            .on_permanent(&record, token, reason, error, shutdown)
+                            .await;
                     }
                     Err(panicked) => {
-                        return self.on_retriable(&record, token, attempt, panicked).await;
+                        let failure = Failure::text(panicked);
+                        return self.on_retriable(&record, token, attempt, failure).await;
                     }
                 };
                 if body.len() > self.config.max_outcome_bytes {
@@ -318,16 +323,17 @@ impl<H: Handler> Inner<H> {
         record: &'a RecordKey,
         token: Token,
         attempt: u32,
-        error: String,
+        failure: Failure,
     ) -> BoxFuture<'a, Disposition> {
         async move {
+            let Failure { error, hint } = failure;
             if attempt >= self.config.max_attempts {
                 self.release(record, token, Release::Reset).await;
                 return Disposition::retries_exhausted(attempt, &error);
             }
             self.release(record, token, Release::Retry).await;
             Disposition::Retry {
-                after: self.config.retry_backoff.delay(attempt),
+                after: retry_delay(&self.config, attempt, hint),
                 cause: RetryCause::HandlerFailed { attempt, error },
             }
         }
@@ -338,6 +344,7 @@ impl<H: Handler> Inner<H> {
         &'a self,
         record: &'a RecordKey,
         token: Token,
+        reason: DeadLetterReason,
         error: String,
         shutdown: &'a CancellationToken,
     ) -> BoxFuture<'a, Disposition> {
@@ -355,7 +362,7 @@ impl<H: Handler> Inner<H> {
             } else {
                 self.release(record, token, Release::Reset).await;
             }
-            Disposition::dead_letter(DeadLetterReason::HandlerFailed, error)
+            Disposition::dead_letter(reason, error)
         }
         .boxed()
     }
@@ -517,7 +524,7 @@ impl<H: Handler> Inner<H> {
                 Run::Finished(r) => r,
                 Run::Interrupted => return Disposition::Abandoned,
             };
-            let error = match result {
+            let failure = match result {
                 Ok(value) => match serialize(&value) {
                     Ok(Ok(body)) => {
                         return Disposition::Unkeyed {
@@ -525,14 +532,15 @@ impl<H: Handler> Inner<H> {
                         }
                     }
                     Ok(Err(e)) => return Disposition::unserializable(&e),
-                    Err(panicked) => panicked,
+                    Err(panicked) => Failure::text(panicked),
                 },
-                Err(HandlerError::Permanent(e)) => {
-                    return Disposition::dead_letter(DeadLetterReason::HandlerFailed, e.to_string())
+                Err(e) if e.is_retriable() => Failure::of(&e),
+                Err(e) => {
+                    let (reason, error) = permanent_failure(&e);
+                    return Disposition::dead_letter(reason, error);
                 }
-                Err(HandlerError::Retriable(e)) => e.to_string(),
             };
-            if let Some(stop) = unkeyed_retry(&self.config, attempt, &error, shutdown).await {
+            if let Some(stop) = unkeyed_retry(&self.config, attempt, failure, shutdown).await {
                 return stop;
             }
         }
@@ -545,16 +553,56 @@ impl<H: Handler> Inner<H> {
 pub(crate) async fn unkeyed_retry(
     config: &EngineConfig,
     attempt: u32,
-    error: &str,
+    failure: Failure,
     shutdown: &CancellationToken,
 ) -> Option<Disposition> {
     if attempt >= config.max_attempts {
-        return Some(Disposition::retries_exhausted(attempt, error));
+        return Some(Disposition::retries_exhausted(attempt, &failure.error));
     }
-    if sleep_or_cancel(config.retry_backoff.delay(attempt), shutdown).await {
+    if sleep_or_cancel(retry_delay(config, attempt, failure.hint), shutdown).await {
         return Some(Disposition::Abandoned);
     }
     None
+}
+
+/// A retriable failure as the retry path reports it: the error text, and the handler's
+/// [`HandlerError::retry_after`] hint, if any.
+pub(crate) struct Failure {
+    pub(crate) error: String,
+    pub(crate) hint: Option<Duration>,
+}
+
+impl Failure {
+    /// From a handler's retriable error.
+    pub(crate) fn of(err: &HandlerError) -> Self {
+        Self {
+            error: err.error().to_string(),
+            hint: err.retry_delay(),
+        }
+    }
+
+    /// A failure of the engine's own making (a panic, an aborted transaction): no hint.
+    pub(crate) fn text(error: String) -> Self {
+        Self { error, hint: None }
+    }
+}
+
+/// The delay before the next attempt after retriable failure number `attempt`: the handler's
+/// hint clamped to `retry_backoff.max` (so a dependency cannot hold a Kafka partition, which
+/// retries in place, longer than the configuration allows), else the configured backoff.
+pub(crate) fn retry_delay(config: &EngineConfig, attempt: u32, hint: Option<Duration>) -> Duration {
+    match hint {
+        Some(d) => d.min(config.retry_backoff.max),
+        None => config.retry_backoff.delay(attempt),
+    }
+}
+
+/// The dead-letter reason and error text of a permanent handler failure.
+pub(crate) fn permanent_failure(err: &HandlerError) -> (DeadLetterReason, String) {
+    let reason = err
+        .dead_letter_reason()
+        .unwrap_or(DeadLetterReason::HandlerFailed);
+    (reason, err.error().to_string())
 }
 
 /// Another consumer owns the key (`found` is what claiming it again returned): ack without

@@ -5,23 +5,60 @@
 //! reply body for AMQP request/reply).
 //!
 //! ```
-//! use idemq::{HandlerContext, HandlerError};
+//! use idemq::prelude::*;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Order {
+//!     amount: u64,
+//! }
 //!
 //! async fn charge(ctx: HandlerContext) -> Result<serde_json::Value, HandlerError> {
-//!     let order: serde_json::Value =
-//!         serde_json::from_slice(&ctx.message.payload).map_err(HandlerError::permanent)?;
-//!     Ok(serde_json::json!({ "charged": order["amount"] }))
+//!     // Bad JSON: dead-lettered as `invalid-payload`, with serde's message.
+//!     let order: Order = ctx.json()?;
+//!     // An error from a dependency: retried with backoff.
+//!     let receipt = bank_transfer(order.amount).await.retriable()?;
+//!     Ok(serde_json::json!({ "charged": order.amount, "receipt": receipt }))
 //! }
+//! # async fn bank_transfer(_amount: u64) -> Result<String, std::io::Error> { Ok("r-1".into()) }
 //! ```
 //!
-//! Why a plain async closure rather than a `tower::Service`: the broker adapters already bound
-//! concurrency and own back-pressure, so `poll_ready` would have nothing to say, and a closure keeps
-//! the handler a single function users can test directly. A `Service` can be wrapped in a closure.
+//! What this module offers around that shape:
+//!
+//! - **Typed input**: [`HandlerContext::json`] inside any handler, or [`json`] to write the
+//!   handler as `|ctx, Json(order): Json<Order>| async { .. }`. A payload that does not
+//!   deserialize is a permanent failure with dead-letter reason `invalid-payload`.
+//! - **Error classification**: [`ResultExt`] turns any error into a retriable or permanent
+//!   [`HandlerError`] with `?`; [`HandlerError::retry_after`] asks for a specific delay before the
+//!   next attempt (clamped to the configured `retry_backoff.max`).
+//! - **tower** (feature `tower`): `handler::service` runs any `tower::Service<HandlerContext>`, so tower
+//!   middleware (timeouts, concurrency and rate limits, your own layers) composes with handlers.
+//! - **State**: implement [`Handler`] on your own type, or capture `Arc`s in the closure.
+//!
+//! ## Design: wrappers, not a marker type parameter
+//!
+//! Typed input could have been a second argument type that [`Handler`] accepts directly, picked
+//! through a marker type parameter as web frameworks pick extractors. That parameter would have
+//! to appear on `Handler` and on everything generic over it (`Engine<H>`, the consumers'
+//! builders), and closure type inference would depend on which implementation applies. Wrapping
+//! functions ([`json`], `service`) produce ordinary [`Handler`]s instead, so
+//! `|ctx: HandlerContext| async { .. }` closures keep working unchanged and the engine never
+//! learns about input types.
+//!
+//! Closures stay the default shape because a handler is then a single function users can call in
+//! their own tests; the broker adapters already bound concurrency, so most handlers need no
+//! `poll_ready`. Where middleware helps, `handler::service` adapts a service instead of making every
+//! handler one.
 
 mod error;
+mod json;
 mod metadata;
+#[cfg(feature = "tower")]
+mod service;
 
-pub use error::HandlerError;
+pub use error::{HandlerError, ResultExt};
+pub use json::{json, Json, JsonHandler, PayloadError};
+#[cfg(feature = "tower")]
+pub use service::{service, ServiceHandler};
 
 use crate::key::IdempotencyKey;
 use crate::message::Message;

@@ -1,11 +1,11 @@
-//! Shared test support: service discovery and the store conformance suite.
+//! Shared test support: service discovery and service helpers (the store conformance suite is
+//! `idemq::testing::conformance`, feature `testing`).
 //!
 //! Each integration test file does `mod support;` and uses what it needs, so not every item is
 //! used by every test crate.
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod amqp;
-pub mod conformance;
 pub mod faulty;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -1,4 +1,5 @@
-//! Postgres store, and transactional handlers whose writes commit together with the outcome.
+//! Postgres store; its transactional engine (handlers whose writes commit together with the
+//! outcome) is [`crate::transactional`].
 //!
 //! [`PostgresStore`] implements [`Store`] with the same behaviour as the memory and Redis stores
 //! (it passes the same conformance suite). Records live in one table (default `idemq_records`,
@@ -11,8 +12,8 @@
 //! Tokens are `max(previous + 1, database clock in ms)`, so they keep growing after a row expired
 //! or was purged (see [`Token`]).
 //!
-//! [`TransactionalEngine`] goes further: it claims the key, runs your handler and stores the
-//! outcome in **one transaction**, handing the handler that transaction for its own writes. The
+//! [`TransactionalEngine`](crate::transactional::TransactionalEngine) goes further: it claims the
+//! key, runs your handler and stores the outcome in **one transaction**, handing the handler that transaction for its own writes. The
 //! effects and the outcome commit together or not at all, which gives exactly-once effects for
 //! writes to the same database, even across crashes.
 //!
@@ -49,13 +50,12 @@ mod error;
 pub(crate) mod row;
 mod sql;
 mod table;
-mod transactional;
 
-/// The transaction type handed to [`TransactionalHandler`]s (deadpool's wrapper around
-/// `tokio_postgres::Transaction`, with a prepared-statement cache).
+/// The transaction type handed to
+/// [`TransactionalHandler`](crate::transactional::TransactionalHandler)s (deadpool's wrapper
+/// around `tokio_postgres::Transaction`, with a prepared-statement cache).
 pub use deadpool_postgres::Transaction;
 pub use table::{TableName, DEFAULT_TABLE};
-pub use transactional::{from_fn, FnHandler, TransactionalEngine, TransactionalHandler};
 
 use super::types::*;
 use super::{Store, StoreError};
@@ -190,7 +190,8 @@ impl PostgresStore {
         &self.options.table
     }
 
-    /// The connection pool (shared with [`TransactionalEngine`]s built on this store).
+    /// The connection pool (shared with
+    /// [`TransactionalEngine`](crate::transactional::TransactionalEngine)s built on this store).
     pub fn pool(&self) -> &Pool {
         &self.pool
     }

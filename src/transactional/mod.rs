@@ -1,5 +1,10 @@
-//! Transactional handlers: the claim, the handler's own writes and the outcome commit in one
-//! Postgres transaction, so the handler's effects happen exactly once per key.
+//! Transactional handlers (feature `postgres`): the claim, the handler's own writes and the
+//! outcome commit in one Postgres transaction, so the handler's effects happen exactly once per
+//! key.
+//!
+//! This is a [`Processor`] beside [`Engine`](crate::Engine), built on the
+//! [`PostgresStore`]: it drives the same claim protocol, with every step written in the
+//! handler's transaction.
 //!
 //! For each message the [`TransactionalEngine`] opens a transaction on the store's pool, claims the
 //! key in it (the claim's upsert takes the record's row lock), sets a savepoint, and runs the
@@ -9,9 +14,9 @@
 //! |---|---|---|
 //! | `Ok(outcome)` | store the outcome, `COMMIT` | ack (`Processed`) |
 //! | `Ok(outcome)`, record expired during the handler | claim again in the transaction, store the outcome, `COMMIT` (re-created, as `Engine` does) | ack (`Processed`) |
-//! | `Err(Retriable)` / panic (also before the handler returns its future, or in the outcome's `Serialize`) | roll back to the savepoint (effects gone), release (attempt counted), `COMMIT` | retry with backoff; dead-letter after `max_attempts` |
-//! | running longer than `handler_timeout` | handler dropped, its statement cancelled (`pg_cancel_backend`), then as for `Err(Retriable)` | retry; effects outside the database may have happened |
-//! | `Err(Permanent)` | roll back to the savepoint, release (or store the failure, per `store_permanent_failures`), `COMMIT` | dead-letter |
+//! | retriable error / panic (also before the handler returns its future, or in the outcome's `Serialize`) | roll back to the savepoint (effects gone), release (attempt counted), `COMMIT` | retry after the backoff (or the error's `retry_after` hint, clamped to `retry_backoff.max`); dead-letter after `max_attempts` |
+//! | running longer than `handler_timeout` | handler dropped, its statement cancelled (`pg_cancel_backend`), then as for a retriable error | retry; effects outside the database may have happened |
+//! | permanent error | roll back to the savepoint, release (or store the failure, per `store_permanent_failures`), `COMMIT` | dead-letter `handler-failed` (`invalid-payload` for [`HandlerError::invalid_payload`](crate::HandlerError::invalid_payload)) |
 //! | outcome too large | roll back to the savepoint, release, `COMMIT` | dead-letter `outcome-too-large` |
 //! | failure whose fenced release / outcome matches no row (record expired during the handler) | `ROLLBACK` of everything, claim included | retry or dead-letter as for the failure |
 //! | crash, dropped future, lost connection, failed `COMMIT` | nothing commits: the server rolls back | redelivery runs again on a clean slate |
@@ -32,89 +37,46 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use idemq::store::postgres::{from_fn, PostgresStore, TransactionalEngine};
-//! use idemq::{EngineConfig, HandlerError};
+//! use idemq::prelude::*;
+//! use idemq::store::postgres::PostgresStore;
+//! use idemq::transactional::{from_fn, TransactionalEngine};
 //!
 //! let store = PostgresStore::connect("postgres://app@db/billing").await?;
 //! store.migrate().await?;
-//! let engine = TransactionalEngine::new(store, EngineConfig::new("billing"), from_fn(|ctx, tx| {
-//!     Box::pin(async move {
+//! let engine = TransactionalEngine::new(store, EngineConfig::new("billing"), from_fn(
+//!     async |ctx, tx| {
 //!         let key = ctx.key.as_ref().map(|k| k.as_str().to_owned());
 //!         tx.execute("INSERT INTO ledger (idempotency_key, amount) VALUES ($1, 5)", &[&key])
 //!             .await
-//!             .map_err(HandlerError::retriable)?;
-//!         Ok::<_, HandlerError>("booked")
-//!     })
-//! }))?;
+//!             .retriable()?;
+//!         Ok("booked")
+//!     },
+//! ))?;
 //! // Hand `engine` to the Kafka or AMQP consumer like any other `idemq::Processor`.
 //! # let _ = engine; Ok(()) }
 //! ```
+//!
+//! Handlers are written without `Box::pin`: an `async fn`, an async closure given to
+//! [`from_fn`] (state it needs goes through [`from_fn_with`]), or a type implementing
+//! [`TransactionalHandler`] with an `async fn handle`. See [`TransactionalHandler`] for why
+//! closures take their state as an argument.
 
+mod handler;
 mod run;
 
-use super::{PostgresStore, Transaction};
+pub use crate::store::postgres::Transaction;
+pub use handler::{
+    from_fn, from_fn_with, FnHandler, FnHandlerWith, TransactionalFn, TransactionalFnWith,
+    TransactionalHandler,
+};
+
 use crate::engine::EngineCore;
 use crate::engine::{ConfigError, Disposition, EngineConfig, Processor};
-use crate::handler::{HandlerContext, HandlerError};
 use crate::message::Message;
+use crate::store::postgres::PostgresStore;
 use async_trait::async_trait;
-use futures::future::BoxFuture;
-use serde::Serialize;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-
-/// User code that runs inside the transaction in which its key was claimed.
-///
-/// Implement it on a struct, or wrap a closure with [`from_fn`].
-pub trait TransactionalHandler: Send + Sync + 'static {
-    /// The value stored (as JSON) as the outcome.
-    type Output: Serialize + Send + 'static;
-
-    /// Processes one message, writing its effects through `tx`.
-    fn handle<'a>(
-        &'a self,
-        ctx: HandlerContext,
-        tx: &'a Transaction<'a>,
-    ) -> BoxFuture<'a, Result<Self::Output, HandlerError>>;
-}
-
-/// A [`TransactionalHandler`] made from a closure; see [`from_fn`].
-#[derive(Clone, Debug)]
-pub struct FnHandler<F>(F);
-
-/// Wraps a closure `|ctx, tx| Box::pin(async move { ... })` as a [`TransactionalHandler`].
-///
-/// (A plain function bound lets the compiler infer the closure's higher-ranked signature, which
-/// it cannot do through a trait's blanket implementation.)
-pub fn from_fn<F, T>(f: F) -> FnHandler<F>
-where
-    F: for<'a> Fn(HandlerContext, &'a Transaction<'a>) -> BoxFuture<'a, Result<T, HandlerError>>
-        + Send
-        + Sync
-        + 'static,
-    T: Serialize + Send + 'static,
-{
-    FnHandler(f)
-}
-
-impl<F, T> TransactionalHandler for FnHandler<F>
-where
-    F: for<'a> Fn(HandlerContext, &'a Transaction<'a>) -> BoxFuture<'a, Result<T, HandlerError>>
-        + Send
-        + Sync
-        + 'static,
-    T: Serialize + Send + 'static,
-{
-    type Output = T;
-
-    fn handle<'a>(
-        &'a self,
-        ctx: HandlerContext,
-        tx: &'a Transaction<'a>,
-    ) -> BoxFuture<'a, Result<T, HandlerError>> {
-        (self.0)(ctx, tx)
-    }
-}
 
 /// A [`Processor`] whose handler's writes commit atomically with the claim and the outcome.
 ///

@@ -1,22 +1,52 @@
 //! The store conformance suite: every [`Store`] implementation must pass every case here.
 //!
-//! A backend's test file instantiates it with a factory returning a fresh, isolated [`Subject`]
-//! (or `None` to skip outside CI when the service is missing):
+//! Each case is a public async function taking a fresh [`Subject`]; [`store_conformance!`]
+//! generates one `#[test]` per case (each on its own multi-threaded tokio runtime, so your crate
+//! needs no tokio test macros). The factory you pass returns `Option<Subject>`: `None` skips the
+//! case, e.g. when the backing service is not configured on this machine.
 //!
 //! ```ignore
-//! mod support;
-//! store_conformance!(|| async { Some(Subject::new(Arc::new(MemoryStore::new()))) });
+//! // tests/conformance.rs in your crate, with `idemq = { version = "…", features = ["testing"] }`
+//! // among the dev-dependencies.
+//! use idemq::testing::conformance::{store_conformance, Subject};
+//! use std::sync::Arc;
+//!
+//! async fn subject() -> Option<Subject> {
+//!     let store = my_dynamo_store::DynamoStore::connect("http://localhost:8000").await.ok()?;
+//!     // `Subject::new` gives every case its own scope, so cases can share one table.
+//!     Some(Subject::new(Arc::new(store)))
+//! }
+//!
+//! store_conformance!(subject);
 //! ```
 //!
+//! The same with a store that ships with idemq (an async closure works as the factory too):
+//!
+//! ```no_run
+//! use idemq::store::MemoryStore;
+//! use idemq::testing::conformance::{store_conformance, Subject};
+//! use std::sync::Arc;
+//!
+//! store_conformance!(|| async { Some(Subject::new(Arc::new(MemoryStore::new()))) });
+//! # fn main() {}
+//! ```
+//!
+//! Optional capabilities: [`Subject::with_corrupter`] (how to write an unreadable record; without
+//! it the corrupt-record case passes vacuously, as for a store of typed values) and
+//! [`Subject::with_purger`] (how to physically delete expired records, for stores that keep
+//! them until a purge).
+//!
 //! Timing cases use real time with short leases (hundreds of milliseconds), so the same suite
-//! runs against network stores whose clocks we do not control.
+//! runs against network stores whose clocks we do not control. The whole suite takes a few
+//! seconds per store.
 
-use futures::future::BoxFuture;
-use idemq::store::{
+use crate::store::{
     Claim, ClaimRequest, Fence, RecordKey, RecordState, Release, StateFilter, Store, StoreError,
     Token, DEFAULT_MAX_OUTCOME_BYTES,
 };
-use idemq::{Fingerprint, IdempotencyKey, Outcome, OutcomeStatus};
+use crate::{Fingerprint, IdempotencyKey, Outcome, OutcomeStatus};
+use futures::future::BoxFuture;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +83,7 @@ impl Subject {
             store,
             corrupt: None,
             purge: None,
-            scope: super::services::unique("conf"),
+            scope: unique_scope(),
         }
     }
 
@@ -586,12 +616,13 @@ pub async fn scan_lists_one_scope(s: Subject) {
     assert_eq!(in_progress.len(), 25 - done);
 }
 
-/// Generates one `#[tokio::test]` per conformance case for the store made by `$make`
-/// (an async closure returning `Option<Subject>`; `None` skips, which `services::require_*`
-/// only allows outside CI).
+/// Generates one `#[test]` per conformance case, in a module named `conformance`, for the store
+/// made by `$make` (an async function or closure returning `Option<Subject>`; `None` skips the
+/// case). See the [module docs](crate::testing::conformance) for an example.
+#[macro_export]
 macro_rules! store_conformance {
     ($make:expr) => {
-        store_conformance!(@cases $make;
+        $crate::store_conformance!(@cases $make;
             fresh_key_is_acquired,
             concurrent_claims_yield_exactly_one_acquired,
             live_lease_is_in_flight,
@@ -615,16 +646,56 @@ macro_rules! store_conformance {
     };
     (@cases $make:expr; $($case:ident),+) => {
         mod conformance {
+            #[allow(unused_imports)]
             use super::*;
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    if let Some(subject) = ($make)().await {
-                        crate::support::conformance::$case(subject).await;
-                    }
+                #[test]
+                fn $case() {
+                    $crate::testing::conformance::run($make, $crate::testing::conformance::$case);
                 }
             )+
         }
     };
 }
-pub(crate) use store_conformance;
+
+#[doc(inline)]
+pub use crate::store_conformance;
+
+/// Runs one case: builds a multi-threaded runtime (two workers, as the cases' concurrency needs),
+/// makes the subject with `make` and, unless it is `None`, runs `case` on it. Used by
+/// [`store_conformance!`]; call it yourself to run single cases.
+///
+/// Panics (failing the test) when a case fails or the runtime cannot be built.
+pub fn run<M, MF, C, CF>(make: M, case: C)
+where
+    M: FnOnce() -> MF,
+    MF: Future<Output = Option<Subject>>,
+    C: FnOnce(Subject) -> CF,
+    CF: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime for a conformance case");
+    runtime.block_on(async move {
+        if let Some(subject) = make().await {
+            case(subject).await;
+        }
+    });
+}
+
+/// A scope no other case or run uses (process id, clock, counter), so cases can share a table.
+fn unique_scope() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "conf-{}-{nanos:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

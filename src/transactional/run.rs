@@ -4,8 +4,8 @@
 use super::{Inner, TransactionalHandler};
 use crate::engine::{
     call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out,
-    record_decision, record_recreated, serialize, timed, unkeyed_retry, DeadLetterReason,
-    Disposition, Identity, RetryCause,
+    permanent_failure, record_decision, record_recreated, retry_delay, serialize, timed,
+    unkeyed_retry, DeadLetterReason, Disposition, Failure, Identity, RetryCause,
 };
 use crate::handler::{HandlerContext, HandlerError};
 use crate::message::Message;
@@ -308,26 +308,26 @@ impl<H: TransactionalHandler> Inner<H> {
         };
         let value = match result {
             Ok(value) => value,
-            Err(HandlerError::Retriable(e)) => {
-                return self
-                    .on_retriable(tx, record, token, attempt, e.to_string())
-                    .await
+            Err(e) if e.is_retriable() => {
+                let failure = Failure::of(&e);
+                return self.on_retriable(tx, record, token, attempt, failure).await;
             }
-            Err(HandlerError::Permanent(e)) => {
-                return self.on_permanent(tx, record, token, e.to_string()).await
+            Err(e) => {
+                let (reason, error) = permanent_failure(&e);
+                return self.on_permanent(tx, record, token, reason, error).await;
             }
         };
         let body = match serialize(&value) {
             Ok(Ok(body)) => body,
             Ok(Err(e)) => {
                 let error = format!("outcome could not be serialized: {e}");
-                return self.on_permanent(tx, record, token, error).await;
+                let reason = DeadLetterReason::HandlerFailed;
+                return self.on_permanent(tx, record, token, reason, error).await;
             }
             // Its `Serialize` panicked: a retriable failure, like a handler panic.
             Err(panicked) => {
-                return self
-                    .on_retriable(tx, record, token, attempt, panicked)
-                    .await
+                let failure = Failure::text(panicked);
+                return self.on_retriable(tx, record, token, attempt, failure).await;
             }
         };
         let limit = self
@@ -368,7 +368,8 @@ impl<H: TransactionalHandler> Inner<H> {
                 let error = "the handler returned Ok but left its transaction aborted \
                              (a statement failed)"
                     .to_string();
-                return self.on_retriable(tx, record, token, attempt, error).await;
+                let failure = Failure::text(error);
+                return self.on_retriable(tx, record, token, attempt, failure).await;
             }
             Err(e) => return self.store_down(self.store.db("complete", e)),
         }
@@ -523,8 +524,9 @@ impl<H: TransactionalHandler> Inner<H> {
         record: &RecordKey,
         token: Token,
         attempt: u32,
-        error: String,
+        failure: Failure,
     ) -> Disposition {
+        let Failure { error, hint } = failure;
         if attempt >= self.config.max_attempts {
             self.settle(tx, record, token, Settle::Release(Release::Reset))
                 .await;
@@ -533,7 +535,7 @@ impl<H: TransactionalHandler> Inner<H> {
         self.settle(tx, record, token, Settle::Release(Release::Retry))
             .await;
         Disposition::Retry {
-            after: self.config.retry_backoff.delay(attempt),
+            after: retry_delay(&self.config, attempt, hint),
             cause: RetryCause::HandlerFailed { attempt, error },
         }
     }
@@ -543,6 +545,7 @@ impl<H: TransactionalHandler> Inner<H> {
         tx: Transaction<'_>,
         record: &RecordKey,
         token: Token,
+        reason: DeadLetterReason,
         error: String,
     ) -> Disposition {
         let how = if self.config.store_permanent_failures {
@@ -552,7 +555,7 @@ impl<H: TransactionalHandler> Inner<H> {
             Settle::Release(Release::Reset)
         };
         self.settle(tx, record, token, how).await;
-        Disposition::dead_letter(DeadLetterReason::HandlerFailed, error)
+        Disposition::dead_letter(reason, error)
     }
 
     /// Undoes the handler's writes, records the failure on the claimed row and commits. Best
@@ -641,7 +644,7 @@ impl<H: TransactionalHandler> Inner<H> {
                 attempt,
                 token: None,
             };
-            let error = match self.run_handler(ctx, &tx, pid, shutdown).await {
+            let failure = match self.run_handler(ctx, &tx, pid, shutdown).await {
                 Run::Interrupted => return Disposition::Abandoned,
                 Run::Finished(Ok(value)) => match serialize(&value) {
                     Ok(Ok(body)) => {
@@ -656,15 +659,16 @@ impl<H: TransactionalHandler> Inner<H> {
                     }
                     Ok(Err(e)) => return Disposition::unserializable(&e),
                     // Its `Serialize` panicked: retried in place, like a handler panic.
-                    Err(panicked) => panicked,
+                    Err(panicked) => Failure::text(panicked),
                 },
-                Run::Finished(Err(HandlerError::Permanent(e))) => {
-                    return Disposition::dead_letter(DeadLetterReason::HandlerFailed, e.to_string())
+                Run::Finished(Err(e)) if e.is_retriable() => Failure::of(&e),
+                Run::Finished(Err(e)) => {
+                    let (reason, error) = permanent_failure(&e);
+                    return Disposition::dead_letter(reason, error);
                 }
-                Run::Finished(Err(HandlerError::Retriable(e))) => e.to_string(),
             };
             self.roll_back(tx).await;
-            if let Some(stop) = unkeyed_retry(&self.config, attempt, &error, shutdown).await {
+            if let Some(stop) = unkeyed_retry(&self.config, attempt, failure, shutdown).await {
                 return stop;
             }
         }
