@@ -165,3 +165,86 @@ async fn replay_classifies_then_moves_only_what_must_run() {
         2
     );
 }
+
+/// `-X key=value` reaches librdkafka: an unknown property is a usage error naming it, a setting
+/// the replay owns is ignored with a warning on stderr, a valid one is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_settings_pass_through_to_librdkafka() {
+    if !require_redis() {
+        return;
+    }
+    let broker = Broker::mock();
+    let bootstrap = broker.bootstrap();
+    let (dlq, main) = (unique("dlq"), unique("main"));
+    broker.create_topic(&dlq, 1).await;
+    broker.create_topic(&main, 1).await;
+    produce(&bootstrap, &dlq, &[dead_lettered(Some("x-new"), "p")]).await;
+    let scope = unique("kreplay-x");
+    let base = |extra: &[&str]| {
+        let mut cmd = Command::cargo_bin("idemq").expect("binary");
+        cmd.args([
+            "dlq",
+            "replay",
+            "--bootstrap",
+            &bootstrap,
+            "--from",
+            &dlq,
+            "--to",
+            &main,
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--idle-timeout-ms",
+            "1500",
+            "--dry-run",
+        ]);
+        cmd.args(extra);
+        cmd.output().expect("run idemq")
+    };
+
+    let unknown = base(&["-X", "no.such.property=1"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no.such.property"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    assert_eq!(base(&["-X", "missing-equals"]).status.code(), Some(2));
+
+    let ok = base(&[
+        "-X",
+        "client.id=idemq-cli-test",
+        "-X",
+        "enable.auto.commit=true",
+    ]);
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ignored") && stderr.contains("enable.auto.commit"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("dry run: examined 1"));
+
+    // -X is Kafka's: with RabbitMQ it is a usage error.
+    Command::cargo_bin("idemq")
+        .expect("binary")
+        .args([
+            "dlq",
+            "replay",
+            "--amqp-url",
+            "amqp://127.0.0.1:1",
+            "--from",
+            "q",
+            "--to",
+            "/x",
+            "--scope",
+            "s",
+            "--store",
+            "memory",
+            "-X",
+            "a=b",
+        ])
+        .assert()
+        .code(2);
+}

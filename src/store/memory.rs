@@ -313,4 +313,16 @@ impl Store for MemoryStore {
             .collect();
         Ok(ScanPage { records, next })
     }
+
+    async fn counts(&self, scope: &str) -> Result<Option<StateCounts>, StoreError> {
+        let now = Instant::now();
+        let map = self.lock();
+        let mut counts = StateCounts::default();
+        for (k, e) in map.iter() {
+            if k.scope == scope && e.expires_at > now {
+                counts.add(&to_record(k, e, now));
+            }
+        }
+        Ok(Some(counts))
+    }
 }
