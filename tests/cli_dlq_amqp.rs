@@ -379,7 +379,7 @@ async fn an_interrupted_replay_reports_what_it_moved() {
     assert_eq!(report["complete"], false, "{report}");
     assert_eq!(report["stopped"], "stopped by SIGINT", "{report}");
     let moved = report["republished"].as_u64().expect("republished") as u32;
-    assert!(moved >= 20 && moved < N, "{report}");
+    assert!((20..N).contains(&moved), "{report}");
     assert!(
         report["last_handled"]
             .as_str()

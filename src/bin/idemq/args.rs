@@ -148,7 +148,7 @@ pub struct ReplayArgs {
     /// (repeatable), e.g. -X security.protocol=SASL_SSL -X sasl.mechanism=SCRAM-SHA-512.
     /// Offset settings the replay owns (enable.auto.commit, enable.auto.offset.store,
     /// auto.offset.reset) are ignored with a warning; an unknown setting exits 2.
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_setting, requires = "bootstrap")]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_setting)]
     pub kafka_settings: Vec<(String, String)>,
 }
 

@@ -15,6 +15,11 @@ pub async fn replay(a: &ReplayArgs, out: Output) -> Result<(), Failure> {
     // Installed first: a signal that arrives while the store connects must not kill the process
     // before it can say what it moved (nothing, then).
     let stop = StopSignal::install();
+    if a.bootstrap.is_none() && !a.kafka_settings.is_empty() {
+        return Err(Failure::Usage(
+            "-X sets Kafka client properties: it needs --bootstrap".into(),
+        ));
+    }
     let store = open(&a.at).await?;
     let key = KeyConfig {
         headers: a.key_headers.clone(),
@@ -65,6 +70,12 @@ pub async fn replay(a: &ReplayArgs, out: Output) -> Result<(), Failure> {
         }
         // Nothing was read: nothing to report.
         Err(Failure::Usage(msg)) => Err(Failure::Usage(msg)),
+        // A failure before the first message (connect, join) moved nothing: no report.
+        Err(failure)
+            if latest.borrow().examined == 0 && !matches!(failure, Failure::Interrupted { .. }) =>
+        {
+            Err(failure)
+        }
         Err(failure) => {
             let why = match &failure {
                 Failure::Interrupted { signal, .. } => format!("stopped by {signal}"),
@@ -238,7 +249,9 @@ fn print_report(out: Output, r: &ReplayReport, stopped: Option<&str>) {
     output::value(out, &v, || {
         let mut s = String::new();
         if let Some(why) = stopped {
-            s.push_str(&format!("replay {why} before the end; up to then:\n"));
+            s.push_str(&format!(
+                "replay stopped before the end ({why}); up to then:\n"
+            ));
         }
         s.push_str(&format!(
             "{} {} message(s)\n",

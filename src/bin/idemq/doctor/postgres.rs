@@ -174,7 +174,9 @@ pub async fn checks(url: &str) -> Result<Vec<Check>, Failure> {
         )
     });
 
-    // The store's own statements: a missing or mistyped column fails here.
+    // The store's own statements: a missing or mistyped column fails here. (The pool has one
+    // connection: give it back first.)
+    drop(client);
     let probe = RecordKey::new(
         "idemq-doctor",
         IdempotencyKey::new("doctor-probe").map_err(|e| Failure::Usage(e.to_string()))?,
@@ -191,7 +193,10 @@ pub async fn checks(url: &str) -> Result<Vec<Check>, Failure> {
         Err(e) => Check::fail(
             "statements",
             format!("idemq's read statements fail: {e}"),
-            format!("the columns differ from migrations/0001_idemq.sql; {migrate_fix}"),
+            format!(
+                "if the error names a column, the table's columns differ from \
+                 migrations/0001_idemq.sql: {migrate_fix}"
+            ),
         ),
     });
     Ok(checks)
