@@ -316,7 +316,8 @@ async fn a_replay_failing_midway_reports_what_it_moved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_replay_reports_what_it_moved() {
     use assert_cmd::cargo::CommandCargoExt;
-    const N: u32 = 1500;
+    // Enough that the replay is still running when the test notices the first moves.
+    const N: u32 = 3000;
     let Some(rabbit) = Rabbit::connect().await else {
         return;
     };
@@ -356,7 +357,7 @@ async fn an_interrupted_replay_reports_what_it_moved() {
         .spawn()
         .expect("spawn idemq");
     let started = std::time::Instant::now();
-    while rabbit.counts(&main).await.0 < 20 {
+    while rabbit.counts(&main).await.0 < 5 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the replay moved nothing"
@@ -379,7 +380,7 @@ async fn an_interrupted_replay_reports_what_it_moved() {
     assert_eq!(report["complete"], false, "{report}");
     assert_eq!(report["stopped"], "stopped by SIGINT", "{report}");
     let moved = report["republished"].as_u64().expect("republished") as u32;
-    assert!((20..N).contains(&moved), "{report}");
+    assert!((5..N).contains(&moved), "{report}");
     assert!(
         report["last_handled"]
             .as_str()
