@@ -206,6 +206,9 @@ pub struct ScanPage {
 }
 
 /// Record counts of one scope by state, as [`Store::counts`](super::Store::counts) returns them.
+///
+/// A backend builds one from `StateCounts::default()` by setting the fields, or by
+/// [`add`](Self::add)ing each record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StateCounts {

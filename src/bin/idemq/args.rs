@@ -185,8 +185,8 @@ pub enum KeysCommand {
     /// List records of a scope (SCAN-based on Redis: never blocks the store).
     ///
     /// When more records remain, prints a cursor (`next_cursor` in JSON, the last line in text);
-    /// pass it as --cursor to continue. Records added or removed meanwhile may or may not be seen,
-    /// as with Redis SCAN.
+    /// pass it as --cursor to continue. Records added or removed meanwhile may or may not be seen
+    /// (on Redis, as with SCAN, a listing spanning a keyspace resize may also repeat or miss one).
     List(ListArgs),
 }
 
