@@ -12,23 +12,13 @@ use std::io::IsTerminal;
 
 /// `idemq dlq replay`
 pub async fn replay(a: &ReplayArgs, out: Output) -> Result<(), Failure> {
-    // Installed first: a signal that arrives while the store connects must not kill the process
-    // before it can say what it moved (nothing, then).
-    let stop = StopSignal::install();
     if a.bootstrap.is_none() && !a.kafka_settings.is_empty() {
         return Err(Failure::Usage(
             "-X sets Kafka client properties: it needs --bootstrap".into(),
         ));
     }
-    let store = open(&a.at).await?;
-    let key = KeyConfig {
-        headers: a.key_headers.clone(),
-        use_message_id: a.message_id_fallback,
-        missing: a.missing_key.into(),
-        ..KeyConfig::default()
-    };
-    let classifier = Classifier::new(store, a.at.scope.clone(), key)
-        .fingerprint_headers(a.fingerprint_headers.clone());
+    // Installed first, so a signal while the store connects also ends in a report (of nothing).
+    let stop = StopSignal::install();
     let bar = progress_bar(a, out);
     // The drivers hand the report over after every message; the latest copy is what a run that
     // stops midway (signal or error) reports as moved.
@@ -45,6 +35,15 @@ pub async fn replay(a: &ReplayArgs, out: Output) -> Result<(), Failure> {
         *latest.borrow_mut() = r.clone();
     };
     let run = async {
+        let store = open(&a.at).await?;
+        let key = KeyConfig {
+            headers: a.key_headers.clone(),
+            use_message_id: a.message_id_fallback,
+            missing: a.missing_key.into(),
+            ..KeyConfig::default()
+        };
+        let classifier = Classifier::new(store, a.at.scope.clone(), key)
+            .fingerprint_headers(a.fingerprint_headers.clone());
         if let Some(url) = &a.amqp_url {
             amqp(a, url, classifier, tick).await
         } else if let Some(bootstrap) = &a.bootstrap {
@@ -68,9 +67,8 @@ pub async fn replay(a: &ReplayArgs, out: Output) -> Result<(), Failure> {
             print_report(out, &report, None);
             Ok(())
         }
-        // Nothing was read: nothing to report.
-        Err(Failure::Usage(msg)) => Err(Failure::Usage(msg)),
-        // A failure before the first message (connect, join) moved nothing: no report.
+        // A failure before the first message (bad settings, connect, join) moved nothing: no
+        // report.
         Err(failure)
             if latest.borrow().examined == 0 && !matches!(failure, Failure::Interrupted { .. }) =>
         {
