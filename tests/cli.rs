@@ -193,6 +193,47 @@ async fn forget_refuses_in_progress_without_force() {
         store.get(&running).await.expect("get").is_some(),
         "refused forget deleted the record"
     );
+    // Refused, not "not found": the record is there.
+    let out = idemq()
+        .args([
+            "key",
+            "forget",
+            "running",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = json_of(&out.stderr);
+    assert_eq!(err["error"], "refused", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .expect("message")
+            .contains("--force"),
+        "{err}"
+    );
+    let out = idemq()
+        .args([
+            "key",
+            "forget",
+            "nope",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json_of(&out.stderr)["error"], "not_found");
     idemq()
         .args([
             "key",
@@ -295,6 +336,158 @@ async fn stats_counts_by_state() {
         (Some(1), Some(1), Some(1))
     );
     assert_eq!(v["oldest_in_progress"]["key"], "running");
+    // Redis has no per-scope counter: the command scans, and says so.
+    assert_eq!(v["counted_by"], "scan");
+    let text = idemq()
+        .args(["stats", "--scope", &scope, "--store", &redis_url()])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("counted by scanning"));
+}
+
+/// Seeds `n` completed keys `k00`, `k01`, … in a new scope.
+async fn many(store: &RedisStore, n: usize) -> String {
+    let scope = unique("cli-page");
+    let fp = Fingerprint::of_bytes(b"payload");
+    for i in 0..n {
+        let k = RecordKey::new(
+            scope.clone(),
+            IdempotencyKey::new(format!("k{i:02}")).expect("key"),
+        );
+        let Claim::Acquired { token, .. } = store
+            .claim(&ClaimRequest::new(&k, &fp, LEASE, RETENTION))
+            .await
+            .expect("claim")
+        else {
+            panic!("fresh key not acquired")
+        };
+        store
+            .complete(&k, token, &Outcome::succeeded("1"), RETENTION)
+            .await
+            .expect("complete");
+    }
+    scope
+}
+
+/// Follows `next_cursor` until the end; every page's keys.
+fn pages(store_url: &str, scope: &str, limit: usize) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let limit = limit.to_string();
+        let mut args = vec![
+            "keys", "list", "--scope", scope, "--store", store_url, "--limit", &limit, "--output",
+            "json",
+        ];
+        if let Some(c) = &cursor {
+            args.extend(["--cursor", c.as_str()]);
+        }
+        let out = idemq().args(&args).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = json_of(&out.stdout);
+        pages.push(
+            v["records"]
+                .as_array()
+                .expect("records")
+                .iter()
+                .map(|r| r["key"].as_str().expect("key").to_string())
+                .collect(),
+        );
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return pages,
+        }
+        assert!(pages.len() <= 50, "cursor does not advance: {pages:?}");
+    }
+}
+
+#[tokio::test]
+async fn keys_list_prints_a_cursor_that_resumes_without_gaps_or_repeats() {
+    if !require_redis() {
+        return;
+    }
+    let store = RedisStore::connect(&redis_url()).await.expect("redis");
+    let scope = many(&store, 25).await;
+    let pages = pages(&redis_url(), &scope, 10);
+    assert!(pages.len() >= 3, "{pages:?}");
+    assert!(pages.iter().all(|p| p.len() <= 10), "{pages:?}");
+    let mut all: Vec<String> = pages.concat();
+    all.sort();
+    let expected: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(all, expected, "every key exactly once");
+
+    // Text mode names the cursor on its last line.
+    let out = idemq()
+        .args([
+            "keys",
+            "list",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--limit",
+            "5",
+        ])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("5 record(s); more: --cursor "), "{text}");
+    idemq()
+        .args([
+            "keys",
+            "list",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--cursor",
+            "garbage",
+        ])
+        .assert()
+        .code(2);
+}
+
+#[tokio::test]
+async fn logs_follow_rust_log_on_stderr_and_data_stays_on_stdout() {
+    let Some((_store, scope)) = seeded().await else {
+        return;
+    };
+    let args = [
+        "stats",
+        "--scope",
+        &scope,
+        "--store",
+        &redis_url(),
+        "--output",
+        "json",
+    ];
+    let out = idemq()
+        .env("RUST_LOG", "idemq=debug")
+        .args(args)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("DEBUG") && stderr.contains("opening the store"),
+        "{stderr}"
+    );
+    json_of(&out.stdout);
+    let quiet = idemq()
+        .env_remove("RUST_LOG")
+        .args(args)
+        .output()
+        .expect("run");
+    assert!(quiet.status.success());
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
 }
 
 #[test]
@@ -306,6 +499,8 @@ fn every_command_has_help() {
         vec!["key", "forget", "--help"],
         vec!["keys", "list", "--help"],
         vec!["stats", "--help"],
+        vec!["doctor", "--help"],
+        vec!["dlq", "replay", "--help"],
     ] {
         let out = idemq().args(&args).output().expect("run");
         assert!(out.status.success(), "{args:?}");
@@ -314,6 +509,12 @@ fn every_command_has_help() {
             "{args:?}"
         );
     }
+    let help = idemq().arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("Exit codes") && help.contains("RUST_LOG"),
+        "{help}"
+    );
 }
 
 #[test]

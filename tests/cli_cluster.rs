@@ -88,3 +88,60 @@ async fn operator_commands_cover_every_primary() {
     let k1 = RecordKey::new(scope.clone(), IdempotencyKey::new("k1").expect("key"));
     assert!(store.get(&k1).await.expect("get").is_none());
 }
+
+fn doctor(url: &str) -> (Option<i32>, Value) {
+    let out = Command::cargo_bin("idemq")
+        .expect("idemq binary")
+        .args(["doctor", "--store", url, "--output", "json"])
+        .output()
+        .expect("run idemq");
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), v)
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {report}"))
+}
+
+/// `doctor` on a Cluster asks every primary; a standalone URL naming one Cluster node fails
+/// the cluster-mode check.
+#[test]
+fn doctor_checks_every_primary_and_catches_a_standalone_url_on_a_cluster() {
+    let Some(url) = shared_url() else { return };
+    let primaries = primaries_of(&url);
+    let (_, report) = doctor(&url);
+    assert_eq!(check(&report, "cluster-mode")["status"], "pass", "{report}");
+    assert_eq!(check(&report, "version")["status"], "pass", "{report}");
+    assert_eq!(check(&report, "scripts")["status"], "pass", "{report}");
+    // The test cluster runs without persistence: every primary is named in the finding.
+    let persistence = check(&report, "persistence");
+    assert_eq!(persistence["status"], "fail", "{report}");
+    for port in &primaries {
+        assert!(
+            persistence["detail"]
+                .as_str()
+                .expect("detail")
+                .contains(&format!(":{port}:")),
+            "{report}"
+        );
+    }
+
+    let standalone = format!("redis://127.0.0.1:{}", primaries[0]);
+    let (code, report) = doctor(&standalone);
+    assert_eq!(code, Some(1), "{report}");
+    let mode = check(&report, "cluster-mode");
+    assert_eq!(mode["status"], "fail", "{report}");
+    assert!(
+        mode["fix"]
+            .as_str()
+            .expect("fix")
+            .contains("redis-cluster://"),
+        "{report}"
+    );
+}

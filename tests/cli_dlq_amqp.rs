@@ -212,3 +212,194 @@ async fn keyless_messages_replay_with_missing_key_derive() {
     assert_eq!(bodies, ["p-derived-new"]);
     rabbit.cleanup().await;
 }
+
+/// A dead-lettered message whose original routing key (the queue it came from) is `source`.
+fn from_queue(key: &str, source: &str) -> BasicProperties {
+    let mut props = dead_lettered(Some(key));
+    let mut h = props.headers().clone().unwrap_or_default();
+    h.insert(
+        "x-idemq-source-routing-key".into(),
+        AMQPValue::LongString(source.into()),
+    );
+    props = props.with_headers(h);
+    props
+}
+
+/// Ready messages of `queue` once the count settles (unacked messages return when the replay's
+/// connection closes).
+async fn settled(rabbit: &Rabbit, queue: &str) -> u32 {
+    let mut last = u32::MAX;
+    for _ in 0..50 {
+        let now = rabbit.counts(queue).await.0;
+        if now == last {
+            return now;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    last
+}
+
+/// A replay that fails midway (the fourth message cannot be routed) prints what it moved before
+/// exiting 3: the first three republished, and where it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_failing_midway_reports_what_it_moved() {
+    let Some(rabbit) = Rabbit::connect().await else {
+        return;
+    };
+    if redis().await.is_none() {
+        return;
+    }
+    let scope = unique("replay-fail");
+    let dlq = rabbit.queue("dlq").await;
+    let main = rabbit.queue("main").await;
+    let nowhere = unique("no-such-queue");
+    for (key, source) in [
+        ("k1", main.as_str()),
+        ("k2", main.as_str()),
+        ("k3", main.as_str()),
+        ("k4", nowhere.as_str()),
+        ("k5", main.as_str()),
+    ] {
+        rabbit
+            .publish_props("", &dlq, key.as_bytes(), from_queue(key, source))
+            .await;
+    }
+    // `/`: the default exchange, each message back to its original routing key.
+    let out = Command::cargo_bin("idemq")
+        .expect("binary")
+        .args([
+            "dlq",
+            "replay",
+            "--amqp-url",
+            &amqp_url(),
+            "--from",
+            &dlq,
+            "--to",
+            "/",
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("run idemq");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report on stdout");
+    assert_eq!(report["complete"], false, "{report}");
+    assert!(
+        report["stopped"]
+            .as_str()
+            .expect("why")
+            .starts_with("failed"),
+        "{report}"
+    );
+    assert_eq!(report["republished"], 3, "{report}");
+    assert_eq!(report["last_handled"], "key k3", "{report}");
+    let err: Value = serde_json::from_slice(&out.stderr).expect("json error on stderr");
+    assert_eq!(err["error"], "unreachable");
+    assert_eq!(settled(&rabbit, &main).await, 3);
+    assert_eq!(settled(&rabbit, &dlq).await, 2, "k4 and k5 stay in the DLQ");
+    rabbit.cleanup().await;
+}
+
+/// SIGINT in the middle of a long replay: the command prints what it moved so far (every one of
+/// them confirmed and removed from the DLQ) and exits 130.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_replay_reports_what_it_moved() {
+    use assert_cmd::cargo::CommandCargoExt;
+    // Enough that the replay is still running when the test notices the first moves.
+    const N: u32 = 3000;
+    let Some(rabbit) = Rabbit::connect().await else {
+        return;
+    };
+    if redis().await.is_none() {
+        return;
+    }
+    let scope = unique("replay-int");
+    let dlq = rabbit.queue("dlq").await;
+    let main = rabbit.queue("main").await;
+    for i in 0..N {
+        let key = format!("k{i}");
+        rabbit
+            .publish_props("", &dlq, key.as_bytes(), dead_lettered(Some(&key)))
+            .await;
+    }
+    let to = format!("/{main}");
+    let child = std::process::Command::cargo_bin("idemq")
+        .expect("binary")
+        .args([
+            "dlq",
+            "replay",
+            "--amqp-url",
+            &amqp_url(),
+            "--from",
+            &dlq,
+            "--to",
+            &to,
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--output",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn idemq");
+    let started = std::time::Instant::now();
+    while rabbit.counts(&main).await.0 < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the replay moved nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report on stdout");
+    assert_eq!(report["complete"], false, "{report}");
+    assert_eq!(report["stopped"], "stopped by SIGINT", "{report}");
+    let moved = report["republished"].as_u64().expect("republished") as u32;
+    assert!((5..N).contains(&moved), "{report}");
+    assert!(
+        report["last_handled"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("key k")),
+        "{report}"
+    );
+    let err: Value = serde_json::from_slice(&out.stderr).expect("json error on stderr");
+    assert_eq!(err["error"], "interrupted");
+    // The one message in flight when the signal came may be both republished and still in the
+    // DLQ (the consumer's deduplication makes that harmless); nothing else is.
+    let in_main = settled(&rabbit, &main).await;
+    let in_dlq = settled(&rabbit, &dlq).await;
+    assert!(
+        (moved..=moved + 1).contains(&in_main),
+        "{in_main} in main, report says {moved}"
+    );
+    assert!(
+        (N - moved - 1..=N - moved).contains(&in_dlq),
+        "{in_dlq} left in the DLQ, report says {moved} moved"
+    );
+    rabbit.cleanup().await;
+}

@@ -165,3 +165,173 @@ async fn replay_classifies_then_moves_only_what_must_run() {
         2
     );
 }
+
+/// `-X key=value` reaches librdkafka: an unknown property is a usage error naming it, a setting
+/// the replay owns is ignored with a warning on stderr, a valid one is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_settings_pass_through_to_librdkafka() {
+    if !require_redis() {
+        return;
+    }
+    let broker = Broker::mock();
+    let bootstrap = broker.bootstrap();
+    let (dlq, main) = (unique("dlq"), unique("main"));
+    broker.create_topic(&dlq, 1).await;
+    broker.create_topic(&main, 1).await;
+    produce(&bootstrap, &dlq, &[dead_lettered(Some("x-new"), "p")]).await;
+    let scope = unique("kreplay-x");
+    let base = |extra: &[&str]| {
+        let mut cmd = Command::cargo_bin("idemq").expect("binary");
+        cmd.args([
+            "dlq",
+            "replay",
+            "--bootstrap",
+            &bootstrap,
+            "--from",
+            &dlq,
+            "--to",
+            &main,
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--idle-timeout-ms",
+            "1500",
+            "--dry-run",
+        ]);
+        cmd.args(extra);
+        cmd.output().expect("run idemq")
+    };
+
+    let unknown = base(&["-X", "no.such.property=1"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no.such.property"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    assert_eq!(base(&["-X", "missing-equals"]).status.code(), Some(2));
+
+    let ok = base(&[
+        "-X",
+        "client.id=idemq-cli-test",
+        "-X",
+        "enable.auto.commit=true",
+    ]);
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ignored") && stderr.contains("enable.auto.commit"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("dry run: examined 1"));
+
+    // -X is Kafka's: with RabbitMQ it is a usage error.
+    Command::cargo_bin("idemq")
+        .expect("binary")
+        .args([
+            "dlq",
+            "replay",
+            "--amqp-url",
+            "amqp://127.0.0.1:1",
+            "--from",
+            "q",
+            "--to",
+            "/x",
+            "--scope",
+            "s",
+            "--store",
+            "memory",
+            "-X",
+            "a=b",
+        ])
+        .assert()
+        .code(2);
+}
+
+/// SIGTERM in the middle of a long replay: the report names the last record handled, which is
+/// exactly where the group's committed offset stands, and the command exits 143.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_replay_reports_the_last_committed_offset() {
+    use assert_cmd::cargo::CommandCargoExt;
+    const N: usize = 2000;
+    if !require_redis() {
+        return;
+    }
+    let broker = Broker::mock();
+    let bootstrap = broker.bootstrap();
+    let (dlq, main) = (unique("dlq"), unique("main"));
+    broker.create_topic(&dlq, 1).await;
+    broker.create_topic(&main, 1).await;
+    let records: Vec<Rec> = (0..N)
+        .map(|i| dead_lettered(Some(&format!("k{i}")), "p"))
+        .collect();
+    produce(&bootstrap, &dlq, &records).await;
+    let group = format!("idemq-replay-{dlq}");
+    let scope = unique("kreplay-int");
+    let child = std::process::Command::cargo_bin("idemq")
+        .expect("binary")
+        .args([
+            "dlq",
+            "replay",
+            "--bootstrap",
+            &bootstrap,
+            "--from",
+            &dlq,
+            "--to",
+            &main,
+            "--scope",
+            &scope,
+            "--store",
+            &redis_url(),
+            "--output",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn idemq");
+    let started = std::time::Instant::now();
+    while committed(&bootstrap, &group, &dlq, 1)[0] < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the replay committed nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report on stdout");
+    assert_eq!(report["complete"], false, "{report}");
+    assert_eq!(report["stopped"], "stopped by SIGTERM", "{report}");
+    let moved = report["republished"].as_u64().expect("republished");
+    assert!((10..N as u64).contains(&moved), "{report}");
+    let last = report["last_handled"].as_str().expect("last_handled");
+    let offset: i64 = last
+        .strip_prefix(&format!("{dlq}[0]@"))
+        .and_then(|o| o.parse().ok())
+        .unwrap_or_else(|| panic!("{last}"));
+    assert_eq!(offset + 1, moved as i64, "every record before it was moved");
+    assert_eq!(
+        committed(&bootstrap, &group, &dlq, 1),
+        [offset + 1],
+        "the report's last record is the last one committed"
+    );
+    // At most the one record in flight was produced beyond what the report counts.
+    let produced = read_all(&bootstrap, &main, N, Duration::from_secs(3)).len() as u64;
+    assert!(
+        (moved..=moved + 1).contains(&produced),
+        "{produced} produced, report says {moved}"
+    );
+}

@@ -191,6 +191,10 @@ impl AmqpReplay {
                     report.republished += 1;
                 }
             }
+            report.last_handled = Some(match &classified.key {
+                Some(key) => format!("key {key}"),
+                None => format!("delivery {}", d.delivery_tag),
+            });
             progress(&report);
         }
         Ok(report)

@@ -288,6 +288,7 @@ impl KafkaReplay {
                     .map_err(broker("commit"))?;
                 blocking(|| consumer.commit(&tpl, CommitMode::Sync)).map_err(broker("commit"))?;
             }
+            report.last_handled = Some(format!("{}[{partition}]@{offset}", self.from_topic));
             progress(&report);
         }
         Ok(report)

@@ -268,6 +268,10 @@ pub struct ReplayReport {
     pub removed: u64,
     /// Left in the DLQ.
     pub kept: u64,
+    /// The last message handled (republished, removed or kept), so an operator whose run stopped
+    /// midway knows where it got to: Kafka `topic[partition]@offset` (its offset is committed),
+    /// RabbitMQ `key K` (or `delivery N` for a message without a key).
+    pub last_handled: Option<String>,
 }
 
 impl ReplayReport {

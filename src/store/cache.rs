@@ -272,6 +272,10 @@ impl<S: Store> Store for CachedStore<S> {
     ) -> Result<ScanPage, StoreError> {
         self.inner.scan(scope, filter, cursor, count).await
     }
+
+    async fn counts(&self, scope: &str) -> Result<Option<StateCounts>, StoreError> {
+        self.inner.counts(scope).await
+    }
 }
 
 /// A copy of `outcome` whose body owns exactly its bytes: a body sliced out of a larger buffer (a

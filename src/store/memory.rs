@@ -313,4 +313,70 @@ impl Store for MemoryStore {
             .collect();
         Ok(ScanPage { records, next })
     }
+
+    async fn counts(&self, scope: &str) -> Result<Option<StateCounts>, StoreError> {
+        let now = Instant::now();
+        let map = self.lock();
+        let mut counts = StateCounts::default();
+        for (k, e) in map.iter() {
+            if k.scope == scope && e.expires_at > now {
+                counts.add(&to_record(k, e, now));
+            }
+        }
+        Ok(Some(counts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::IdempotencyKey;
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_agree_with_the_records() {
+        let store = MemoryStore::new();
+        let fp = Fingerprint::of_bytes(b"p");
+        let (lease, retention) = (Duration::from_secs(10), Duration::from_secs(100));
+        let mut tokens = Vec::new();
+        for (i, key) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            let k = RecordKey::new("s", IdempotencyKey::new(*key).unwrap());
+            let lease = lease * (i as u32 + 1);
+            let Claim::Acquired { token, .. } = store
+                .claim(&ClaimRequest::new(&k, &fp, lease, retention))
+                .await
+                .unwrap()
+            else {
+                panic!("not acquired")
+            };
+            tokens.push((k, token));
+        }
+        let other = RecordKey::new("other", IdempotencyKey::new("a").unwrap());
+        store
+            .claim(&ClaimRequest::new(&other, &fp, lease, retention))
+            .await
+            .unwrap();
+        let (c, tc) = &tokens[2];
+        store
+            .complete(c, *tc, &Outcome::succeeded("1"), retention)
+            .await
+            .unwrap();
+        let (d, td) = &tokens[3];
+        store
+            .complete(d, *td, &Outcome::failed("1"), retention)
+            .await
+            .unwrap();
+        let (e, te) = &tokens[4];
+        store.release(e, *te, Release::Retry).await.unwrap();
+        // "a" (10 s lease) expires: its zero lease is the one that ends first.
+        tokio::time::advance(Duration::from_secs(15)).await;
+
+        let counts = store.counts("s").await.unwrap().unwrap();
+        assert_eq!(counts.in_progress, 2);
+        assert_eq!(counts.in_progress_expired, 1);
+        assert_eq!(counts.completed, 2);
+        assert_eq!(counts.completed_failed, 1);
+        assert_eq!(counts.released, 1);
+        let (key, left) = counts.closest_lease.unwrap();
+        assert_eq!((key.as_str(), left), ("a", Duration::ZERO));
+    }
 }

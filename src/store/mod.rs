@@ -50,8 +50,8 @@ pub use cache::CachedStore;
 pub use error::{BoxError, StoreError};
 pub use memory::MemoryStore;
 pub use types::{
-    Claim, ClaimRequest, Fence, Record, RecordKey, RecordState, Release, ScanPage, StateFilter,
-    Token, DEFAULT_MAX_OUTCOME_BYTES,
+    Claim, ClaimRequest, Fence, Record, RecordKey, RecordState, Release, ScanPage, StateCounts,
+    StateFilter, Token, DEFAULT_MAX_OUTCOME_BYTES,
 };
 
 use crate::outcome::Outcome;
@@ -122,6 +122,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         cursor: Option<String>,
         count: usize,
     ) -> Result<ScanPage, StoreError>;
+
+    /// Counts the records of one scope by state, when the backend can do so without reading every
+    /// record through [`scan`](Self::scan).
+    ///
+    /// `Ok(None)` (the default) means "not supported: scan instead"; callers such as
+    /// `idemq stats` then page through [`scan`](Self::scan) and count with [`StateCounts::add`].
+    /// The memory and Postgres stores count directly (Postgres with one grouped SQL statement);
+    /// Redis has no per-scope index, so it does not.
+    async fn counts(&self, scope: &str) -> Result<Option<StateCounts>, StoreError> {
+        let _ = scope;
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -168,6 +180,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         count: usize,
     ) -> Result<ScanPage, StoreError> {
         (**self).scan(scope, filter, cursor, count).await
+    }
+    async fn counts(&self, scope: &str) -> Result<Option<StateCounts>, StoreError> {
+        (**self).counts(scope).await
     }
 }
 

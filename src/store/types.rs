@@ -204,3 +204,52 @@ pub struct ScanPage {
     /// Cursor for the next page; `None` at the end.
     pub next: Option<String>,
 }
+
+/// Record counts of one scope by state, as [`Store::counts`](super::Store::counts) returns them.
+///
+/// A backend builds one from `StateCounts::default()` by setting the fields, or by
+/// [`add`](Self::add)ing each record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StateCounts {
+    /// In-progress records (live or expired leases).
+    pub in_progress: u64,
+    /// In-progress records whose lease has expired (a crashed owner; the next delivery takes over).
+    pub in_progress_expired: u64,
+    /// Completed records.
+    pub completed: u64,
+    /// Completed records whose stored outcome is a failure.
+    pub completed_failed: u64,
+    /// Released tombstones.
+    pub released: u64,
+    /// The in-progress record whose lease ends first, with the time left (zero when expired).
+    pub closest_lease: Option<(IdempotencyKey, Duration)>,
+}
+
+impl StateCounts {
+    /// Adds one record to the counts.
+    pub fn add(&mut self, record: &Record) {
+        match &record.state {
+            RecordState::InProgress { lease_remaining } => {
+                self.in_progress += 1;
+                if lease_remaining.is_zero() {
+                    self.in_progress_expired += 1;
+                }
+                if self
+                    .closest_lease
+                    .as_ref()
+                    .is_none_or(|(_, left)| lease_remaining < left)
+                {
+                    self.closest_lease = Some((record.key.key.clone(), *lease_remaining));
+                }
+            }
+            RecordState::Completed { outcome, .. } => {
+                self.completed += 1;
+                if outcome.status == crate::outcome::OutcomeStatus::Failed {
+                    self.completed_failed += 1;
+                }
+            }
+            RecordState::Released => self.released += 1,
+        }
+    }
+}

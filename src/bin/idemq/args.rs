@@ -2,11 +2,22 @@
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-/// Inspect and manage idemq's idempotency records.
-///
-/// Exit codes: 0 ok, 1 not found or refused, 2 usage error, 3 store/broker unreachable.
+/// Inspect and manage idemq's idempotency records, check a store's production settings, replay
+/// dead-letter queues.
 #[derive(Debug, Parser)]
-#[command(name = "idemq", version)]
+#[command(
+    name = "idemq",
+    version,
+    after_help = "Exit codes:\n  \
+    0    success (doctor: no check failed; warnings allowed)\n  \
+    1    not found, refused (forget of an in-progress key without --force), or a doctor check failed\n  \
+    2    usage error (bad arguments, unknown store scheme, invalid client setting)\n  \
+    3    store or broker unreachable or failing\n  \
+    130  dlq replay stopped by SIGINT (143: SIGTERM); what it moved is printed first\n\n\
+Logs: RUST_LOG (e.g. RUST_LOG=idemq=debug) controls log lines on stderr; data goes to stdout. \
+Without RUST_LOG, warnings are logged in text mode and nothing in JSON mode, so stderr holds only \
+the JSON error."
+)]
 pub struct Cli {
     /// Output format: human-readable text or one JSON document for scripts.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
@@ -41,7 +52,25 @@ pub enum Command {
         command: KeysCommand,
     },
     /// Counts of records by state in a scope, and the in-progress record closest to expiry.
+    ///
+    /// Postgres and memory stores count in the store (Postgres: one grouped SQL statement over
+    /// the scope's rows). Redis has no per-scope index: the command SCANs the scope's keys and
+    /// says so (`counted_by: scan`).
     Stats(ScopeArgs),
+    /// Check a store against what idemq needs in production; prints pass / warn / fail per check
+    /// with the fix. Read-only.
+    ///
+    /// Redis: maxmemory-policy (must be noeviction when maxmemory is set: every idemq record has
+    /// a TTL, so volatile-* policies evict live claims and outcomes just like allkeys-*),
+    /// persistence (appendonly yes with appendfsync everysec or always), server version (>= 6.0
+    /// for SET ... KEEPTTL in the scripts), cluster mode (a redis:// URL on a Cluster node or a
+    /// redis-cluster:// URL on a standalone server), scripts (SCRIPT LOAD / EVALSHA, and a read
+    /// through the store's own scripts), on every primary of a Cluster. Postgres: server
+    /// version, the record table, its format (the table comment the migration sets), the primary
+    /// key, the expiry index, and a read through the store's own statements.
+    ///
+    /// Exit code 1 when a check fails (warnings alone exit 0), 3 when the store is unreachable.
+    Doctor(DoctorArgs),
     /// Dead-letter queues: replay them safely.
     Dlq {
         /// Dead-letter operation.
@@ -115,6 +144,29 @@ pub struct ReplayArgs {
     /// Kafka: give up (exit 3) if no partition is assigned within this long (broker unreachable).
     #[arg(long, default_value_t = 30000)]
     pub join_timeout_ms: u64,
+    /// Kafka: a librdkafka client setting KEY=VALUE for the replay's consumer and producer
+    /// (repeatable), e.g. -X security.protocol=SASL_SSL -X sasl.mechanism=SCRAM-SHA-512.
+    /// Offset settings the replay owns (enable.auto.commit, enable.auto.offset.store,
+    /// auto.offset.reset) are ignored with a warning; an unknown setting exits 2.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_setting)]
+    pub kafka_settings: Vec<(String, String)>,
+}
+
+/// Parses `-X key=value`.
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// `idemq doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Store URL, as the consumers use it: redis://…, rediss://…, redis-cluster://…,
+    /// postgres://…[?idemq_table=schema.name].
+    #[arg(long, env = "IDEMQ_STORE")]
+    pub store: String,
 }
 
 /// `idemq key …`
@@ -122,8 +174,8 @@ pub struct ReplayArgs {
 pub enum KeyCommand {
     /// Show a record: state, token, attempt, fingerprint, lease or retention left, outcome.
     Get(GetArgs),
-    /// Delete a record (data-deletion request, or to force a re-run). Refuses an in-progress
-    /// record unless --force.
+    /// Delete a record (data-deletion request, or to force a re-run). Refuses (exit 1, error
+    /// `refused`) an in-progress record whose lease is live unless --force.
     Forget(ForgetArgs),
 }
 
@@ -131,6 +183,10 @@ pub enum KeyCommand {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// List records of a scope (SCAN-based on Redis: never blocks the store).
+    ///
+    /// When more records remain, prints a cursor (`next_cursor` in JSON, the last line in text);
+    /// pass it as --cursor to continue. Records added or removed meanwhile may or may not be seen
+    /// (on Redis, as with SCAN, a listing spanning a keyspace resize may also repeat or miss one).
     List(ListArgs),
 }
 
@@ -184,6 +240,9 @@ pub struct ListArgs {
     /// At most this many records.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Continue a listing where an earlier one stopped: the `next_cursor` it printed.
+    #[arg(long)]
+    pub cursor: Option<String>,
 }
 
 /// The consumer's missing-key policy (`idemq::MissingKeyPolicy`).

@@ -569,6 +569,41 @@ impl Store for PostgresStore {
         };
         Ok(ScanPage { records, next })
     }
+
+    async fn counts(&self, scope: &str) -> Result<Option<StateCounts>, StoreError> {
+        const OP: &str = "counts";
+        let client = self.client(OP).await?;
+        let stmt = self.prepare(&client, OP, &self.sql.counts).await?;
+        let row = client
+            .query_one(&stmt, &[&scope])
+            .await
+            .map_err(|e| self.db(OP, e))?;
+        let corrupt = |detail: String| StoreError::Corrupt {
+            key: format!("{scope}/*"),
+            detail,
+        };
+        let count = |i: usize| -> Result<u64, StoreError> {
+            let n: i64 = row.try_get(i).map_err(|e| corrupt(e.to_string()))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        let mut counts = StateCounts {
+            in_progress: count(0)?,
+            in_progress_expired: count(1)?,
+            completed: count(2)?,
+            completed_failed: count(3)?,
+            released: count(4)?,
+            closest_lease: None,
+        };
+        let key: Option<String> = row.try_get(5).map_err(|e| corrupt(e.to_string()))?;
+        let lease_us: Option<i64> = row.try_get(6).map_err(|e| corrupt(e.to_string()))?;
+        if let (Some(key), Some(us)) = (key, lease_us) {
+            let key = crate::key::IdempotencyKey::from_stored(&key)
+                .map_err(|e| corrupt(format!("{key}: {e}")))?;
+            let left = Duration::from_micros(u64::try_from(us).unwrap_or(0));
+            counts.closest_lease = Some((key, left));
+        }
+        Ok(Some(counts))
+    }
 }
 
 impl PostgresStore {

@@ -31,6 +31,7 @@ pub(crate) struct Sql {
     pub get: String,
     pub forget: String,
     pub scan: String,
+    pub counts: String,
     pub purge: String,
     pub exists: String,
 }
@@ -127,6 +128,28 @@ impl Sql {
                    AND ($4::text IS NULL OR state = $4)
                  ORDER BY idempotency_key
                  LIMIT $3"
+            ),
+            // One pass over the scope's live rows (a range of the primary key): counts by state
+            // and the in-progress row whose lease ends first.
+            counts: format!(
+                "WITH live AS (
+                    SELECT idempotency_key, state, lease_until, outcome_status FROM {t}
+                    WHERE scope = $1 AND expires_at > statement_timestamp()
+                 ), closest AS (
+                    SELECT idempotency_key,
+                           greatest(0, (extract(epoch FROM (lease_until - statement_timestamp()))
+                                        * 1000000)::int8) AS lease_us
+                    FROM live WHERE state = 'in_progress' ORDER BY lease_until LIMIT 1
+                 )
+                 SELECT count(*) FILTER (WHERE state = 'in_progress'),
+                        count(*) FILTER (WHERE state = 'in_progress'
+                                           AND lease_until <= statement_timestamp()),
+                        count(*) FILTER (WHERE state = 'completed'),
+                        count(*) FILTER (WHERE state = 'completed' AND outcome_status = 'failed'),
+                        count(*) FILTER (WHERE state = 'released'),
+                        (SELECT idempotency_key FROM closest),
+                        (SELECT lease_us FROM closest)
+                 FROM live"
             ),
             // Bounded batches keep each delete's locks and WAL burst small.
             purge: format!(
