@@ -41,6 +41,7 @@ pub mod key;
 pub mod message;
 pub mod outcome;
 pub mod replay;
+pub mod stats;
 pub mod store;
 
 #[cfg(feature = "amqp")]

@@ -1,8 +1,11 @@
 //! Consumer settings and the builder that checks them.
 
+use super::connection::ConnectOptions;
 use super::consumer::AmqpConsumer;
 use super::error::AmqpError;
 use crate::engine::{Backoff, ConfigError, Engine, EngineConfig, Processor};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::ConnectionProperties;
 use crate::handler::Handler;
 use crate::store::Store;
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use std::time::Duration;
 
 /// Where dead-lettered messages are published.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetterTarget {
     /// Exchange name (must exist; idemq does not declare it).
     pub exchange: String,
@@ -19,6 +23,7 @@ pub struct DeadLetterTarget {
 
 /// Resolved consumer settings (see [`AmqpConsumerBuilder`] for what each one means).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AmqpConfig {
     /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
@@ -62,10 +67,46 @@ enum ProcessorSpec {
     Handler(MakeProcessor),
 }
 
-/// Builds an [`AmqpConsumer`].
+/// Builds an [`AmqpConsumer`]; start one with [`AmqpConsumer::builder`].
 ///
 /// Required: URL and queue (given to [`AmqpConsumer::builder`]), and either a store plus a
 /// [`handler`](Self::handler), or a ready [`processor`](Self::processor).
+///
+/// [`build`](Self::build) checks everything and reports the first problem as a typed
+/// [`AmqpError::Config`] naming the setting (missing, out of range, conflicting).
+///
+/// Escape hatches for what idemq does not wrap: lapin's
+/// [`ConnectionProperties`](Self::connection_properties) (client properties, a custom
+/// authentication provider, ...) and the [`tls`](Self::tls) client identity and CA chain for
+/// `amqps://` URLs, both passed to every connect.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use idemq::amqp::AmqpConsumer;
+/// use idemq::store::MemoryStore;
+/// use idemq::{HandlerContext, HandlerError};
+/// use lapin::tcp::OwnedTLSConfig;
+/// use lapin::ConnectionProperties;
+/// use std::sync::Arc;
+///
+/// let tls = OwnedTLSConfig {
+///     identity: None,
+///     cert_chain: Some(std::fs::read_to_string("/etc/rabbitmq/ca.pem")?),
+/// };
+/// let consumer = AmqpConsumer::builder("amqps://app:secret@rabbit:5671/%2f", "orders")
+///     .prefetch(64)
+///     .concurrency(16)
+///     .dead_letter_exchange("orders.dlx", None)
+///     .connection_name("billing-1")
+///     .connection_properties(ConnectionProperties::default().with_locale("en_US".into()))
+///     .tls(tls)
+///     .store(Arc::new(MemoryStore::new()))
+///     .handler(|ctx: HandlerContext| async move { Ok::<_, HandlerError>(ctx.message.payload.len()) })
+///     .build()?;
+/// let stats = consumer.run_until_signal().await?; // SIGINT or SIGTERM
+/// println!("processed {} replayed {}", stats.processed, stats.replayed);
+/// # Ok(()) }
+/// ```
 pub struct AmqpConsumerBuilder {
     config: AmqpConfig,
     store: Option<Arc<dyn Store>>,
@@ -74,6 +115,7 @@ pub struct AmqpConsumerBuilder {
     key_headers: Option<Vec<String>>,
     message_id_fallback: Option<bool>,
     processor: Option<ProcessorSpec>,
+    connect: ConnectOptions,
 }
 
 impl AmqpConsumerBuilder {
@@ -105,6 +147,7 @@ impl AmqpConsumerBuilder {
             key_headers: None,
             message_id_fallback: None,
             processor: None,
+            connect: ConnectOptions::default(),
         }
     }
 
@@ -189,6 +232,23 @@ impl AmqpConsumerBuilder {
         self
     }
 
+    /// lapin's connection properties for every connect (default: lapin's defaults): client
+    /// properties, a custom [`AuthProvider`](lapin::auth::AuthProvider) (e.g. OAuth 2 tokens or
+    /// `EXTERNAL` with a client certificate), the locale. A
+    /// [`connection_name`](Self::connection_name) is added on top. idemq does its own reconnects,
+    /// so leave lapin's automatic recovery off.
+    pub fn connection_properties(mut self, properties: ConnectionProperties) -> Self {
+        self.connect.properties = properties;
+        self
+    }
+
+    /// TLS settings for `amqps://` URLs: a client identity (certificate authentication) and
+    /// extra trusted certificates in PEM, passed to every connect.
+    pub fn tls(mut self, tls: OwnedTLSConfig) -> Self {
+        self.connect.tls = tls;
+        self
+    }
+
     /// Reconnect delays (default 100 ms doubling to 10 s, ±20 % jitter).
     pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
         self.config.reconnect_backoff = backoff;
@@ -256,39 +316,73 @@ impl AmqpConsumerBuilder {
     /// [`run`](AmqpConsumer::run)).
     pub fn build(self) -> Result<AmqpConsumer, AmqpError> {
         let config = self.config;
-        let bad = |m: &str| Err(AmqpError::Config(m.to_string()));
+        let range = |setting, value: usize, expected| {
+            Err(AmqpError::Config(ConfigError::out_of_range(
+                setting, value, expected,
+            )))
+        };
+        // The URL may hold a password: the error repeats lapin's reason only.
         if let Err(e) = config.url.parse::<lapin::uri::AMQPUri>() {
-            return Err(AmqpError::Config(format!("invalid AMQP URL: {e}")));
+            return Err(ConfigError::invalid("url", format!("not an AMQP URL: {e}")).into());
         }
         if config.queue.is_empty() || config.queue.len() > 255 {
-            return bad("queue name must be 1..=255 bytes");
+            return range("queue", config.queue.len(), "a name of 1..=255 bytes");
         }
         if config.consumer_tag.len() > 255 {
-            return bad("consumer tag must be at most 255 bytes");
+            return range("consumer_tag", config.consumer_tag.len(), "at most 255 bytes");
         }
         if config.prefetch == 0 {
-            return bad("prefetch must be at least 1 (0 would mean unbounded)");
+            return range("prefetch", 0, "at least 1 (0 would mean unbounded)");
         }
-        if config.concurrency == 0 || config.concurrency > usize::from(config.prefetch) {
-            return bad("concurrency must be between 1 and the prefetch count");
+        if config.concurrency == 0 {
+            return range("concurrency", 0, "at least 1");
+        }
+        if config.concurrency > usize::from(config.prefetch) {
+            return Err(ConfigError::conflict(
+                "concurrency",
+                "prefetch",
+                format!(
+                    "{} deliveries at a time need a prefetch of at least {}, not {}",
+                    config.concurrency, config.concurrency, config.prefetch
+                ),
+            )
+            .into());
         }
         if config.publish_tries == 0 {
-            return bad("publish_tries must be at least 1");
+            return range("publish_tries", 0, "at least 1");
         }
-        if config.settle_timeout.is_zero() || config.publish_timeout.is_zero() {
-            return bad("settle and publish timeouts must be above zero");
+        for (setting, d) in [
+            ("settle_timeout", config.settle_timeout),
+            ("publish_timeout", config.publish_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::out_of_range(setting, "0s", "above zero").into());
+            }
         }
         if let Some(dl) = &config.dead_letter {
-            if dl.exchange.len() > 255 || dl.routing_key.as_ref().is_some_and(|r| r.len() > 255) {
-                return bad("dead-letter exchange and routing key must be at most 255 bytes");
+            if dl.exchange.len() > 255 {
+                return range("dead_letter_exchange", dl.exchange.len(), "at most 255 bytes");
+            }
+            if let Some(key) = dl.routing_key.as_ref().filter(|r| r.len() > 255) {
+                return range("dead_letter_routing_key", key.len(), "at most 255 bytes");
             }
         }
         let processor = match self.processor {
-            None => return bad("no handler or processor given"),
+            None => {
+                return Err(ConfigError::missing(
+                    "handler",
+                    "a handler (with a store) or a ready processor",
+                )
+                .into())
+            }
             Some(ProcessorSpec::Ready(p)) => p,
             Some(ProcessorSpec::Handler(make)) => {
                 let Some(store) = self.store else {
-                    return bad("a handler needs a store");
+                    return Err(ConfigError::missing(
+                        "store",
+                        "a handler needs a store for claims and outcomes",
+                    )
+                    .into());
                 };
                 let mut engine = self
                     .engine
@@ -305,7 +399,7 @@ impl AmqpConsumerBuilder {
                 make(store, engine)?
             }
         };
-        Ok(AmqpConsumer::new(config, processor))
+        Ok(AmqpConsumer::new(config, self.connect, processor))
     }
 }
 
@@ -321,27 +415,87 @@ mod tests {
             .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) })
     }
 
-    fn err(b: AmqpConsumerBuilder) -> String {
+    fn err(b: AmqpConsumerBuilder) -> ConfigError {
         match b.build() {
+            Err(AmqpError::Config(e)) => e,
+            Err(other) => panic!("expected a configuration error, got {other:?}"),
             Ok(_) => panic!("expected a configuration error"),
-            Err(e) => e.to_string(),
+        }
+    }
+
+    fn out_of_range(b: AmqpConsumerBuilder) -> &'static str {
+        match err(b) {
+            ConfigError::OutOfRange { setting, .. } => setting,
+            other => panic!("expected OutOfRange, got {other:?}"),
+        }
+    }
+
+    fn missing(b: AmqpConsumerBuilder) -> &'static str {
+        match err(b) {
+            ConfigError::Missing { setting, .. } => setting,
+            other => panic!("expected Missing, got {other:?}"),
         }
     }
 
     #[test]
-    fn rejects_contradictions() {
+    fn build_reports_typed_errors_that_name_the_setting() {
         assert!(builder().build().is_ok());
-        assert!(err(builder().prefetch(0)).contains("prefetch"));
-        assert!(err(builder().prefetch(4).concurrency(5)).contains("concurrency"));
-        assert!(err(builder().concurrency(0)).contains("concurrency"));
-        assert!(err(AmqpConsumer::builder("amqp://h/%2f", "")).contains("queue"));
-        assert!(err(AmqpConsumer::builder("not a url", "q")).contains("URL"));
+        assert_eq!(out_of_range(builder().prefetch(0)), "prefetch");
+        assert_eq!(out_of_range(builder().concurrency(0)), "concurrency");
+        let conflict = err(builder().prefetch(4).concurrency(5));
+        assert!(
+            matches!(
+                conflict,
+                ConfigError::Conflict {
+                    setting: "concurrency",
+                    other: "prefetch",
+                    ..
+                }
+            ),
+            "{conflict:?}"
+        );
+        assert_eq!(
+            out_of_range(AmqpConsumer::builder("amqp://h/%2f", "")),
+            "queue"
+        );
+        assert_eq!(
+            out_of_range(builder().consumer_tag("t".repeat(256))),
+            "consumer_tag"
+        );
+        assert_eq!(
+            out_of_range(builder().publish_retries(
+                0,
+                Backoff::new(Duration::ZERO, Duration::ZERO),
+                Duration::from_secs(1)
+            )),
+            "publish_tries"
+        );
+        assert_eq!(
+            out_of_range(builder().settle_timeout(Duration::ZERO)),
+            "settle_timeout"
+        );
+        assert_eq!(
+            out_of_range(builder().dead_letter_exchange("x".repeat(256), None)),
+            "dead_letter_exchange"
+        );
+        // A bad URL is named without repeating it (it may hold a password).
+        let bad_url = err(AmqpConsumer::builder("not a url :secret@", "q"));
+        assert_eq!(bad_url.setting(), "url");
+        assert!(!bad_url.to_string().contains("secret"), "{bad_url}");
         let no_store = AmqpConsumer::builder("amqp://h/%2f", "q")
             .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) });
-        assert!(err(no_store).contains("store"));
-        assert!(err(AmqpConsumer::builder("amqp://h/%2f", "q")).contains("handler"));
-        assert!(err(builder().key_headers(Vec::<String>::new())).contains("key source"));
-        assert!(err(builder().settle_timeout(Duration::ZERO)).contains("timeouts"));
+        assert_eq!(missing(no_store), "store");
+        assert_eq!(missing(AmqpConsumer::builder("amqp://h/%2f", "q")), "handler");
+        // The engine's own checks come back through the same variant.
+        assert_eq!(
+            missing(builder().key_headers(Vec::<String>::new())),
+            "key source"
+        );
+        let text = builder().prefetch(0).build().err().unwrap().to_string();
+        assert_eq!(
+            text,
+            "invalid AMQP consumer configuration: `prefetch` = 0 is out of range: expected at least 1 (0 would mean unbounded)"
+        );
     }
 
     #[test]

@@ -22,6 +22,11 @@
 //! store. A request with `reply_to` gets the outcome as its reply; a replayed request gets the
 //! **stored** reply again with header `Idempotent-Replay: true` and the same correlation id.
 //!
+//! The consumer has the same shape as the Kafka one: `builder(..)`, `build() -> Result`,
+//! [`stats`](AmqpConsumer::stats) returning the shared [`StatsHandle`],
+//! [`run`](AmqpConsumer::run) returning [`ConsumerStats`], and
+//! [`run_until_signal`](AmqpConsumer::run_until_signal).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use idemq::amqp::AmqpConsumer;
@@ -40,10 +45,10 @@
 //! let stats = consumer.stats();
 //! let shutdown = CancellationToken::new();
 //! let run = tokio::spawn(consumer.run(shutdown.clone()));
-//! // ... later:
+//! // ... later (or `consumer.run_until_signal()` to stop on SIGINT/SIGTERM):
 //! shutdown.cancel();
 //! let totals = run.await??;
-//! println!("processed {} replayed {}", totals.acked_processed, stats.snapshot().acked_replayed);
+//! println!("processed {} replayed {}", totals.processed, stats.snapshot().replayed);
 //! # Ok(()) }
 //! ```
 
@@ -67,4 +72,4 @@ pub use dead_letter::header_text;
 pub use error::AmqpError;
 pub use replay::AmqpReplay;
 pub use reply::OUTCOME_STATUS;
-pub use stats::{ConsumerStats, StatsHandle};
+pub use crate::stats::{ConsumerStats, StatsHandle};
