@@ -4,10 +4,10 @@ use super::connection::ConnectOptions;
 use super::consumer::AmqpConsumer;
 use super::error::AmqpError;
 use crate::engine::{Backoff, ConfigError, Engine, EngineConfig, Processor};
-use lapin::tcp::OwnedTLSConfig;
-use lapin::ConnectionProperties;
 use crate::handler::Handler;
 use crate::store::Store;
+use lapin::tcp::OwnedTLSConfig;
+use lapin::ConnectionProperties;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -329,7 +329,11 @@ impl AmqpConsumerBuilder {
             return range("queue", config.queue.len(), "a name of 1..=255 bytes");
         }
         if config.consumer_tag.len() > 255 {
-            return range("consumer_tag", config.consumer_tag.len(), "at most 255 bytes");
+            return range(
+                "consumer_tag",
+                config.consumer_tag.len(),
+                "at most 255 bytes",
+            );
         }
         if config.prefetch == 0 {
             return range("prefetch", 0, "at least 1 (0 would mean unbounded)");
@@ -361,7 +365,11 @@ impl AmqpConsumerBuilder {
         }
         if let Some(dl) = &config.dead_letter {
             if dl.exchange.len() > 255 {
-                return range("dead_letter_exchange", dl.exchange.len(), "at most 255 bytes");
+                return range(
+                    "dead_letter_exchange",
+                    dl.exchange.len(),
+                    "at most 255 bytes",
+                );
             }
             if let Some(key) = dl.routing_key.as_ref().filter(|r| r.len() > 255) {
                 return range("dead_letter_routing_key", key.len(), "at most 255 bytes");
@@ -485,7 +493,10 @@ mod tests {
         let no_store = AmqpConsumer::builder("amqp://h/%2f", "q")
             .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) });
         assert_eq!(missing(no_store), "store");
-        assert_eq!(missing(AmqpConsumer::builder("amqp://h/%2f", "q")), "handler");
+        assert_eq!(
+            missing(AmqpConsumer::builder("amqp://h/%2f", "q")),
+            "handler"
+        );
         // The engine's own checks come back through the same variant.
         assert_eq!(
             missing(builder().key_headers(Vec::<String>::new())),

@@ -66,10 +66,10 @@ mod replay;
 mod reply;
 mod stats;
 
+pub use crate::stats::{ConsumerStats, StatsHandle};
 pub use config::{AmqpConfig, AmqpConsumerBuilder, DeadLetterTarget};
 pub use consumer::AmqpConsumer;
 pub use dead_letter::header_text;
 pub use error::AmqpError;
 pub use replay::AmqpReplay;
 pub use reply::OUTCOME_STATUS;
-pub use crate::stats::{ConsumerStats, StatsHandle};

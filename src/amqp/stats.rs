@@ -91,8 +91,6 @@ impl StatsSource for Counters {
     fn in_progress(&self) -> u64 {
         // Read `received` last: a delivery counted as ended was received before.
         let ended = self.ended();
-        self.received
-            .load(Ordering::Relaxed)
-            .saturating_sub(ended)
+        self.received.load(Ordering::Relaxed).saturating_sub(ended)
     }
 }

@@ -273,7 +273,10 @@ impl EngineConfig {
     /// Checks the settings for contradictions and out-of-range durations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.scope.is_empty() {
-            return Err(ConfigError::invalid("scope", "the key namespace must not be empty"));
+            return Err(ConfigError::invalid(
+                "scope",
+                "the key namespace must not be empty",
+            ));
         }
         self.validate_durations()?;
         if self.renew_interval() >= self.lease {
@@ -394,7 +397,13 @@ mod tests {
         let mut c = EngineConfig::new("s");
         c.max_attempts = 0;
         let err = c.validate().unwrap_err();
-        assert!(matches!(err, ConfigError::OutOfRange { setting: "max_attempts", .. }));
+        assert!(matches!(
+            err,
+            ConfigError::OutOfRange {
+                setting: "max_attempts",
+                ..
+            }
+        ));
         assert_eq!(
             err.to_string(),
             "`max_attempts` = 0 is out of range: expected at least 1"

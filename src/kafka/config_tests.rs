@@ -162,7 +162,10 @@ fn build_reports_typed_errors_that_name_the_setting() {
     for (b, name) in [
         (full().partition_concurrency(0), "partition_concurrency"),
         (full().max_in_flight(0), "max_in_flight"),
-        (full().max_buffered_per_partition(0), "max_buffered_per_partition"),
+        (
+            full().max_buffered_per_partition(0),
+            "max_buffered_per_partition",
+        ),
         (full().commit_every(0), "commit_every"),
         (full().commit_interval(Duration::ZERO), "commit_interval"),
     ] {
@@ -189,7 +192,10 @@ fn build_reports_typed_errors_that_name_the_setting() {
     // The engine's own checks come back through the same variant.
     let mut engine = EngineConfig::new("x");
     engine.max_attempts = 0;
-    assert_eq!(config_error(full().engine_config(engine)).setting(), "max_attempts");
+    assert_eq!(
+        config_error(full().engine_config(engine)).setting(),
+        "max_attempts"
+    );
     // The wrapper says which consumer it is about, the inner error which setting.
     let text = full().commit_every(0).build().unwrap_err().to_string();
     assert_eq!(

@@ -6,10 +6,10 @@ use super::dead_letter::DeadLetterProducer;
 use super::error::KafkaConsumerError;
 use super::hooks::KafkaHooks;
 use super::partitions::Shared;
-use crate::stats::{ConsumerStats, StatsHandle};
 use super::worker::Work;
 use super::IdemqContext;
 use crate::engine::Processor;
+use crate::stats::{ConsumerStats, StatsHandle};
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -145,7 +145,9 @@ impl KafkaConsumer {
     }
 
     /// [`run`](Self::run) until SIGINT, SIGTERM or `stop`, whichever comes first.
-    #[deprecated(note = "use run_until_signal(), or signal::cancel_on_signal(token) with run(token)")]
+    #[deprecated(
+        note = "use run_until_signal(), or signal::cancel_on_signal(token) with run(token)"
+    )]
     pub async fn run_until_ctrl_c(
         self,
         stop: CancellationToken,

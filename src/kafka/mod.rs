@@ -60,6 +60,7 @@ mod summary;
 mod tracker;
 mod worker;
 
+pub use crate::stats::{ConsumerStats, StatsHandle};
 pub use config::KafkaConsumerBuilder;
 #[allow(deprecated)]
 pub use consumer::IdempotentConsumer;
@@ -68,7 +69,6 @@ pub use error::{DeadLetterError, KafkaConsumerError, KafkaReplayError};
 pub use hooks::KafkaHooks;
 pub use properties::KafkaClient;
 pub use replay::KafkaReplay;
-pub use crate::stats::{ConsumerStats, StatsHandle};
 #[allow(deprecated)]
 pub use summary::ConsumerSummary;
 

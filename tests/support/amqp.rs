@@ -405,7 +405,7 @@ impl Running {
         let mut quiet = 0;
         loop {
             let s = self.stats.snapshot();
-            let ended = s.settled() + s.requeued + s.left_unacked;
+            let ended = s.finished() + s.amqp.requeued + s.amqp.left_unacked;
             if s.received == ended && rabbit.counts(queue).await.0 == 0 {
                 quiet += 1;
                 if quiet == 2 {

@@ -76,7 +76,7 @@ async fn amqp(
     }
     replay.run(tick).await.map_err(|e| match e {
         AmqpError::Store(s) => crate::keys::store_failure(s),
-        AmqpError::Config(msg) => Failure::Usage(msg),
+        AmqpError::Config(err) => Failure::Usage(err.to_string()),
         other => Failure::Unreachable(other.to_string()),
     })
 }
