@@ -63,7 +63,9 @@ pub trait KafkaHooks: Send + Sync + 'static {
         let _ = (error, reason);
     }
 
-    /// The result of an offset commit idemq issued (failed partitions are retried by idemq).
+    /// The result of an asynchronous offset commit idemq issued, as librdkafka reports it (on
+    /// Tokio's current-thread runtime; on the multi-threaded one idemq commits synchronously and
+    /// reads the result itself). Failed partitions are retried by idemq.
     fn commit(&self, result: &KafkaResult<()>, offsets: &TopicPartitionList) {
         let _ = (result, offsets);
     }
