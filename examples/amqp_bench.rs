@@ -393,7 +393,9 @@ async fn dedup_phase(
         a.local_cache,
         Duration::from_millis(a.local_cache_age_ms),
     );
-    let consumer = AmqpConsumer::builder(&a.amqp_url, queue)
+    let consumer = AmqpConsumer::builder()
+        .url(&a.amqp_url)
+        .queue(queue)
         .store(measured)
         .engine_config(bench_engine(scope.clone()))
         .prefetch(a.prefetch)

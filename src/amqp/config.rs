@@ -21,6 +21,34 @@ pub struct DeadLetterTarget {
     pub routing_key: Option<String>,
 }
 
+impl DeadLetterTarget {
+    /// Publish to `exchange`, keeping each message's original routing key.
+    pub fn new(exchange: impl Into<String>) -> Self {
+        Self {
+            exchange: exchange.into(),
+            routing_key: None,
+        }
+    }
+
+    /// Publish with this routing key instead of the original one.
+    pub fn routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+}
+
+impl From<&str> for DeadLetterTarget {
+    fn from(exchange: &str) -> Self {
+        Self::new(exchange)
+    }
+}
+
+impl From<String> for DeadLetterTarget {
+    fn from(exchange: String) -> Self {
+        Self::new(exchange)
+    }
+}
+
 /// Resolved consumer settings (see [`AmqpConsumerBuilder`] for what each one means).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -69,7 +97,7 @@ enum ProcessorSpec {
 
 /// Builds an [`AmqpConsumer`]; start one with [`AmqpConsumer::builder`].
 ///
-/// Required: URL and queue (given to [`AmqpConsumer::builder`]), and either a store plus a
+/// Required: [`url`](Self::url), [`queue`](Self::queue), and either a store plus a
 /// [`handler`](Self::handler), or a ready [`processor`](Self::processor).
 ///
 /// [`build`](Self::build) checks everything and reports the first problem as a typed
@@ -82,7 +110,7 @@ enum ProcessorSpec {
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use idemq::amqp::AmqpConsumer;
+/// use idemq::amqp::{AmqpConsumer, DeadLetterTarget};
 /// use idemq::store::MemoryStore;
 /// use idemq::{HandlerContext, HandlerError};
 /// use lapin::tcp::OwnedTLSConfig;
@@ -93,10 +121,12 @@ enum ProcessorSpec {
 ///     identity: None,
 ///     cert_chain: Some(std::fs::read_to_string("/etc/rabbitmq/ca.pem")?),
 /// };
-/// let consumer = AmqpConsumer::builder("amqps://app:secret@rabbit:5671/%2f", "orders")
+/// let consumer = AmqpConsumer::builder()
+///     .url("amqps://app:secret@rabbit:5671/%2f")
+///     .queue("orders")
 ///     .prefetch(64)
 ///     .concurrency(16)
-///     .dead_letter_exchange("orders.dlx", None)
+///     .dead_letter(DeadLetterTarget::new("orders.dlx").routing_key("billing"))
 ///     .connection_name("billing-1")
 ///     .connection_properties(ConnectionProperties::default().with_locale("en_US".into()))
 ///     .tls(tls)
@@ -119,11 +149,11 @@ pub struct AmqpConsumerBuilder {
 }
 
 impl AmqpConsumerBuilder {
-    pub(crate) fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             config: AmqpConfig {
-                url: url.into(),
-                queue: queue.into(),
+                url: String::new(),
+                queue: String::new(),
                 consumer_tag: String::new(),
                 prefetch: 32,
                 concurrency: 16,
@@ -149,6 +179,19 @@ impl AmqpConsumerBuilder {
             processor: None,
             connect: ConnectOptions::default(),
         }
+    }
+
+    /// AMQP URL of the broker, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` (`amqps://` for TLS,
+    /// see [`tls`](Self::tls)). Required.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.config.url = url.into();
+        self
+    }
+
+    /// Queue to consume from (must exist; idemq does not declare it). Required.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.config.queue = queue.into();
+        self
     }
 
     /// Consumer tag (default: chosen by the broker).
@@ -206,18 +249,28 @@ impl AmqpConsumerBuilder {
         self
     }
 
-    /// Dead-letter exchange and optional routing key (default: keep the original routing key).
-    /// Without one, dead-lettered deliveries are rejected without requeue.
+    /// Where dead-lettered deliveries are published: an exchange name (`"orders.dlx"`, keeping
+    /// the original routing key) or a [`DeadLetterTarget`] with its own routing key. The same
+    /// method as the Kafka builder's `KafkaConsumerBuilder::dead_letter`.
+    /// Without one, dead-lettered deliveries are rejected without requeue (the queue's own
+    /// dead-letter exchange, if any, applies).
+    pub fn dead_letter(mut self, target: impl Into<DeadLetterTarget>) -> Self {
+        self.config.dead_letter = Some(target.into());
+        self
+    }
+
+    /// Dead-letter exchange and optional routing key (default: keep the original routing key);
+    /// the same as [`dead_letter`](Self::dead_letter).
     pub fn dead_letter_exchange(
-        mut self,
+        self,
         exchange: impl Into<String>,
         routing_key: Option<String>,
     ) -> Self {
-        self.config.dead_letter = Some(DeadLetterTarget {
+        let target = DeadLetterTarget {
             exchange: exchange.into(),
             routing_key,
-        });
-        self
+        };
+        self.dead_letter(target)
     }
 
     /// Publish outcomes to `reply_to` for request/reply deliveries (default `true`).
@@ -321,12 +374,22 @@ impl AmqpConsumerBuilder {
                 setting, value, expected,
             )))
         };
+        if config.url.is_empty() {
+            return Err(ConfigError::missing(
+                "url",
+                "the broker, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
+            )
+            .into());
+        }
+        if config.queue.is_empty() {
+            return Err(ConfigError::missing("queue", "the queue to consume from").into());
+        }
         // The URL may hold a password: the error repeats lapin's reason only.
         if let Err(e) = config.url.parse::<lapin::uri::AMQPUri>() {
             return Err(ConfigError::invalid("url", format!("not an AMQP URL: {e}")).into());
         }
-        if config.queue.is_empty() || config.queue.len() > 255 {
-            return range("queue", config.queue.len(), "a name of 1..=255 bytes");
+        if config.queue.len() > 255 {
+            return range("queue", config.queue.len(), "at most 255 bytes");
         }
         if config.consumer_tag.len() > 255 {
             return range(
@@ -418,7 +481,9 @@ mod tests {
     use crate::{HandlerContext, HandlerError};
 
     fn builder() -> AmqpConsumerBuilder {
-        AmqpConsumer::builder("amqp://127.0.0.1:5672/%2f", "orders")
+        AmqpConsumer::builder()
+            .url("amqp://127.0.0.1:5672/%2f")
+            .queue("orders")
             .store(Arc::new(MemoryStore::new()))
             .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) })
     }
@@ -463,7 +528,11 @@ mod tests {
             "{conflict:?}"
         );
         assert_eq!(
-            out_of_range(AmqpConsumer::builder("amqp://h/%2f", "")),
+            out_of_range(
+                AmqpConsumer::builder()
+                    .url("amqp://h/%2f")
+                    .queue("x".repeat(256))
+            ),
             "queue"
         );
         assert_eq!(
@@ -487,14 +556,16 @@ mod tests {
             "dead_letter_exchange"
         );
         // A bad URL is named without repeating it (it may hold a password).
-        let bad_url = err(AmqpConsumer::builder("not a url :secret@", "q"));
+        let bad_url = err(AmqpConsumer::builder().url("not a url :secret@").queue("q"));
         assert_eq!(bad_url.setting(), "url");
         assert!(!bad_url.to_string().contains("secret"), "{bad_url}");
-        let no_store = AmqpConsumer::builder("amqp://h/%2f", "q")
+        let no_store = AmqpConsumer::builder()
+            .url("amqp://h/%2f")
+            .queue("q")
             .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) });
         assert_eq!(missing(no_store), "store");
         assert_eq!(
-            missing(AmqpConsumer::builder("amqp://h/%2f", "q")),
+            missing(AmqpConsumer::builder().url("amqp://h/%2f").queue("q")),
             "handler"
         );
         // The engine's own checks come back through the same variant.
@@ -512,9 +583,9 @@ mod tests {
     #[test]
     fn scope_defaults_to_the_queue_and_message_id_fallback_is_applied() {
         let c = builder().message_id_fallback(true).build().unwrap();
-        assert_eq!(c.processor_scope(), "orders");
+        assert_eq!(c.scope(), "orders");
         let c = builder().scope("billing").build().unwrap();
-        assert_eq!(c.processor_scope(), "billing");
+        assert_eq!(c.scope(), "billing");
         // With only the message_id as key source the engine accepts the configuration.
         assert!(builder()
             .key_headers(Vec::<String>::new())

@@ -43,10 +43,11 @@ enum End {
 }
 
 impl AmqpConsumer {
-    /// Starts a builder for the given AMQP URL and queue; see [`AmqpConsumerBuilder`] for the
-    /// settings and an example.
-    pub fn builder(url: impl Into<String>, queue: impl Into<String>) -> AmqpConsumerBuilder {
-        AmqpConsumerBuilder::new(url, queue)
+    /// Starts a builder; give it at least a [`url`](AmqpConsumerBuilder::url) and a
+    /// [`queue`](AmqpConsumerBuilder::queue). See [`AmqpConsumerBuilder`] for the settings and an
+    /// example.
+    pub fn builder() -> AmqpConsumerBuilder {
+        AmqpConsumerBuilder::new()
     }
 
     pub(crate) fn new(
@@ -68,8 +69,14 @@ impl AmqpConsumer {
     }
 
     /// The scope keys are claimed in.
-    pub fn processor_scope(&self) -> &str {
+    pub fn scope(&self) -> &str {
         self.processor.scope()
+    }
+
+    /// The scope keys are claimed in.
+    #[deprecated(note = "renamed to scope(), like the Kafka consumer's")]
+    pub fn processor_scope(&self) -> &str {
+        self.scope()
     }
 
     /// Live counters, readable while [`run`](Self::run) is going (take the handle before).

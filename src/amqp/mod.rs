@@ -22,7 +22,7 @@
 //! store. A request with `reply_to` gets the outcome as its reply; a replayed request gets the
 //! **stored** reply again with header `Idempotent-Replay: true` and the same correlation id.
 //!
-//! The consumer has the same shape as the Kafka one: `builder(..)`, `build() -> Result`,
+//! The consumer has the same shape as the Kafka one: `builder()`, `build() -> Result`,
 //! [`stats`](AmqpConsumer::stats) returning the shared [`StatsHandle`],
 //! [`run`](AmqpConsumer::run) returning [`ConsumerStats`], and
 //! [`run_until_signal`](AmqpConsumer::run_until_signal).
@@ -32,11 +32,13 @@
 //! use idemq::amqp::AmqpConsumer;
 //! use idemq::{store, CancellationToken, HandlerContext, HandlerError};
 //!
-//! let consumer = AmqpConsumer::builder("amqp://guest:guest@127.0.0.1:5672/%2f", "orders")
+//! let consumer = AmqpConsumer::builder()
+//!     .url("amqp://guest:guest@127.0.0.1:5672/%2f")
+//!     .queue("orders")
 //!     .store(store::connect("memory").await?)
 //!     .prefetch(64)
 //!     .concurrency(16)
-//!     .dead_letter_exchange("orders.dlx", None)
+//!     .dead_letter("orders.dlx")
 //!     .handler(|ctx: HandlerContext| async move {
 //!         // charge the order exactly once per Idempotency-Key
 //!         Ok::<_, HandlerError>(serde_json::json!({ "bytes": ctx.message.payload.len() }))

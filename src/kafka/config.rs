@@ -290,6 +290,12 @@ impl KafkaConsumerBuilder {
         self
     }
 
+    /// The same as [`dead_letter_topic`](Self::dead_letter_topic), under the name the AMQP
+    /// builder uses too (`AmqpConsumerBuilder::dead_letter`).
+    pub fn dead_letter(self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic(topic)
+    }
+
     /// Messages of one partition processed at the same time (default 1, which keeps the order of a
     /// partition). Commits never pass an unfinished message either way.
     pub fn partition_concurrency(mut self, n: usize) -> Self {

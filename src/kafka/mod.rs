@@ -18,7 +18,7 @@
 //! the consumer stops dispatching the revoked partitions, waits (bounded) for their in-flight
 //! records, commits what finished and lets them go. Use Tokio's multi-threaded runtime.
 //!
-//! The consumer has the same shape as [`AmqpConsumer`](../amqp/struct.AmqpConsumer.html):
+//! The consumer has the same shape as `idemq::amqp::AmqpConsumer`:
 //! `builder()`, `build() -> Result`, [`stats`](KafkaConsumer::stats) returning the shared
 //! [`StatsHandle`], [`run`](KafkaConsumer::run) returning [`ConsumerStats`], and
 //! [`run_until_signal`](KafkaConsumer::run_until_signal).

@@ -346,7 +346,9 @@ pub fn test_engine(scope: &str) -> EngineConfig {
 
 /// A consumer builder with test defaults for `queue`.
 pub fn consumer(queue: &str, store: Arc<dyn Store>, rec: &Recorder) -> AmqpConsumerBuilder {
-    AmqpConsumer::builder(amqp_url(), queue)
+    AmqpConsumer::builder()
+        .url(amqp_url())
+        .queue(queue)
         .store(store)
         .engine_config(test_engine(queue))
         .prefetch(16)
