@@ -12,10 +12,11 @@ use std::time::Duration;
 /// Counts per decision since the consumer started, returned by `run` and by
 /// [`StatsHandle::snapshot`].
 ///
-/// Every received message ends in one of `processed`, `replayed`, `superseded`, `unkeyed`,
-/// `dead_lettered`, `retries` (given back to be tried again), `abandoned` (left for redelivery at
-/// shutdown or revocation) or one of the broker-specific endings ([`AmqpStats::rejected`],
-/// [`AmqpStats::left_unacked`]); `store_unavailable` counts waits, not messages.
+/// [`finished`](Self::finished) messages reached a final broker action (committed, acked,
+/// dead-lettered); `retries` and `store_unavailable` count attempts and waits, not messages (Kafka
+/// retries a record in place, RabbitMQ requeues it and receives it again); `abandoned` messages
+/// are redelivered later. The counters are independent atomics: a snapshot taken while the
+/// consumer runs may be a few events apart between fields.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ConsumerStats {

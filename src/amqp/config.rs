@@ -369,9 +369,17 @@ impl AmqpConsumerBuilder {
     /// [`run`](AmqpConsumer::run)).
     pub fn build(self) -> Result<AmqpConsumer, AmqpError> {
         let config = self.config;
-        let range = |setting, value: usize, expected| {
+        let range = |setting, value: u32, expected| {
             Err(AmqpError::Config(ConfigError::out_of_range(
                 setting, value, expected,
+            )))
+        };
+        // Names are checked by length; the error shows the length, not the (long) name.
+        let too_long = |setting, len: usize| {
+            Err(AmqpError::Config(ConfigError::out_of_range(
+                setting,
+                format!("{len} bytes"),
+                "at most 255 bytes",
             )))
         };
         if config.url.is_empty() {
@@ -389,14 +397,10 @@ impl AmqpConsumerBuilder {
             return Err(ConfigError::invalid("url", format!("not an AMQP URL: {e}")).into());
         }
         if config.queue.len() > 255 {
-            return range("queue", config.queue.len(), "at most 255 bytes");
+            return too_long("queue", config.queue.len());
         }
         if config.consumer_tag.len() > 255 {
-            return range(
-                "consumer_tag",
-                config.consumer_tag.len(),
-                "at most 255 bytes",
-            );
+            return too_long("consumer_tag", config.consumer_tag.len());
         }
         if config.prefetch == 0 {
             return range("prefetch", 0, "at least 1 (0 would mean unbounded)");
@@ -428,14 +432,10 @@ impl AmqpConsumerBuilder {
         }
         if let Some(dl) = &config.dead_letter {
             if dl.exchange.len() > 255 {
-                return range(
-                    "dead_letter_exchange",
-                    dl.exchange.len(),
-                    "at most 255 bytes",
-                );
+                return too_long("dead_letter_exchange", dl.exchange.len());
             }
             if let Some(key) = dl.routing_key.as_ref().filter(|r| r.len() > 255) {
-                return range("dead_letter_routing_key", key.len(), "at most 255 bytes");
+                return too_long("dead_letter_routing_key", key.len());
             }
         }
         let processor = match self.processor {
@@ -554,6 +554,11 @@ mod tests {
         assert_eq!(
             out_of_range(builder().dead_letter_exchange("x".repeat(256), None)),
             "dead_letter_exchange"
+        );
+        let long = err(builder().consumer_tag("t".repeat(300)));
+        assert_eq!(
+            long.to_string(),
+            "`consumer_tag` = 300 bytes is out of range: expected at most 255 bytes"
         );
         // A bad URL is named without repeating it (it may hold a password).
         let bad_url = err(AmqpConsumer::builder().url("not a url :secret@").queue("q"));

@@ -63,9 +63,13 @@ pub enum DeadLetterError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KafkaReplayError {
-    /// The replay settings are invalid (empty topic names, bad librdkafka setting).
+    /// The replay settings are invalid (empty or equal topic names); the [`ConfigError`] names
+    /// the setting.
     #[error("invalid kafka replay configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
+    /// librdkafka rejected the client configuration (unknown property, invalid value).
+    #[error("kafka client configuration rejected: {0}")]
+    Client(#[source] KafkaError),
     /// The store could not classify a record.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

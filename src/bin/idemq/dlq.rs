@@ -111,7 +111,8 @@ async fn kafka(
     }
     replay.run(tick).await.map_err(|e| match e {
         KafkaReplayError::Store(s) => crate::keys::store_failure(s),
-        KafkaReplayError::Config(msg) => Failure::Usage(msg),
+        KafkaReplayError::Config(err) => Failure::Usage(err.to_string()),
+        KafkaReplayError::Client(err) => Failure::Usage(err.to_string()),
         other => Failure::Unreachable(other.to_string()),
     })
 }
