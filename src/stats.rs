@@ -161,3 +161,43 @@ impl StatsHandle {
         self.0.unassigned_for()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_counts_every_final_broker_action_of_both_brokers() {
+        let mut s = ConsumerStats {
+            processed: 1,
+            replayed: 2,
+            superseded: 3,
+            unkeyed: 4,
+            dead_lettered: 5,
+            retries: 100,
+            store_unavailable: 100,
+            abandoned: 100,
+            ..ConsumerStats::default()
+        };
+        assert_eq!(s.finished(), 15);
+        s.amqp.rejected = 6;
+        s.amqp.requeued = 100;
+        assert_eq!(s.finished(), 21);
+    }
+
+    #[test]
+    fn the_other_brokers_counters_are_left_out_of_the_json() {
+        let mut s = ConsumerStats {
+            received: 3,
+            ..ConsumerStats::default()
+        };
+        s.kafka.commits = 2;
+        let json = serde_json::to_value(s).unwrap();
+        assert_eq!(json["received"], 3);
+        assert_eq!(json["kafka"]["commits"], 2);
+        assert!(json.get("amqp").is_none(), "{json}");
+        let json = serde_json::to_value(ConsumerStats::default()).unwrap();
+        assert!(json.get("kafka").is_none() && json.get("amqp").is_none());
+        assert_eq!(json["processed"], 0);
+    }
+}
