@@ -148,8 +148,16 @@ pub struct AmqpConsumerBuilder {
     connect: ConnectOptions,
 }
 
+impl Default for AmqpConsumerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl AmqpConsumerBuilder {
-    pub(crate) fn new() -> Self {
+    /// A builder with the defaults (the same as [`AmqpConsumer::builder`]): prefetch 32,
+    /// 16 deliveries at a time, replies on, 15 s to drain on shutdown.
+    pub fn new() -> Self {
         Self {
             config: AmqpConfig {
                 url: String::new(),
