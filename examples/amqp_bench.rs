@@ -393,7 +393,9 @@ async fn dedup_phase(
         a.local_cache,
         Duration::from_millis(a.local_cache_age_ms),
     );
-    let consumer = AmqpConsumer::builder(&a.amqp_url, queue)
+    let consumer = AmqpConsumer::builder()
+        .url(&a.amqp_url)
+        .queue(queue)
         .store(measured)
         .engine_config(bench_engine(scope.clone()))
         .prefetch(a.prefetch)
@@ -413,7 +415,7 @@ async fn dedup_phase(
     let start = Instant::now();
     let running = tokio::spawn(consumer.run(stop.clone()));
     loop {
-        let settled = stats.snapshot().settled();
+        let settled = stats.snapshot().finished();
         if let Some(r) = rss.as_deref_mut() {
             r.observe(settled);
         }
@@ -509,7 +511,7 @@ fn report(
             d.store_cmds,
             fmt_us(d.latency_us.0),
             fmt_us(d.latency_us.1),
-            d.totals.ack_frames as f64 / a.messages as f64,
+            d.totals.amqp.ack_frames as f64 / a.messages as f64,
             d.phase.cpu.per_message(a.messages)
         );
         ratios.push(rate(d.phase.took) / rate(r.took));
@@ -534,11 +536,11 @@ fn report(
             "median_round_ratio": round3(median(ratios.clone())),
             "handler_runs": dedups.iter().map(|d| d.handler_runs).sum::<u64>(),
             "distinct_keys": distinct * dedups.len() as u64,
-            "replayed": dedups.iter().map(|d| d.totals.acked_replayed).sum::<u64>(),
-            "dead_lettered": dedups.iter().map(|d| d.totals.dead_lettered + d.totals.rejected).sum::<u64>(),
+            "replayed": dedups.iter().map(|d| d.totals.replayed).sum::<u64>(),
+            "dead_lettered": dedups.iter().map(|d| d.totals.dead_lettered + d.totals.amqp.rejected).sum::<u64>(),
             "store_cmds_per_msg": round3(dedups.iter().map(|d| d.store_cmds).sum::<f64>() / dedups.len() as f64),
             "store_ops_per_msg": round3(dedups.iter().map(|d| d.store_ops).sum::<f64>() / dedups.len() as f64),
-            "ack_frames_per_msg": round3(dedups.iter().map(|d| d.totals.ack_frames).sum::<u64>() as f64 / total as f64),
+            "ack_frames_per_msg": round3(dedups.iter().map(|d| d.totals.amqp.ack_frames).sum::<u64>() as f64 / total as f64),
             "local_cache": a.local_cache, "local_cache_age_ms": a.local_cache_age_ms,
             "local_cache_hits": dedups.iter().map(|d| d.cache_hits).sum::<u64>(),
             "claim_us": mean_of(dedups.iter().map(|d| d.latency_us.0)),

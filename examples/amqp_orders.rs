@@ -283,7 +283,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             Ok::<_, HandlerError>(serde_json::json!({ "charged": order.get("amount"), "key": key }))
         }
     };
-    let builder = AmqpConsumer::builder(&args.amqp_url, &args.queue)
+    let builder = AmqpConsumer::builder()
+        .url(&args.amqp_url)
+        .queue(&args.queue)
         .prefetch(args.prefetch)
         .concurrency(args.concurrency)
         .connection_name(format!("amqp_orders-{}", std::process::id()));

@@ -193,7 +193,9 @@ async fn run() -> BoxResult<()> {
         "consuming {} as group {} (store {}, pid {pid})",
         args.topic, args.group, args.store
     );
-    let summary = consumer.run_until_ctrl_c(stop).await?;
+    // Stops on SIGINT/SIGTERM, or when the idle watcher above cancels `stop`.
+    idemq::signal::cancel_on_signal(stop.clone());
+    let summary = consumer.run(stop).await?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

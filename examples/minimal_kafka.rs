@@ -1,15 +1,13 @@
 //! The smallest useful idempotent Kafka consumer: copy it and replace the handler.
+//! `cargo run --example minimal_kafka -- --bootstrap localhost:9092 --topic orders` (`--help`).
 //!
-//! ```text
-//! cargo run --example minimal_kafka -- --store memory --bootstrap localhost:9092 --topic orders
-//! ```
-//!
-//! Producers put the idempotency key in the `Idempotency-Key` header. The handler runs once per key;
-//! records without a key, with a payload that is not JSON, or reusing a key with another payload go
-//! to `<topic>.dlq`. One JSON line per handled record goes to stdout, logs to stderr. Ctrl-C or
-//! SIGTERM stops it gracefully (in-flight records finish, offsets are committed).
+//! The handler runs once per `Idempotency-Key` header. Records without a key, with a payload that
+//! is not JSON, or reusing a key with another payload go to `<topic>.dlq`. One JSON line per
+//! handled record goes to stdout, logs to stderr. SIGINT or SIGTERM stops it gracefully
+//! (in-flight records finish, offsets are committed).
 use clap::Parser;
-use idemq::{CancellationToken, HandlerContext, HandlerError};
+use idemq::kafka::KafkaConsumer;
+use idemq::prelude::*;
 
 #[derive(Parser)]
 struct Args {
@@ -31,21 +29,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let consumer = idemq::kafka::KafkaConsumerBuilder::new()
+    let consumer = KafkaConsumer::builder()
         .bootstrap_servers(&args.bootstrap)
         .group_id(&args.group)
         .topic(&args.topic)
-        .dead_letter_topic(format!("{}.dlq", args.topic))
+        .dead_letter(format!("{}.dlq", args.topic))
         .store(idemq::store::connect(&args.store).await?)
         .handler(|ctx: HandlerContext| async move {
-            let order: serde_json::Value =
-                serde_json::from_slice(&ctx.message.payload).map_err(HandlerError::permanent)?;
-            let key = ctx.key.as_ref().map(|k| k.to_string());
-            // The side effect (charge the card, write the row) goes here.
-            println!("{}", serde_json::json!({ "key": key, "order": order }));
-            Ok::<_, HandlerError>(serde_json::json!({ "charged": order["amount"] }))
+            let order: serde_json::Value = ctx.json()?; // not JSON: dead-lettered
+                                                        // The side effect (charge the card, write the row) goes here.
+            println!("{}", serde_json::json!({ "key": ctx.key, "order": order }));
+            Ok(serde_json::json!({ "charged": order["amount"] }))
         })
         .build()?;
-    consumer.run_until_ctrl_c(CancellationToken::new()).await?;
+    consumer.run_until_signal().await?;
     Ok(())
 }

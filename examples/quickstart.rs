@@ -13,7 +13,7 @@
 //! The handler ("charge the card") must still run exactly once per key. The program exits 0 when
 //! handler runs == distinct keys and every order was committed, 1 otherwise.
 
-use idemq::kafka::{ConsumerSummary, KafkaConsumerBuilder, StatsHandle};
+use idemq::kafka::{ConsumerStats, KafkaConsumerBuilder, StatsHandle};
 use idemq::store::MemoryStore;
 use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -78,7 +78,7 @@ async fn run() -> BoxResult<bool> {
     println!(
         "   handled {} messages; commits refused: {}; committed offsets: {:?}",
         s1.finished(),
-        s1.commit_failures,
+        s1.kafka.commit_failures,
         committed(&bootstrap)?
     );
     println!("   -> Kafka will deliver every order again\n");
@@ -102,7 +102,7 @@ async fn run() -> BoxResult<bool> {
     );
     println!("   committed offsets: {:?}\n", committed(&bootstrap)?);
 
-    let total = |f: fn(&ConsumerSummary) -> u64| f(&s1) + f(&s2) + f(&s3);
+    let total = |f: fn(&ConsumerStats) -> u64| f(&s1) + f(&s2) + f(&s3);
     let charges = charges.lock().map_err(|_| "poisoned")?.clone();
     let handler_runs: u32 = charges.values().sum();
     let distinct = charges.len();
@@ -177,11 +177,11 @@ async fn publish_orders(bootstrap: &str) -> BoxResult<BTreeMap<i32, i64>> {
 struct Started {
     stats: StatsHandle,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<ConsumerSummary, idemq::kafka::KafkaConsumerError>>,
+    task: tokio::task::JoinHandle<Result<ConsumerStats, idemq::kafka::KafkaConsumerError>>,
 }
 
 impl Started {
-    async fn stop(self) -> BoxResult<ConsumerSummary> {
+    async fn stop(self) -> BoxResult<ConsumerStats> {
         self.stop.cancel();
         Ok(self.task.await??)
     }

@@ -50,6 +50,7 @@ pub mod message;
 pub mod outcome;
 pub mod prelude;
 pub mod replay;
+pub mod stats;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -31,15 +31,19 @@ async fn a_run_of_ready_deliveries_is_settled_by_one_ack() {
     // A linger longer than the slow handler: the fast deliveries wait for it to finish.
     let run = Running::start(consumer(&queue, memory(), &rec).ack_linger(Duration::from_secs(5)));
     run.wait(Duration::from_secs(10), "all six acked", |s| {
-        s.acked_processed == 6
+        s.processed == 6
     })
     .await;
     let stats = run.stop().await;
     assert_eq!(
-        stats.ack_frames, 1,
+        stats.amqp.ack_frames, 1,
         "one multiple ack for the run: {stats:?}"
     );
-    assert_eq!(stats.left_unacked + stats.requeued, 0, "{stats:?}");
+    assert_eq!(
+        stats.amqp.left_unacked + stats.amqp.requeued,
+        0,
+        "{stats:?}"
+    );
     assert_eq!(rec.succeeded("slow"), 1);
     // Had the multiple ack not settled them all, the close would have requeued the rest.
     assert_eq!(
@@ -60,7 +64,7 @@ async fn a_slow_handler_holds_back_the_acks_behind_it_only_for_the_linger() {
     slow_then_fast(&rabbit, &queue, 3_000, 5).await;
     let run = Running::start(consumer(&queue, memory(), &rec));
     run.wait(Duration::from_secs(2), "the fast five acked", |s| {
-        s.acked_processed == 5
+        s.processed == 5
     })
     .await;
     assert_eq!(rec.started("slow"), 1);
@@ -77,11 +81,15 @@ async fn a_slow_handler_holds_back_the_acks_behind_it_only_for_the_linger() {
         "still running when the broker was asked"
     );
     run.wait(Duration::from_secs(10), "the slow one acked", |s| {
-        s.acked_processed == 6
+        s.processed == 6
     })
     .await;
     let stats = run.stop().await;
-    assert_eq!(stats.left_unacked + stats.requeued, 0, "{stats:?}");
+    assert_eq!(
+        stats.amqp.left_unacked + stats.amqp.requeued,
+        0,
+        "{stats:?}"
+    );
     assert_eq!(
         rabbit.counts(&queue).await,
         (0, 0),

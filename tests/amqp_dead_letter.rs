@@ -25,7 +25,7 @@ async fn conflict_missing_and_invalid_keys_are_dead_lettered_with_reasons() {
     rabbit
         .publish(&queue, Some("pay-1"), b"{\"amount\":1}")
         .await;
-    run.wait(Duration::from_secs(10), "first", |s| s.acked_processed == 1)
+    run.wait(Duration::from_secs(10), "first", |s| s.processed == 1)
         .await;
     // Same key, different payload: a producer bug that must not be acked silently.
     rabbit
@@ -110,15 +110,13 @@ async fn dlq_replay_skips_completed_and_processes_failed(store: Arc<dyn Store>) 
     let parked = rabbit.wait_drain(&dlq, 2, Duration::from_secs(10)).await;
     assert_eq!(parked.len(), 2, "both rejected into the queue's DLX");
     assert!(parked.iter().all(|m| m.header("x-death").is_some()));
-    run.wait(Duration::from_secs(5), "rejects", |s| s.rejected == 2)
+    run.wait(Duration::from_secs(5), "rejects", |s| s.amqp.rejected == 2)
         .await;
     // Fixed. The producer re-sends inv-1 on its own, so it completes before the DLQ replay.
     rec.set_broken(false);
     rabbit.publish(&queue, Some("inv-1"), b"{\"n\":1}").await;
-    run.wait(Duration::from_secs(10), "inv-1 done", |s| {
-        s.acked_processed == 1
-    })
-    .await;
+    run.wait(Duration::from_secs(10), "inv-1 done", |s| s.processed == 1)
+        .await;
     // Operator moves the parked messages back (they keep their headers, including x-death).
     for m in &parked {
         rabbit
@@ -126,7 +124,7 @@ async fn dlq_replay_skips_completed_and_processes_failed(store: Arc<dyn Store>) 
             .await;
     }
     run.wait(Duration::from_secs(10), "replayed DLQ", |s| {
-        s.acked_processed == 2 && s.acked_replayed == 1
+        s.processed == 2 && s.replayed == 1
     })
     .await;
     let stats = run.stop().await;
@@ -137,7 +135,7 @@ async fn dlq_replay_skips_completed_and_processes_failed(store: Arc<dyn Store>) 
         2,
         "one failed run + one success, none on replay"
     );
-    assert_eq!(stats.rejected, 2, "{stats:?}");
+    assert_eq!(stats.amqp.rejected, 2, "{stats:?}");
     assert_eq!(rabbit.counts(&queue).await.0, 0);
     assert_eq!(rabbit.counts(&dlq).await.0, 0);
     rabbit.cleanup().await;
@@ -159,10 +157,8 @@ async fn retriable_failures_are_requeued_then_dead_lettered_when_exhausted() {
         .publish(&queue, Some("down"), br#"{"fail":"retriable"}"#)
         .await;
     let dead = rabbit.wait_drain(&dlq, 1, Duration::from_secs(15)).await;
-    run.wait(Duration::from_secs(10), "flaky done", |s| {
-        s.acked_processed == 1
-    })
-    .await;
+    run.wait(Duration::from_secs(10), "flaky done", |s| s.processed == 1)
+        .await;
     let stats = run.stop().await;
     assert_eq!(rec.succeeded("flaky"), 1);
     assert_eq!(rec.started("flaky"), 2, "requeued once, then succeeded");
@@ -172,7 +168,7 @@ async fn retriable_failures_are_requeued_then_dead_lettered_when_exhausted() {
         dead[0].header(headers::REASON).as_deref(),
         Some("retries-exhausted")
     );
-    assert!(stats.requeued >= 3, "{stats:?}");
+    assert!(stats.amqp.requeued >= 3, "{stats:?}");
     assert_eq!(rabbit.counts(&queue).await.0, 0);
     rabbit.cleanup().await;
 }
@@ -209,10 +205,10 @@ async fn message_id_is_the_key_fallback_and_numeric_headers_work() {
             )
             .await;
     }
-    run.wait(Duration::from_secs(10), "4 settled", |s| s.settled() == 4)
+    run.wait(Duration::from_secs(10), "4 settled", |s| s.finished() == 4)
         .await;
     let stats = run.stop().await;
-    assert_eq!((stats.acked_processed, stats.acked_replayed), (2, 2));
+    assert_eq!((stats.processed, stats.replayed), (2, 2));
     assert_eq!(rec.succeeded("mid-7"), 1);
     assert_eq!(rec.succeeded("42"), 1);
     rabbit.cleanup().await;
@@ -238,18 +234,20 @@ async fn unconfirmed_dead_letter_is_requeued_not_lost() {
             ),
     );
     rabbit.publish(&queue, None, b"no key").await;
-    run.wait(Duration::from_secs(10), "requeued", |s| s.requeued >= 1)
-        .await;
+    run.wait(Duration::from_secs(10), "requeued", |s| {
+        s.amqp.requeued >= 1
+    })
+    .await;
     // The consumer still processes good messages on the same session.
     rabbit.publish(&queue, Some("good"), b"{}").await;
     run.wait(Duration::from_secs(10), "good processed", |s| {
-        s.acked_processed == 1
+        s.processed == 1
     })
     .await;
     let stats = run.stop().await;
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");
     assert_eq!(
-        stats.reconnects, 0,
+        stats.amqp.reconnects, 0,
         "a closed publishing channel is reopened in place"
     );
     assert_eq!(

@@ -29,11 +29,13 @@ async fn published_twice_runs_once(store: Arc<dyn Store>) {
         rabbit.publish(&queue, Some(&key), body.as_bytes()).await;
     }
     let run = Running::start(consumer(&queue, store, &rec));
-    run.wait(Duration::from_secs(20), "20 settled", |s| s.settled() == 20)
-        .await;
+    run.wait(Duration::from_secs(20), "20 settled", |s| {
+        s.finished() == 20
+    })
+    .await;
     let stats = run.stop().await;
-    assert_eq!(stats.acked_processed, 10, "{stats:?}");
-    assert_eq!(stats.acked_replayed, 10, "{stats:?}");
+    assert_eq!(stats.processed, 10, "{stats:?}");
+    assert_eq!(stats.replayed, 10, "{stats:?}");
     for i in 0..10 {
         assert_eq!(rec.succeeded(&format!("order-{i}")), 1);
         assert_eq!(rec.started(&format!("order-{i}")), 1);
@@ -79,7 +81,10 @@ async fn four_consumers_eight_copies_each_key_once(store: Arc<dyn Store>) {
     let total = (KEYS * COPIES) as u64;
     let start = std::time::Instant::now();
     loop {
-        let settled: u64 = consumers.iter().map(|c| c.stats.snapshot().settled()).sum();
+        let settled: u64 = consumers
+            .iter()
+            .map(|c| c.stats.snapshot().finished())
+            .sum();
         if settled == total {
             break;
         }
@@ -92,8 +97,8 @@ async fn four_consumers_eight_copies_each_key_once(store: Arc<dyn Store>) {
     let mut processed = 0;
     for c in consumers {
         let s = c.stop().await;
-        assert_eq!(s.dead_lettered + s.rejected, 0, "{s:?}");
-        processed += s.acked_processed;
+        assert_eq!(s.dead_lettered + s.amqp.rejected, 0, "{s:?}");
+        processed += s.processed;
     }
     assert_eq!(processed, KEYS as u64);
     let runs = rec.successes();
@@ -162,7 +167,7 @@ async fn rpc_replay_returns_the_stored_reply(store: Arc<dyn Store>) {
     let body: serde_json::Value = serde_json::from_slice(&first[0].body).expect("json reply");
     assert_eq!(body["key"], "quote-1");
     assert_eq!(
-        (stats.acked_processed, stats.acked_replayed, stats.replies),
+        (stats.processed, stats.replayed, stats.amqp.replies),
         (1, 1, 2)
     );
     assert_eq!(rabbit.counts(&queue).await.0, 0);

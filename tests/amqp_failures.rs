@@ -57,10 +57,8 @@ async fn outage(store: Arc<dyn Store>, take_down: impl FnOnce(), bring_back: imp
             .publish(&queue, Some(&format!("before-{i}")), b"{}")
             .await;
     }
-    run.wait(Duration::from_secs(10), "3 processed", |s| {
-        s.acked_processed == 3
-    })
-    .await;
+    run.wait(Duration::from_secs(10), "3 processed", |s| s.processed == 3)
+        .await;
 
     take_down();
     for i in 0..10 {
@@ -69,17 +67,20 @@ async fn outage(store: Arc<dyn Store>, take_down: impl FnOnce(), bring_back: imp
             .await;
     }
     run.wait(Duration::from_secs(10), "store retries", |s| {
-        s.store_retries >= 3
+        s.store_unavailable >= 3
     })
     .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let during = run.stats.snapshot();
     assert_eq!(
-        during.settled(),
+        during.finished(),
         3,
         "nothing acked while the store is down: {during:?}"
     );
-    assert_eq!(during.requeued + during.dead_lettered + during.rejected, 0);
+    assert_eq!(
+        during.amqp.requeued + during.dead_lettered + during.amqp.rejected,
+        0
+    );
     assert_eq!(
         rec.total_successes(),
         3,
@@ -92,14 +93,14 @@ async fn outage(store: Arc<dyn Store>, take_down: impl FnOnce(), bring_back: imp
 
     bring_back();
     run.wait(Duration::from_secs(30), "full recovery", |s| {
-        s.acked_processed == 13
+        s.processed == 13
     })
     .await;
     let stats = run.stop().await;
     let runs = rec.successes();
     assert_eq!(runs.len(), 13);
     assert!(runs.values().all(|&n| n == 1), "{runs:?}");
-    assert_eq!(stats.settled(), 13, "{stats:?}");
+    assert_eq!(stats.finished(), 13, "{stats:?}");
     assert_eq!(rabbit.counts(&queue).await.0, 0);
     rabbit.cleanup().await;
 }
@@ -128,18 +129,18 @@ async fn connection_closed_mid_handler_runs_once_and_acks_after_completion(store
     // The handler finishes and stores its outcome, but its ack is void (channel gone). The broker
     // redelivers; the copy waits for the running claim, then is acked as a replay.
     run.wait(Duration::from_secs(15), "redelivery acked", |s| {
-        s.acked_replayed == 1
+        s.replayed == 1
     })
     .await;
     let stats = run.stop().await;
     assert_eq!(rec.started("slow"), 1, "handler ran once");
     assert_eq!(rec.succeeded("slow"), 1);
     assert_eq!(
-        stats.acked_processed, 0,
+        stats.processed, 0,
         "the first ack could not be sent: {stats:?}"
     );
-    assert_eq!(stats.left_unacked, 1, "{stats:?}");
-    assert!(stats.reconnects >= 1);
+    assert_eq!(stats.amqp.left_unacked, 1, "{stats:?}");
+    assert!(stats.amqp.reconnects >= 1);
     assert_eq!(rabbit.counts(&queue).await.0, 0);
     rabbit.cleanup().await;
 }
@@ -161,19 +162,19 @@ async fn forced_close_under_load_reconnects_and_finishes(store: Arc<dyn Store>) 
     let name = unique("idemq-test-forced");
     let run = Running::start(consumer(&queue, store.clone(), &rec).connection_name(&name));
     run.wait(Duration::from_secs(20), "some progress", |s| {
-        s.settled() >= 10
+        s.finished() >= 10
     })
     .await;
     force_close(&name).await;
     run.wait(
         Duration::from_secs(30),
         "reconnected and all settled",
-        |s| s.reconnects >= 1 && s.settled() >= (2 * KEYS) as u64,
+        |s| s.amqp.reconnects >= 1 && s.finished() >= (2 * KEYS) as u64,
     )
     .await;
     run.drained(&rabbit, &queue, Duration::from_secs(30)).await;
     let stats = run.stop().await;
-    assert!(stats.reconnects >= 1, "{stats:?}");
+    assert!(stats.amqp.reconnects >= 1, "{stats:?}");
     let runs = rec.successes();
     assert_eq!(runs.len(), KEYS);
     assert!(runs.values().all(|&n| n == 1), "a key ran twice: {runs:?}");
@@ -208,8 +209,8 @@ async fn shutdown_finishes_short_work_and_releases_long_work() {
         "shutdown bounded by shutdown_timeout (5 s) plus closing"
     );
     assert_eq!(rec.succeeded("short"), 1, "short work finished");
-    assert_eq!(stats.acked_processed, 1, "{stats:?}");
-    assert_eq!(stats.requeued, 1, "long work given back: {stats:?}");
+    assert_eq!(stats.processed, 1, "{stats:?}");
+    assert_eq!(stats.amqp.requeued, 1, "long work given back: {stats:?}");
     assert_eq!(rec.succeeded("long"), 0);
     let long = RecordKey::new(queue.as_str(), IdempotencyKey::new("long").unwrap());
     let record = store.get(&long).await.unwrap();

@@ -79,11 +79,11 @@ async fn more_than_prefetch_handler_panics_are_settled_and_intake_continues() {
     let run = Running::start(builder);
     let total = (PANICKING + HEALTHY) as u64;
     run.wait(Duration::from_secs(30), "every delivery processed", |s| {
-        s.acked_processed == total
+        s.processed == total
     })
     .await;
     let stats = run.stop().await;
-    assert_eq!(stats.requeued, PANICKING as u64, "{stats:?}");
+    assert_eq!(stats.amqp.requeued, PANICKING as u64, "{stats:?}");
     ok.check();
     assert_eq!(rabbit.counts(&queue).await, (0, 0));
     rabbit.cleanup().await;
@@ -146,12 +146,12 @@ async fn more_than_prefetch_panicking_delivery_tasks_are_requeued_and_intake_con
     let run = Running::start(builder);
     let total = (PANICKING + HEALTHY) as u64;
     run.wait(Duration::from_secs(30), "every delivery processed", |s| {
-        s.acked_processed == total
+        s.processed == total
     })
     .await;
     let stats = run.stop().await;
     assert_eq!(processor.panics.load(Ordering::SeqCst), PANICKING as u32);
-    assert_eq!(stats.requeued, PANICKING as u64, "{stats:?}");
+    assert_eq!(stats.amqp.requeued, PANICKING as u64, "{stats:?}");
     ok.check();
     assert_eq!(rabbit.counts(&queue).await, (0, 0));
     rabbit.cleanup().await;

@@ -268,12 +268,14 @@ async fn custom_scope_function_and_its_empty_result() {
 #[tokio::test]
 async fn default_scopes_are_the_group_and_the_queue() {
     // The AMQP consumer's default scope is its queue (no broker needed to build it).
-    let c = idemq::amqp::AmqpConsumer::builder("amqp://127.0.0.1:5672/%2f", "payments")
+    let c = idemq::amqp::AmqpConsumer::builder()
+        .url("amqp://127.0.0.1:5672/%2f")
+        .queue("payments")
         .store(Arc::new(MemoryStore::new()))
         .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) })
         .build()
         .unwrap();
-    assert_eq!(c.processor_scope(), "payments");
+    assert_eq!(c.scope(), "payments");
     // The Kafka consumer's is its group id; per-topic scopes are `{group}/{topic}`.
     let kafka = |scope: Option<Scope>| {
         let mut b = idemq::kafka::KafkaConsumerBuilder::new()

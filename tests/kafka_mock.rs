@@ -216,7 +216,10 @@ async fn store_outage_with_partition_concurrency_above_one_pauses_the_partition(
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(t.runs.total(), 6, "no handler runs during the outage");
     assert_eq!(t.committed(), vec![6], "no commits during the outage");
-    assert!(stats.snapshot().pauses >= 1, "the partition was paused");
+    assert!(
+        stats.snapshot().kafka.pauses >= 1,
+        "the partition was paused"
+    );
 
     t.store.set_down(false);
     t.wait_committed(&[18]).await;
@@ -253,7 +256,7 @@ async fn a_partition_paused_for_a_store_outage_fetches_again_after_a_rebalance()
     wait_for(
         "the join revoked the partition",
         Duration::from_secs(30),
-        || a_stats.snapshot().revocations >= 1,
+        || a_stats.snapshot().kafka.revocations >= 1,
     )
     .await;
     b.shutdown().await;
@@ -269,7 +272,7 @@ async fn a_partition_paused_for_a_store_outage_fetches_again_after_a_rebalance()
     let s = a.shutdown().await;
     assert_eq!(t.runs.total(), 6, "every key ran once");
     assert_eq!(t.runs.repeated(), vec![]);
-    assert!(s.revocations >= 2, "{s:?}");
+    assert!(s.kafka.revocations >= 2, "{s:?}");
 }
 
 /// The broker rejects offset commits: the consumer's records are redelivered to the next member of
@@ -305,12 +308,12 @@ async fn offset_commit_errors_cause_redeliveries_that_are_deduplicated() {
         Duration::from_secs(30),
         || {
             let s = a_stats.snapshot();
-            s.processed >= 12 && s.commit_failures >= 2
+            s.processed >= 12 && s.kafka.commit_failures >= 2
         },
     )
     .await;
     let sa = a.shutdown().await;
-    assert!(sa.commits >= 2, "failed commits are retried: {sa:?}");
+    assert!(sa.kafka.commits >= 2, "failed commits are retried: {sa:?}");
     assert_eq!(
         committed(&broker.bootstrap(), &group, &topic, 2),
         vec![-1, -1]
@@ -614,7 +617,7 @@ async fn a_dead_letter_is_committed_only_after_the_broker_confirms_it() {
     wait_for(
         "a dead-letter publish failed",
         Duration::from_secs(20),
-        || stats.snapshot().dead_letter_failures >= 1,
+        || stats.snapshot().kafka.dead_letter_failures >= 1,
     )
     .await;
     assert_eq!(
@@ -702,7 +705,7 @@ async fn revocation_waits_for_the_in_flight_handler_and_nobody_runs_it_again() {
     wait_for(
         "the first consumer was revoked",
         Duration::from_secs(30),
-        || a_stats.snapshot().revocations >= 1,
+        || a_stats.snapshot().kafka.revocations >= 1,
     )
     .await;
     assert!(
@@ -811,7 +814,7 @@ async fn backpressure_pause_then_revocation_then_reassignment_many_times() {
     let started = std::time::Instant::now();
     let mut cycles = 0;
     while cycles < 12 && started.elapsed() < Duration::from_secs(40) {
-        let pauses = a.stats.snapshot().pauses;
+        let pauses = a.stats.snapshot().kafka.pauses;
         wait_for(
             &format!("cycle {cycles}: the first consumer holds both partitions"),
             Duration::from_secs(30),
@@ -821,15 +824,18 @@ async fn backpressure_pause_then_revocation_then_reassignment_many_times() {
         wait_for(
             &format!("cycle {cycles}: a backpressure pause"),
             Duration::from_secs(20),
-            || a.stats.snapshot().pauses > pauses,
+            || a.stats.snapshot().kafka.pauses > pauses,
         )
         .await;
-        let revocations = a.stats.snapshot().revocations;
+        let revocations = a.stats.snapshot().kafka.revocations;
         let b = Running::start(build());
         wait_for(
             &format!("cycle {cycles}: the second consumer got a partition"),
             Duration::from_secs(30),
-            || b.stats.assigned_partitions() > 0 && a.stats.snapshot().revocations > revocations,
+            || {
+                b.stats.assigned_partitions() > 0
+                    && a.stats.snapshot().kafka.revocations > revocations
+            },
         )
         .await;
         b.shutdown().await;
@@ -857,7 +863,7 @@ async fn backpressure_pause_then_revocation_then_reassignment_many_times() {
     println!("{cycles} cycles in {:?}: {s:?}", started.elapsed());
     assert!(cycles >= 5, "only {cycles} cycles ran: {s:?}");
     assert_eq!(runs.repeated(), vec![]);
-    assert!(s.pauses >= cycles, "{s:?}");
+    assert!(s.kafka.pauses >= cycles, "{s:?}");
 }
 
 /// A consumer that holds no partition says so: `partitions_assigned` is 0 and `unassigned_ms`
@@ -888,7 +894,7 @@ async fn a_consumer_without_partitions_reports_it_in_its_stats() {
     let b = Running::start(consumer(&broker, &group, &topic, store, &runs, 0, |b| b));
     wait_for("the group settled", Duration::from_secs(30), || {
         a.stats.assigned_partitions() + b.stats.assigned_partitions() == 1
-            && a.stats.snapshot().revocations + b.stats.snapshot().revocations >= 1
+            && a.stats.snapshot().kafka.revocations + b.stats.snapshot().kafka.revocations >= 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -898,11 +904,15 @@ async fn a_consumer_without_partitions_reports_it_in_its_stats() {
         (&b, &a)
     };
     let s = idle.stats.snapshot();
-    assert_eq!(s.partitions_assigned, 0, "{s:?}");
-    assert!(s.unassigned_ms >= 400, "{s:?}");
+    assert_eq!(s.kafka.partitions_assigned, 0, "{s:?}");
+    assert!(s.kafka.unassigned_ms >= 400, "{s:?}");
     assert!(idle.stats.unassigned_for().is_some());
     let s = busy.stats.snapshot();
-    assert_eq!((s.partitions_assigned, s.unassigned_ms), (1, 0), "{s:?}");
+    assert_eq!(
+        (s.kafka.partitions_assigned, s.kafka.unassigned_ms),
+        (1, 0),
+        "{s:?}"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -1221,7 +1231,7 @@ async fn a_dead_letter_copy_that_cannot_be_produced_keeps_the_record_and_is_coun
     wait_for(
         "repeated dead-letter failures",
         Duration::from_secs(90),
-        || stats.snapshot().dead_letter_failures >= 3,
+        || stats.snapshot().kafka.dead_letter_failures >= 3,
     )
     .await;
     assert_eq!(

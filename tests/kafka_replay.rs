@@ -103,7 +103,17 @@ async fn same_source_and_target_is_a_config_error() {
         .run(|_| {})
         .await
         .expect_err("rejected");
-    assert!(matches!(err, KafkaReplayError::Config(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            KafkaReplayError::Config(idemq::ConfigError::Conflict {
+                setting: "to_topic",
+                other: "from_topic",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

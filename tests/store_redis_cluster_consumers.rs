@@ -133,7 +133,10 @@ async fn amqp_competing_consumers_run_each_key_once() {
         .collect();
     let start = std::time::Instant::now();
     loop {
-        let settled: u64 = consumers.iter().map(|c| c.stats.snapshot().settled()).sum();
+        let settled: u64 = consumers
+            .iter()
+            .map(|c| c.stats.snapshot().finished())
+            .sum();
         if settled == 2 * KEYS as u64 {
             break;
         }
@@ -146,8 +149,8 @@ async fn amqp_competing_consumers_run_each_key_once() {
     let mut processed = 0;
     for c in consumers {
         let s = c.stop().await;
-        assert_eq!(s.dead_lettered + s.rejected, 0, "{s:?}");
-        processed += s.acked_processed;
+        assert_eq!(s.dead_lettered + s.amqp.rejected, 0, "{s:?}");
+        processed += s.processed;
     }
     assert_eq!(processed, KEYS as u64);
     let runs = rec.successes();

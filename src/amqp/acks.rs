@@ -20,7 +20,7 @@
 //! twice (which RabbitMQ answers by closing the channel). Nothing is acked before the delivery
 //! asked for it, i.e. before its outcome is durable.
 
-use super::stats::{Counters, StatsHandle};
+use super::stats::{Counters, Live};
 use lapin::options::BasicAckOptions;
 use lapin::Acker;
 use std::collections::BTreeMap;
@@ -120,13 +120,13 @@ pub(crate) struct Acks {
     sending: tokio::sync::Mutex<()>,
     /// Woken after every run sent, so lingering deliveries it covered stop waiting.
     sent: Notify,
-    stats: StatsHandle,
+    stats: Live,
     settle_timeout: Duration,
     linger: Duration,
 }
 
 impl Acks {
-    pub(crate) fn new(stats: StatsHandle, settle_timeout: Duration, linger: Duration) -> Arc<Self> {
+    pub(crate) fn new(stats: Live, settle_timeout: Duration, linger: Duration) -> Arc<Self> {
         Arc::new(Acks {
             ledger: Mutex::new(Ledger::default()),
             sending: tokio::sync::Mutex::new(()),

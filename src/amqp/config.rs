@@ -1,18 +1,23 @@
 //! Consumer settings and the builder that checks them.
 
+use super::connection::ConnectOptions;
 use super::consumer::AmqpConsumer;
 use super::error::AmqpError;
+use super::topology::Topology;
 use crate::engine::{Backoff, ConfigError, Engine, EngineConfig, Processor};
 use crate::fingerprint::FingerprintRule;
 use crate::handler::Handler;
 use crate::headers::IDEMPOTENCY_KEY;
 use crate::key::{KeySource, Scope};
 use crate::store::Store;
+use lapin::tcp::OwnedTLSConfig;
+use lapin::ConnectionProperties;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Where dead-lettered messages are published.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetterTarget {
     /// Exchange name (must exist; idemq does not declare it).
     pub exchange: String,
@@ -20,8 +25,37 @@ pub struct DeadLetterTarget {
     pub routing_key: Option<String>,
 }
 
+impl DeadLetterTarget {
+    /// Publish to `exchange`, keeping each message's original routing key.
+    pub fn new(exchange: impl Into<String>) -> Self {
+        Self {
+            exchange: exchange.into(),
+            routing_key: None,
+        }
+    }
+
+    /// Publish with this routing key instead of the original one.
+    pub fn routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+}
+
+impl From<&str> for DeadLetterTarget {
+    fn from(exchange: &str) -> Self {
+        Self::new(exchange)
+    }
+}
+
+impl From<String> for DeadLetterTarget {
+    fn from(exchange: String) -> Self {
+        Self::new(exchange)
+    }
+}
+
 /// Resolved consumer settings (see [`AmqpConsumerBuilder`] for what each one means).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AmqpConfig {
     /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
@@ -55,6 +89,9 @@ pub struct AmqpConfig {
     /// How long a delivery ready to be acked waits for the deliveries below it, so that one
     /// `basic.ack(multiple)` settles them all, before it is acked on its own.
     pub ack_linger: Duration,
+    /// Queues and exchange declared at each connect when missing (default: none; the queue and
+    /// the dead-letter exchange must exist).
+    pub declare: Topology,
 }
 
 type MakeProcessor =
@@ -65,10 +102,48 @@ enum ProcessorSpec {
     Handler(MakeProcessor),
 }
 
-/// Builds an [`AmqpConsumer`].
+/// Builds an [`AmqpConsumer`]; start one with [`AmqpConsumer::builder`].
 ///
-/// Required: URL and queue (given to [`AmqpConsumer::builder`]), and either a store plus a
+/// Required: [`url`](Self::url), [`queue`](Self::queue), and either a store plus a
 /// [`handler`](Self::handler), or a ready [`processor`](Self::processor).
+///
+/// [`build`](Self::build) checks everything and reports the first problem as a typed
+/// [`AmqpError::Config`] naming the setting (missing, out of range, conflicting).
+///
+/// Escape hatches for what idemq does not wrap: lapin's
+/// [`ConnectionProperties`](Self::connection_properties) (client properties, a custom
+/// authentication provider, ...) and the [`tls`](Self::tls) client identity and CA chain for
+/// `amqps://` URLs, both passed to every connect.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use idemq::amqp::{AmqpConsumer, DeadLetterTarget};
+/// use idemq::store::MemoryStore;
+/// use idemq::{HandlerContext, HandlerError};
+/// use lapin::tcp::OwnedTLSConfig;
+/// use lapin::ConnectionProperties;
+/// use std::sync::Arc;
+///
+/// let tls = OwnedTLSConfig {
+///     identity: None,
+///     cert_chain: Some(std::fs::read_to_string("/etc/rabbitmq/ca.pem")?),
+/// };
+/// let consumer = AmqpConsumer::builder()
+///     .url("amqps://app:secret@rabbit:5671/%2f")
+///     .queue("orders")
+///     .prefetch(64)
+///     .concurrency(16)
+///     .dead_letter(DeadLetterTarget::new("orders.dlx").routing_key("billing"))
+///     .connection_name("billing-1")
+///     .connection_properties(ConnectionProperties::default().with_locale("en_US".into()))
+///     .tls(tls)
+///     .store(Arc::new(MemoryStore::new()))
+///     .handler(|ctx: HandlerContext| async move { Ok::<_, HandlerError>(ctx.message.payload.len()) })
+///     .build()?;
+/// let stats = consumer.run_until_signal().await?; // SIGINT or SIGTERM
+/// println!("processed {} replayed {}", stats.processed, stats.replayed);
+/// # Ok(()) }
+/// ```
 ///
 /// Keys, scopes and fingerprints follow the same rules as on the Kafka builder:
 ///
@@ -79,7 +154,9 @@ enum ProcessorSpec {
 /// use idemq::{HandlerContext, HandlerError, KeySource};
 /// use std::sync::Arc;
 ///
-/// let consumer = AmqpConsumer::builder("amqp://127.0.0.1:5672/%2f", "payments")
+/// let consumer = AmqpConsumer::builder()
+///     .url("amqp://127.0.0.1:5672/%2f")
+///     .queue("payments")
 ///     .key_source(KeySource::MessageId)
 ///     .key_source(KeySource::json_pointer("/payment/id")) // when message_id is not set
 ///     .fingerprint(FingerprintRule::json_pointers(["/payment/id", "/amount"]))
@@ -87,7 +164,7 @@ enum ProcessorSpec {
 ///     .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) })
 ///     .build()
 ///     .unwrap();
-/// assert_eq!(consumer.processor_scope(), "payments"); // the queue, by default
+/// assert_eq!(consumer.scope(), "payments"); // the queue, by default
 /// ```
 pub struct AmqpConsumerBuilder {
     config: AmqpConfig,
@@ -97,14 +174,23 @@ pub struct AmqpConsumerBuilder {
     key_sources: Option<Vec<KeySource>>,
     fingerprint: Option<FingerprintRule>,
     processor: Option<ProcessorSpec>,
+    connect: ConnectOptions,
+}
+
+impl Default for AmqpConsumerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl AmqpConsumerBuilder {
-    pub(crate) fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
+    /// A builder with the defaults (the same as [`AmqpConsumer::builder`]): prefetch 32,
+    /// 16 deliveries at a time, replies on, 15 s to drain on shutdown.
+    pub fn new() -> Self {
         Self {
             config: AmqpConfig {
-                url: url.into(),
-                queue: queue.into(),
+                url: String::new(),
+                queue: String::new(),
                 consumer_tag: String::new(),
                 prefetch: 32,
                 concurrency: 16,
@@ -121,6 +207,7 @@ impl AmqpConsumerBuilder {
                 shutdown_timeout: Duration::from_secs(15),
                 settle_timeout: Duration::from_secs(10),
                 ack_linger: Duration::from_millis(5),
+                declare: Topology::default(),
             },
             store: None,
             engine: None,
@@ -128,7 +215,21 @@ impl AmqpConsumerBuilder {
             key_sources: None,
             fingerprint: None,
             processor: None,
+            connect: ConnectOptions::default(),
         }
+    }
+
+    /// AMQP URL of the broker, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` (`amqps://` for TLS,
+    /// see [`tls`](Self::tls)). Required.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.config.url = url.into();
+        self
+    }
+
+    /// Queue to consume from (must exist; idemq does not declare it). Required.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.config.queue = queue.into();
+        self
     }
 
     /// Consumer tag (default: chosen by the broker).
@@ -230,18 +331,53 @@ impl AmqpConsumerBuilder {
             .unwrap_or_else(|| vec![KeySource::header(IDEMPOTENCY_KEY)])
     }
 
-    /// Dead-letter exchange and optional routing key (default: keep the original routing key).
-    /// Without one, dead-lettered deliveries are rejected without requeue.
+    /// Where dead-lettered deliveries are published: an exchange name (`"orders.dlx"`, keeping
+    /// the original routing key) or a [`DeadLetterTarget`] with its own routing key. The same
+    /// method as the Kafka builder's `KafkaConsumerBuilder::dead_letter`.
+    /// Without one, dead-lettered deliveries are rejected without requeue (the queue's own
+    /// dead-letter exchange, if any, applies).
+    pub fn dead_letter(mut self, target: impl Into<DeadLetterTarget>) -> Self {
+        self.config.dead_letter = Some(target.into());
+        self
+    }
+
+    /// Declares what is missing of `topology` at each connect, before consuming: the consumed
+    /// queue and/or the dead-letter exchange with a queue bound to it. Names that exist are used
+    /// as they are (checked with a passive declare), so an operator's queue arguments are never
+    /// contradicted. Without this call nothing is declared.
+    ///
+    /// ```no_run
+    /// # fn demo(store: std::sync::Arc<dyn idemq::Store>) -> Result<(), idemq::amqp::AmqpError> {
+    /// use idemq::amqp::{AmqpConsumer, Topology};
+    /// use idemq::{HandlerContext, HandlerError};
+    ///
+    /// let consumer = AmqpConsumer::builder()
+    ///     .url("amqp://guest:guest@127.0.0.1:5672/%2f")
+    ///     .queue("orders")
+    ///     .dead_letter("orders.dlx")
+    ///     .declare(Topology::queue().dead_letter_queue("orders.dlq"))
+    ///     .store(store)
+    ///     .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) })
+    ///     .build()?;
+    /// # let _ = consumer; Ok(()) }
+    /// ```
+    pub fn declare(mut self, topology: Topology) -> Self {
+        self.config.declare = topology;
+        self
+    }
+
+    /// Dead-letter exchange and optional routing key (default: keep the original routing key);
+    /// the same as [`dead_letter`](Self::dead_letter).
     pub fn dead_letter_exchange(
-        mut self,
+        self,
         exchange: impl Into<String>,
         routing_key: Option<String>,
     ) -> Self {
-        self.config.dead_letter = Some(DeadLetterTarget {
+        let target = DeadLetterTarget {
             exchange: exchange.into(),
             routing_key,
-        });
-        self
+        };
+        self.dead_letter(target)
     }
 
     /// Publish outcomes to `reply_to` for request/reply deliveries (default `true`).
@@ -253,6 +389,23 @@ impl AmqpConsumerBuilder {
     /// `connection_name` client property, shown by the broker.
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.config.connection_name = Some(name.into());
+        self
+    }
+
+    /// lapin's connection properties for every connect (default: lapin's defaults): client
+    /// properties, a custom [`AuthProvider`](lapin::auth::AuthProvider) (e.g. OAuth 2 tokens or
+    /// `EXTERNAL` with a client certificate), the locale. A
+    /// [`connection_name`](Self::connection_name) is added on top. idemq does its own reconnects,
+    /// so leave lapin's automatic recovery off.
+    pub fn connection_properties(mut self, properties: ConnectionProperties) -> Self {
+        self.connect.properties = properties;
+        self
+    }
+
+    /// TLS settings for `amqps://` URLs: a client identity (certificate authentication) and
+    /// extra trusted certificates in PEM, passed to every connect.
+    pub fn tls(mut self, tls: OwnedTLSConfig) -> Self {
+        self.connect.tls = tls;
         self
     }
 
@@ -323,39 +476,104 @@ impl AmqpConsumerBuilder {
     /// [`run`](AmqpConsumer::run)).
     pub fn build(self) -> Result<AmqpConsumer, AmqpError> {
         let config = self.config;
-        let bad = |m: &str| Err(AmqpError::Config(m.to_string()));
-        if let Err(e) = config.url.parse::<lapin::uri::AMQPUri>() {
-            return Err(AmqpError::Config(format!("invalid AMQP URL: {e}")));
+        let range = |setting, value: u32, expected| {
+            Err(AmqpError::Config(ConfigError::out_of_range(
+                setting, value, expected,
+            )))
+        };
+        // Names are checked by length; the error shows the length, not the (long) name.
+        let too_long = |setting, len: usize| {
+            Err(AmqpError::Config(ConfigError::out_of_range(
+                setting,
+                format!("{len} bytes"),
+                "at most 255 bytes",
+            )))
+        };
+        if config.url.is_empty() {
+            return Err(ConfigError::missing(
+                "url",
+                "the broker, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
+            )
+            .into());
         }
-        if config.queue.is_empty() || config.queue.len() > 255 {
-            return bad("queue name must be 1..=255 bytes");
+        if config.queue.is_empty() {
+            return Err(ConfigError::missing("queue", "the queue to consume from").into());
+        }
+        // The URL may hold a password: the error repeats lapin's reason only.
+        if let Err(e) = config.url.parse::<lapin::uri::AMQPUri>() {
+            return Err(ConfigError::invalid("url", format!("not an AMQP URL: {e}")).into());
+        }
+        if config.queue.len() > 255 {
+            return too_long("queue", config.queue.len());
         }
         if config.consumer_tag.len() > 255 {
-            return bad("consumer tag must be at most 255 bytes");
+            return too_long("consumer_tag", config.consumer_tag.len());
         }
         if config.prefetch == 0 {
-            return bad("prefetch must be at least 1 (0 would mean unbounded)");
+            return range("prefetch", 0, "at least 1 (0 would mean unbounded)");
         }
-        if config.concurrency == 0 || config.concurrency > usize::from(config.prefetch) {
-            return bad("concurrency must be between 1 and the prefetch count");
+        if config.concurrency == 0 {
+            return range("concurrency", 0, "at least 1");
+        }
+        if config.concurrency > usize::from(config.prefetch) {
+            return Err(ConfigError::conflict(
+                "concurrency",
+                "prefetch",
+                format!(
+                    "{} deliveries at a time need a prefetch of at least {}, not {}",
+                    config.concurrency, config.concurrency, config.prefetch
+                ),
+            )
+            .into());
         }
         if config.publish_tries == 0 {
-            return bad("publish_tries must be at least 1");
+            return range("publish_tries", 0, "at least 1");
         }
-        if config.settle_timeout.is_zero() || config.publish_timeout.is_zero() {
-            return bad("settle and publish timeouts must be above zero");
+        for (setting, d) in [
+            ("settle_timeout", config.settle_timeout),
+            ("publish_timeout", config.publish_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::out_of_range(setting, "0s", "above zero").into());
+            }
+        }
+        if let Some(dlq) = &config.declare.dead_letter_queue {
+            if config.dead_letter.is_none() {
+                return Err(ConfigError::conflict(
+                    "declare",
+                    "dead_letter",
+                    "a dead-letter queue to declare needs a dead-letter exchange to bind it to",
+                )
+                .into());
+            }
+            if dlq.len() > 255 {
+                return too_long("dead_letter_queue", dlq.len());
+            }
         }
         if let Some(dl) = &config.dead_letter {
-            if dl.exchange.len() > 255 || dl.routing_key.as_ref().is_some_and(|r| r.len() > 255) {
-                return bad("dead-letter exchange and routing key must be at most 255 bytes");
+            if dl.exchange.len() > 255 {
+                return too_long("dead_letter_exchange", dl.exchange.len());
+            }
+            if let Some(key) = dl.routing_key.as_ref().filter(|r| r.len() > 255) {
+                return too_long("dead_letter_routing_key", key.len());
             }
         }
         let processor = match self.processor {
-            None => return bad("no handler or processor given"),
+            None => {
+                return Err(ConfigError::missing(
+                    "handler",
+                    "a handler (with a store) or a ready processor",
+                )
+                .into())
+            }
             Some(ProcessorSpec::Ready(p)) => p,
             Some(ProcessorSpec::Handler(make)) => {
                 let Some(store) = self.store else {
-                    return bad("a handler needs a store");
+                    return Err(ConfigError::missing(
+                        "store",
+                        "a handler needs a store for claims and outcomes",
+                    )
+                    .into());
                 };
                 let mut engine = self
                     .engine
@@ -373,7 +591,7 @@ impl AmqpConsumerBuilder {
                 make(store, engine)?
             }
         };
-        Ok(AmqpConsumer::new(config, processor))
+        Ok(AmqpConsumer::new(config, self.connect, processor))
     }
 }
 
@@ -384,50 +602,124 @@ mod tests {
     use crate::{HandlerContext, HandlerError};
 
     fn builder() -> AmqpConsumerBuilder {
-        AmqpConsumer::builder("amqp://127.0.0.1:5672/%2f", "orders")
+        AmqpConsumer::builder()
+            .url("amqp://127.0.0.1:5672/%2f")
+            .queue("orders")
             .store(Arc::new(MemoryStore::new()))
             .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) })
     }
 
-    fn err(b: AmqpConsumerBuilder) -> String {
+    fn err(b: AmqpConsumerBuilder) -> ConfigError {
         match b.build() {
+            Err(AmqpError::Config(e)) => e,
+            Err(other) => panic!("expected a configuration error, got {other:?}"),
             Ok(_) => panic!("expected a configuration error"),
-            Err(e) => e.to_string(),
+        }
+    }
+
+    fn out_of_range(b: AmqpConsumerBuilder) -> &'static str {
+        match err(b) {
+            ConfigError::OutOfRange { setting, .. } => setting,
+            other => panic!("expected OutOfRange, got {other:?}"),
+        }
+    }
+
+    fn missing(b: AmqpConsumerBuilder) -> &'static str {
+        match err(b) {
+            ConfigError::Missing { setting, .. } => setting,
+            other => panic!("expected Missing, got {other:?}"),
         }
     }
 
     #[test]
-    fn rejects_contradictions() {
+    fn build_reports_typed_errors_that_name_the_setting() {
         assert!(builder().build().is_ok());
-        assert!(err(builder().prefetch(0)).contains("prefetch"));
-        assert!(err(builder().prefetch(4).concurrency(5)).contains("concurrency"));
-        assert!(err(builder().concurrency(0)).contains("concurrency"));
-        assert!(err(AmqpConsumer::builder("amqp://h/%2f", "")).contains("queue"));
-        assert!(err(AmqpConsumer::builder("not a url", "q")).contains("URL"));
-        let no_store = AmqpConsumer::builder("amqp://h/%2f", "q")
+        assert_eq!(out_of_range(builder().prefetch(0)), "prefetch");
+        assert_eq!(out_of_range(builder().concurrency(0)), "concurrency");
+        let conflict = err(builder().prefetch(4).concurrency(5));
+        assert!(
+            matches!(
+                conflict,
+                ConfigError::Conflict {
+                    setting: "concurrency",
+                    other: "prefetch",
+                    ..
+                }
+            ),
+            "{conflict:?}"
+        );
+        assert_eq!(
+            out_of_range(
+                AmqpConsumer::builder()
+                    .url("amqp://h/%2f")
+                    .queue("x".repeat(256))
+            ),
+            "queue"
+        );
+        assert_eq!(
+            out_of_range(builder().consumer_tag("t".repeat(256))),
+            "consumer_tag"
+        );
+        assert_eq!(
+            out_of_range(builder().publish_retries(
+                0,
+                Backoff::new(Duration::ZERO, Duration::ZERO),
+                Duration::from_secs(1)
+            )),
+            "publish_tries"
+        );
+        assert_eq!(
+            out_of_range(builder().settle_timeout(Duration::ZERO)),
+            "settle_timeout"
+        );
+        assert_eq!(
+            out_of_range(builder().dead_letter_exchange("x".repeat(256), None)),
+            "dead_letter_exchange"
+        );
+        let long = err(builder().consumer_tag("t".repeat(300)));
+        assert_eq!(
+            long.to_string(),
+            "`consumer_tag` = 300 bytes is out of range: expected at most 255 bytes"
+        );
+        // A bad URL is named without repeating it (it may hold a password).
+        let bad_url = err(AmqpConsumer::builder().url("not a url :secret@").queue("q"));
+        assert_eq!(bad_url.setting(), "url");
+        assert!(!bad_url.to_string().contains("secret"), "{bad_url}");
+        let no_store = AmqpConsumer::builder()
+            .url("amqp://h/%2f")
+            .queue("q")
             .handler(|_ctx: HandlerContext| async { Ok::<_, HandlerError>(()) });
-        assert!(err(no_store).contains("store"));
-        assert!(err(AmqpConsumer::builder("amqp://h/%2f", "q")).contains("handler"));
-        assert!(err(builder().key_sources([])).contains("key source"));
-        assert!(err(builder().settle_timeout(Duration::ZERO)).contains("timeouts"));
+        assert_eq!(missing(no_store), "store");
+        assert_eq!(
+            missing(AmqpConsumer::builder().url("amqp://h/%2f").queue("q")),
+            "handler"
+        );
+        // The engine's own checks come back through the same variant.
+        assert_eq!(missing(builder().key_sources([])), "key source");
+        let text = builder().prefetch(0).build().err().unwrap().to_string();
+        assert_eq!(
+            text,
+            "invalid AMQP consumer configuration: `prefetch` = 0 is out of range: expected at least 1 (0 would mean unbounded)"
+        );
     }
 
     #[test]
     fn scope_defaults_to_the_queue() {
         let c = builder().build().unwrap();
-        assert_eq!(c.processor_scope(), "orders");
+        assert_eq!(c.scope(), "orders");
         let c = builder().scope("billing").build().unwrap();
-        assert_eq!(c.processor_scope(), "billing");
+        assert_eq!(c.scope(), "billing");
         let c = builder().scope(Scope::PerTopic).build().unwrap();
-        assert_eq!(c.processor_scope(), "orders");
+        assert_eq!(c.scope(), "orders");
         let c = builder()
             .scope(Scope::custom("tenant", |_| "t".into()))
             .build()
             .unwrap();
-        assert_eq!(c.processor_scope(), "tenant");
+        assert_eq!(c.scope(), "tenant");
         // With only the message_id as key source the engine accepts the configuration.
         assert!(builder().key_source(KeySource::MessageId).build().is_ok());
-        assert!(err(builder().fingerprint(FingerprintRule::json_pointers(["x"]))).contains("'/'"));
+        let bad = err(builder().fingerprint(FingerprintRule::json_pointers(["x"])));
+        assert!(bad.to_string().contains("'/'"), "{bad}");
     }
 
     #[test]

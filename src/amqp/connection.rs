@@ -8,11 +8,34 @@
 use super::config::AmqpConfig;
 use super::error::AmqpError;
 use super::publish::Publisher;
+use super::topology::Topology;
+use crate::engine::ConfigError;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use std::sync::Arc;
 use tracing::debug;
+
+/// What the connect call gets besides the URL: the user's lapin escape hatches.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectOptions {
+    /// lapin's connection properties (client properties, auth provider, locale, ...).
+    pub(crate) properties: ConnectionProperties,
+    /// TLS client identity and extra CA chain for `amqps://` URLs.
+    pub(crate) tls: OwnedTLSConfig,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The TLS identity holds a private key and its password: never print it.
+        f.debug_struct("ConnectOptions")
+            .field("properties", &self.properties)
+            .field("tls_identity", &self.tls.identity.is_some())
+            .field("tls_cert_chain", &self.tls.cert_chain.is_some())
+            .finish()
+    }
+}
 
 /// An open session.
 pub(crate) struct Session {
@@ -24,16 +47,23 @@ pub(crate) struct Session {
 
 impl Session {
     /// Connects, sets the prefetch and starts consuming.
-    pub(crate) async fn open(config: &AmqpConfig) -> Result<Session, AmqpError> {
-        let mut props = ConnectionProperties::default();
+    pub(crate) async fn open(
+        config: &AmqpConfig,
+        options: &ConnectOptions,
+    ) -> Result<Session, AmqpError> {
+        let mut props = options.properties.clone();
         if let Some(name) = &config.connection_name {
             props = props.with_connection_name(name.clone().into());
         }
+        let runtime = lapin::runtime::default_runtime().map_err(AmqpError::broker("connect"))?;
         let connection = Arc::new(
-            Connection::connect(&config.url, props)
+            Connection::connect_with_config(&config.url, props, options.tls.clone(), runtime)
                 .await
                 .map_err(AmqpError::broker("connect"))?,
         );
+        if config.declare != Topology::default() {
+            super::topology::declare(&connection, config, &config.declare).await?;
+        }
         let channel = connection
             .create_channel()
             .await
@@ -45,7 +75,7 @@ impl Session {
             .map_err(AmqpError::broker("basic.qos"))?;
         let publisher = Arc::new(Publisher::open(connection.clone()).await?);
         let queue = short("queue", &config.queue)?;
-        let tag = short("consumer tag", &config.consumer_tag)?;
+        let tag = short("consumer_tag", &config.consumer_tag)?;
         let consumer = channel
             .basic_consume(
                 queue,
@@ -84,7 +114,12 @@ impl Session {
 }
 
 /// A validated short string (AMQP names are at most 255 bytes).
-pub(crate) fn short(what: &str, s: &str) -> Result<ShortString, AmqpError> {
-    ShortString::try_new(s)
-        .map_err(|_| AmqpError::Config(format!("{what} {s:?} is longer than 255 bytes")))
+pub(crate) fn short(what: &'static str, s: &str) -> Result<ShortString, AmqpError> {
+    ShortString::try_new(s).map_err(|_| {
+        AmqpError::Config(ConfigError::out_of_range(
+            what,
+            format!("{} bytes", s.len()),
+            "at most 255 bytes",
+        ))
+    })
 }

@@ -2,12 +2,13 @@
 
 use super::acks::Acks;
 use super::config::{AmqpConfig, AmqpConsumerBuilder};
-use super::connection::Session;
+use super::connection::{ConnectOptions, Session};
 use super::delivery::{handle, sleep_or_cancel, Shared};
 use super::error::AmqpError;
 use super::gate::Gate;
-use super::stats::{ConsumerStats, StatsHandle};
+use super::stats::Live;
 use crate::engine::Processor;
+use crate::stats::{ConsumerStats, StatsHandle};
 use futures::StreamExt;
 use lapin::options::BasicCancelOptions;
 use std::sync::Arc;
@@ -17,11 +18,22 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 /// An idempotent RabbitMQ queue consumer. Build one with [`AmqpConsumer::builder`], then
-/// [`run`](Self::run) it until the cancellation token fires.
+/// [`run`](Self::run) it until a cancellation token fires, or
+/// [`run_until_signal`](Self::run_until_signal).
 pub struct AmqpConsumer {
     config: AmqpConfig,
+    connect: ConnectOptions,
     processor: Arc<dyn Processor>,
-    stats: StatsHandle,
+    stats: Live,
+}
+
+impl std::fmt::Debug for AmqpConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConsumer")
+            .field("queue", &self.config.queue)
+            .field("scope", &self.processor.scope())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a session ended.
@@ -31,16 +43,23 @@ enum End {
 }
 
 impl AmqpConsumer {
-    /// Starts a builder for the given AMQP URL and queue.
-    pub fn builder(url: impl Into<String>, queue: impl Into<String>) -> AmqpConsumerBuilder {
-        AmqpConsumerBuilder::new(url, queue)
+    /// Starts a builder; give it at least a [`url`](AmqpConsumerBuilder::url) and a
+    /// [`queue`](AmqpConsumerBuilder::queue). See [`AmqpConsumerBuilder`] for the settings and an
+    /// example.
+    pub fn builder() -> AmqpConsumerBuilder {
+        AmqpConsumerBuilder::new()
     }
 
-    pub(crate) fn new(config: AmqpConfig, processor: Arc<dyn Processor>) -> Self {
+    pub(crate) fn new(
+        config: AmqpConfig,
+        connect: ConnectOptions,
+        processor: Arc<dyn Processor>,
+    ) -> Self {
         Self {
             config,
+            connect,
             processor,
-            stats: StatsHandle::default(),
+            stats: Live::default(),
         }
     }
 
@@ -50,13 +69,31 @@ impl AmqpConsumer {
     }
 
     /// The scope keys are claimed in.
-    pub fn processor_scope(&self) -> &str {
+    pub fn scope(&self) -> &str {
         self.processor.scope()
     }
 
-    /// Live counters (clone it before calling [`run`](Self::run)).
+    /// The scope keys are claimed in.
+    #[deprecated(note = "renamed to scope(), like the Kafka consumer's")]
+    pub fn processor_scope(&self) -> &str {
+        self.scope()
+    }
+
+    /// Live counters, readable while [`run`](Self::run) is going (take the handle before).
     pub fn stats(&self) -> StatsHandle {
-        self.stats.clone()
+        self.stats.handle()
+    }
+
+    /// [`run`](Self::run) until the process receives SIGINT (Ctrl-C) or SIGTERM (Kubernetes,
+    /// systemd, `docker stop`); see [`crate::signal::shutdown_signal`]. The shutdown is the same
+    /// graceful one as after a cancelled token. To stop on a token as well, call
+    /// [`crate::signal::cancel_on_signal`] with it and [`run`](Self::run).
+    pub async fn run_until_signal(self) -> Result<ConsumerStats, AmqpError> {
+        let stop = CancellationToken::new();
+        let watcher = crate::signal::cancel_on_signal(stop.clone());
+        let stats = self.run(stop).await;
+        watcher.abort();
+        stats
     }
 
     /// Consumes until `shutdown` is cancelled, reconnecting with backoff after connection losses;
@@ -71,6 +108,7 @@ impl AmqpConsumer {
     /// Fails only if the very first session cannot be set up for a reason that retrying cannot fix
     /// (access refused, queue missing); later losses are retried forever.
     pub async fn run(self, shutdown: CancellationToken) -> Result<ConsumerStats, AmqpError> {
+        let connect = self.connect;
         let shared = Arc::new(Shared {
             config: self.config,
             processor: self.processor,
@@ -86,7 +124,7 @@ impl AmqpConsumer {
                 break Ok(());
             }
             let opened = tokio::select! {
-                s = Session::open(&shared.config) => s,
+                s = Session::open(&shared.config, &connect) => s,
                 _ = shared.shutdown.cancelled() => break Ok(()),
             };
             let mut session = match opened {

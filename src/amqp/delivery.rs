@@ -10,7 +10,7 @@ use super::error::AmqpError;
 use super::gate::Gate;
 use super::publish::Publisher;
 use super::reply::reply_properties;
-use super::stats::{Counters, StatsHandle};
+use super::stats::{Counters, Live};
 use crate::engine::{panic_text, Disposition, Processor, RetryCause};
 use crate::message::Message;
 use crate::outcome::Outcome;
@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 pub(crate) struct Shared {
     pub(crate) config: AmqpConfig,
     pub(crate) processor: Arc<dyn Processor>,
-    pub(crate) stats: StatsHandle,
+    pub(crate) stats: Live,
     pub(crate) gate: Gate,
     pub(crate) shutdown: CancellationToken,
 }
@@ -298,8 +298,14 @@ impl Settle<'_> {
             // The rarer paths return boxed futures: theirs (publishing, confirms, delays) would
             // otherwise make every delivery task as large as the largest of them.
             Disposition::DeadLetter(dl) => self.dead_letter(&dl).await,
-            Disposition::Retry { after, .. } => self.requeue_after(after).await,
-            Disposition::Abandoned => self.requeue().await,
+            Disposition::Retry { after, .. } => {
+                self.shared.stats.bump(|c| &c.retries);
+                self.requeue_after(after).await
+            }
+            Disposition::Abandoned => {
+                self.shared.stats.bump(|c| &c.abandoned);
+                self.requeue().await
+            }
         }
     }
 

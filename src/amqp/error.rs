@@ -9,13 +9,12 @@ use crate::store::StoreError;
 /// with backoff. Only configuration problems and failures that retrying cannot fix end
 /// [`AmqpConsumer::run`](super::AmqpConsumer::run).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AmqpError {
-    /// The builder was given contradictory or incomplete settings.
+    /// A builder or engine setting is missing, out of range or contradicts another; the
+    /// [`ConfigError`] names the setting.
     #[error("invalid AMQP consumer configuration: {0}")]
-    Config(String),
-    /// The engine configuration was rejected.
-    #[error(transparent)]
-    Engine(#[from] ConfigError),
+    Config(#[from] ConfigError),
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -22,16 +22,23 @@
 //! store. A request with `reply_to` gets the outcome as its reply; a replayed request gets the
 //! **stored** reply again with header `Idempotent-Replay: true` and the same correlation id.
 //!
+//! The consumer has the same shape as the Kafka one: `builder()`, `build() -> Result`,
+//! [`stats`](AmqpConsumer::stats) returning the shared [`StatsHandle`],
+//! [`run`](AmqpConsumer::run) returning [`ConsumerStats`], and
+//! [`run_until_signal`](AmqpConsumer::run_until_signal).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use idemq::amqp::AmqpConsumer;
 //! use idemq::{store, CancellationToken, HandlerContext, HandlerError};
 //!
-//! let consumer = AmqpConsumer::builder("amqp://guest:guest@127.0.0.1:5672/%2f", "orders")
+//! let consumer = AmqpConsumer::builder()
+//!     .url("amqp://guest:guest@127.0.0.1:5672/%2f")
+//!     .queue("orders")
 //!     .store(store::connect("memory").await?)
 //!     .prefetch(64)
 //!     .concurrency(16)
-//!     .dead_letter_exchange("orders.dlx", None)
+//!     .dead_letter("orders.dlx")
 //!     .handler(|ctx: HandlerContext| async move {
 //!         // charge the order exactly once per Idempotency-Key
 //!         Ok::<_, HandlerError>(serde_json::json!({ "bytes": ctx.message.payload.len() }))
@@ -40,10 +47,10 @@
 //! let stats = consumer.stats();
 //! let shutdown = CancellationToken::new();
 //! let run = tokio::spawn(consumer.run(shutdown.clone()));
-//! // ... later:
+//! // ... later (or `consumer.run_until_signal()` to stop on SIGINT/SIGTERM):
 //! shutdown.cancel();
 //! let totals = run.await??;
-//! println!("processed {} replayed {}", totals.acked_processed, stats.snapshot().acked_replayed);
+//! println!("processed {} replayed {}", totals.processed, stats.snapshot().replayed);
 //! # Ok(()) }
 //! ```
 
@@ -60,11 +67,13 @@ mod publish;
 mod replay;
 mod reply;
 mod stats;
+mod topology;
 
+pub use crate::stats::{ConsumerStats, StatsHandle};
 pub use config::{AmqpConfig, AmqpConsumerBuilder, DeadLetterTarget};
 pub use consumer::AmqpConsumer;
 pub use dead_letter::header_text;
 pub use error::AmqpError;
 pub use replay::AmqpReplay;
 pub use reply::OUTCOME_STATUS;
-pub use stats::{ConsumerStats, StatsHandle};
+pub use topology::Topology;

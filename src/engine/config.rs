@@ -48,13 +48,35 @@ pub const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
 /// timeout, first in-flight poll): 1 ms, the resolution of the Redis store.
 pub const MIN_POSITIVE: Duration = Duration::from_millis(1);
 
-/// Why an [`EngineConfig`] was refused.
+/// Why a configuration was refused: an [`EngineConfig`], or the settings of a consumer builder
+/// (the Kafka and AMQP consumer errors wrap it in their `Config` variant).
+///
+/// Each variant names the setting (as the builder method or field is called) so the message
+/// points at what to change.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A required setting was not given.
+    #[error("missing required setting `{setting}`: {hint}")]
+    Missing {
+        /// The setting, e.g. `bootstrap_servers` or `store`.
+        setting: &'static str,
+        /// What to give.
+        hint: &'static str,
+    },
+    /// A value outside the accepted range (zero where at least one is needed, a name too long).
+    #[error("`{setting}` = {value} is out of range: expected {expected}")]
+    OutOfRange {
+        /// The setting, e.g. `prefetch`.
+        setting: &'static str,
+        /// The value given (a length for names).
+        value: String,
+        /// The accepted range, in words.
+        expected: String,
+    },
     /// A duration setting is outside its documented range (see [`MAX_LEASE`], [`MAX_RETENTION`],
     /// [`MAX_DELAY`], [`MIN_POSITIVE`]).
-    #[error("invalid engine configuration: {field} = {value:?} is outside {min:?}..={max:?}")]
+    #[error("`{field}` = {value:?} is outside {min:?}..={max:?}")]
     DurationOutOfRange {
         /// The setting, e.g. `lease` or `retry_backoff.max`.
         field: &'static str,
@@ -65,9 +87,72 @@ pub enum ConfigError {
         /// Largest accepted value.
         max: Duration,
     },
-    /// Settings that contradict each other, or another invalid value.
-    #[error("invalid engine configuration: {0}")]
-    Invalid(String),
+    /// Two settings contradict each other.
+    #[error("conflicting settings `{setting}` and `{other}`: {reason}")]
+    Conflict {
+        /// The setting to change, usually.
+        setting: &'static str,
+        /// The setting it contradicts.
+        other: &'static str,
+        /// Why they cannot go together.
+        reason: String,
+    },
+    /// A value that cannot be used as given (malformed URL, empty name).
+    #[error("invalid `{setting}`: {reason}")]
+    Invalid {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong with it (secrets such as URL passwords are not repeated).
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// A required setting was not given.
+    pub fn missing(setting: &'static str, hint: &'static str) -> Self {
+        ConfigError::Missing { setting, hint }
+    }
+
+    /// `value` of `setting` is outside `expected`.
+    pub fn out_of_range(
+        setting: &'static str,
+        value: impl ToString,
+        expected: impl Into<String>,
+    ) -> Self {
+        ConfigError::OutOfRange {
+            setting,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    /// `setting` contradicts `other`.
+    pub fn conflict(setting: &'static str, other: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Conflict {
+            setting,
+            other,
+            reason: reason.into(),
+        }
+    }
+
+    /// `setting` cannot be used as given.
+    pub fn invalid(setting: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            setting,
+            reason: reason.into(),
+        }
+    }
+
+    /// The setting the error is about.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            ConfigError::Missing { setting, .. }
+            | ConfigError::OutOfRange { setting, .. }
+            | ConfigError::Conflict { setting, .. }
+            | ConfigError::Invalid { setting, .. } => setting,
+            ConfigError::DurationOutOfRange { field, .. } => field,
+        }
+    }
 }
 
 /// Checks that `value` lies in `min..=max`.
@@ -193,35 +278,56 @@ impl EngineConfig {
 
     /// Checks the settings for contradictions and out-of-range durations.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |why: String| Err(ConfigError::Invalid(why));
         if self.scope.label().is_empty() {
-            return invalid("scope must not be empty".into());
+            return Err(ConfigError::invalid(
+                "scope",
+                "the key namespace must not be empty",
+            ));
         }
         self.validate_durations()?;
         if self.renew_interval() >= self.lease {
-            return invalid(format!(
-                "renew interval {:?} must be shorter than the lease {:?}",
-                self.renew_interval(),
-                self.lease
+            return Err(ConfigError::conflict(
+                "renew_every",
+                "lease",
+                format!(
+                    "the renew interval {:?} must be shorter than the lease {:?}",
+                    self.renew_interval(),
+                    self.lease
+                ),
             ));
         }
         if self.retention < self.lease {
-            return invalid("retention must be at least the lease".into());
+            return Err(ConfigError::conflict(
+                "retention",
+                "lease",
+                format!(
+                    "the retention {:?} must be at least the lease {:?}",
+                    self.retention, self.lease
+                ),
+            ));
         }
         if self.max_attempts == 0 {
-            return invalid("max_attempts must be at least 1".into());
+            return Err(ConfigError::out_of_range("max_attempts", 0, "at least 1"));
         }
         if self.key.sources.is_empty() {
-            return invalid("no key source: configure at least one key source".into());
+            return Err(ConfigError::missing(
+                "key source",
+                "configure at least one key source (a header, the record key, a property, ...)",
+            ));
         }
         for source in &self.key.sources {
             if let KeySource::JsonPointer(p) = source {
                 if !p.starts_with('/') {
-                    return invalid(format!("key JSON pointer {p:?} must start with '/'"));
+                    return Err(ConfigError::invalid(
+                        "key source",
+                        format!("key JSON pointer {p:?} must start with '/'"),
+                    ));
                 }
             }
         }
-        self.fingerprint.validate().map_err(ConfigError::Invalid)?;
+        self.fingerprint
+            .validate()
+            .map_err(|why| ConfigError::invalid("fingerprint", why))?;
         Ok(())
     }
 
@@ -289,17 +395,41 @@ mod tests {
         assert!(EngineConfig::new("s").validate().is_ok());
         let mut c = EngineConfig::new("s");
         c.renew_every = Some(c.lease);
-        assert!(c.validate().is_err());
-        assert!(EngineConfig::new("").validate().is_err());
+        let err = c.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Conflict {
+                setting: "renew_every",
+                other: "lease",
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("renew_every"), "{err}");
+        let err = EngineConfig::new("").validate().unwrap_err();
+        assert_eq!(err.setting(), "scope");
+        let mut c = EngineConfig::new("s");
+        c.max_attempts = 0;
+        let err = c.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::OutOfRange {
+                setting: "max_attempts",
+                ..
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "`max_attempts` = 0 is out of range: expected at least 1"
+        );
         let mut c = EngineConfig::new("s");
         c.key.sources.clear();
-        assert!(c.validate().is_err());
+        assert_eq!(c.validate().unwrap_err().setting(), "key source");
         c.key.sources.push(KeySource::json_pointer("id"));
         assert!(c.validate().is_err());
         c.key.sources = vec![KeySource::json_pointer("/id")];
         assert_eq!(c.validate(), Ok(()));
         c.fingerprint = FingerprintRule::exclude_fields(["sent_at"]);
-        assert!(c.validate().is_err());
+        assert_eq!(c.validate().unwrap_err().setting(), "fingerprint");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 /// Why a message goes to the dead-letter destination; the string form is the `x-idemq-reason`
 /// header value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DeadLetterReason {
     /// The key is recorded with a different payload fingerprint.
     Conflict,
@@ -86,6 +87,7 @@ impl fmt::Display for DeadLetterReason {
 
 /// Why the adapter should try the same message again later.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RetryCause {
     /// The handler failed retriably; the claim was released.
     HandlerFailed {
@@ -108,6 +110,9 @@ pub enum RetryCause {
 /// `Processed`, `Replayed`, `Superseded` and `Unkeyed` mean acknowledge (commit); `DeadLetter` means
 /// publish to the dead-letter destination, wait for the broker's confirmation, then acknowledge;
 /// `Retry` and `Abandoned` mean do **not** acknowledge.
+///
+/// Deliberately exhaustive (unlike [`DeadLetterReason`] and [`RetryCause`]): every broker adapter
+/// must handle every decision, so a new one is a breaking change, never a silent fall-through.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Disposition {
     /// The handler ran and its outcome is durable.
@@ -141,8 +146,9 @@ pub enum Disposition {
     Abandoned,
 }
 
-/// Dead-letter details.
+/// Dead-letter details; build one with [`Disposition::dead_letter`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// `x-idemq-reason`.
     pub reason: DeadLetterReason,

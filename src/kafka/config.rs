@@ -1,9 +1,10 @@
-//! [`KafkaConsumerBuilder`]: everything an [`IdempotentConsumer`] needs, with sane defaults.
+//! [`KafkaConsumerBuilder`]: everything a [`KafkaConsumer`] needs, with sane defaults.
 
-use super::consumer::IdempotentConsumer;
+use super::consumer::KafkaConsumer;
 use super::error::KafkaConsumerError;
+use super::hooks::KafkaHooks;
 use super::properties::{check_fixed, route, KafkaClient, Routed};
-use crate::engine::{Engine, EngineConfig, Processor};
+use crate::engine::{ConfigError, Engine, EngineConfig, Processor};
 use crate::fingerprint::FingerprintRule;
 use crate::handler::Handler;
 use crate::key::{KeySource, Scope};
@@ -38,7 +39,7 @@ pub(crate) struct LoopSettings {
     pub(crate) no_dead_letter_retry: Duration,
 }
 
-/// Builds an [`IdempotentConsumer`].
+/// Builds a [`KafkaConsumer`]; start one with [`KafkaConsumer::builder`].
 ///
 /// Required: [`bootstrap_servers`](Self::bootstrap_servers), [`group_id`](Self::group_id), at least
 /// one [`topic`](Self::topic), and either [`handler`](Self::handler) plus [`store`](Self::store), or
@@ -54,17 +55,54 @@ pub(crate) struct LoopSettings {
 /// [`dead_letter_timeout`](Self::dead_letter_timeout)). `auto.offset.reset` is `earliest` unless
 /// you set it.
 ///
+/// [`build`](Self::build) checks everything and reports the first problem as a typed
+/// [`KafkaConsumerError::Config`] naming the setting (missing, out of range, conflicting).
+///
+/// Escape hatches for what idemq does not wrap: any librdkafka property (above), a whole
+/// [`ClientConfig`], and [`hooks`](Self::hooks) for librdkafka's rebalance, statistics, error and
+/// commit events.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use idemq::kafka::KafkaConsumer;
+/// use idemq::store::MemoryStore;
+/// use idemq::{CancellationToken, HandlerContext, HandlerError};
+/// use rdkafka::ClientConfig;
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// let mut security = ClientConfig::new(); // e.g. loaded from the deployment's settings
+/// security.set("security.protocol", "SSL").set("ssl.ca.location", "/etc/kafka/ca.pem");
+/// let consumer = KafkaConsumer::builder()
+///     .bootstrap_servers("broker-1:9093")
+///     .group_id("billing")
+///     .topics(["orders", "refunds"])
+///     .client_config(&security)
+///     .set("session.timeout.ms", "15000")
+///     .partition_concurrency(4)
+///     .commit_interval(Duration::from_millis(500))
+///     .dead_letter_topic("billing.dlq")
+///     .store(Arc::new(MemoryStore::new()))
+///     .handler(|ctx: HandlerContext| async move { Ok::<_, HandlerError>(ctx.message.payload.len()) })
+///     .build()?;
+/// let stats = consumer.stats(); // live counters, e.g. for a metrics endpoint
+/// let stop = CancellationToken::new();
+/// let totals = consumer.run(stop).await?;
+/// assert_eq!(totals.received, stats.snapshot().received);
+/// # Ok(()) }
+/// ```
+///
 /// Keys, scopes and fingerprints ([`key_source`](Self::key_source), [`scope`](Self::scope),
 /// [`fingerprint`](Self::fingerprint)) follow the same rules as on the AMQP builder:
 ///
 /// ```no_run
 /// # fn demo(store: std::sync::Arc<dyn idemq::Store>) -> Result<(), idemq::kafka::KafkaConsumerError> {
 /// use idemq::fingerprint::FingerprintRule;
-/// use idemq::kafka::KafkaConsumerBuilder;
+/// use idemq::kafka::KafkaConsumer;
 /// use idemq::{HandlerContext, HandlerError, KeySource, Scope};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// let consumer = KafkaConsumerBuilder::new()
+/// let consumer = KafkaConsumer::builder()
 ///     .bootstrap_servers("localhost:9092")
 ///     .group_id("billing")
 ///     .topics(["orders", "refunds"])
@@ -90,6 +128,7 @@ pub struct KafkaConsumerBuilder {
     engine_config: Option<EngineConfig>,
     processor: Option<ProcessorSource>,
     settings: LoopSettings,
+    hooks: Option<Arc<dyn KafkaHooks>>,
 }
 
 impl Default for KafkaConsumerBuilder {
@@ -126,6 +165,7 @@ impl KafkaConsumerBuilder {
                 dead_letter_timeout: Duration::from_secs(30),
                 no_dead_letter_retry: Duration::from_secs(30),
             },
+            hooks: None,
         }
     }
 
@@ -247,6 +287,14 @@ impl KafkaConsumerBuilder {
         self
     }
 
+    /// Callbacks for librdkafka's rebalance, statistics, error and commit events, called by
+    /// idemq's own consumer context after its own handling (idemq needs that context, so it does
+    /// not take a custom one). See [`KafkaHooks`].
+    pub fn hooks(mut self, hooks: impl KafkaHooks) -> Self {
+        self.hooks = Some(Arc::new(hooks));
+        self
+    }
+
     /// Takes the properties the builder has its own setting for; `true` if `key` was one.
     fn route(&mut self, key: &str, value: &str) -> bool {
         match route(key) {
@@ -295,6 +343,12 @@ impl KafkaConsumerBuilder {
     pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
         self.settings.dead_letter_topic = Some(topic.into());
         self
+    }
+
+    /// The same as [`dead_letter_topic`](Self::dead_letter_topic), under the name the AMQP
+    /// builder uses too (`AmqpConsumerBuilder::dead_letter`).
+    pub fn dead_letter(self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic(topic)
     }
 
     /// Messages of one partition processed at the same time (default 1, which keeps the order of a
@@ -359,47 +413,58 @@ impl KafkaConsumerBuilder {
     ///
     /// Must be called inside a Tokio runtime. Use the multi-threaded runtime: revocation waits for
     /// in-flight handlers while librdkafka's rebalance callback blocks one worker thread.
-    pub fn build(self) -> Result<IdempotentConsumer, KafkaConsumerError> {
+    pub fn build(self) -> Result<KafkaConsumer, KafkaConsumerError> {
         let dlt = self.settings.dead_letter_timeout;
         let consumer_settings = check_fixed(KafkaClient::Consumer, self.consumer_settings, dlt)?;
         let producer_settings =
             check_fixed(KafkaClient::DeadLetterProducer, self.producer_settings, dlt)?;
-        let bootstrap = self
-            .bootstrap
-            .ok_or_else(|| KafkaConsumerError::Config("bootstrap servers are required".into()))?;
-        let group = self
-            .group_id
-            .ok_or_else(|| KafkaConsumerError::Config("group id is required".into()))?;
+        let bootstrap = self.bootstrap.ok_or(ConfigError::missing(
+            "bootstrap_servers",
+            "the brokers to connect to, e.g. localhost:9092",
+        ))?;
+        let group = self.group_id.ok_or(ConfigError::missing(
+            "group_id",
+            "the consumer group (also the default scope of the keys)",
+        ))?;
         let s = &self.settings;
         if s.topics.is_empty() {
-            return Err(KafkaConsumerError::Config(
-                "at least one topic is required".into(),
-            ));
+            return Err(ConfigError::missing("topic", "at least one topic to subscribe to").into());
         }
-        if s.partition_concurrency == 0 || s.max_in_flight == 0 {
-            return Err(KafkaConsumerError::Config(
-                "partition_concurrency and max_in_flight must be at least 1".into(),
-            ));
+        for (setting, value) in [
+            ("partition_concurrency", s.partition_concurrency),
+            ("max_in_flight", s.max_in_flight),
+            ("max_buffered_per_partition", s.max_buffered_per_partition),
+            ("commit_every", s.commit_every),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::out_of_range(setting, 0, "at least 1").into());
+            }
         }
-        if s.max_buffered_per_partition == 0 || s.commit_every == 0 || s.commit_interval.is_zero() {
-            return Err(KafkaConsumerError::Config(
-                "max_buffered_per_partition, commit_every and commit_interval must be positive"
-                    .into(),
-            ));
+        if s.commit_interval.is_zero() {
+            return Err(ConfigError::out_of_range(
+                "commit_interval",
+                format!("{:?}", s.commit_interval),
+                "above zero",
+            )
+            .into());
         }
         if let Some(dlq) = &s.dead_letter_topic {
             if s.topics.contains(dlq) {
-                return Err(KafkaConsumerError::Config(format!(
-                    "dead-letter topic {dlq:?} is also consumed: dead-lettered messages would loop"
-                )));
+                return Err(ConfigError::conflict(
+                    "dead_letter_topic",
+                    "topic",
+                    format!("{dlq:?} is also consumed: dead-lettered messages would loop"),
+                )
+                .into());
             }
         }
         let processor = match self.processor {
             Some(ProcessorSource::Ready(p)) => p,
             Some(ProcessorSource::Handler(factory)) => {
-                let store = self.store.ok_or_else(|| {
-                    KafkaConsumerError::Config("a store is required with a handler".into())
-                })?;
+                let store = self.store.ok_or(ConfigError::missing(
+                    "store",
+                    "a handler needs a store for claims and outcomes",
+                ))?;
                 let mut config = self
                     .engine_config
                     .unwrap_or_else(|| EngineConfig::new(group.clone()));
@@ -414,18 +479,21 @@ impl KafkaConsumerBuilder {
                 factory(store, config)?
             }
             None => {
-                return Err(KafkaConsumerError::Config(
-                    "a handler or a processor is required".into(),
-                ))
+                return Err(ConfigError::missing(
+                    "handler",
+                    "a handler (with a store) or a ready processor",
+                )
+                .into())
             }
         };
-        IdempotentConsumer::create(super::consumer::ClientSettings {
+        KafkaConsumer::create(super::consumer::ClientSettings {
             bootstrap,
             group,
             consumer_settings,
             producer_settings,
             processor,
             settings: self.settings,
+            hooks: self.hooks,
         })
     }
 }

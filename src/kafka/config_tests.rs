@@ -6,7 +6,7 @@ use crate::store::MemoryStore;
 use crate::HandlerContext;
 
 fn builder() -> KafkaConsumerBuilder {
-    KafkaConsumerBuilder::new()
+    KafkaConsumer::builder()
         .topic("orders")
         .store(Arc::new(MemoryStore::new()))
         .handler(|_ctx: HandlerContext| async { Ok::<_, crate::HandlerError>(()) })
@@ -123,4 +123,93 @@ async fn any_librdkafka_property_reaches_the_clients() {
             "{err:?}"
         );
     }
+}
+
+fn config_error(b: KafkaConsumerBuilder) -> ConfigError {
+    match b.build() {
+        Err(KafkaConsumerError::Config(e)) => e,
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+#[test]
+fn build_reports_typed_errors_that_name_the_setting() {
+    let full = || builder().bootstrap_servers("127.0.0.1:1").group_id("g");
+    let missing = |b: KafkaConsumerBuilder| match config_error(b) {
+        ConfigError::Missing { setting, .. } => setting,
+        other => panic!("expected Missing, got {other:?}"),
+    };
+    assert_eq!(missing(builder().group_id("g")), "bootstrap_servers");
+    assert_eq!(missing(builder().bootstrap_servers("h:1")), "group_id");
+    let no_topic = KafkaConsumer::builder()
+        .bootstrap_servers("h:1")
+        .group_id("g")
+        .store(Arc::new(MemoryStore::new()))
+        .handler(|_ctx: HandlerContext| async { Ok::<_, crate::HandlerError>(()) });
+    assert_eq!(missing(no_topic), "topic");
+    let no_store = KafkaConsumer::builder()
+        .bootstrap_servers("h:1")
+        .group_id("g")
+        .topic("t")
+        .handler(|_ctx: HandlerContext| async { Ok::<_, crate::HandlerError>(()) });
+    assert_eq!(missing(no_store), "store");
+    let no_handler = KafkaConsumer::builder()
+        .bootstrap_servers("h:1")
+        .group_id("g")
+        .topic("t");
+    assert_eq!(missing(no_handler), "handler");
+
+    for (b, name) in [
+        (full().partition_concurrency(0), "partition_concurrency"),
+        (full().max_in_flight(0), "max_in_flight"),
+        (
+            full().max_buffered_per_partition(0),
+            "max_buffered_per_partition",
+        ),
+        (full().commit_every(0), "commit_every"),
+        (full().commit_interval(Duration::ZERO), "commit_interval"),
+    ] {
+        let err = config_error(b);
+        assert!(
+            matches!(err, ConfigError::OutOfRange { setting, .. } if setting == name),
+            "{name}: {err:?}"
+        );
+        assert!(err.to_string().contains(name), "{err}");
+    }
+
+    let err = config_error(full().dead_letter_topic("orders"));
+    assert!(
+        matches!(
+            err,
+            ConfigError::Conflict {
+                setting: "dead_letter_topic",
+                other: "topic",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The engine's own checks come back through the same variant.
+    let mut engine = EngineConfig::new("x");
+    engine.max_attempts = 0;
+    assert_eq!(
+        config_error(full().engine_config(engine)).setting(),
+        "max_attempts"
+    );
+    // The wrapper says which consumer it is about, the inner error which setting.
+    let text = full().commit_every(0).build().unwrap_err().to_string();
+    assert_eq!(
+        text,
+        "invalid kafka consumer configuration: `commit_every` = 0 is out of range: expected at least 1"
+    );
+}
+
+#[test]
+fn building_outside_a_tokio_runtime_is_a_typed_error() {
+    let err = builder()
+        .bootstrap_servers("127.0.0.1:1")
+        .group_id("g")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, KafkaConsumerError::NoRuntime), "{err:?}");
 }

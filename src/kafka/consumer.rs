@@ -1,14 +1,15 @@
-//! [`IdempotentConsumer`]: the poll loop, commits and graceful shutdown.
+//! [`KafkaConsumer`]: the poll loop, commits and graceful shutdown.
 
 use super::config::LoopSettings;
 use super::convert::to_message;
 use super::dead_letter::DeadLetterProducer;
 use super::error::KafkaConsumerError;
+use super::hooks::KafkaHooks;
 use super::partitions::Shared;
-use super::summary::{ConsumerSummary, StatsHandle};
 use super::worker::Work;
 use super::IdemqContext;
 use crate::engine::Processor;
+use crate::stats::{ConsumerStats, StatsHandle};
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -31,21 +32,26 @@ pub(crate) struct ClientSettings {
     pub(crate) producer_settings: Vec<(String, String)>,
     pub(crate) processor: Arc<dyn Processor>,
     pub(crate) settings: LoopSettings,
+    pub(crate) hooks: Option<Arc<dyn KafkaHooks>>,
 }
 
 /// A Kafka consumer that runs each idempotency key's handler at most once.
 ///
-/// Built with [`KafkaConsumerBuilder`](super::KafkaConsumerBuilder); run it with
-/// [`run`](Self::run) until the cancellation token fires.
-pub struct IdempotentConsumer {
+/// Build one with [`KafkaConsumer::builder`], then [`run`](Self::run) it until a cancellation
+/// token fires, or [`run_until_signal`](Self::run_until_signal).
+pub struct KafkaConsumer {
     consumer: StreamConsumer<IdemqContext>,
     shared: Arc<Shared>,
     group: String,
 }
 
-impl std::fmt::Debug for IdempotentConsumer {
+/// The Kafka consumer's former name, kept for one release.
+#[deprecated(note = "renamed to KafkaConsumer")]
+pub type IdempotentConsumer = KafkaConsumer;
+
+impl std::fmt::Debug for KafkaConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdempotentConsumer")
+        f.debug_struct("KafkaConsumer")
             .field("group", &self.group)
             .field("topics", &self.shared.settings.topics)
             .field("scope", &self.shared.processor.scope())
@@ -59,11 +65,15 @@ const FIXED: [(&str, &str); 2] = [
     ("enable.auto.offset.store", "false"),
 ];
 
-impl IdempotentConsumer {
+impl KafkaConsumer {
+    /// Starts a builder; see [`KafkaConsumerBuilder`](super::KafkaConsumerBuilder) for the
+    /// settings and an example.
+    pub fn builder() -> super::KafkaConsumerBuilder {
+        super::KafkaConsumerBuilder::new()
+    }
+
     pub(crate) fn create(c: ClientSettings) -> Result<Self, KafkaConsumerError> {
-        let runtime = Handle::try_current().map_err(|_| {
-            KafkaConsumerError::Config("build the consumer inside a Tokio runtime".into())
-        })?;
+        let runtime = Handle::try_current().map_err(|_| KafkaConsumerError::NoRuntime)?;
         let dead_letter = match &c.settings.dead_letter_topic {
             Some(topic) => {
                 let mut pc = ClientConfig::new();
@@ -101,6 +111,7 @@ impl IdempotentConsumer {
         let shared = Arc::new(Shared::new(c.settings, c.processor, dead_letter, runtime));
         let consumer: StreamConsumer<IdemqContext> = cc.create_with_context(IdemqContext {
             shared: shared.clone(),
+            hooks: c.hooks,
         })?;
         let topics: Vec<&str> = shared.settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -113,7 +124,7 @@ impl IdempotentConsumer {
 
     /// Live counters, readable while [`run`](Self::run) is going.
     pub fn stats(&self) -> StatsHandle {
-        StatsHandle(self.shared.stats.clone())
+        StatsHandle::new(self.shared.stats.clone())
     }
 
     /// The scope keys are claimed in.
@@ -121,29 +132,30 @@ impl IdempotentConsumer {
         self.shared.processor.scope()
     }
 
-    /// [`run`](Self::run) until SIGINT (Ctrl-C), SIGTERM (Kubernetes, systemd, `docker stop`) or
-    /// `stop`, whichever comes first; the shutdown is the same graceful one in every case.
+    /// [`run`](Self::run) until the process receives SIGINT (Ctrl-C) or SIGTERM (Kubernetes,
+    /// systemd, `docker stop`); see [`crate::signal::shutdown_signal`]. The shutdown is the same
+    /// graceful one as after a cancelled token. To stop on a token as well, call
+    /// [`crate::signal::cancel_on_signal`] with it and [`run`](Self::run).
+    pub async fn run_until_signal(self) -> Result<ConsumerStats, KafkaConsumerError> {
+        let stop = CancellationToken::new();
+        let watcher = crate::signal::cancel_on_signal(stop.clone());
+        let stats = self.run(stop).await;
+        watcher.abort();
+        stats
+    }
+
+    /// [`run`](Self::run) until SIGINT, SIGTERM or `stop`, whichever comes first.
+    #[deprecated(
+        note = "use run_until_signal(), or signal::cancel_on_signal(token) with run(token)"
+    )]
     pub async fn run_until_ctrl_c(
         self,
         stop: CancellationToken,
-    ) -> Result<ConsumerSummary, KafkaConsumerError> {
-        let on_signal = stop.clone();
-        let watcher = tokio::spawn(async move {
-            tokio::select! {
-                r = crate::signal::shutdown_signal() => match r {
-                    Ok(name) => {
-                        info!(signal = name, "shutting down");
-                        on_signal.cancel();
-                    }
-                    // No signal handler: keep running until `stop`.
-                    Err(err) => warn!(%err, "cannot listen for SIGINT/SIGTERM"),
-                },
-                _ = on_signal.cancelled() => {}
-            }
-        });
-        let summary = self.run(stop).await;
+    ) -> Result<ConsumerStats, KafkaConsumerError> {
+        let watcher = crate::signal::cancel_on_signal(stop.clone());
+        let stats = self.run(stop).await;
         watcher.abort();
-        summary
+        stats
     }
 
     /// Consumes until `stop` is cancelled, then shuts down gracefully: stops fetching, lets
@@ -155,8 +167,8 @@ impl IdempotentConsumer {
     /// error (e.g. a topic that does not exist with `allow.auto.create.topics=false`) after which
     /// the consumer went [`FATAL_AFTER`] without a record and without a partition (for a missing
     /// topic: and the topic is still missing then).
-    pub async fn run(self, stop: CancellationToken) -> Result<ConsumerSummary, KafkaConsumerError> {
-        let IdempotentConsumer {
+    pub async fn run(self, stop: CancellationToken) -> Result<ConsumerStats, KafkaConsumerError> {
+        let KafkaConsumer {
             consumer, shared, ..
         } = self;
         let mut tick = tokio::time::interval(shared.settings.commit_interval);
@@ -223,7 +235,7 @@ impl IdempotentConsumer {
 }
 
 /// How long after an authentication, authorization or unknown-topic error a consumer without any
-/// partition and without records gives up: [`IdempotentConsumer::run`] then returns the error.
+/// partition and without records gives up: [`KafkaConsumer::run`] then returns the error.
 pub const FATAL_AFTER: Duration = Duration::from_secs(10);
 
 /// How often a repeated client error is logged again.

@@ -4,15 +4,17 @@ use super::properties::KafkaClient;
 use crate::engine::ConfigError;
 use rdkafka::error::KafkaError;
 
-/// Building or running an [`IdempotentConsumer`](super::IdempotentConsumer) failed.
+/// Building or running a [`KafkaConsumer`](super::KafkaConsumer) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KafkaConsumerError {
-    /// A required builder setting is missing or contradicts another.
+    /// A builder or engine setting is missing, out of range or contradicts another; the
+    /// [`ConfigError`] names the setting.
     #[error("invalid kafka consumer configuration: {0}")]
-    Config(String),
-    /// The engine configuration is invalid.
-    #[error(transparent)]
-    Engine(#[from] ConfigError),
+    Config(#[from] ConfigError),
+    /// [`build`](super::KafkaConsumerBuilder::build) was called outside a Tokio runtime.
+    #[error("build the kafka consumer inside a Tokio runtime (librdkafka callbacks run on it)")]
+    NoRuntime,
     /// librdkafka rejected the client configuration or the subscription.
     #[error("kafka client error: {0}")]
     Client(#[from] KafkaError),
@@ -35,6 +37,7 @@ pub enum KafkaConsumerError {
 /// Publishing to the dead-letter topic failed; the original is not committed and the publish is
 /// retried.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeadLetterError {
     /// The broker rejected the record or did not confirm it in time.
     #[error("dead-letter publish to {topic} failed: {source}")]
@@ -58,10 +61,15 @@ pub enum DeadLetterError {
 /// A [`KafkaReplay`](super::KafkaReplay) run stopped. Offsets of every record handled before the
 /// failure are committed; nothing after it is.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KafkaReplayError {
-    /// The replay settings are invalid (empty topic names, bad librdkafka setting).
+    /// The replay settings are invalid (empty or equal topic names); the [`ConfigError`] names
+    /// the setting.
     #[error("invalid kafka replay configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
+    /// librdkafka rejected the client configuration (unknown property, invalid value).
+    #[error("kafka client configuration rejected: {0}")]
+    Client(#[source] KafkaError),
     /// The store could not classify a record.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

@@ -1,6 +1,6 @@
 //! Kafka: an idempotent consumer over rdkafka's `StreamConsumer` (feature `kafka`).
 //!
-//! [`IdempotentConsumer`] subscribes to topics in a consumer group and, for every record, asks the
+//! [`KafkaConsumer`] subscribes to topics in a consumer group and, for every record, asks the
 //! [engine](crate::engine) whether to run the handler. It commits an offset only once every earlier
 //! record of its partition is *finished*: the outcome is durable, the key was already completed
 //! (replay), or the record was dead-lettered with the broker's confirmation.
@@ -18,14 +18,19 @@
 //! the consumer stops dispatching the revoked partitions, waits (bounded) for their in-flight
 //! records, commits what finished and lets them go. Use Tokio's multi-threaded runtime.
 //!
+//! The consumer has the same shape as `idemq::amqp::AmqpConsumer`:
+//! `builder()`, `build() -> Result`, [`stats`](KafkaConsumer::stats) returning the shared
+//! [`StatsHandle`], [`run`](KafkaConsumer::run) returning [`ConsumerStats`], and
+//! [`run_until_signal`](KafkaConsumer::run_until_signal).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use idemq::kafka::KafkaConsumerBuilder;
+//! use idemq::kafka::KafkaConsumer;
 //! use idemq::store::MemoryStore;
-//! use idemq::{CancellationToken, HandlerContext, HandlerError};
+//! use idemq::{HandlerContext, HandlerError};
 //! use std::sync::Arc;
 //!
-//! let consumer = KafkaConsumerBuilder::new()
+//! let consumer = KafkaConsumer::builder()
 //!     .bootstrap_servers("localhost:9092")
 //!     .group_id("payments")
 //!     .topic("orders")
@@ -36,9 +41,9 @@
 //!         Ok::<_, HandlerError>(ctx.message.payload.len())
 //!     })
 //!     .build()?;
-//! let stop = CancellationToken::new();
-//! let summary = consumer.run(stop).await?; // until `stop` is cancelled (or a fatal error)
-//! println!("handler runs: {}, replays: {}", summary.processed, summary.replayed);
+//! // Until SIGINT or SIGTERM (or a fatal error); `run(token)` stops on a token instead.
+//! let stats = consumer.run_until_signal().await?;
+//! println!("handler runs: {}, replays: {}", stats.processed, stats.replayed);
 //! # Ok(()) }
 //! ```
 
@@ -47,6 +52,7 @@ mod consumer;
 mod convert;
 mod dead_letter;
 mod error;
+mod hooks;
 mod partitions;
 mod properties;
 mod replay;
@@ -54,32 +60,56 @@ mod summary;
 mod tracker;
 mod worker;
 
+pub use crate::stats::{ConsumerStats, StatsHandle};
 pub use config::KafkaConsumerBuilder;
-pub use consumer::{IdempotentConsumer, FATAL_AFTER};
+#[allow(deprecated)]
+pub use consumer::IdempotentConsumer;
+pub use consumer::{KafkaConsumer, FATAL_AFTER};
 pub use error::{DeadLetterError, KafkaConsumerError, KafkaReplayError};
+pub use hooks::KafkaHooks;
 pub use properties::KafkaClient;
 pub use replay::KafkaReplay;
-pub use summary::{ConsumerSummary, StatsHandle};
+#[allow(deprecated)]
+pub use summary::ConsumerSummary;
 
 use partitions::Shared;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use std::sync::Arc;
 use tracing::warn;
 
-/// librdkafka callbacks: rebalances and commit results.
+/// librdkafka callbacks: rebalances and commit results, then the user's [`KafkaHooks`].
 pub(crate) struct IdemqContext {
     shared: Arc<Shared>,
+    hooks: Option<Arc<dyn KafkaHooks>>,
 }
 
-impl ClientContext for IdemqContext {}
+impl ClientContext for IdemqContext {
+    fn stats(&self, statistics: Statistics) {
+        match &self.hooks {
+            Some(hooks) => hooks.statistics(statistics),
+            None => tracing::debug!(?statistics, "librdkafka statistics"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(%error, reason, "librdkafka client error");
+        if let Some(hooks) = &self.hooks {
+            hooks.error(&error, reason);
+        }
+    }
+}
 
 impl ConsumerContext for IdemqContext {
     fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             self.shared.on_revoke(base, tpl);
+        }
+        if let Some(hooks) = &self.hooks {
+            hooks.pre_rebalance(rebalance);
         }
     }
 
@@ -89,10 +119,16 @@ impl ConsumerContext for IdemqContext {
             Rebalance::Error(err) => warn!(%err, "rebalance error"),
             Rebalance::Revoke(_) => {}
         }
+        if let Some(hooks) = &self.hooks {
+            hooks.post_rebalance(rebalance);
+        }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         tracing::debug!(?result, ?offsets, "commit result");
+        if let Some(hooks) = &self.hooks {
+            hooks.commit(&result, offsets);
+        }
         // The broker reports failures per partition as well as for the whole request.
         match result {
             Err(err) => self.shared.commit_failed(offsets, &err),

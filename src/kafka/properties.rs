@@ -5,9 +5,9 @@ use super::error::KafkaConsumerError;
 use std::fmt;
 use std::time::Duration;
 
-/// Which librdkafka client of an [`IdempotentConsumer`](super::IdempotentConsumer) a property was
-/// given for.
+/// Which librdkafka client of a [`KafkaConsumer`](super::KafkaConsumer) a property was given for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum KafkaClient {
     /// The group consumer ([`set`](super::KafkaConsumerBuilder::set)).
     Consumer,

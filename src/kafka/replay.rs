@@ -35,6 +35,7 @@
 
 use super::convert::{to_kafka_headers, to_message};
 use super::error::KafkaReplayError;
+use crate::engine::ConfigError;
 use crate::replay::{replay_headers, Classifier, ReplayAction, ReplayReport};
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
@@ -142,15 +143,21 @@ impl KafkaReplay {
         &self,
         progress: impl Fn(&ReplayReport),
     ) -> Result<ReplayReport, KafkaReplayError> {
-        if self.from_topic.is_empty() || self.to_topic.is_empty() {
-            return Err(KafkaReplayError::Config(
-                "source and target topics must be named".into(),
-            ));
+        for (setting, topic) in [
+            ("from_topic", &self.from_topic),
+            ("to_topic", &self.to_topic),
+        ] {
+            if topic.is_empty() {
+                return Err(ConfigError::missing(setting, "a topic name").into());
+            }
         }
         if self.from_topic == self.to_topic {
-            return Err(KafkaReplayError::Config(
-                "source and target topics must differ".into(),
-            ));
+            return Err(ConfigError::conflict(
+                "to_topic",
+                "from_topic",
+                "republishing to the dead-letter topic itself would loop",
+            )
+            .into());
         }
         let consumer = self.consumer()?;
         let producer = self.producer()?;
@@ -317,7 +324,7 @@ impl KafkaReplay {
 }
 
 fn config(err: KafkaError) -> KafkaReplayError {
-    KafkaReplayError::Config(err.to_string())
+    KafkaReplayError::Client(err)
 }
 
 fn broker(during: &'static str) -> impl Fn(KafkaError) -> KafkaReplayError {

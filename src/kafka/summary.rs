@@ -1,58 +1,14 @@
-//! Counters of what the consumer did, readable while it runs and returned when it stops.
+//! The Kafka consumer's live counters, read as an [`idemq::stats::ConsumerStats`](crate::stats::ConsumerStats).
 
 use crate::engine::{Disposition, RetryCause};
+use crate::stats::{ConsumerStats, KafkaStats, StatsSource};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// What an [`IdempotentConsumer`](super::IdempotentConsumer) did, per decision.
-///
-/// `processed` counts handler runs whose outcome was stored; `replayed` counts copies of completed
-/// keys that were committed without running the handler.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ConsumerSummary {
-    /// Records received from the broker (including copies that were later replayed).
-    pub received: u64,
-    /// Handler ran and its outcome is durable.
-    pub processed: u64,
-    /// The key was already completed; committed without running the handler.
-    pub replayed: u64,
-    /// Our lease was taken over; the new owner records the outcome.
-    pub superseded: u64,
-    /// Run without deduplication (missing key under `ProcessWithoutDedup`).
-    pub unkeyed: u64,
-    /// Published to the dead-letter topic (with confirmation) and committed.
-    pub dead_lettered: u64,
-    /// Times a message was scheduled to be tried again (handler failure, key busy elsewhere).
-    pub retries: u64,
-    /// Times processing waited because the store was unavailable.
-    pub store_unavailable: u64,
-    /// Messages left unfinished by shutdown or revocation (redelivered later).
-    pub abandoned: u64,
-    /// Dead-letter publishes that failed and were retried.
-    pub dead_letter_failures: u64,
-    /// Commits issued.
-    pub commits: u64,
-    /// Commits the broker rejected (retried with the next flush).
-    pub commit_failures: u64,
-    /// Partition revocations handled.
-    pub revocations: u64,
-    /// Times a partition was paused (backpressure or store outage).
-    pub pauses: u64,
-    /// Partitions assigned when the snapshot was taken (a gauge, not a counter).
-    pub partitions_assigned: u64,
-    /// How long the consumer had held no partition when the snapshot was taken, in milliseconds
-    /// (0 while it holds some). A member of a group with at least as many partitions as members
-    /// should never stay at zero for long; the consumer logs a warning when it does.
-    pub unassigned_ms: u64,
-}
-
-impl ConsumerSummary {
-    /// Messages finished (committable): processed, replayed, superseded, unkeyed, dead-lettered.
-    pub fn finished(&self) -> u64 {
-        self.processed + self.replayed + self.superseded + self.unkeyed + self.dead_lettered
-    }
-}
+/// The Kafka consumer's counters; kept under its old name for one release.
+#[deprecated(note = "use idemq::stats::ConsumerStats (the same type for both brokers)")]
+pub type ConsumerSummary = ConsumerStats;
 
 /// Live counters shared by the consumer's tasks; see [`StatsHandle::snapshot`].
 #[derive(Debug)]
@@ -147,9 +103,9 @@ impl Stats {
             .map(|t| t.elapsed())
     }
 
-    pub(crate) fn snapshot(&self) -> ConsumerSummary {
+    pub(crate) fn snapshot(&self) -> ConsumerStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        ConsumerSummary {
+        let mut stats = ConsumerStats {
             received: g(&self.received),
             processed: g(&self.processed),
             replayed: g(&self.replayed),
@@ -159,6 +115,10 @@ impl Stats {
             retries: g(&self.retries),
             store_unavailable: g(&self.store_unavailable),
             abandoned: g(&self.abandoned),
+            in_progress: g(&self.in_progress),
+            ..ConsumerStats::default()
+        };
+        stats.kafka = KafkaStats {
             dead_letter_failures: g(&self.dead_letter_failures),
             commits: g(&self.commits),
             commit_failures: g(&self.commit_failures),
@@ -168,33 +128,25 @@ impl Stats {
             unassigned_ms: self
                 .unassigned_for()
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        }
+        };
+        stats
     }
 }
 
-/// A cheap handle for reading a running consumer's counters (progress bars, idle detection, tests).
-#[derive(Clone, Debug)]
-pub struct StatsHandle(pub(crate) Arc<Stats>);
-
-impl StatsHandle {
-    /// The counters right now.
-    pub fn snapshot(&self) -> ConsumerSummary {
-        self.0.snapshot()
+impl StatsSource for Stats {
+    fn snapshot(&self) -> ConsumerStats {
+        Stats::snapshot(self)
     }
 
-    /// Messages received but not yet finished (in a handler, waiting for a retry, or queued).
-    pub fn in_progress(&self) -> u64 {
-        self.0.in_progress.load(Ordering::Relaxed)
+    fn in_progress(&self) -> u64 {
+        self.in_progress.load(Ordering::Relaxed)
     }
 
-    /// Partitions currently assigned to this consumer (0 before the first assignment).
-    pub fn assigned_partitions(&self) -> u64 {
-        self.0.assigned.load(Ordering::Relaxed)
+    fn assigned_partitions(&self) -> u64 {
+        self.assigned.load(Ordering::Relaxed)
     }
 
-    /// How long this consumer has held no partition (`None` while it holds some). Starts at
-    /// creation: a consumer that never got a partition counts from then.
-    pub fn unassigned_for(&self) -> Option<Duration> {
-        self.0.unassigned_for()
+    fn unassigned_for(&self) -> Option<Duration> {
+        Stats::unassigned_for(self)
     }
 }

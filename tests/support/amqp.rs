@@ -346,7 +346,9 @@ pub fn test_engine(scope: &str) -> EngineConfig {
 
 /// A consumer builder with test defaults for `queue`.
 pub fn consumer(queue: &str, store: Arc<dyn Store>, rec: &Recorder) -> AmqpConsumerBuilder {
-    AmqpConsumer::builder(amqp_url(), queue)
+    AmqpConsumer::builder()
+        .url(amqp_url())
+        .queue(queue)
         .store(store)
         .engine_config(test_engine(queue))
         .prefetch(16)
@@ -405,7 +407,7 @@ impl Running {
         let mut quiet = 0;
         loop {
             let s = self.stats.snapshot();
-            let ended = s.settled() + s.requeued + s.left_unacked;
+            let ended = s.finished() + s.amqp.requeued + s.amqp.left_unacked;
             if s.received == ended && rabbit.counts(queue).await.0 == 0 {
                 quiet += 1;
                 if quiet == 2 {

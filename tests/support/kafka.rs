@@ -412,7 +412,7 @@ impl Runs {
 // ---------------------------------------------------------------------------------------------
 // Scenarios shared by the MockCluster and Tansu tests.
 
-use idemq::kafka::{ConsumerSummary, IdempotentConsumer, KafkaConsumerBuilder, StatsHandle};
+use idemq::kafka::{ConsumerStats, KafkaConsumer, KafkaConsumerBuilder, StatsHandle};
 use idemq::{Backoff, CancellationToken, EngineConfig, HandlerContext, HandlerError};
 use tokio::task::JoinHandle;
 
@@ -437,7 +437,7 @@ pub fn consumer(
     runs: &Runs,
     handler_ms: u64,
     tweak: impl FnOnce(KafkaConsumerBuilder) -> KafkaConsumerBuilder,
-) -> IdempotentConsumer {
+) -> KafkaConsumer {
     let runs = runs.clone();
     let mut b = KafkaConsumerBuilder::new()
         .bootstrap_servers(broker.bootstrap())
@@ -472,12 +472,12 @@ pub struct Running {
     /// Stops it.
     pub stop: CancellationToken,
     /// Its run task.
-    pub task: JoinHandle<Result<ConsumerSummary, idemq::kafka::KafkaConsumerError>>,
+    pub task: JoinHandle<Result<ConsumerStats, idemq::kafka::KafkaConsumerError>>,
 }
 
 impl Running {
     /// Starts `c` on its own task.
-    pub fn start(c: IdempotentConsumer) -> Running {
+    pub fn start(c: KafkaConsumer) -> Running {
         let stop = CancellationToken::new();
         let stats = c.stats();
         let task = tokio::spawn(c.run(stop.clone()));
@@ -485,7 +485,7 @@ impl Running {
     }
 
     /// Graceful stop; returns the summary.
-    pub async fn shutdown(self) -> ConsumerSummary {
+    pub async fn shutdown(self) -> ConsumerStats {
         self.stop.cancel();
         self.task
             .await
@@ -621,7 +621,7 @@ pub async fn scenario_two_consumers_rebalance(broker: &Broker, store: Arc<dyn St
     assert_eq!(runs.total(), keys as u32);
     assert_eq!(sa.processed + sb.processed, keys as u64, "{sa:?} {sb:?}");
     assert!(
-        sa.revocations >= 1,
+        sa.kafka.revocations >= 1,
         "the first consumer gave partitions up: {sa:?}"
     );
     assert!(
@@ -760,10 +760,10 @@ pub async fn scenario_member_leaves_during_rebalance(
                 && c.stats.assigned_partitions() > 0
         })
         .await;
-        let b_revs = b.stats.snapshot().revocations;
+        let b_revs = b.stats.snapshot().kafka.revocations;
         c.shutdown().await;
         wait_for("b noticed the rebalance", Duration::from_secs(30), || {
-            b.stats.snapshot().revocations > b_revs
+            b.stats.snapshot().kafka.revocations > b_revs
         })
         .await;
         let noticed = a.stats.assigned_partitions() == 0;

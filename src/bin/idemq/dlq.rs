@@ -169,7 +169,7 @@ async fn amqp(
     }
     replay.run(tick).await.map_err(|e| match e {
         AmqpError::Store(s) => crate::keys::store_failure(s),
-        AmqpError::Config(msg) => Failure::Usage(msg),
+        AmqpError::Config(err) => Failure::Usage(err.to_string()),
         other => Failure::Unreachable(other.to_string()),
     })
 }
@@ -207,7 +207,8 @@ async fn kafka(
     }
     replay.run(tick).await.map_err(|e| match e {
         KafkaReplayError::Store(s) => crate::keys::store_failure(s),
-        KafkaReplayError::Config(msg) => Failure::Usage(msg),
+        KafkaReplayError::Config(err) => Failure::Usage(err.to_string()),
+        KafkaReplayError::Client(err) => Failure::Usage(err.to_string()),
         other => Failure::Unreachable(other.to_string()),
     })
 }
