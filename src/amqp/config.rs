@@ -19,7 +19,8 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeadLetterTarget {
-    /// Exchange name (must exist; idemq does not declare it).
+    /// Exchange name (must exist unless declared with
+    /// [`AmqpConsumerBuilder::declare`] and a dead-letter queue).
     pub exchange: String,
     /// Routing key; `None` keeps the message's original routing key.
     pub routing_key: Option<String>,
@@ -59,7 +60,7 @@ impl From<String> for DeadLetterTarget {
 pub struct AmqpConfig {
     /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
-    /// Queue consumed from (must exist).
+    /// Queue consumed from (must exist unless declared with [`AmqpConsumerBuilder::declare`]).
     pub queue: String,
     /// Consumer tag; empty lets the broker choose one.
     pub consumer_tag: String,
@@ -226,7 +227,7 @@ impl AmqpConsumerBuilder {
         self
     }
 
-    /// Queue to consume from (must exist; idemq does not declare it). Required.
+    /// Queue to consume from. Required. It must exist unless [`declare`](Self::declare) creates it.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.config.queue = queue.into();
         self

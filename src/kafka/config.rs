@@ -311,7 +311,7 @@ impl KafkaConsumerBuilder {
         self
     }
 
-    /// Engine settings (key headers, missing-key policy, lease, retention, retries). Its scope is
+    /// Engine settings (key sources, missing-key policy, lease, retention, retries). Its scope is
     /// replaced by [`scope`](Self::scope) or the group id.
     pub fn engine_config(mut self, config: EngineConfig) -> Self {
         self.engine_config = Some(config);

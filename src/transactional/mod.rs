@@ -80,8 +80,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A [`Processor`] whose handler's writes commit atomically with the claim and the outcome.
 ///
-/// Uses the same [`EngineConfig`] as [`Engine`](crate::Engine) (key extraction, fingerprint
-/// headers, retries, backoffs, outcome limit, handler timeout, shutdown grace), validated the same
+/// Uses the same [`EngineConfig`] as [`Engine`](crate::Engine) (scope, key sources, fingerprint
+/// rule, retries, backoffs, outcome limit, handler timeout, shutdown grace), validated the same
 /// way; `renew_every` is not used, because
 /// the row lock held by the open transaction already keeps duplicates out. Cheap to clone.
 pub struct TransactionalEngine<H> {
