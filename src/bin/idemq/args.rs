@@ -126,6 +126,16 @@ pub struct ReplayArgs {
     /// Fall back to the AMQP message_id property, as configured on the consumer.
     #[arg(long)]
     pub message_id_fallback: bool,
+    /// Key sources in the consumer's order (repeatable; replaces --key-header and
+    /// --message-id-fallback): `header:NAME`, `kafka-key`, `message-id`, `correlation-id` or
+    /// `json:/pointer`.
+    #[arg(long = "key-source", value_parser = parse_key_source,
+          conflicts_with_all = ["key_headers", "message_id_fallback"])]
+    pub key_sources: Vec<idemq::KeySource>,
+    /// The consumer's fingerprint rule: `whole` (default), `key-only`, `pointers:/a,/b` (only
+    /// these JSON fields) or `exclude:/a,/b` (the JSON payload without these fields).
+    #[arg(long, value_parser = parse_fingerprint, default_value = "whole")]
+    pub fingerprint: idemq::FingerprintRule,
     /// Headers that take part in the fingerprint, as configured on the consumer (repeatable).
     #[arg(long = "fingerprint-header")]
     pub fingerprint_headers: Vec<String>,
@@ -275,4 +285,64 @@ pub enum StateArg {
     Completed,
     /// Released after a failure; the next delivery runs again.
     Released,
+}
+
+/// Parses a `--key-source` value.
+fn parse_key_source(spec: &str) -> Result<idemq::KeySource, String> {
+    use idemq::KeySource;
+    match spec.split_once(':') {
+        Some(("header", name)) if !name.is_empty() => Ok(KeySource::header(name)),
+        Some(("json", pointer)) if pointer.starts_with('/') => Ok(KeySource::json_pointer(pointer)),
+        None if spec == "kafka-key" => Ok(KeySource::KafkaKey),
+        None if spec == "message-id" => Ok(KeySource::MessageId),
+        None if spec == "correlation-id" => Ok(KeySource::CorrelationId),
+        _ => Err(format!(
+            "{spec:?}: expected header:NAME, kafka-key, message-id, correlation-id or json:/pointer"
+        )),
+    }
+}
+
+/// Parses a `--fingerprint` value.
+fn parse_fingerprint(spec: &str) -> Result<idemq::FingerprintRule, String> {
+    use idemq::FingerprintRule;
+    let pointers = |list: &str| -> Result<Vec<String>, String> {
+        let all: Vec<String> = list.split(',').map(str::to_owned).collect();
+        match all.iter().find(|p| !p.starts_with('/')) {
+            Some(bad) => Err(format!("{bad:?}: a JSON pointer starts with '/'")),
+            None => Ok(all),
+        }
+    };
+    match spec.split_once(':') {
+        None if spec == "whole" => Ok(FingerprintRule::whole_payload()),
+        None if spec == "key-only" => Ok(FingerprintRule::key_only()),
+        Some(("pointers", list)) => Ok(FingerprintRule::json_pointers(pointers(list)?)),
+        Some(("exclude", list)) => Ok(FingerprintRule::exclude_fields(pointers(list)?)),
+        _ => Err(format!(
+            "{spec:?}: expected whole, key-only, pointers:/a,/b or exclude:/a,/b"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    #[test]
+    fn key_sources_and_fingerprint_rules_parse_and_bad_ones_are_refused() {
+        use idemq::KeySource;
+        assert!(matches!(parse_key_source("kafka-key"), Ok(KeySource::KafkaKey)));
+        assert!(matches!(parse_key_source("correlation-id"), Ok(KeySource::CorrelationId)));
+        assert!(matches!(parse_key_source("message-id"), Ok(KeySource::MessageId)));
+        assert!(matches!(parse_key_source("json:/order/id"), Ok(KeySource::JsonPointer(p)) if p == "/order/id"));
+        assert!(matches!(parse_key_source("header:X-Key"), Ok(KeySource::Header(h)) if h == "X-Key"));
+        for bad in ["json:id", "header:", "kafka", "key"] {
+            assert!(parse_key_source(bad).is_err(), "{bad}");
+        }
+        assert!(parse_fingerprint("whole").is_ok());
+        assert!(parse_fingerprint("key-only").is_ok());
+        assert!(parse_fingerprint("exclude:/sent_at,/trace").is_ok());
+        assert!(parse_fingerprint("pointers:/id").is_ok());
+        assert!(parse_fingerprint("exclude:sent_at").is_err());
+        assert!(parse_fingerprint("payload").is_err());
+    }
 }

@@ -4,7 +4,7 @@ use crate::args::{Output, ReplayArgs};
 use crate::keys::open;
 use crate::{output, Failure};
 use idemq::replay::{Classifier, ReplayClass, ReplayReport};
-use idemq::{FingerprintRule, KeyConfig, KeySource};
+use idemq::{KeyConfig, KeySource};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use std::cell::RefCell;
@@ -36,13 +36,16 @@ pub async fn replay(a: &ReplayArgs, out: Output) -> Result<(), Failure> {
     };
     let run = async {
         let store = open(&a.at).await?;
-        let mut sources: Vec<KeySource> = a.key_headers.iter().map(KeySource::header).collect();
-        if a.message_id_fallback {
-            sources.push(KeySource::MessageId);
-        }
+        let sources: Vec<KeySource> = if a.key_sources.is_empty() {
+            let headers = a.key_headers.iter().map(KeySource::header);
+            headers
+                .chain(a.message_id_fallback.then_some(KeySource::MessageId))
+                .collect()
+        } else {
+            a.key_sources.clone()
+        };
         let key = KeyConfig::new(sources).missing(a.missing_key.into());
-        let fingerprint =
-            FingerprintRule::whole_payload().with_headers(a.fingerprint_headers.clone());
+        let fingerprint = a.fingerprint.clone().with_headers(a.fingerprint_headers.clone());
         let classifier = Classifier::new(store, a.at.scope.clone(), key).fingerprint(fingerprint);
         if let Some(url) = &a.amqp_url {
             amqp(a, url, classifier, tick).await
