@@ -15,6 +15,17 @@ use support::replay::seed;
 use support::services::{redis_url, require_redis, unique};
 
 fn replay(bootstrap: &str, scope: &str, dlq: &str, to: &str, dry: bool) -> Value {
+    replay_with(bootstrap, scope, dlq, to, dry, &[])
+}
+
+fn replay_with(
+    bootstrap: &str,
+    scope: &str,
+    dlq: &str,
+    to: &str,
+    dry: bool,
+    extra: &[&str],
+) -> Value {
     let mut cmd = Command::cargo_bin("idemq").expect("binary");
     cmd.args([
         "dlq",
@@ -37,6 +48,7 @@ fn replay(bootstrap: &str, scope: &str, dlq: &str, to: &str, dry: bool) -> Value
     if dry {
         cmd.arg("--dry-run");
     }
+    cmd.args(extra);
     let out = cmd.output().expect("run idemq");
     assert!(
         out.status.success(),
@@ -334,4 +346,50 @@ async fn an_interrupted_replay_reports_the_last_committed_offset() {
         (moved..=moved + 1).contains(&produced),
         "{produced} produced, report says {moved}"
     );
+}
+
+/// The consumer's key sources and fingerprint rule are repeated with `--key-source` and
+/// `--fingerprint`, under the same names as `KeySource` and `FingerprintRule`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_takes_the_consumers_key_sources_and_fingerprint_rule() {
+    if !require_redis() {
+        return;
+    }
+    let store = idemq::store::connect(&redis_url()).await.expect("redis");
+    let scope = unique("kreplay-src");
+    seed(&store, &scope).await;
+    let broker = Broker::mock();
+    let bootstrap = broker.bootstrap();
+    let (dlq, main) = (unique("dlq"), unique("main"));
+    broker.create_topic(&dlq, 1).await;
+    broker.create_topic(&main, 1).await;
+    let records = [
+        dead_lettered(Some("done"), "p-done"),
+        dead_lettered(Some("done"), "tampered"),
+        dead_lettered(Some("failed"), "p-failed"),
+        dead_lettered(Some("new"), "p-new"),
+        dead_lettered(None, "no key"),
+    ];
+    produce(&bootstrap, &dlq, &records).await;
+    // Keyed by the record key (`rk-…`), which the store has never seen: all four would run.
+    let by_record_key = ["--key-source", "kafka-key"];
+    let r = replay_with(&bootstrap, &scope, &dlq, &main, true, &by_record_key);
+    assert_eq!(r["classes"]["would_run"], 4, "{r}");
+    assert_eq!(r["classes"]["no_key"], 1, "{r}");
+    // Header keys with the key-only rule: `done` was completed under the whole-payload rule, so
+    // both of its copies now differ from the stored fingerprint (what a rule change does, as
+    // documented on `FingerprintRule`); with the default rule only the tampered one does.
+    let key_only = ["--key-source", "header:Idempotency-Key", "--fingerprint", "key-only"];
+    let r = replay_with(&bootstrap, &scope, &dlq, &main, true, &key_only);
+    assert_eq!(r["classes"]["conflict"], 2, "{r}");
+    assert_eq!(r["classes"]["would_skip"], 0, "{r}");
+    assert_eq!(r["classes"]["would_run"], 2, "{r}");
+    let r = replay_with(&bootstrap, &scope, &dlq, &main, true, &[]);
+    assert_eq!(r["classes"]["conflict"], 1, "{r}");
+    assert_eq!(r["classes"]["would_skip"], 1, "{r}");
+    // A malformed source is a usage error (exit 2), before anything is read.
+    let mut cmd = Command::cargo_bin("idemq").expect("binary");
+    cmd.args(["dlq", "replay", "--bootstrap", &bootstrap, "--from", &dlq, "--to", &main]);
+    cmd.args(["--scope", &scope, "--store", &redis_url(), "--key-source", "json:order/id"]);
+    assert_eq!(cmd.output().expect("run idemq").status.code(), Some(2));
 }
