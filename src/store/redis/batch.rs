@@ -83,6 +83,8 @@ pub(crate) struct Worker {
     /// The `*_MANY` script: `KEYS` in order, `args_per_key` arguments per key in `ARGV`.
     pub(crate) script: Script,
     pub(crate) args_per_key: usize,
+    /// Reply items per key: the script answers one flat array, `reply_width` items per key.
+    pub(crate) reply_width: usize,
     pub(crate) conn: Conn,
     pub(crate) max_batch: usize,
     pub(crate) timeout: Duration,
@@ -281,15 +283,21 @@ impl Worker {
         // Errors are not `Clone`: each caller gets its own value describing the same failure.
         // A caller that has gone simply does not need its answer.
         match result {
-            Ok(Value::Array(items)) if items.len() == n => {
-                for (reply, item) in replies.zip(items) {
+            Ok(Value::Array(items)) if items.len() == n * self.reply_width => {
+                // Each caller gets its own items as the array the single-key script answers.
+                let mut items = items.into_iter();
+                for reply in replies {
+                    let own: Vec<Value> = items.by_ref().take(self.reply_width).collect();
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(item));
+                        let _ = reply.send(Ok(Value::Array(own)));
                     }
                 }
             }
             Ok(other) => {
-                let what = format!("expected an array of {n} replies, got {other:?}");
+                let what = format!(
+                    "expected an array of {} items ({n} replies), got {other:?}",
+                    n * self.reply_width
+                );
                 for reply in replies.flatten() {
                     let _ = reply.send(Err(bad(self.op, what.clone())));
                 }
