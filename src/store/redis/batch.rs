@@ -29,7 +29,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use redis::cluster_routing::Route;
 use redis::{Cmd, Script, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -75,6 +75,29 @@ pub(crate) struct Batcher {
     op: &'static str,
     timeout: Duration,
     tx: mpsc::Sender<Job>,
+    /// Calls of this kind started and not yet answered, queued, on the wire or sent directly.
+    busy: AtomicUsize,
+}
+
+/// One call of a kind, from [`Batcher::start`] until it is dropped.
+pub(crate) struct Turn<'a> {
+    busy: &'a AtomicUsize,
+    alone: bool,
+}
+
+impl Turn<'_> {
+    /// No other call of this kind was queued, on the wire or being sent when this one started:
+    /// the batching task would send it alone and at once, so the caller may send it itself and
+    /// save the hop to the task and back (a sequential caller's every call).
+    pub(crate) fn alone(&self) -> bool {
+        self.alone
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What the background task needs to run batches.
@@ -100,7 +123,21 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (op, timeout) = (worker.op, worker.timeout);
         tokio::spawn(worker.run(rx));
-        Self { op, timeout, tx }
+        Self {
+            op,
+            timeout,
+            tx,
+            busy: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts one call of this kind as started until the returned turn is dropped.
+    pub(crate) fn start(&self) -> Turn<'_> {
+        let before = self.busy.fetch_add(1, Ordering::AcqRel);
+        Turn {
+            busy: &self.busy,
+            alone: before == 0,
+        }
     }
 
     /// Queues one operation and waits for its own reply, which comes by `deadline`: the task

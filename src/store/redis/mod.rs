@@ -364,8 +364,11 @@ impl Store for RedisStore {
         let fingerprint = req.fingerprint.to_hex();
         // The record lives at least as long as its lease.
         let (lease, ttl) = (ms(req.lease), ms(req.retention.max(req.lease)));
-        let v: Value = match &self.inner.claim_batch {
-            Some(batcher) => {
+        // With no other claim queued or on the wire, the call goes out at once from here: the
+        // batching task would send it alone anyway, a task hop later.
+        let turn = self.inner.claim_batch.as_ref().map(Batcher::start);
+        let v: Value = match (&self.inner.claim_batch, &turn) {
+            (Some(batcher), Some(turn)) if !turn.alone() => {
                 let args = vec![
                     Bytes::from(fingerprint),
                     Bytes::from(lease.to_string()),
@@ -373,13 +376,14 @@ impl Store for RedisStore {
                 ];
                 self.batched(batcher, rkey.clone(), args).await?
             }
-            None => {
+            _ => {
                 let (lease, ttl) = (lease.to_string(), ttl.to_string());
                 let args = [fingerprint.as_bytes(), lease.as_bytes(), ttl.as_bytes()];
                 self.eval_one("claim", &self.inner.scripts.claim, &rkey, &args)
                     .await?
             }
         };
+        drop(turn);
         Reply::new("claim", &rkey, v)?.claim()
     }
 
@@ -397,8 +401,9 @@ impl Store for RedisStore {
             });
         }
         let rkey = self.inner.layout.record(key);
-        let v: Value = match &self.inner.complete_batch {
-            Some(batcher) => {
+        let turn = self.inner.complete_batch.as_ref().map(Batcher::start);
+        let v: Value = match (&self.inner.complete_batch, &turn) {
+            (Some(batcher), Some(turn)) if !turn.alone() => {
                 let args = vec![
                     Bytes::from(token.0.to_string()),
                     Bytes::from_static(outcome.status.as_str().as_bytes()),
@@ -407,7 +412,7 @@ impl Store for RedisStore {
                 ];
                 self.batched(batcher, rkey.clone(), args).await?
             }
-            None => {
+            _ => {
                 let (token, retention) = (token.0.to_string(), ms(retention).to_string());
                 let args = [
                     token.as_bytes(),
@@ -419,6 +424,7 @@ impl Store for RedisStore {
                     .await?
             }
         };
+        drop(turn);
         Reply::new("complete", &rkey, v)?.fence()
     }
 
