@@ -162,10 +162,10 @@ end
 ///
 /// The token is `max(previous + 1, now ms)` (see the module docs), from the same `TIME` reading.
 const CLAIM_FN: &str = r#"
-local nx_get = true
+local nx_get, expect_new = true, true
 local function claim_one(key, fp, lease, ttl)
   local s
-  if nx_get then
+  if nx_get and expect_new then
     now_ms()
     s = redis.pcall('SET', key,
       '@VERSION@|p|' .. clock_text .. '|1|' .. lease_end(lease) .. '|||' .. fp .. '|',
@@ -177,6 +177,14 @@ local function claim_one(key, fp, lease, ttl)
     end
   else
     s = redis.pcall('GET', key)
+  end
+  -- The next key of the run is probably like this one.
+  expect_new = not s
+  if not s then
+    now_ms()
+    redis.call('SET', key,
+      '@VERSION@|p|' .. clock_text .. '|1|' .. lease_end(lease) .. '|||' .. fp .. '|', 'PX', ttl)
+    return 'acquired', clock_text, '1'
   end
   -- A replay: `@VERSION@|c|<tok>|<att>||<ca>|<os>|<fp>|<ob>` with the caller's fingerprint (so a
   -- valid one); every other field is checked as `parse` would.
