@@ -5,7 +5,9 @@
 //! price of one. Each operation kind has one background task: it waits for a request, takes
 //! whatever other requests are *already* queued (no timer, so a lone request is sent at once and
 //! light load sees no added latency), runs one `*_MANY` script over them and hands each caller its
-//! own per-key reply. At most [`PIPELINE`] batches of a kind are on the wire at once; while they
+//! own per-key reply. A caller that finds no other call of its kind queued or on the wire
+//! ([`Batcher::start`]) sends its call itself: the task would send it alone anyway, and the hop to
+//! the task and back is a visible share of a sequential caller's latency. At most [`PIPELINE`] batches of a kind are on the wire at once; while they
 //! are, new requests queue up and form the next batch, so batches grow with the load.
 //!
 //! A failed call (connection, protocol, timeout) fails every request of the batch, each with its

@@ -13,9 +13,10 @@
 //!   multi-key script, and so do concurrent `complete` calls: a background task per kind sends
 //!   the first queued call at once, and the calls that queue while it is on the wire form the
 //!   next batch (up to [`RedisStoreBuilder::max_batch`], default 64; no timer, so a lone call is
-//!   not delayed). The script handles the keys in order with the single-key logic, so results are
-//!   the same as one call after the other (the same key twice in a batch: `Acquired`, then
-//!   `InFlight`). A failed batch call fails each of its callers with its own error; a corrupt
+//!   not delayed; a call made while no other of its kind is queued or on the wire is sent by its
+//!   caller, without the hop through the task). The script handles the keys in order with the
+//!   single-key logic, so results are the same as one call after the other (the same key twice
+//!   in a batch: `Acquired`, then `InFlight`). A failed batch call fails each of its callers with its own error; a corrupt
 //!   record fails only its own call; each call keeps its own timeout. `max_batch(1)` (or `?batch=1`
 //!   in the URL) sends one `EVALSHA` per operation. `release`, `renew`, `get` are never batched.
 //!   [`RedisStore::round_trips`] counts the commands actually sent.
@@ -46,8 +47,9 @@
 //!   (`p`, `r`, `c`), token, attempt, lease end (ms, state `p` only), completed-at (ms, state `c`
 //!   only), outcome status, fingerprint (64 hex), then the outcome body as raw bytes to the end.
 //!   One string (not a hash) so that each operation makes as few `redis.call`s as possible inside
-//!   its script (claim: `GET` + `SET … PX`; a replay: `GET` only), which is where Redis spends its
-//!   CPU. Operators read a record with `redis-cli GET <key>` (see [`RedisStore::redis_key`]).
+//!   its script (claim of a new key: one `SET … NX GET PX` on Redis ≥ 7.0; a replay: that same
+//!   call, which writes nothing, or a `GET`; complete: `GET` + `SET … PX`), which is where Redis
+//!   spends its CPU. Operators read a record with `redis-cli GET <key>` (see [`RedisStore::redis_key`]).
 //!   A value that does not parse, another version, or a key of another type (format 1 wrote
 //!   hashes; they are not migrated) is reported as [`StoreError::Corrupt`] naming the Redis key,
 //!   and left untouched ([`Store::forget`] still deletes it, and so does its TTL). Requires

@@ -21,10 +21,21 @@
 //!
 //! Why a string rather than a hash (format 1): Redis CPU per operation is dominated by the
 //! `redis.call`s a script makes (each one marshals its arguments and reply between Lua and RESP), so
-//! one `GET` plus one `SET … PX` (value and TTL in one command) replaces `HMGET` + `HSET` +
-//! `PEXPIRE`. A first-time message costs 4 calls (claim `GET` + `SET`, complete `GET` + `SET`) plus
-//! one shared `TIME` per script run; a replay costs one `GET`. Format-1 records (hashes) are not
-//! migrated: they read as corrupt (`WRONGTYPE`) until `idemq key forget` or their TTL removes them.
+//! one read plus one `SET … PX` (value and TTL in one command) replaces `HMGET` + `HSET` +
+//! `PEXPIRE`. Format-1 records (hashes) are not migrated: they read as corrupt (`WRONGTYPE`) until
+//! `idemq key forget` or their TTL removes them.
+//!
+//! Calls per operation (issue 16): a claim of a new key is one `SET key <record> NX GET PX ttl`
+//! (Redis ≥ 7.0) plus the run's shared `TIME`; a replay reads the record with that same call (it
+//! writes nothing when the key exists) or, when the previous key of its batch existed, with a
+//! `GET`; a complete is `GET` + `SET … PX` (+ the shared `TIME`). Where `SET … NX GET` is refused
+//! (Redis 6 has no `NX GET`; a server out of memory refuses every write) the claim reads with `GET`
+//! and writes with `SET … PX` for the rest of the run, so replays are still answered.
+//!
+//! The hot paths avoid Lua work too: a replay (a completed record with the caller's fingerprint)
+//! and the owner's complete (an in-progress record with the caller's token) are recognised with
+//! plain comparisons and one short anchored pattern over the fixed fields, checking everything
+//! the general `parse` checks; any other value goes through `parse`, which names what is wrong.
 //!
 //! Times come from `redis.call('TIME')`, read lazily and at most once per script run, so consumers'
 //! clock skew does not matter. Redis ≥ 6 is required (`SET … KEEPTTL`; effects replication, which
@@ -40,15 +51,17 @@
 //! ahead of the clock by one per claim. Records written with the old counter tokens (1, 2, …)
 //! read unchanged; their next claim jumps to the clock.
 //!
-//! Every script first validates the record (`load`), and answers `{'corrupt', detail}` instead of
-//! acting on a record it cannot read: a key of another type, a value that does not parse, another
+//! Every script validates the record before acting on it (hot-path checks or `parse`), and answers
+//! `corrupt, detail` instead of acting on a record it cannot read: a key of another type, a value that does not parse, another
 //! format version, a malformed field, or a field the state does not use being set.
 //!
 //! `claim` and `complete` also come as `*_MANY` scripts for group commit (see `batch.rs`): they
-//! run the same per-record Lua function over every key in `KEYS`, in order, and answer an array
-//! holding, per key, exactly the reply the single-key script gives. A batch reads `TIME` at most
-//! once. On standalone Redis the keys of one batch may lie in different slots; on a Cluster the
-//! batcher sends one call per slot (a script may only touch keys of one slot).
+//! run the same per-record Lua function over every key in `KEYS`, in order, and answer one flat
+//! array with a fixed number of items per key ([`CLAIM_REPLY`], [`COMPLETE_REPLY`]), which the
+//! batcher cuts back into the reply the single-key script gives (a flat array costs Redis less to
+//! convert than one table per key). A batch reads `TIME` at most once. On standalone Redis the
+//! keys of one batch may lie in different slots; on a Cluster the batcher sends one call per slot
+//! (a script may only touch keys of one slot).
 
 use redis::Script;
 
@@ -154,11 +167,14 @@ end
 ///
 /// It starts with `SET key <new in-progress record> NX GET PX ttl` (Redis ≥ 7.0): a new key is
 /// claimed in that one call (plus the run's shared `TIME`, which the token and lease end need),
-/// and any other key is left as it was, its value answered for the checks below. A completed
+/// and any other key is left as it was, its value answered for the checks below. That call costs
+/// a replay more than a `GET` (it builds the new value and carries six arguments), and the keys of
+/// one batch tend to be alike (new traffic, or a redelivered burst), so after a key that existed
+/// the next key of the run is read with `GET` (and written with `SET … PX` if absent). A completed
 /// record with the caller's fingerprint (a replay) is recognised by plain comparisons and answered
 /// from there. Everything else takes the general path: `parse`, then as the contract says (a
-/// takeover writes one more `SET … PX`). Where the server refuses `NX GET` (Redis 6) the rest of
-/// the run reads with `GET` and writes with `SET … PX`, as before.
+/// takeover writes one more `SET … PX`). Where the server refuses `NX GET` (Redis 6; or out of
+/// memory, when it refuses every write) the rest of the run reads with `GET`.
 ///
 /// The token is `max(previous + 1, now ms)` (see the module docs), from the same `TIME` reading.
 const CLAIM_FN: &str = r#"
