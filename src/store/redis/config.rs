@@ -7,7 +7,7 @@ use super::scripts::{Scripts, CLAIM_ARGS, CLAIM_REPLY, COMPLETE_ARGS, COMPLETE_R
 use super::{Inner, RedisStore};
 use crate::store::{StoreError, DEFAULT_MAX_OUTCOME_BYTES};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -239,6 +239,7 @@ impl RedisStoreBuilder {
                 max_batch: self.max_batch,
                 durability,
                 round_trips,
+                claim_found: AtomicBool::new(false),
                 max_outcome_bytes: self.max_outcome_bytes,
                 timeout: self.timeout,
                 url: redact(&self.url),

@@ -100,7 +100,7 @@ use redis::{Cmd, RedisError, RedisResult, Value};
 use reply::Reply;
 use scripts::Scripts;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,6 +186,9 @@ struct Inner {
     durability: Option<Durability>,
     /// Commands sent (a batch counts once).
     round_trips: Arc<AtomicU64>,
+    /// Whether the last claim answered found its key (replay, conflict, in flight): the next
+    /// single-key claim then reads with `GET` rather than `SET … NX GET` (see `scripts.rs`).
+    claim_found: AtomicBool,
     max_outcome_bytes: usize,
     timeout: Duration,
     /// URL without password, for Debug.
@@ -380,13 +383,29 @@ impl Store for RedisStore {
             }
             _ => {
                 let (lease, ttl) = (lease.to_string(), ttl.to_string());
-                let args = [fingerprint.as_bytes(), lease.as_bytes(), ttl.as_bytes()];
+                let found = if self.inner.claim_found.load(Ordering::Relaxed) {
+                    "found"
+                } else {
+                    "new"
+                };
+                let args = [
+                    fingerprint.as_bytes(),
+                    lease.as_bytes(),
+                    ttl.as_bytes(),
+                    found.as_bytes(),
+                ];
                 self.eval_one("claim", &self.inner.scripts.claim, &rkey, &args)
                     .await?
             }
         };
         drop(turn);
-        Reply::new("claim", &rkey, v)?.claim()
+        let claim = Reply::new("claim", &rkey, v)?.claim()?;
+        let found = !matches!(claim, Claim::Acquired { .. });
+        // Written only on a change: concurrent claims would otherwise contend for the line.
+        if self.inner.claim_found.load(Ordering::Relaxed) != found {
+            self.inner.claim_found.store(found, Ordering::Relaxed);
+        }
+        Ok(claim)
     }
 
     async fn complete(

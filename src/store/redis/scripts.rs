@@ -238,8 +238,10 @@ local function claim_one(key, fp, lease, ttl)
   return 'acquired', tok, att
 end
 "#;
-/// KEYS[1] record; ARGV fingerprint, lease ms, record TTL ms.
-const CLAIM: &str = "return {claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])}";
+/// KEYS[1] record; ARGV fingerprint, lease ms, record TTL ms, and `found` when the store's
+/// previous claim found its key (a run of one key has no previous key of its own to go by).
+const CLAIM: &str =
+    "expect_new = ARGV[4] ~= 'found'\nreturn {claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])}";
 
 /// Arguments per key of the claim scripts.
 pub(crate) const CLAIM_ARGS: usize = 3;
