@@ -8,26 +8,29 @@
 //!     --store "postgres://postgres@127.0.0.1:5432/test?idemq_migrate=true" --messages 20000
 //! ```
 //!
-//! Options: `--store URL` (`memory`, `redis://…` / `rediss://…`, a Redis Cluster as
-//! `redis-cluster://host:port[,host:port…]`, where `?batch=N` sets the store's
-//! batching, `?batch=1` turning it off, or, with feature `postgres`,
-//! `postgres://…` as accepted by `PostgresStore::from_url`; default `memory`),
-//! `--messages N` (default 20000), `--in-flight N` (default 64), `--outcome-bytes N` (default 64),
-//! `--local-cache N` (default 0: off) and `--local-cache-age-ms MS` (default 60000): put a
-//! `CachedStore` of N completed keys in front of the store, so replays of keys this process
-//! completed are answered in process (commands per message then show what still reaches the store).
+//! Options (`--help` lists them): `--store URL` (`memory`, `redis://…` / `rediss://…`, a Redis
+//! Cluster as `redis-cluster://host:port[,host:port…]`, where `?batch=N` sets the store's
+//! batching, `?batch=1` turning it off, or, with feature `postgres`, `postgres://…` as accepted by
+//! `PostgresStore::from_url`; default `memory`), `--messages N` (default 20000, at least 50),
+//! `--in-flight N` (default 64), `--outcome-bytes N` (default 64), `--local-cache N` (default 0:
+//! off) and `--local-cache-age-ms MS` (default 60000): put a `CachedStore` of N completed keys in
+//! front of the store, so replays of keys this process completed are answered in process
+//! (commands per message then show what still reaches the store).
 //!
 //! Phases (each over `--messages` distinct keys):
 //! - first-time, sequential: `claim` → `Acquired` → `complete`, one message after the other;
 //! - raw two-trip floor (Redis only): `SET k NX PX lease` + `SET k outcome PX retention`,
-//!   sequentially. It runs interleaved with the first-time phase in 10 chunks so both see the same
-//!   machine load;
+//!   sequentially. It runs interleaved with the first-time phase in 50 chunks so both see the same
+//!   machine load (on a busy machine, load changes within seconds);
 //! - replay, sequential: `claim` → `Completed` for the first-time keys;
 //! - first-time and replay with `--in-flight` messages in flight (that many tasks sharing one store).
 //!
 //! Commands per message come from `INFO commandstats` deltas, counting client commands only
 //! (`evalsha`, `eval`, `script|load`, `set`, …); commands the Lua scripts run inside the server are
-//! shown separately, and "server µs/msg" is the server time of the client commands. On a shared
+//! shown separately, and "server µs/msg" is the server time of the client commands (JSON
+//! `first_server_us_per_msg`, `replay_server_us_per_msg`, `concurrent_first_server_us_per_msg`,
+//! `concurrent_replay_server_us_per_msg`; Redis counts a script's whole run, the commands it
+//! makes included, as its call's time). On a shared
 //! Redis, other clients' commands during the run inflate the counts. For Postgres the store talks
 //! through a local TCP proxy that counts round trips (the client speaking again after the server
 //! answered; pipelined statements count once), shown as `round trips` in the commands column; the
@@ -38,6 +41,7 @@
 //!
 //! Prints a table, then as its last line one JSON object with the figures.
 
+use clap::Parser;
 use idemq::store::redis::{RedisStore, RedisStoreBuilder};
 use idemq::store::{CachedStore, Claim, ClaimRequest, Fence, MemoryStore, RecordKey, Store};
 use idemq::{Fingerprint, IdempotencyKey, Outcome};
@@ -55,49 +59,41 @@ const LEASE: Duration = Duration::from_secs(30);
 /// Long enough for the replay phases, short enough that a crashed run cleans itself up.
 const RETENTION: Duration = Duration::from_secs(300);
 /// Chunks the first-time and raw phases are interleaved in.
-const CHUNKS: usize = 10;
+const CHUNKS: usize = 50;
 /// Commands the store's Lua scripts run inside the server (not round trips) in the store phases;
 /// the store itself never sends a plain `GET` or `SET`. In the raw phase every command is a
 /// client command.
 const SCRIPT_INTERNAL: &[&str] = &["get", "set", "time", "pttl"];
 
+/// Store benchmark: first-time and replay throughput, sequential and concurrent, Redis commands
+/// and server time per message, and the raw two-round-trip floor, in one run.
+#[derive(Parser)]
+#[command(name = "store_bench")]
 struct Args {
+    /// `memory`, `redis://…` / `rediss://…` (`?batch=N` sets the store's batching, `?batch=1`
+    /// turns it off), a Redis Cluster as `redis-cluster://host:port[,host:port…]`, or (feature
+    /// `postgres`) `postgres://…` as `PostgresStore::from_url` accepts it.
+    #[arg(long, default_value = "memory")]
     store: String,
+    /// Distinct keys per phase.
+    #[arg(long, default_value_t = 20_000)]
     messages: usize,
+    /// Messages in flight in the concurrent phases (that many tasks sharing one store).
+    #[arg(long, default_value_t = 64)]
     in_flight: usize,
+    /// Size of each stored outcome body.
+    #[arg(long, default_value_t = 64)]
     outcome_bytes: usize,
+    /// Completed keys a `CachedStore` in front of the store keeps (0: no local cache).
+    #[arg(long, default_value_t = 0)]
     local_cache: usize,
+    /// How long the local cache answers for a completed key.
+    #[arg(long, default_value_t = 60_000)]
     local_cache_age_ms: u64,
 }
 
 fn parse_args() -> BoxResult<Args> {
-    let mut args = Args {
-        store: "memory".into(),
-        messages: 20_000,
-        in_flight: 64,
-        outcome_bytes: 64,
-        local_cache: 0,
-        local_cache_age_ms: 60_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--store" => args.store = value()?,
-            "--messages" => args.messages = value()?.parse()?,
-            "--in-flight" => args.in_flight = value()?.parse()?,
-            "--outcome-bytes" => args.outcome_bytes = value()?.parse()?,
-            "--local-cache" => args.local_cache = value()?.parse()?,
-            "--local-cache-age-ms" => args.local_cache_age_ms = value()?.parse()?,
-            "-h" | "--help" => {
-                println!(
-                    "store_bench --store memory|redis://HOST:PORT [--messages N] [--in-flight N] [--outcome-bytes N] [--local-cache N] [--local-cache-age-ms MS]"
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)").into()),
-        }
-    }
+    let args = Args::parse();
     if args.messages < CHUNKS || args.in_flight == 0 {
         return Err(format!("--messages must be at least {CHUNKS}, --in-flight positive").into());
     }
@@ -731,6 +727,19 @@ async fn main() -> BoxResult<()> {
         "  {in_flight} / sequential first-time = {speedup:.2} (target >= 5): {}",
         verdict(Some(speedup >= 5.0))
     );
+    // Redis server time (`INFO commandstats` usec of the client commands) per message.
+    let server_us = |p: &Phase| p.server_us_per_msg().filter(|_| is_redis);
+    let (conc_first_us, conc_replay_us) = (server_us(&conc_first), server_us(&conc_replay));
+    println!(
+        "  first-time server µs/msg, {in_flight} = {} (target <= 7): {}",
+        fmt_opt(conc_first_us, 2),
+        verdict(conc_first_us.map(|us| us <= 7.0))
+    );
+    println!(
+        "  replay server µs/msg, {in_flight} = {} (target <= 3): {}",
+        fmt_opt(conc_replay_us, 2),
+        verdict(conc_replay_us.map(|us| us <= 3.0))
+    );
 
     let json = serde_json::json!({
         "store": if cluster { "redis-cluster" } else if is_redis { "redis" } else if is_postgres { "postgres" } else { "memory" },
@@ -752,6 +761,9 @@ async fn main() -> BoxResult<()> {
         "concurrent_first_cmds_per_msg": conc_first.cmds_per_msg(),
         "raw_cmds_per_msg": if is_redis { raw.cmds_per_msg() } else { None },
         "first_server_us_per_msg": first.server_us_per_msg().filter(|_| !is_postgres),
+        "replay_server_us_per_msg": server_us(&replayed),
+        "concurrent_first_server_us_per_msg": conc_first_us,
+        "concurrent_replay_server_us_per_msg": conc_replay_us,
         "raw_server_us_per_msg": if is_redis { raw.server_us_per_msg() } else { None },
         "first_vs_raw_ratio": first_vs_raw,
         "concurrent_vs_sequential_ratio": speedup,

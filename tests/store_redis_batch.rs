@@ -59,11 +59,15 @@ async fn pause(admin: &mut MultiplexedConnection, ms: u64) {
 /// Batches of one kind the store keeps on the wire at once.
 const PIPELINE: u64 = 2;
 
-/// Starts claims of throwaway keys, one batch each, that occupy the claim batcher's pipeline
-/// until the pause ends; the claims made after this returns form the next batch.
+/// Claims of throwaway keys that block the claim path: the first, made with no other claim in
+/// flight, is sent by its caller directly; each later one is one batch of the batcher's pipeline.
+const BLOCKERS: u64 = PIPELINE + 1;
+
+/// Starts [`BLOCKERS`] claims of throwaway keys, one call each, that occupy the claim path until
+/// the pause ends; the claims made after this returns form the next batch.
 async fn occupy_claim_batcher(s: &RedisStore) -> Vec<tokio::task::JoinHandle<()>> {
     let mut blockers = Vec::new();
-    for i in 0..PIPELINE {
+    for i in 0..BLOCKERS {
         let s = s.clone();
         blockers.push(tokio::spawn(async move {
             let _ = claim(&s, &key(&format!("blocker{i}")), &fp("x")).await;
@@ -171,10 +175,10 @@ async fn the_same_key_twice_in_one_batch_is_acquired_once() {
     let blocker = occupy_claim_batcher(&s).await;
     let (a, b) = tokio::join!(claim(&s, &k, &f), claim(&s, &k, &f));
     release_batcher(blocker).await;
-    // The blockers' batches, then one batch with both claims.
+    // The blockers' calls, then one batch with both claims.
     assert_eq!(
         evalsha(&mut admin).await - before,
-        PIPELINE + 1,
+        BLOCKERS + 1,
         "both claims in one batch"
     );
     let mut results = [a.expect("claim"), b.expect("claim")];
@@ -224,7 +228,7 @@ async fn a_corrupt_record_fails_only_its_own_call_in_a_batch() {
     release_batcher(blocker).await;
     assert_eq!(
         evalsha(&mut admin).await - before,
-        PIPELINE + 1,
+        BLOCKERS + 1,
         "one batch of eleven"
     );
     let mut tokens = Vec::new();

@@ -5,7 +5,9 @@
 //! price of one. Each operation kind has one background task: it waits for a request, takes
 //! whatever other requests are *already* queued (no timer, so a lone request is sent at once and
 //! light load sees no added latency), runs one `*_MANY` script over them and hands each caller its
-//! own per-key reply. At most [`PIPELINE`] batches of a kind are on the wire at once; while they
+//! own per-key reply. A caller that finds no other call of its kind queued or on the wire
+//! ([`Batcher::start`]) sends its call itself: the task would send it alone anyway, and the hop to
+//! the task and back is a visible share of a sequential caller's latency. At most [`PIPELINE`] batches of a kind are on the wire at once; while they
 //! are, new requests queue up and form the next batch, so batches grow with the load.
 //!
 //! A failed call (connection, protocol, timeout) fails every request of the batch, each with its
@@ -29,7 +31,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use redis::cluster_routing::Route;
 use redis::{Cmd, Script, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -75,6 +77,29 @@ pub(crate) struct Batcher {
     op: &'static str,
     timeout: Duration,
     tx: mpsc::Sender<Job>,
+    /// Calls of this kind started and not yet answered, queued, on the wire or sent directly.
+    busy: AtomicUsize,
+}
+
+/// One call of a kind, from [`Batcher::start`] until it is dropped.
+pub(crate) struct Turn<'a> {
+    busy: &'a AtomicUsize,
+    alone: bool,
+}
+
+impl Turn<'_> {
+    /// No other call of this kind was queued, on the wire or being sent when this one started:
+    /// the batching task would send it alone and at once, so the caller may send it itself and
+    /// save the hop to the task and back (a sequential caller's every call).
+    pub(crate) fn alone(&self) -> bool {
+        self.alone
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What the background task needs to run batches.
@@ -83,6 +108,8 @@ pub(crate) struct Worker {
     /// The `*_MANY` script: `KEYS` in order, `args_per_key` arguments per key in `ARGV`.
     pub(crate) script: Script,
     pub(crate) args_per_key: usize,
+    /// Reply items per key: the script answers one flat array, `reply_width` items per key.
+    pub(crate) reply_width: usize,
     pub(crate) conn: Conn,
     pub(crate) max_batch: usize,
     pub(crate) timeout: Duration,
@@ -98,7 +125,21 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (op, timeout) = (worker.op, worker.timeout);
         tokio::spawn(worker.run(rx));
-        Self { op, timeout, tx }
+        Self {
+            op,
+            timeout,
+            tx,
+            busy: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts one call of this kind as started until the returned turn is dropped.
+    pub(crate) fn start(&self) -> Turn<'_> {
+        let before = self.busy.fetch_add(1, Ordering::AcqRel);
+        Turn {
+            busy: &self.busy,
+            alone: before == 0,
+        }
     }
 
     /// Queues one operation and waits for its own reply, which comes by `deadline`: the task
@@ -281,15 +322,21 @@ impl Worker {
         // Errors are not `Clone`: each caller gets its own value describing the same failure.
         // A caller that has gone simply does not need its answer.
         match result {
-            Ok(Value::Array(items)) if items.len() == n => {
-                for (reply, item) in replies.zip(items) {
+            Ok(Value::Array(items)) if items.len() == n * self.reply_width => {
+                // Each caller gets its own items as the array the single-key script answers.
+                let mut items = items.into_iter();
+                for reply in replies {
+                    let own: Vec<Value> = items.by_ref().take(self.reply_width).collect();
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(item));
+                        let _ = reply.send(Ok(Value::Array(own)));
                     }
                 }
             }
             Ok(other) => {
-                let what = format!("expected an array of {n} replies, got {other:?}");
+                let what = format!(
+                    "expected an array of {} items ({n} replies), got {other:?}",
+                    n * self.reply_width
+                );
                 for reply in replies.flatten() {
                     let _ = reply.send(Err(bad(self.op, what.clone())));
                 }

@@ -3,11 +3,11 @@
 use super::batch::{Batcher, Worker};
 use super::conn::{Conn, Durability};
 use super::keys::KeyLayout;
-use super::scripts::{Scripts, CLAIM_ARGS, COMPLETE_ARGS};
+use super::scripts::{Scripts, CLAIM_ARGS, CLAIM_REPLY, COMPLETE_ARGS, COMPLETE_REPLY};
 use super::{Inner, RedisStore};
 use crate::store::{StoreError, DEFAULT_MAX_OUTCOME_BYTES};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,12 +207,13 @@ impl RedisStoreBuilder {
             timeout: self.replica_timeout,
         });
         let round_trips = Arc::new(AtomicU64::new(0));
-        let batcher = |op, script: &redis::Script, args_per_key| {
+        let batcher = |op, script: &redis::Script, args_per_key, reply_width| {
             (self.max_batch > 1).then(|| {
                 Batcher::spawn(Worker {
                     op,
                     script: script.clone(),
                     args_per_key,
+                    reply_width,
                     conn: conn.clone(),
                     max_batch: self.max_batch,
                     timeout: self.timeout,
@@ -221,8 +222,13 @@ impl RedisStoreBuilder {
                 })
             })
         };
-        let claim_batch = batcher("claim", &scripts.claim_many, CLAIM_ARGS);
-        let complete_batch = batcher("complete", &scripts.complete_many, COMPLETE_ARGS);
+        let claim_batch = batcher("claim", &scripts.claim_many, CLAIM_ARGS, CLAIM_REPLY);
+        let complete_batch = batcher(
+            "complete",
+            &scripts.complete_many,
+            COMPLETE_ARGS,
+            COMPLETE_REPLY,
+        );
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
@@ -233,6 +239,7 @@ impl RedisStoreBuilder {
                 max_batch: self.max_batch,
                 durability,
                 round_trips,
+                claim_found: AtomicBool::new(false),
                 max_outcome_bytes: self.max_outcome_bytes,
                 timeout: self.timeout,
                 url: redact(&self.url),

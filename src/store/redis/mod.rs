@@ -13,9 +13,10 @@
 //!   multi-key script, and so do concurrent `complete` calls: a background task per kind sends
 //!   the first queued call at once, and the calls that queue while it is on the wire form the
 //!   next batch (up to [`RedisStoreBuilder::max_batch`], default 64; no timer, so a lone call is
-//!   not delayed). The script handles the keys in order with the single-key logic, so results are
-//!   the same as one call after the other (the same key twice in a batch: `Acquired`, then
-//!   `InFlight`). A failed batch call fails each of its callers with its own error; a corrupt
+//!   not delayed; a call made while no other of its kind is queued or on the wire is sent by its
+//!   caller, without the hop through the task). The script handles the keys in order with the
+//!   single-key logic, so results are the same as one call after the other (the same key twice
+//!   in a batch: `Acquired`, then `InFlight`). A failed batch call fails each of its callers with its own error; a corrupt
 //!   record fails only its own call; each call keeps its own timeout. `max_batch(1)` (or `?batch=1`
 //!   in the URL) sends one `EVALSHA` per operation. `release`, `renew`, `get` are never batched.
 //!   [`RedisStore::round_trips`] counts the commands actually sent.
@@ -46,8 +47,9 @@
 //!   (`p`, `r`, `c`), token, attempt, lease end (ms, state `p` only), completed-at (ms, state `c`
 //!   only), outcome status, fingerprint (64 hex), then the outcome body as raw bytes to the end.
 //!   One string (not a hash) so that each operation makes as few `redis.call`s as possible inside
-//!   its script (claim: `GET` + `SET … PX`; a replay: `GET` only), which is where Redis spends its
-//!   CPU. Operators read a record with `redis-cli GET <key>` (see [`RedisStore::redis_key`]).
+//!   its script (claim of a new key: one `SET … NX GET PX` on Redis ≥ 7.0; a replay: that same
+//!   call, which writes nothing, or a `GET`; complete: `GET` + `SET … PX`), which is where Redis
+//!   spends its CPU. Operators read a record with `redis-cli GET <key>` (see [`RedisStore::redis_key`]).
 //!   A value that does not parse, another version, or a key of another type (format 1 wrote
 //!   hashes; they are not migrated) is reported as [`StoreError::Corrupt`] naming the Redis key,
 //!   and left untouched ([`Store::forget`] still deletes it, and so does its TTL). Requires
@@ -98,7 +100,7 @@ use redis::{Cmd, RedisError, RedisResult, Value};
 use reply::Reply;
 use scripts::Scripts;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,6 +186,9 @@ struct Inner {
     durability: Option<Durability>,
     /// Commands sent (a batch counts once).
     round_trips: Arc<AtomicU64>,
+    /// Whether the last claim answered found its key (replay, conflict, in flight): the next
+    /// single-key claim then reads with `GET` rather than `SET … NX GET` (see `scripts.rs`).
+    claim_found: AtomicBool,
     max_outcome_bytes: usize,
     timeout: Duration,
     /// URL without password, for Debug.
@@ -364,8 +369,11 @@ impl Store for RedisStore {
         let fingerprint = req.fingerprint.to_hex();
         // The record lives at least as long as its lease.
         let (lease, ttl) = (ms(req.lease), ms(req.retention.max(req.lease)));
-        let v: Value = match &self.inner.claim_batch {
-            Some(batcher) => {
+        // With no other claim queued or on the wire, the call goes out at once from here: the
+        // batching task would send it alone anyway, a task hop later.
+        let turn = self.inner.claim_batch.as_ref().map(Batcher::start);
+        let v: Value = match (&self.inner.claim_batch, &turn) {
+            (Some(batcher), Some(turn)) if !turn.alone() => {
                 let args = vec![
                     Bytes::from(fingerprint),
                     Bytes::from(lease.to_string()),
@@ -373,14 +381,31 @@ impl Store for RedisStore {
                 ];
                 self.batched(batcher, rkey.clone(), args).await?
             }
-            None => {
+            _ => {
                 let (lease, ttl) = (lease.to_string(), ttl.to_string());
-                let args = [fingerprint.as_bytes(), lease.as_bytes(), ttl.as_bytes()];
+                let found = if self.inner.claim_found.load(Ordering::Relaxed) {
+                    "found"
+                } else {
+                    "new"
+                };
+                let args = [
+                    fingerprint.as_bytes(),
+                    lease.as_bytes(),
+                    ttl.as_bytes(),
+                    found.as_bytes(),
+                ];
                 self.eval_one("claim", &self.inner.scripts.claim, &rkey, &args)
                     .await?
             }
         };
-        Reply::new("claim", &rkey, v)?.claim()
+        drop(turn);
+        let claim = Reply::new("claim", &rkey, v)?.claim()?;
+        let found = !matches!(claim, Claim::Acquired { .. });
+        // Written only on a change: concurrent claims would otherwise contend for the line.
+        if self.inner.claim_found.load(Ordering::Relaxed) != found {
+            self.inner.claim_found.store(found, Ordering::Relaxed);
+        }
+        Ok(claim)
     }
 
     async fn complete(
@@ -397,8 +422,9 @@ impl Store for RedisStore {
             });
         }
         let rkey = self.inner.layout.record(key);
-        let v: Value = match &self.inner.complete_batch {
-            Some(batcher) => {
+        let turn = self.inner.complete_batch.as_ref().map(Batcher::start);
+        let v: Value = match (&self.inner.complete_batch, &turn) {
+            (Some(batcher), Some(turn)) if !turn.alone() => {
                 let args = vec![
                     Bytes::from(token.0.to_string()),
                     Bytes::from_static(outcome.status.as_str().as_bytes()),
@@ -407,7 +433,7 @@ impl Store for RedisStore {
                 ];
                 self.batched(batcher, rkey.clone(), args).await?
             }
-            None => {
+            _ => {
                 let (token, retention) = (token.0.to_string(), ms(retention).to_string());
                 let args = [
                     token.as_bytes(),
@@ -419,6 +445,7 @@ impl Store for RedisStore {
                     .await?
             }
         };
+        drop(turn);
         Reply::new("complete", &rkey, v)?.fence()
     }
 

@@ -21,10 +21,21 @@
 //!
 //! Why a string rather than a hash (format 1): Redis CPU per operation is dominated by the
 //! `redis.call`s a script makes (each one marshals its arguments and reply between Lua and RESP), so
-//! one `GET` plus one `SET … PX` (value and TTL in one command) replaces `HMGET` + `HSET` +
-//! `PEXPIRE`. A first-time message costs 4 calls (claim `GET` + `SET`, complete `GET` + `SET`) plus
-//! one shared `TIME` per script run; a replay costs one `GET`. Format-1 records (hashes) are not
-//! migrated: they read as corrupt (`WRONGTYPE`) until `idemq key forget` or their TTL removes them.
+//! one read plus one `SET … PX` (value and TTL in one command) replaces `HMGET` + `HSET` +
+//! `PEXPIRE`. Format-1 records (hashes) are not migrated: they read as corrupt (`WRONGTYPE`) until
+//! `idemq key forget` or their TTL removes them.
+//!
+//! Calls per operation (issue 16): a claim of a new key is one `SET key <record> NX GET PX ttl`
+//! (Redis ≥ 7.0) plus the run's shared `TIME`; a replay reads the record with that same call (it
+//! writes nothing when the key exists) or, when the previous key of its batch existed, with a
+//! `GET`; a complete is `GET` + `SET … PX` (+ the shared `TIME`). Where `SET … NX GET` is refused
+//! (Redis 6 has no `NX GET`; a server out of memory refuses every write) the claim reads with `GET`
+//! and writes with `SET … PX` for the rest of the run, so replays are still answered.
+//!
+//! The hot paths avoid Lua work too: a replay (a completed record with the caller's fingerprint)
+//! and the owner's complete (an in-progress record with the caller's token) are recognised with
+//! plain comparisons and one short anchored pattern over the fixed fields, checking everything
+//! the general `parse` checks; any other value goes through `parse`, which names what is wrong.
 //!
 //! Times come from `redis.call('TIME')`, read lazily and at most once per script run, so consumers'
 //! clock skew does not matter. Redis ≥ 6 is required (`SET … KEEPTTL`; effects replication, which
@@ -40,112 +51,66 @@
 //! ahead of the clock by one per claim. Records written with the old counter tokens (1, 2, …)
 //! read unchanged; their next claim jumps to the clock.
 //!
-//! Every script first validates the record (`load`), and answers `{'corrupt', detail}` instead of
-//! acting on a record it cannot read: a key of another type, a value that does not parse, another
+//! Every script validates the record before acting on it (hot-path checks or `parse`), and answers
+//! `corrupt, detail` instead of acting on a record it cannot read: a key of another type, a value that does not parse, another
 //! format version, a malformed field, or a field the state does not use being set.
 //!
 //! `claim` and `complete` also come as `*_MANY` scripts for group commit (see `batch.rs`): they
-//! run the same per-record Lua function over every key in `KEYS`, in order, and answer an array
-//! holding, per key, exactly the reply the single-key script gives. A batch reads `TIME` at most
-//! once. On standalone Redis the keys of one batch may lie in different slots; on a Cluster the
-//! batcher sends one call per slot (a script may only touch keys of one slot).
+//! run the same per-record Lua function over every key in `KEYS`, in order, and answer one flat
+//! array with a fixed number of items per key ([`CLAIM_REPLY`], [`COMPLETE_REPLY`]), which the
+//! batcher cuts back into the reply the single-key script gives (a flat array costs Redis less to
+//! convert than one table per key). A batch reads `TIME` at most once. On standalone Redis the
+//! keys of one batch may lie in different slots; on a Cluster the batcher sends one call per slot
+//! (a script may only touch keys of one slot).
 
 use redis::Script;
 
 /// Format version: the value's first field; records with another version are reported as corrupt.
 pub(crate) const FORMAT_VERSION: &str = "2";
 
-const PRELUDE: &str = r#"
--- Server clock in ms, read at most once per script run (a batch shares one reading), and only
--- by the paths that need it.
-local clock
+/// The server clock, read at most once per script run (a batch shares one reading) and only by
+/// the paths that need it; `clock_text` is the same reading as text, formatted once.
+const CLOCK: &str = r#"
+local clock, clock_text
 local function now_ms()
   if not clock then
     local t = redis.call('TIME')
     clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    clock_text = string.format('%d', clock)
   end
   return clock
 end
+"#;
 
-local function int(n)
-  return string.format('%d', n)
-end
-
--- The server clock as text, and the lease end for a lease given as text, each computed once per
--- script run (the keys of a batch share them).
-local clock_text
-local function now_text()
-  if not clock_text then clock_text = int(now_ms()) end
-  return clock_text
-end
-local lease_ends = {}
+/// The lease end (text) for a lease given as text, computed once per distinct lease per run (the
+/// keys of a batch normally share one).
+const LEASE_END: &str = r#"
+local lease_text, lease_end_text
 local function lease_end(lease)
-  local s = lease_ends[lease]
-  if not s then
-    s = int(now_ms() + tonumber(lease))
-    lease_ends[lease] = s
+  if lease ~= lease_text then
+    lease_text = lease
+    lease_end_text = string.format('%d', now_ms() + tonumber(lease))
   end
-  return s
+  return lease_end_text
 end
+"#;
 
-local function digits(s)
-  return string.match(s, '^%d+$') ~= nil
-end
-
+/// `parse` validates a value field by field (the general path; the hot paths of `claim` and
+/// `complete` accept the common records with a few plain comparisons first, see there) and
+/// `encode` writes one. tok and att stay text (compared as text, converted only to compute the
+/// next ones); lu is a number in state p, the only state that has one.
+const RECORD: &str = r#"
 -- The value of a record; lu and ca are strings ('' when unused), ob may be any bytes. Plain `..`
--- (no table, no format) because it runs once per claim and per complete; tok and att are small
--- integers, which Lua prints without exponent.
+-- (no table, no format); tok and att are small integers, which Lua prints without exponent.
 local function encode(st, tok, att, lu, ca, os, fp, ob)
   return '@VERSION@|' .. st .. '|' .. tok .. '|' .. att .. '|' .. lu .. '|' .. ca .. '|' .. os .. '|' ..
     fp .. '|' .. ob
 end
 
--- tok and att stay text (compared as text, converted only to compute the next ones); lu is a
--- number in state p, the only state that has one. Number/text conversions (strtod, printf) are a
--- visible share of Redis CPU per message, so the hot paths make none.
-local function record(st, tok, att, lu, ca, os, fp, ob)
-  if st == 'p' then lu = tonumber(lu) else lu = nil end
-  return {st = st, tok = tok, fp = fp, att = att, lu = lu, os = os, ob = ob, ca = ca}
-end
-
--- The full check of a value, field by field, with the reason it is unreadable: the slow path,
--- taken only when the one-pattern check in `load` does not accept the value.
-local function diagnose(s)
-  local st, tok, att, lu, ca, os, fp, body =
-    string.match(s, '^@VERSION@|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|()')
-  if not st then
-    local v = string.match(s, '^(%d+)|')
-    if v and v ~= '@VERSION@' then return false, 'unknown format version ' .. string.sub(v, 1, 20) end
-    return false, 'malformed value (expected @VERSION@|st|tok|att|lu|ca|os|fp|ob)'
-  end
-  if not digits(tok) then return false, 'bad field tok' end
-  if not digits(att) then return false, 'bad field att' end
-  if #fp ~= 64 or string.find(fp, '[^0-9a-f]') then return false, 'bad field fp' end
-  local ob = ''
-  if st == 'p' then
-    if not digits(lu) then return false, 'bad field lu' end
-    if ca ~= '' or os ~= '' or body <= #s then return false, 'outcome fields set in state p' end
-  elseif st == 'c' then
-    if os ~= 'succeeded' and os ~= 'failed' then return false, 'bad field os' end
-    if not digits(ca) then return false, 'bad field ca' end
-    if lu ~= '' then return false, 'field lu set in state c' end
-    ob = string.sub(s, body)
-  elseif st == 'r' then
-    if lu ~= '' or ca ~= '' or os ~= '' or body <= #s then
-      return false, 'lease or outcome fields set in state r'
-    end
-  else
-    return false, 'bad field st'
-  end
-  return record(st, tok, att, lu, ca, os, fp, ob)
-end
-
--- nil: absent; false, why: unreadable; otherwise the record. One pattern whose character classes
--- already check every fixed field accepts a well-formed value (the Lua work per record is a large
--- part of Redis's CPU per message); anything it does not accept goes through `diagnose`, which
--- has the last word.
-local function load(key)
-  local s = redis.pcall('GET', key)
+-- `s` is what `redis.pcall('GET' | 'SET … GET')` answered: false for no key, an error table for a
+-- key of another type. nil: absent; false, why: unreadable; otherwise the record. One pattern
+-- accepts a well-formed value; anything else is checked field by field for the reason.
+local function parse(s)
   if not s then return nil end
   if type(s) ~= 'string' then
     return false, 'not a string (' .. tostring(type(s) == 'table' and s.err or s) ..
@@ -153,78 +118,186 @@ local function load(key)
   end
   local st, tok, att, lu, ca, os, fp, body =
     string.match(s, '^@VERSION@|([prc])|(%d+)|(%d+)|(%d*)|(%d*)|([a-z]*)|([0-9a-f]+)|()')
+  local ok = false
   if st and #fp == 64 then
     if st == 'c' then
-      if lu == '' and ca ~= '' and (os == 'succeeded' or os == 'failed') then
-        return record(st, tok, att, lu, ca, os, fp, string.sub(s, body))
-      end
-    elseif ca == '' and os == '' and body > #s and (st == 'r') == (lu == '') then
-      return record(st, tok, att, lu, ca, os, fp, '')
+      ok = lu == '' and ca ~= '' and (os == 'succeeded' or os == 'failed')
+    else
+      ok = ca == '' and os == '' and body > #s and (st == 'r') == (lu == '')
     end
   end
-  return diagnose(s)
+  if not ok then
+    st, tok, att, lu, ca, os, fp, body =
+      string.match(s, '^@VERSION@|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|()')
+    if not st then
+      local v = string.match(s, '^(%d+)|')
+      if v and v ~= '@VERSION@' then
+        return false, 'unknown format version ' .. string.sub(v, 1, 20)
+      end
+      return false, 'malformed value (expected @VERSION@|st|tok|att|lu|ca|os|fp|ob)'
+    end
+    if not string.find(tok, '^%d+$') then return false, 'bad field tok' end
+    if not string.find(att, '^%d+$') then return false, 'bad field att' end
+    if #fp ~= 64 or string.find(fp, '[^0-9a-f]') then return false, 'bad field fp' end
+    if st == 'p' then
+      if not string.find(lu, '^%d+$') then return false, 'bad field lu' end
+      if ca ~= '' or os ~= '' or body <= #s then return false, 'outcome fields set in state p' end
+    elseif st == 'c' then
+      if os ~= 'succeeded' and os ~= 'failed' then return false, 'bad field os' end
+      if not string.find(ca, '^%d+$') then return false, 'bad field ca' end
+      if lu ~= '' then return false, 'field lu set in state c' end
+    elseif st == 'r' then
+      if lu ~= '' or ca ~= '' or os ~= '' or body <= #s then
+        return false, 'lease or outcome fields set in state r'
+      end
+    else
+      return false, 'bad field st'
+    end
+  end
+  local ob = ''
+  if st == 'c' then ob = string.sub(s, body) end
+  if st == 'p' then lu = tonumber(lu) else lu = nil end
+  return {st = st, tok = tok, fp = fp, att = att, lu = lu, os = os, ob = ob, ca = ca}
 end
 "#;
 
 /// `claim_one(key, fingerprint, lease ms, record TTL ms)`: one record's claim; the TTL is
-/// `max(retention, lease)`, computed by the client. Replay, conflict: `GET` only; in flight: `GET`
-/// + `TIME`; acquire: `GET` + `TIME` + one `SET … PX`.
+/// `max(retention, lease)`, computed by the client. It answers its reply as multiple values:
+/// `acquired, tok, att` / `inflight, ms` / `completed, os, ob` / `conflict, fp` / `corrupt, why`.
+///
+/// It starts with `SET key <new in-progress record> NX GET PX ttl` (Redis ≥ 7.0): a new key is
+/// claimed in that one call (plus the run's shared `TIME`, which the token and lease end need),
+/// and any other key is left as it was, its value answered for the checks below. That call costs
+/// a replay more than a `GET` (it builds the new value and carries six arguments), and the keys of
+/// one batch tend to be alike (new traffic, or a redelivered burst), so after a key that existed
+/// the next key of the run is read with `GET` (and written with `SET … PX` if absent). A completed
+/// record with the caller's fingerprint (a replay) is recognised by plain comparisons and answered
+/// from there. Everything else takes the general path: `parse`, then as the contract says (a
+/// takeover writes one more `SET … PX`). Where the server refuses `NX GET` (Redis 6; or out of
+/// memory, when it refuses every write) the rest of the run reads with `GET`.
 ///
 /// The token is `max(previous + 1, now ms)` (see the module docs), from the same `TIME` reading.
 const CLAIM_FN: &str = r#"
+local nx_get, expect_new = true, true
 local function claim_one(key, fp, lease, ttl)
-  local rec, why = load(key)
-  if rec == false then return {'corrupt', why} end
-  -- The clock as text for a new key (formatted once per script run; the client reads numbers
-  -- in either form), numbers (Lua converts the text fields) for a takeover. Tokens stay below
-  -- 1e14, so Lua prints them in plain decimal, as `complete` compares them.
-  -- Replays and conflicts must not read the clock (`TIME` is a `redis.call`).
+  local s
+  if nx_get and expect_new then
+    now_ms()
+    s = redis.pcall('SET', key,
+      '@VERSION@|p|' .. clock_text .. '|1|' .. lease_end(lease) .. '|||' .. fp .. '|',
+      'NX', 'GET', 'PX', ttl)
+    if not s then return 'acquired', clock_text, '1' end
+    if type(s) == 'table' and not string.find(tostring(s.err), 'WRONGTYPE', 1, true) then
+      nx_get = false
+      s = redis.pcall('GET', key)
+    end
+  else
+    s = redis.pcall('GET', key)
+  end
+  -- The next key of the run is probably like this one.
+  expect_new = not s
+  if not s then
+    now_ms()
+    redis.call('SET', key,
+      '@VERSION@|p|' .. clock_text .. '|1|' .. lease_end(lease) .. '|||' .. fp .. '|', 'PX', ttl)
+    return 'acquired', clock_text, '1'
+  end
+  -- A replay: `@VERSION@|c|<tok>|<att>||<ca>|<os>|<fp>|<ob>` with the caller's fingerprint (so a
+  -- valid one); every other field is checked as `parse` would.
+  if type(s) == 'string' and string.sub(s, 1, 4) == '@VERSION@|c|' then
+    local _, e = string.find(s, '^%d+|%d+||%d+|', 5)
+    if e then
+      local os, p
+      if string.sub(s, e + 1, e + 10) == 'succeeded|' then
+        os, p = 'succeeded', e + 11
+      elseif string.sub(s, e + 1, e + 7) == 'failed|' then
+        os, p = 'failed', e + 8
+      end
+      if p and #fp == 64 and string.sub(s, p, p + 63) == fp and string.byte(s, p + 64) == 124 then
+        return 'completed', os, string.sub(s, p + 65)
+      end
+    end
+  end
+  local rec, why = parse(s)
+  if rec == false then return 'corrupt', why end
+  -- Replays and conflicts must not read the clock when `GET` read the record (`TIME` is a
+  -- `redis.call`). Tokens stay below 1e14, so Lua prints them in plain decimal, as `complete`
+  -- compares them.
   local tok, att
   if rec then
-    if rec.st ~= 'r' and rec.fp ~= fp then return {'conflict', rec.fp} end
-    if rec.st == 'c' then return {'completed', rec.os, rec.ob} end
-    if rec.st == 'p' and rec.lu > now_ms() then return {'inflight', rec.lu - now_ms()} end
+    if rec.st ~= 'r' and rec.fp ~= fp then return 'conflict', rec.fp end
+    if rec.st == 'c' then return 'completed', rec.os, rec.ob end
+    if rec.st == 'p' and rec.lu > now_ms() then return 'inflight', rec.lu - now_ms() end
     tok, att = rec.tok + 1, rec.att + 1
-    if tok <= now_ms() then tok = now_text() end
+    if tok <= now_ms() then tok = clock_text end
   else
-    tok, att = now_text(), '1'
+    now_ms()
+    tok, att = clock_text, '1'
   end
   redis.call('SET', key, encode('p', tok, att, lease_end(lease), '', '', fp, ''), 'PX', ttl)
-  return {'acquired', tok, att}
+  return 'acquired', tok, att
 end
 "#;
-/// KEYS[1] record; ARGV fingerprint, lease ms, record TTL ms.
-const CLAIM: &str = "return claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])";
+/// KEYS[1] record; ARGV fingerprint, lease ms, record TTL ms, and `found` when the store's
+/// previous claim found its key (a run of one key has no previous key of its own to go by).
+const CLAIM: &str =
+    "expect_new = ARGV[4] ~= 'found'\nreturn {claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])}";
 
 /// Arguments per key of the claim scripts.
 pub(crate) const CLAIM_ARGS: usize = 3;
+/// Reply items per key of the batched claim script (`claim_one`'s values, padded with `''`).
+pub(crate) const CLAIM_REPLY: usize = 3;
 
 /// `complete_one(key, token, outcome status, outcome body, retention ms)`: `GET`, and for the
-/// owner `TIME` (shared) + one `SET … PX retention`. The token is compared as text: both sides
-/// write it in canonical decimal.
+/// owner `TIME` (shared) + one `SET … PX retention`; answers `held` / `lost` / `corrupt, why`.
+/// The token is compared as text: both sides write it in canonical decimal. The owner's own
+/// in-progress record is recognised by plain comparisons and one short pattern; anything else
+/// takes the general path through `parse`.
 const COMPLETE_FN: &str = r#"
 local function complete_one(key, tok, os, ob, retention)
-  local rec, why = load(key)
-  if rec == false then return {'corrupt', why} end
-  if rec == nil or rec.tok ~= tok or rec.st == 'r' then return {'lost'} end
-  if rec.st == 'c' then return {'held'} end
-  redis.call('SET', key, encode('c', rec.tok, rec.att, '', now_text(), os, rec.fp, ob),
+  local s = redis.pcall('GET', key)
+  -- `@VERSION@|p|<tok>|<att>|<lu>|||<fp>|` with the caller's token; the fingerprint is copied
+  -- into the completed record, so it is checked (64 lower-case hex digits) as `parse` would.
+  if type(s) == 'string' then
+    local head = '@VERSION@|p|' .. tok .. '|'
+    local n = #head
+    if string.sub(s, 1, n) == head then
+      local _, e, att = string.find(s, '^(%d+)|%d+|||', n + 1)
+      if e and #s == e + 65 then
+        local _, f = string.find(s, '^[0-9a-f]+|', e + 1)
+        if f == e + 65 then
+          now_ms()
+          redis.call('SET', key, '@VERSION@|c|' .. tok .. '|' .. att .. '||' .. clock_text .. '|' ..
+            os .. string.sub(s, e) .. ob, 'PX', retention)
+          return 'held'
+        end
+      end
+    end
+  end
+  local rec, why = parse(s)
+  if rec == false then return 'corrupt', why end
+  if rec == nil or rec.tok ~= tok or rec.st == 'r' then return 'lost' end
+  if rec.st == 'c' then return 'held' end
+  now_ms()
+  redis.call('SET', key, encode('c', rec.tok, rec.att, '', clock_text, os, rec.fp, ob),
              'PX', retention)
-  return {'held'}
+  return 'held'
 end
 "#;
 
 /// KEYS[1] record; ARGV token, outcome status, outcome body, retention ms.
-const COMPLETE: &str = "return complete_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])";
+const COMPLETE: &str = "return {complete_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}";
 
 /// Arguments per key of the complete scripts.
 pub(crate) const COMPLETE_ARGS: usize = 4;
+/// Reply items per key of the batched complete script.
+pub(crate) const COMPLETE_REPLY: usize = 2;
 
 /// KEYS[1] record; ARGV token, `retry` or `reset`. `GET` + `SET … KEEPTTL`: a tombstone lives
 /// until the claim's TTL ends.
 const RELEASE: &str = r#"
 local key = KEYS[1]
-local rec, why = load(key)
+local rec, why = parse(redis.pcall('GET', key))
 if rec == false then return {'corrupt', why} end
 if rec == nil or rec.tok ~= ARGV[1] or rec.st == 'c' then return {'lost'} end
 local att = rec.att
@@ -238,13 +311,13 @@ return {'held'}
 const RENEW: &str = r#"
 local key = KEYS[1]
 local lease = tonumber(ARGV[2])
-local rec, why = load(key)
+local rec, why = parse(redis.pcall('GET', key))
 if rec == false then return {'corrupt', why} end
 if rec == nil or rec.tok ~= ARGV[1] or rec.st ~= 'p' then return {'lost'} end
 local value = encode('p', rec.tok, rec.att, lease_end(ARGV[2]), '', '', rec.fp, '')
 local ttl = redis.call('PTTL', key)
 if ttl >= 0 and ttl < lease then
-  redis.call('SET', key, value, 'PX', int(lease))
+  redis.call('SET', key, value, 'PX', string.format('%d', lease))
 else
   redis.call('SET', key, value, 'KEEPTTL')
 end
@@ -255,7 +328,7 @@ return {'held'}
 /// `{'record', now, pttl, st, tok, fp, att, lease_left_ms, os, ob, ca}`.
 const GET: &str = r#"
 local key = KEYS[1]
-local rec, why = load(key)
+local rec, why = parse(redis.pcall('GET', key))
 if rec == false then return {'corrupt', why} end
 if rec == nil then return {'absent'} end
 local now = now_ms()
@@ -267,14 +340,28 @@ return {'record', now, redis.call('PTTL', key), rec.st, tonumber(rec.tok), rec.f
         tonumber(rec.att), left, rec.os, rec.ob, ca}
 "#;
 
-/// The `*_MANY` body for a per-record function `one(key, arg1..argN)`: `KEYS` are the records,
-/// `ARGV` holds `args` arguments per key in key order, and the reply is one `one` reply per key.
-fn many(one: &str, args: usize) -> String {
+/// The `*_MANY` body for a per-record function `one(key, arg1..argN)` answering up to `width`
+/// values: `KEYS` are the records, `ARGV` holds `args` arguments per key in key order, and the
+/// reply is flat, `width` items per key in key order (missing values padded with `''`). A flat
+/// array costs Redis less to convert than one table per key.
+fn many(one: &str, args: usize, width: usize) -> String {
     let argv: Vec<String> = (1..=args).map(|i| format!("ARGV[a + {i}]")).collect();
+    let vals: Vec<String> = (1..=width).map(|i| format!("v{i}")).collect();
+    let stores: Vec<String> = (1..=width)
+        .map(|i| {
+            if i == 1 {
+                format!("out[n + {i}] = v{i}")
+            } else {
+                format!("out[n + {i}] = v{i} or ''")
+            }
+        })
+        .collect();
     format!(
-        "local out = {{}}\nfor i, key in ipairs(KEYS) do\n  local a = (i - 1) * {args}\n  \
-         out[i] = {one}(key, {})\nend\nreturn out\n",
-        argv.join(", ")
+        "local out, n = {{}}, 0\nfor i, key in ipairs(KEYS) do\n  local a = (i - 1) * {args}\n  \
+         local {} = {one}(key, {})\n  {}\n  n = n + {width}\nend\nreturn out\n",
+        vals.join(", "),
+        argv.join(", "),
+        stores.join("\n  "),
     )
 }
 
@@ -292,22 +379,22 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     pub(crate) fn new() -> Self {
+        // Each script holds only the helpers it uses: every `local function` is a closure Redis
+        // creates again on each run.
         let s = |parts: &[&str]| {
-            let mut text = PRELUDE.to_string();
-            for part in parts {
-                text.push('\n');
-                text.push_str(part);
-            }
+            let text: String = parts.iter().flat_map(|p| [p, "\n"]).collect();
             Script::new(&text.replace("@VERSION@", FORMAT_VERSION))
         };
+        let claim_many = many("claim_one", CLAIM_ARGS, CLAIM_REPLY);
+        let complete_many = many("complete_one", COMPLETE_ARGS, COMPLETE_REPLY);
         Self {
-            claim: s(&[CLAIM_FN, CLAIM]),
-            claim_many: s(&[CLAIM_FN, &many("claim_one", CLAIM_ARGS)]),
-            complete: s(&[COMPLETE_FN, COMPLETE]),
-            complete_many: s(&[COMPLETE_FN, &many("complete_one", COMPLETE_ARGS)]),
-            release: s(&[RELEASE]),
-            renew: s(&[RENEW]),
-            get: s(&[GET]),
+            claim: s(&[CLOCK, LEASE_END, RECORD, CLAIM_FN, CLAIM]),
+            claim_many: s(&[CLOCK, LEASE_END, RECORD, CLAIM_FN, &claim_many]),
+            complete: s(&[CLOCK, RECORD, COMPLETE_FN, COMPLETE]),
+            complete_many: s(&[CLOCK, RECORD, COMPLETE_FN, &complete_many]),
+            release: s(&[RECORD, RELEASE]),
+            renew: s(&[CLOCK, LEASE_END, RECORD, RENEW]),
+            get: s(&[CLOCK, RECORD, GET]),
         }
     }
 
@@ -326,16 +413,27 @@ impl Scripts {
 
 #[cfg(test)]
 mod tests {
-    use super::many;
+    use super::{many, FORMAT_VERSION};
 
     #[test]
     fn many_calls_the_per_record_function_with_each_keys_own_arguments() {
-        let body = many("claim_one", 3);
+        let body = many("claim_one", 3, 3);
         assert!(body.contains("local a = (i - 1) * 3"), "{body}");
         assert!(
-            body.contains("out[i] = claim_one(key, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])"),
+            body.contains(
+                "local v1, v2, v3 = claim_one(key, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])"
+            ),
             "{body}"
         );
+        assert!(body.contains("out[n + 1] = v1\n"), "{body}");
+        assert!(body.contains("out[n + 3] = v3 or ''"), "{body}");
+        assert!(body.contains("n = n + 3"), "{body}");
         assert!(body.trim_end().ends_with("return out"), "{body}");
+    }
+
+    #[test]
+    fn the_hot_paths_fixed_offsets_assume_a_one_character_version() {
+        // `claim_one` finds the fields after `2|c|` at offset 5.
+        assert_eq!(FORMAT_VERSION.len(), 1);
     }
 }
