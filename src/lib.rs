@@ -45,6 +45,7 @@ pub mod engine;
 pub mod fingerprint;
 pub mod handler;
 pub mod headers;
+pub mod health;
 pub mod key;
 pub mod message;
 pub mod outcome;
