@@ -84,6 +84,7 @@ async fn kafka_consumer_is_ready_when_assigned_not_ready_while_the_store_is_down
     let r = health.report();
     assert_store_outage(&r);
     assert!(r.store.unreachable_ms >= 300, "{r:?}");
+    println!("{}", serde_json::to_string(&r).unwrap());
 
     store.set_down(false);
     until(&health, "ready again", Duration::from_secs(30), |r| r.ready).await;
@@ -135,6 +136,7 @@ async fn amqp_consumer_is_ready_with_an_open_channel_not_ready_while_the_store_i
     let r = health.report();
     assert_store_outage(&r);
     assert!(r.store.unreachable_ms >= 300, "{r:?}");
+    println!("{}", serde_json::to_string(&r).unwrap());
 
     store.set_down(false);
     until(&health, "ready again", Duration::from_secs(30), |r| r.ready).await;
