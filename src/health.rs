@@ -301,7 +301,8 @@ impl HealthState {
     }
 
     /// Awaits `fut`, beating on every tick of `beat` meanwhile, so a loop parked at one of its
-    /// expected waits counts as turning.
+    /// expected waits counts as turning. A `fut` that is ready at once does not beat: a loop that
+    /// may never wait must also [`beat`](Self::beat) itself.
     pub(crate) async fn beating<F: Future>(&self, beat: &mut Interval, fut: F) -> F::Output {
         let mut fut = std::pin::pin!(fut);
         loop {

@@ -31,6 +31,18 @@ async fn until(
     }
 }
 
+/// An idle running consumer keeps beating: live under a stall limit a little above the heartbeat
+/// period, for longer than that limit.
+async fn stays_live_while_idle(health: &HealthHandle) {
+    let strict = health.clone().with_stall_limit(Duration::from_millis(1500));
+    let until = std::time::Instant::now() + Duration::from_millis(3000);
+    while std::time::Instant::now() < until {
+        let r = strict.report();
+        assert!(r.live && r.ready, "idle but stalled? {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// While the store is down the report says so: store unreachable with the error, intake paused
 /// for it, live but not ready.
 fn assert_store_outage(r: &idemq::health::HealthReport) {
@@ -74,6 +86,8 @@ async fn kafka_consumer_is_ready_when_assigned_not_ready_while_the_store_is_down
     assert_eq!(r.state, RunState::Running);
     assert_eq!(r.kafka.map(|k| k.partitions_assigned), Some(1));
     assert!(r.store.reachable && r.intake_paused.is_empty(), "{r:?}");
+
+    stays_live_while_idle(&health).await;
 
     store.set_down(true);
     produce(&broker.bootstrap(), &topic, &[Rec::keyed("k1", "{}")]).await;
@@ -127,6 +141,8 @@ async fn amqp_consumer_is_ready_with_an_open_channel_not_ready_while_the_store_i
     let r = health.report();
     assert_eq!(r.amqp.map(|a| a.channel_open), Some(true));
     assert!(r.store.reachable && r.intake_paused.is_empty(), "{r:?}");
+
+    stays_live_while_idle(&health).await;
 
     store.set_down(true);
     rabbit.publish(&queue, Some("k1"), b"{}").await;

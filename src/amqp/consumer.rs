@@ -237,6 +237,9 @@ async fn intake(
     let shutdown = &shared.shutdown;
     let state = &shared.health.state;
     loop {
+        // Liveness while deliveries flow: the waits below may never be pending then, so their
+        // heartbeat ticks would never be polled.
+        state.beat();
         while let Some(done) = tasks.try_join_next() {
             if let Err(err) = done {
                 error!(%err, "delivery task failed; its delivery is redelivered");
