@@ -132,7 +132,7 @@ impl KafkaConsumer {
     /// intake paused and why; see [`crate::health`] for the rules. Take it before
     /// [`run`](Self::run); it stays valid (reporting `stopped`) after the consumer is gone.
     pub fn health(&self) -> HealthHandle {
-        HealthHandle::new(Arc::new(super::health::Probe(self.shared.clone())))
+        HealthHandle::new(Arc::new(super::health::Probe::new(&self.shared)))
     }
 
     /// The scope keys are claimed in.

@@ -73,7 +73,7 @@ pub(crate) struct Shared {
     pub(crate) idle: Notify,
     next_epoch: AtomicU64,
     /// Run state, heartbeat and store reachability, read by `KafkaConsumer::health`.
-    pub(crate) health: HealthState,
+    pub(crate) health: Arc<HealthState>,
 }
 
 impl Shared {
@@ -97,7 +97,7 @@ impl Shared {
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             next_epoch: AtomicU64::new(1),
-            health: HealthState::default(),
+            health: Arc::default(),
         }
     }
 
