@@ -21,15 +21,16 @@
 //! Kafka pauses the partitions, RabbitMQ intake stops). An idle consumer reports the last state it
 //! saw.
 //!
-//! ```no_run
-//! # async fn demo(consumer: idemq::amqp::AmqpConsumer) {
-//! let health = consumer.health();
-//! // e.g. in the handler of GET /readyz:
-//! let report = health.report();
-//! let status = if report.ready { 200 } else { 503 };
-//! let body = serde_json::to_string(&report).unwrap_or_default();
-//! # let _ = (status, body);
-//! # }
+//! ```
+//! use idemq::health::HealthHandle;
+//!
+//! /// GET /readyz (`/healthz` the same with `is_live`): the status code and a JSON body.
+//! fn readyz(health: &HealthHandle) -> (u16, String) {
+//!     let report = health.report();
+//!     let status = if report.is_ready() { 200 } else { 503 };
+//!     (status, serde_json::to_string(&report).unwrap_or_default())
+//! }
+//! // let health = consumer.health(); // KafkaConsumer or AmqpConsumer, before `run`
 //! ```
 
 use std::future::Future;
