@@ -16,6 +16,10 @@
 //! `--dead-letter-queue` (default `<queue>.dlq`) bound to it, if they are missing: messages without
 //! a key, with a conflicting payload or whose handler failed permanently land there.
 //!
+//! `--metrics-addr HOST:PORT` serves `/metrics` (Prometheus text), `/healthz` (liveness) and
+//! `/readyz` (readiness, 200 or 503 with the health report as JSON) there; port 0 picks a free
+//! port, printed on stderr as `amqp_orders: serving http://ADDR`.
+//!
 //! `--publish N [--copies C]` instead publishes N orders, each C times (default 2), and exits: a
 //! quick way to feed the consumers above.
 //!
@@ -87,6 +91,9 @@ struct Args {
     /// Milliseconds each handler waits after its effect, before the outcome is written.
     #[arg(long, default_value_t = 0)]
     after_effect_ms: u64,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP on this address (port 0: any free).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 }
 
 /// Declares the queue durable if missing. A queue that exists with other arguments is used as it
@@ -236,6 +243,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = args.publish {
         return publish(&args.amqp_url, &args.queue, n, args.copies).await;
     }
+    // Installed before the consumer exists, so no metric it emits is missed.
+    let prometheus = match &args.metrics_addr {
+        Some(_) => Some(http::install_prometheus()?),
+        None => None,
+    };
     let effects = match &args.effects {
         Some(path) => Some(Arc::new(Mutex::new(
             std::fs::OpenOptions::new()
@@ -312,6 +324,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.dead_letter_exchange(dlx, None);
     }
     let consumer = builder.build()?;
+    if let (Some(addr), Some(prometheus)) = (&args.metrics_addr, prometheus) {
+        let bound = http::serve(addr, prometheus, consumer.health()).await?;
+        eprintln!("amqp_orders: serving http://{bound} (/metrics, /healthz, /readyz)");
+    }
     let stats = consumer.stats();
     let stop = CancellationToken::new();
     let running = tokio::spawn(consumer.run(stop.clone()));
@@ -360,3 +376,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 #[path = "shared/transactional.rs"]
 mod transactional;
+
+#[path = "shared/http.rs"]
+mod http;

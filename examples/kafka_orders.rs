@@ -12,6 +12,10 @@
 //! progress, also when the process holds no partition then (before its first partition it waits at
 //! least 30 s). Ctrl-C or SIGTERM stops gracefully (in-flight messages finish, offsets are flushed).
 //!
+//! `--metrics-addr HOST:PORT` serves `/metrics` (Prometheus text), `/healthz` (liveness) and
+//! `/readyz` (readiness, 200 or 503 with the health report as JSON) there; port 0 picks a free
+//! port, printed on stderr as `kafka_orders: serving http://ADDR`.
+//!
 //! `--static-member ID` sets `group.instance.id` (static membership: a replacement started with the
 //! same id gets the partitions back without waiting for the session timeout).
 //!
@@ -71,6 +75,9 @@ struct Args {
     /// Static group membership: sets `group.instance.id`.
     #[arg(long, value_name = "ID")]
     static_member: Option<String>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP on this address (port 0: any free).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 }
 
 #[tokio::main]
@@ -86,6 +93,11 @@ async fn main() {
 
 async fn run() -> BoxResult<()> {
     let args = <Args as clap::Parser>::parse();
+    // Installed before the consumer exists, so no metric it emits is missed.
+    let prometheus = match &args.metrics_addr {
+        Some(_) => Some(http::install_prometheus()?),
+        None => None,
+    };
     let effects = args.effects.clone();
     let handler_ms = args.handler_ms;
     let after_effect_ms = args.after_effect_ms;
@@ -156,6 +168,10 @@ async fn run() -> BoxResult<()> {
         builder = builder.group_instance_id(id);
     }
     let consumer = builder.build()?;
+    if let (Some(addr), Some(prometheus)) = (&args.metrics_addr, prometheus) {
+        let bound = http::serve(addr, prometheus, consumer.health()).await?;
+        eprintln!("kafka_orders: serving http://{bound} (/metrics, /healthz, /readyz)");
+    }
     let stats = consumer.stats();
     let stop = CancellationToken::new();
     if let Some(secs) = args.exit_when_idle {
@@ -202,3 +218,6 @@ async fn run() -> BoxResult<()> {
 
 #[path = "shared/transactional.rs"]
 mod transactional;
+
+#[path = "shared/http.rs"]
+mod http;

@@ -17,6 +17,8 @@
 //! - `transactional` (feature `postgres`): the engine whose handlers write in the claim's
 //!   Postgres transaction, for exactly-once effects.
 //! - `kafka` / `amqp` (features): consumer wrappers that map dispositions to commits and acks.
+//! - [`health`]: a consumer's liveness and readiness (store reachable, partitions or channel,
+//!   intake paused and why), the same handle for both brokers.
 //! - [`prelude`]: the common names in one import.
 //! - `testing` (feature `testing`): the store conformance suite, for your own [`Store`].
 //!
@@ -45,6 +47,7 @@ pub mod engine;
 pub mod fingerprint;
 pub mod handler;
 pub mod headers;
+pub mod health;
 pub mod key;
 pub mod message;
 pub mod outcome;

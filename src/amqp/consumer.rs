@@ -6,14 +6,17 @@ use super::connection::{ConnectOptions, Session};
 use super::delivery::{handle, sleep_or_cancel, Shared};
 use super::error::AmqpError;
 use super::gate::Gate;
+use super::health::Probe;
 use super::stats::Live;
 use crate::engine::Processor;
+use crate::health::{heartbeat, HealthHandle, HealthState};
 use crate::stats::{ConsumerStats, StatsHandle};
 use futures::StreamExt;
 use lapin::options::BasicCancelOptions;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -25,6 +28,7 @@ pub struct AmqpConsumer {
     connect: ConnectOptions,
     processor: Arc<dyn Processor>,
     stats: Live,
+    health: Arc<Probe>,
 }
 
 impl std::fmt::Debug for AmqpConsumer {
@@ -55,11 +59,18 @@ impl AmqpConsumer {
         connect: ConnectOptions,
         processor: Arc<dyn Processor>,
     ) -> Self {
+        let stats = Live::default();
+        let health = Arc::new(Probe {
+            state: HealthState::default(),
+            stats: stats.clone(),
+            permits: Arc::new(Semaphore::new(config.concurrency)),
+        });
         Self {
             config,
             connect,
             processor,
-            stats: Live::default(),
+            stats,
+            health,
         }
     }
 
@@ -82,6 +93,13 @@ impl AmqpConsumer {
     /// Live counters, readable while [`run`](Self::run) is going (take the handle before).
     pub fn stats(&self) -> StatsHandle {
         self.stats.handle()
+    }
+
+    /// Health for liveness and readiness probes: running, store reachable, channel open, intake
+    /// paused and why; see [`crate::health`] for the rules. Take it before [`run`](Self::run);
+    /// it stays valid (reporting `stopped`) after the consumer is gone.
+    pub fn health(&self) -> HealthHandle {
+        HealthHandle::new(self.health.clone())
     }
 
     /// [`run`](Self::run) until the process receives SIGINT (Ctrl-C) or SIGTERM (Kubernetes,
@@ -109,23 +127,35 @@ impl AmqpConsumer {
     /// (access refused, queue missing); later losses are retried forever.
     pub async fn run(self, shutdown: CancellationToken) -> Result<ConsumerStats, AmqpError> {
         let connect = self.connect;
+        let health = self.health;
         let shared = Arc::new(Shared {
             config: self.config,
             processor: self.processor,
             stats: self.stats,
             gate: Gate::new(),
             shutdown,
+            health: health.clone(),
         });
-        let permits = Arc::new(Semaphore::new(shared.config.concurrency));
+        let _running = health.state.running();
+        let state = &health.state;
+        let permits = health.permits.clone();
+        // Liveness: the loop records that it turns while it waits (for a connection, a backoff,
+        // the store, a free slot or a delivery).
+        let mut beat = heartbeat();
         let mut tasks = JoinSet::new();
         let (mut failures, mut connected_once) = (0u32, false);
         let result = loop {
             if shared.shutdown.is_cancelled() {
                 break Ok(());
             }
-            let opened = tokio::select! {
-                s = Session::open(&shared.config, &connect) => s,
-                _ = shared.shutdown.cancelled() => break Ok(()),
+            let opening = async {
+                tokio::select! {
+                    s = Session::open(&shared.config, &connect) => Some(s),
+                    _ = shared.shutdown.cancelled() => None,
+                }
+            };
+            let Some(opened) = state.beating(&mut beat, opening).await else {
+                break Ok(());
             };
             let mut session = match opened {
                 Ok(session) => session,
@@ -136,7 +166,10 @@ impl AmqpConsumer {
                     failures += 1;
                     let delay = shared.config.reconnect_backoff.delay(failures);
                     warn!(%err, failures, ?delay, "AMQP connection failed; retrying");
-                    if sleep_or_cancel(delay, &shared.shutdown).await {
+                    if state
+                        .beating(&mut beat, sleep_or_cancel(delay, &shared.shutdown))
+                        .await
+                    {
                         break Ok(());
                     }
                     continue;
@@ -147,29 +180,46 @@ impl AmqpConsumer {
                 info!(queue = %shared.config.queue, "reconnected; unacked deliveries come back as redeliveries");
             }
             connected_once = true;
+            state.channel(true);
             // Acks are coalesced per channel: delivery tags are only meaningful within one.
             let acks = Acks::new(
                 shared.stats.clone(),
                 shared.config.settle_timeout,
                 shared.config.ack_linger,
             );
-            match intake(&shared, &mut session, &acks, &permits, &mut tasks).await {
+            let ended = intake(
+                &shared,
+                &mut session,
+                &acks,
+                &permits,
+                &mut tasks,
+                &mut beat,
+            )
+            .await;
+            match ended {
                 End::Shutdown => {
+                    state.stopping();
                     finish(&shared, &session, &mut tasks).await;
+                    state.channel(false);
                     return Ok(shared.stats.snapshot());
                 }
                 End::Lost(why) => {
+                    state.channel(false);
                     warn!(queue = %shared.config.queue, why, "AMQP session lost; reconnecting");
                     session.close().await;
                     failures = 1;
                     let delay = shared.config.reconnect_backoff.delay(failures);
-                    if sleep_or_cancel(delay, &shared.shutdown).await {
+                    if state
+                        .beating(&mut beat, sleep_or_cancel(delay, &shared.shutdown))
+                        .await
+                    {
                         break Ok(());
                     }
                 }
             }
         };
         // Shut down (or failed) while disconnected: in-flight work still gets its deadline.
+        state.stopping();
         drain(&shared, &mut tasks).await;
         result.map(|()| shared.stats.snapshot())
     }
@@ -182,30 +232,48 @@ async fn intake(
     acks: &Arc<Acks>,
     permits: &Arc<Semaphore>,
     tasks: &mut JoinSet<()>,
+    beat: &mut Interval,
 ) -> End {
     let shutdown = &shared.shutdown;
+    let state = &shared.health.state;
     loop {
+        // Liveness while deliveries flow: the waits below may never be pending then, so their
+        // heartbeat ticks would never be polled.
+        state.beat();
         while let Some(done) = tasks.try_join_next() {
             if let Err(err) = done {
                 error!(%err, "delivery task failed; its delivery is redelivered");
             }
         }
         if !shared.gate.is_open() {
-            tokio::select! {
-                _ = shared.gate.opened() => {}
-                _ = shutdown.cancelled() => return End::Shutdown,
+            let opened = async {
+                tokio::select! {
+                    _ = shared.gate.opened() => true,
+                    _ = shutdown.cancelled() => false,
+                }
+            };
+            if !state.beating(beat, opened).await {
+                return End::Shutdown;
             }
         }
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return End::Shutdown, // never closed; treat as shutdown
-            },
-            _ = shutdown.cancelled() => return End::Shutdown,
+        let acquire = async {
+            tokio::select! {
+                p = permits.clone().acquire_owned() => p.ok(),
+                _ = shutdown.cancelled() => None,
+            }
         };
-        let next = tokio::select! {
-            d = session.consumer.next() => d,
-            _ = shutdown.cancelled() => return End::Shutdown,
+        // `None`: shutdown (the semaphore is never closed).
+        let Some(permit) = state.beating(beat, acquire).await else {
+            return End::Shutdown;
+        };
+        let receive = async {
+            tokio::select! {
+                d = session.consumer.next() => Some(d),
+                _ = shutdown.cancelled() => None,
+            }
+        };
+        let Some(next) = state.beating(beat, receive).await else {
+            return End::Shutdown;
         };
         match next {
             Some(Ok(delivery)) => {

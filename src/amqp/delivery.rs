@@ -8,6 +8,7 @@ use super::convert::{to_message, x_death_count};
 use super::dead_letter::dead_letter_publish;
 use super::error::AmqpError;
 use super::gate::Gate;
+use super::health::Probe;
 use super::publish::Publisher;
 use super::reply::reply_properties;
 use super::stats::{Counters, Live};
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Live,
     pub(crate) gate: Gate,
     pub(crate) shutdown: CancellationToken,
+    /// Run state, heartbeat, channel and store reachability (`AmqpConsumer::health`).
+    pub(crate) health: Arc<Probe>,
 }
 
 /// The broker facts about a delivery that every log line carries.
@@ -168,7 +171,7 @@ async fn process_holding(
         log_decision(&shared.config.queue, facts, &d);
         let Disposition::Retry {
             after,
-            cause: RetryCause::StoreUnavailable { .. },
+            cause: RetryCause::StoreUnavailable { error },
         } = &d
         else {
             if hold.is_some() {
@@ -182,7 +185,8 @@ async fn process_holding(
             if was_open {
                 warn!(queue = %shared.config.queue, "store unavailable: pausing intake, acking nothing");
             }
-            hold = Some(guard);
+            // The store counts as unreachable (readiness) while any delivery is held for it.
+            hold = Some((guard, shared.health.state.store_unavailable(error)));
         }
         if sleep_or_cancel(*after, &shared.shutdown).await {
             return Some(Disposition::Abandoned);

@@ -24,6 +24,8 @@
 //!
 //! The consumer has the same shape as the Kafka one: `builder()`, `build() -> Result`,
 //! [`stats`](AmqpConsumer::stats) returning the shared [`StatsHandle`],
+//! [`health`](AmqpConsumer::health) returning the shared
+//! [`HealthHandle`](crate::health::HealthHandle),
 //! [`run`](AmqpConsumer::run) returning [`ConsumerStats`], and
 //! [`run_until_signal`](AmqpConsumer::run_until_signal).
 //!
@@ -63,6 +65,7 @@ mod dead_letter;
 mod delivery;
 mod error;
 mod gate;
+mod health;
 mod publish;
 mod replay;
 mod reply;

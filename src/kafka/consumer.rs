@@ -9,6 +9,7 @@ use super::partitions::Shared;
 use super::worker::Work;
 use super::IdemqContext;
 use crate::engine::Processor;
+use crate::health::HealthHandle;
 use crate::stats::{ConsumerStats, StatsHandle};
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
@@ -127,6 +128,13 @@ impl KafkaConsumer {
         StatsHandle::new(self.shared.stats.clone())
     }
 
+    /// Health for liveness and readiness probes: running, store reachable, partitions assigned,
+    /// intake paused and why; see [`crate::health`] for the rules. Take it before
+    /// [`run`](Self::run); it stays valid (reporting `stopped`) after the consumer is gone.
+    pub fn health(&self) -> HealthHandle {
+        HealthHandle::new(Arc::new(super::health::Probe::new(&self.shared)))
+    }
+
     /// The scope keys are claimed in.
     pub fn scope(&self) -> &str {
         self.shared.processor.scope()
@@ -171,6 +179,7 @@ impl KafkaConsumer {
         let KafkaConsumer {
             consumer, shared, ..
         } = self;
+        let _running = shared.health.running();
         let mut tick = tokio::time::interval(shared.settings.commit_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         info!(topics = ?shared.settings.topics, scope = shared.processor.scope(), "idempotent consumer started");
@@ -183,6 +192,8 @@ impl KafkaConsumer {
                 _ = shared.pauses_changed.notified() => shared.apply_pauses(&consumer),
                 _ = shared.commit_wanted.notified() => flush(&shared, &consumer),
                 _ = tick.tick() => {
+                    // Liveness: the loop turns at least once per commit interval, records or not.
+                    shared.health.beat();
                     flush(&shared, &consumer);
                     unassigned.check(&shared);
                     if let Some(err) = errors.fatal(&shared, &consumer) {
@@ -205,6 +216,7 @@ impl KafkaConsumer {
                 },
             }
         };
+        shared.health.stopping();
         info!("shutting down: finishing in-flight messages");
         shared.shutdown.cancel();
         let deadline = Instant::now() + shared.settings.shutdown_timeout;

@@ -20,7 +20,8 @@
 //!
 //! The consumer has the same shape as `idemq::amqp::AmqpConsumer`:
 //! `builder()`, `build() -> Result`, [`stats`](KafkaConsumer::stats) returning the shared
-//! [`StatsHandle`], [`run`](KafkaConsumer::run) returning [`ConsumerStats`], and
+//! [`StatsHandle`], [`health`](KafkaConsumer::health) returning the shared
+//! [`HealthHandle`](crate::health::HealthHandle), [`run`](KafkaConsumer::run) returning [`ConsumerStats`], and
 //! [`run_until_signal`](KafkaConsumer::run_until_signal).
 //!
 //! ```no_run
@@ -52,6 +53,7 @@ mod consumer;
 mod convert;
 mod dead_letter;
 mod error;
+mod health;
 mod hooks;
 mod partitions;
 mod properties;

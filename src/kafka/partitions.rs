@@ -7,7 +7,8 @@ use super::summary::{bump, Stats};
 use super::tracker::OffsetTracker;
 use super::worker::{partition_worker, Work};
 use super::IdemqContext;
-use crate::engine::Processor;
+use crate::engine::{Processor, RetryCause};
+use crate::health::{HealthState, StoreDown};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
@@ -71,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) active: AtomicUsize,
     pub(crate) idle: Notify,
     next_epoch: AtomicU64,
+    /// Run state, heartbeat and store reachability, read by `KafkaConsumer::health`.
+    pub(crate) health: Arc<HealthState>,
 }
 
 impl Shared {
@@ -94,6 +97,7 @@ impl Shared {
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             next_epoch: AtomicU64::new(1),
+            health: Arc::default(),
         }
     }
 
@@ -261,14 +265,35 @@ impl Shared {
     }
 
     /// Registers a task of the partition as waiting for the store: the partition is paused
-    /// until every registration is dropped (also when the task ends or unwinds).
-    pub(crate) fn wait_for_store<'a>(&'a self, tp: &'a Tp, epoch: u64) -> StoreWait<'a> {
+    /// (and the store counts as unreachable) until every registration is dropped (also when the
+    /// task ends or unwinds).
+    pub(crate) fn wait_for_store<'a>(
+        &'a self,
+        tp: &'a Tp,
+        epoch: u64,
+        cause: &RetryCause,
+    ) -> StoreWait<'a> {
         self.store_waiters(tp, epoch, true);
+        let error = match cause {
+            RetryCause::StoreUnavailable { error } => error.as_str(),
+            _ => "store unavailable",
+        };
         StoreWait {
             shared: self,
             tp,
             epoch,
+            _down: self.health.store_unavailable(error),
         }
+    }
+
+    /// Assigned partitions paused because their buffer is full (health reports).
+    pub(crate) fn backpressured(&self) -> u64 {
+        let parts = self.lock();
+        parts
+            .map
+            .values()
+            .filter(|p| p.pause_for_backpressure)
+            .count() as u64
     }
 
     fn store_waiters(&self, tp: &Tp, epoch: u64, add: bool) {
@@ -427,6 +452,7 @@ pub(crate) struct StoreWait<'a> {
     shared: &'a Shared,
     tp: &'a Tp,
     epoch: u64,
+    _down: StoreDown<'a>,
 }
 
 impl Drop for StoreWait<'_> {
@@ -481,8 +507,11 @@ mod tests {
         shared.on_assign(&tpl);
         let tp: Tp = ("t".into(), 0);
         let epoch = shared.lock().map.get(&tp).map(|p| p.epoch).unwrap();
-        let a = shared.wait_for_store(&tp, epoch);
-        let b = shared.wait_for_store(&tp, epoch);
+        let down = RetryCause::StoreUnavailable {
+            error: "down".into(),
+        };
+        let a = shared.wait_for_store(&tp, epoch, &down);
+        let b = shared.wait_for_store(&tp, epoch, &down);
         assert!(shared.wants_pause(&tp));
         drop(a);
         assert!(shared.wants_pause(&tp), "b still sees the store down");

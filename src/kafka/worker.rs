@@ -137,11 +137,11 @@ async fn process_one(shared: &Shared, tp: &Tp, epoch: u64, work: Work, cancel: &
                     break false;
                 }
             }
-            Disposition::Retry { after, .. } => {
+            Disposition::Retry { after, cause } => {
                 if store_down && store_wait.is_none() {
                     // Fail closed: fetch nothing more from this partition until the store is back,
                     // while the poll loop keeps the consumer in its group.
-                    store_wait = Some(shared.wait_for_store(tp, epoch));
+                    store_wait = Some(shared.wait_for_store(tp, epoch, &cause));
                 }
                 if sleep_or_cancel(after, cancel).await {
                     break false;
