@@ -17,6 +17,7 @@
 //! - `transactional` (feature `postgres`): the engine whose handlers write in the claim's
 //!   Postgres transaction, for exactly-once effects.
 //! - `kafka` / `amqp` (features): consumer wrappers that map dispositions to commits and acks.
+//! - [`metrics`]: every metric's name, type, unit and labels; `describe()` for your recorder.
 //! - [`prelude`]: the common names in one import.
 //! - `testing` (feature `testing`): the store conformance suite, for your own [`Store`].
 //!
@@ -47,6 +48,7 @@ pub mod handler;
 pub mod headers;
 pub mod key;
 pub mod message;
+pub mod metrics;
 pub mod outcome;
 pub mod prelude;
 pub mod replay;

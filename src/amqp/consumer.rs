@@ -109,6 +109,7 @@ impl AmqpConsumer {
     /// (access refused, queue missing); later losses are retried forever.
     pub async fn run(self, shutdown: CancellationToken) -> Result<ConsumerStats, AmqpError> {
         let connect = self.connect;
+        crate::metrics::describe();
         let shared = Arc::new(Shared {
             config: self.config,
             processor: self.processor,
@@ -142,7 +143,9 @@ impl AmqpConsumer {
                     continue;
                 }
             };
+            crate::metrics::amqp_connection(shared.processor.scope(), true);
             if connected_once {
+                crate::metrics::amqp_reconnected(shared.processor.scope());
                 shared.stats.bump(|c| &c.reconnects);
                 info!(queue = %shared.config.queue, "reconnected; unacked deliveries come back as redeliveries");
             }
@@ -156,9 +159,11 @@ impl AmqpConsumer {
             match intake(&shared, &mut session, &acks, &permits, &mut tasks).await {
                 End::Shutdown => {
                     finish(&shared, &session, &mut tasks).await;
+                    crate::metrics::amqp_connection(shared.processor.scope(), false);
                     return Ok(shared.stats.snapshot());
                 }
                 End::Lost(why) => {
+                    crate::metrics::amqp_connection(shared.processor.scope(), false);
                     warn!(queue = %shared.config.queue, why, "AMQP session lost; reconnecting");
                     session.close().await;
                     failures = 1;

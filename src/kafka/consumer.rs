@@ -171,6 +171,7 @@ impl KafkaConsumer {
         let KafkaConsumer {
             consumer, shared, ..
         } = self;
+        crate::metrics::describe();
         let mut tick = tokio::time::interval(shared.settings.commit_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         info!(topics = ?shared.settings.topics, scope = shared.processor.scope(), "idempotent consumer started");
