@@ -483,3 +483,31 @@ async fn amqp_consumer_counts_match_and_report_the_connection() {
     Scoped::assert_bounded(&forbidden);
     rabbit.cleanup().await;
 }
+
+#[test]
+fn observability_doc_lists_every_metric_in_its_table() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/observability.md");
+    let doc = std::fs::read_to_string(path).expect("docs/observability.md");
+    for metric in m::ALL {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", metric.name)))
+            .unwrap_or_else(|| panic!("{} has no row in docs/observability.md", metric.name));
+        let kind = match metric.kind {
+            Kind::Counter => "| counter |",
+            Kind::Gauge => "| gauge |",
+            Kind::Histogram => "| histogram |",
+        };
+        assert!(row.contains(kind), "{}: type in {row}", metric.name);
+        for label in metric.labels {
+            assert!(
+                row.contains(&format!("`{label}`")),
+                "{}: label {label}",
+                metric.name
+            );
+        }
+    }
+    for section in ["## Metrics", "## Dashboard", "## Health", "## Traces"] {
+        assert!(doc.lines().any(|l| l == section), "{section}");
+    }
+}
