@@ -22,10 +22,12 @@ use support::services::unique;
 
 /// A series: metric name and sorted `(label, value)` pairs.
 type Series = (String, Vec<(String, String)>);
+/// A description: type, unit and HELP text.
+type Described = (Kind, Option<Unit>, String);
 
 #[derive(Default)]
 struct Capture {
-    described: Mutex<HashMap<String, (Kind, Option<Unit>, String)>>,
+    described: Mutex<HashMap<String, Described>>,
     counters: Mutex<HashMap<Series, u64>>,
     gauges: Mutex<HashMap<Series, f64>>,
     histograms: Mutex<HashMap<Series, Vec<f64>>>,
