@@ -244,10 +244,12 @@ fn every_metric_is_described_with_help_and_unit() {
 }
 
 /// A handler driven by the payload: `retry-once` (fails retriably on attempt 1),
-/// `fail-permanently`, `slow` (runs 350 ms, past several lease renewals); anything else succeeds.
+/// `fail-permanently`, `slow` (runs 350 ms, past several lease renewals), `hang` (past the
+/// 500 ms handler timeout); anything else succeeds.
 fn engine(store: Arc<dyn Store>, scope: &str) -> Engine<impl idemq::Handler> {
     let mut config = EngineConfig::new(scope);
     config.lease = Duration::from_millis(300);
+    config.handler_timeout = Some(Duration::from_millis(500));
     config.retry_backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
     config.store_backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
     Engine::new(store, config, |ctx: HandlerContext| async move {
@@ -257,6 +259,10 @@ fn engine(store: Arc<dyn Store>, scope: &str) -> Engine<impl idemq::Handler> {
             b"slow" => {
                 tokio::time::sleep(Duration::from_millis(350)).await;
                 Ok::<_, HandlerError>("slow")
+            }
+            b"hang" => {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok("hung")
             }
             _ => Ok("ok"),
         }
@@ -308,6 +314,10 @@ async fn engine_counts_decisions_handler_runs_renewals_and_store_outages() {
         run("k-slow", "slow").await,
         Disposition::Processed { .. }
     ));
+    assert!(matches!(
+        run("k-hang", "hang").await,
+        Disposition::Retry { .. }
+    ));
 
     // A store outage of over a second, seen by two messages, then the store is back.
     store.set_down(true);
@@ -331,7 +341,7 @@ async fn engine_counts_decisions_handler_runs_renewals_and_store_outages() {
 
     assert_eq!(seen.messages("processed"), 4);
     assert_eq!(seen.messages("replayed"), 1);
-    assert_eq!(seen.messages("retry"), 3);
+    assert_eq!(seen.messages("retry"), 4);
     assert_eq!(seen.messages("dead_letter"), 2);
     let conflict = [
         ("decision", "dead_letter"),
@@ -344,8 +354,9 @@ async fn engine_counts_decisions_handler_runs_renewals_and_store_outages() {
     assert_eq!(seen.samples(m::HANDLER_DURATION, &[("result", "ok")]), 4);
     assert_eq!(
         seen.samples(m::HANDLER_DURATION, &[("result", "retriable")]),
-        1
+        2
     );
+    assert_eq!(seen.counter(m::HANDLER_TIMEOUTS, &[]), 1, "k-hang");
     assert_eq!(
         seen.samples(m::HANDLER_DURATION, &[("result", "permanent")]),
         1
@@ -355,14 +366,22 @@ async fn engine_counts_decisions_handler_runs_renewals_and_store_outages() {
         1,
         "k-retry's second claim"
     );
-    // Lease 300 ms, renewed every 100 ms, handler 350 ms: three renewals.
+    // Lease 300 ms, renewed every 100 ms, handlers of 350 and 500 ms: up to 3 + 4 renewals
+    // (fewer when the machine is slow).
     let renewed = seen.counter(m::LEASE_RENEWALS, &[("result", "ok")]);
-    assert!((2..=4).contains(&renewed), "{renewed} renewals");
+    assert!((2..=7).contains(&renewed), "{renewed} renewals");
     assert_eq!(seen.counter(m::LEASE_RENEWALS, &[("result", "lost")]), 0);
     assert_eq!(seen.gauge(m::IN_FLIGHT), Some(0.0), "nothing in flight");
 
-    let keys = ["k-ok", "k-retry", "k-bad", "k-slow", "k-down"];
-    let payloads = ["fine", "other", "retry-once", "fail-permanently", "slow"];
+    let keys = ["k-ok", "k-retry", "k-bad", "k-slow", "k-hang", "k-down"];
+    let payloads = [
+        "fine",
+        "other",
+        "retry-once",
+        "fail-permanently",
+        "slow",
+        "hang",
+    ];
     let forbidden: Vec<String> = keys
         .iter()
         .chain(&payloads)

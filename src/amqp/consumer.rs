@@ -120,6 +120,7 @@ impl AmqpConsumer {
         let permits = Arc::new(Semaphore::new(shared.config.concurrency));
         let mut tasks = JoinSet::new();
         let (mut failures, mut connected_once) = (0u32, false);
+        crate::metrics::amqp_connection(shared.processor.scope(), false);
         let result = loop {
             if shared.shutdown.is_cancelled() {
                 break Ok(());

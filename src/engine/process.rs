@@ -315,7 +315,7 @@ impl<H: Handler> Inner<H> {
                 }
                 l = &mut limit => return match l {
                     Limit::Grace => Run::Interrupted,
-                    Limit::Timeout(after) => Run::Finished(Err(handler_timed_out(after))),
+                    Limit::Timeout(after) => Run::Finished(Err(handler_timed_out(&self.scope, after))),
                 },
             }
         }
@@ -501,7 +501,7 @@ impl<H: Handler> Inner<H> {
             };
             match self.complete(record, token, outcome, shutdown).await {
                 Ok((Fence::Held, outcome)) => {
-                    record_recreated(token);
+                    record_recreated(&self.scope, token);
                     Disposition::Processed { outcome }
                 }
                 Ok((Fence::Lost, _)) => superseded(&Claim::InFlight {
@@ -667,12 +667,12 @@ pub(crate) fn handler_panicked(panic: Box<dyn Any + Send>) -> HandlerError {
 
 /// The retriable failure a handler running longer than `after` (the handler timeout) becomes;
 /// logs it and counts it in `idemq_handler_timeouts_total`.
-pub(crate) fn handler_timed_out(after: Duration) -> HandlerError {
+pub(crate) fn handler_timed_out(scope: &Arc<str>, after: Duration) -> HandlerError {
     warn!(
         ?after,
         "handler timed out; dropped, its effects may have happened"
     );
-    metrics::counter!(crate::metrics::HANDLER_TIMEOUTS).increment(1);
+    metrics::counter!(crate::metrics::HANDLER_TIMEOUTS, "scope" => scope.clone()).increment(1);
     HandlerError::retriable(format!(
         "handler timed out after {after:?} (its effects may have happened)"
     ))
@@ -680,9 +680,9 @@ pub(crate) fn handler_timed_out(after: Duration) -> HandlerError {
 
 /// Logs and counts (`idemq_records_recreated_total`) a record that was gone when the outcome was
 /// stored and was re-created with this run's outcome under `token`.
-pub(crate) fn record_recreated(token: Token) {
+pub(crate) fn record_recreated(scope: &Arc<str>, token: Token) {
     warn!(%token, recreated = true, "the record was gone when the outcome was stored (expired, evicted, forgotten or released); re-created it with this run's outcome");
-    metrics::counter!(crate::metrics::RECORDS_RECREATED).increment(1);
+    metrics::counter!(crate::metrics::RECORDS_RECREATED, "scope" => scope.clone()).increment(1);
 }
 
 /// Serializes a handler's output as the outcome body; `Err` with the error text if its

@@ -39,9 +39,10 @@ pub const STORE_LATENCY: &str = "idemq_store_latency_seconds";
 pub const HANDLER_DURATION: &str = "idemq_handler_duration_seconds";
 /// Gauge: messages being processed by the engine now, by `scope`.
 pub const IN_FLIGHT: &str = "idemq_messages_in_flight";
-/// Counter: handler runs dropped for exceeding the handler timeout.
+/// Counter: handler runs dropped for exceeding the handler timeout, by `scope`.
 pub const HANDLER_TIMEOUTS: &str = "idemq_handler_timeouts_total";
-/// Counter: records found gone when the outcome was stored, re-created with the run's outcome.
+/// Counter: records found gone when the outcome was stored, re-created with the run's outcome;
+/// by `scope`.
 pub const RECORDS_RECREATED: &str = "idemq_records_recreated_total";
 /// Counter: lease renewals while a handler runs, by `scope` and `result` (`ok`, `lost`, `error`).
 pub const LEASE_RENEWALS: &str = "idemq_lease_renewals_total";
@@ -133,9 +134,9 @@ pub const ALL: &[Metric] = &[
         "How long the handler ran, by result (ok, retriable, permanent, interrupted by shutdown)."),
     m(IN_FLIGHT, Kind::Gauge, Unit::Count, &["scope"],
         "Messages being processed by the engine now (claiming, running or storing the outcome)."),
-    m(HANDLER_TIMEOUTS, Kind::Counter, Unit::Count, &[],
+    m(HANDLER_TIMEOUTS, Kind::Counter, Unit::Count, &["scope"],
         "Handler runs dropped after exceeding the handler timeout (retried; their effects may have happened)."),
-    m(RECORDS_RECREATED, Kind::Counter, Unit::Count, &[],
+    m(RECORDS_RECREATED, Kind::Counter, Unit::Count, &["scope"],
         "Records found gone (expired, evicted, forgotten) when the outcome was stored, re-created with the outcome."),
     m(LEASE_RENEWALS, Kind::Counter, Unit::Count, &["scope", "result"],
         "Lease renewals while a handler runs, by result (ok, lost to another consumer, error reaching the store)."),
