@@ -48,7 +48,9 @@ impl StoreHealth {
 
     /// Records a store success made outside [`call`](Self::call).
     pub(crate) fn succeeded(&self) {
-        if self.failures.swap(0, Ordering::Relaxed) > 0 {
+        // Read first: the common case (no failures) then writes nothing to the shared line.
+        if self.failures.load(Ordering::Relaxed) > 0 && self.failures.swap(0, Ordering::Relaxed) > 0
+        {
             self.uptime.recovered();
         }
     }
