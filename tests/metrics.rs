@@ -448,6 +448,68 @@ async fn kafka_consumer_counts_match_what_happened() {
     Scoped::assert_bounded(&forbidden);
 }
 
+/// A store outage pauses the partitions (gauge), marks the store down, and both recover.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_store_outage_shows_paused_partitions_and_the_store_down() {
+    use support::kafka::*;
+    let broker = Broker::mock();
+    let (topic, group) = (unique("metrics-outage"), unique("metrics-og"));
+    broker.create_topic(&topic, 2).await;
+    let seen = Scoped::new(&group);
+    let store = FaultyStore::new(Arc::new(MemoryStore::new()));
+    let recs = |from: i32| -> Vec<Rec> {
+        (from..from + 4)
+            .map(|k| Rec::keyed(&format!("o{k}"), "{}").on(k % 2))
+            .collect()
+    };
+    produce(&broker.bootstrap(), &topic, &recs(0)).await;
+    let runs = Runs::default();
+    let c = Running::start(consumer(
+        &broker,
+        &group,
+        &topic,
+        store.clone(),
+        &runs,
+        0,
+        |b| b,
+    ));
+    let stats = c.stats.clone();
+    wait_for("4 processed", Duration::from_secs(60), || {
+        stats.snapshot().processed >= 4
+    })
+    .await;
+    assert_eq!(seen.gauge(m::STORE_UP), Some(1.0));
+
+    store.set_down(true);
+    produce(&broker.bootstrap(), &topic, &recs(4)).await;
+    wait_for("a paused partition", Duration::from_secs(30), || {
+        seen.gauge(m::KAFKA_PARTITIONS_PAUSED).unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    assert_eq!(seen.gauge(m::STORE_UP), Some(0.0), "store down");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    store.set_down(false);
+    wait_for("8 processed", Duration::from_secs(60), || {
+        stats.snapshot().processed >= 8
+    })
+    .await;
+    wait_for("partitions resumed", Duration::from_secs(30), || {
+        seen.gauge(m::KAFKA_PARTITIONS_PAUSED) == Some(0.0)
+    })
+    .await;
+    let s = c.shutdown().await;
+    assert_eq!(seen.gauge(m::STORE_UP), Some(1.0), "store back");
+    assert!(
+        seen.counter(m::STORE_DOWN_SECONDS, &[]) >= 1,
+        "over a second down"
+    );
+    assert!(s.kafka.pauses >= 1, "{s:?}");
+    assert_eq!(seen.messages("processed"), s.processed);
+    assert!(seen.messages("retry") >= s.store_unavailable, "{s:?}");
+}
+
 #[cfg(feature = "amqp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqp_consumer_counts_match_and_report_the_connection() {
