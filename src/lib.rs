@@ -19,6 +19,7 @@
 //! - `kafka` / `amqp` (features): consumer wrappers that map dispositions to commits and acks.
 //! - [`health`]: a consumer's liveness and readiness (store reachable, partitions or channel,
 //!   intake paused and why), the same handle for both brokers.
+//! - [`metrics`]: every metric's name, type, unit and labels; `describe()` for your recorder.
 //! - [`prelude`]: the common names in one import.
 //! - `testing` (feature `testing`): the store conformance suite, for your own [`Store`].
 //!
@@ -50,6 +51,7 @@ pub mod headers;
 pub mod health;
 pub mod key;
 pub mod message;
+pub mod metrics;
 pub mod outcome;
 pub mod prelude;
 pub mod replay;

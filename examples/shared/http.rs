@@ -26,6 +26,8 @@ pub fn install_prometheus() -> std::io::Result<PrometheusHandle> {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(std::io::Error::other)?;
+    // HELP and TYPE lines for every idemq metric, even before its first sample.
+    idemq::metrics::describe();
     Ok(handle)
 }
 

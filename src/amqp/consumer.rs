@@ -128,6 +128,7 @@ impl AmqpConsumer {
     pub async fn run(self, shutdown: CancellationToken) -> Result<ConsumerStats, AmqpError> {
         let connect = self.connect;
         let health = self.health;
+        crate::metrics::describe();
         let shared = Arc::new(Shared {
             config: self.config,
             processor: self.processor,
@@ -144,6 +145,7 @@ impl AmqpConsumer {
         let mut beat = heartbeat();
         let mut tasks = JoinSet::new();
         let (mut failures, mut connected_once) = (0u32, false);
+        crate::metrics::amqp_connection(shared.processor.scope(), false);
         let result = loop {
             if shared.shutdown.is_cancelled() {
                 break Ok(());
@@ -175,7 +177,9 @@ impl AmqpConsumer {
                     continue;
                 }
             };
+            crate::metrics::amqp_connection(shared.processor.scope(), true);
             if connected_once {
+                crate::metrics::amqp_reconnected(shared.processor.scope());
                 shared.stats.bump(|c| &c.reconnects);
                 info!(queue = %shared.config.queue, "reconnected; unacked deliveries come back as redeliveries");
             }
@@ -201,10 +205,12 @@ impl AmqpConsumer {
                     state.stopping();
                     finish(&shared, &session, &mut tasks).await;
                     state.channel(false);
+                    crate::metrics::amqp_connection(shared.processor.scope(), false);
                     return Ok(shared.stats.snapshot());
                 }
                 End::Lost(why) => {
                     state.channel(false);
+                    crate::metrics::amqp_connection(shared.processor.scope(), false);
                     warn!(queue = %shared.config.queue, why, "AMQP session lost; reconnecting");
                     session.close().await;
                     failures = 1;

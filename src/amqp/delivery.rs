@@ -384,7 +384,10 @@ impl Settle<'_> {
                 .await
             {
                 Ok(()) => self.ack(|c| &c.dead_lettered).await,
-                Err(_) => self.requeue().await,
+                Err(_) => {
+                    crate::metrics::dead_letter_failed("amqp", self.shared.processor.scope());
+                    self.requeue().await
+                }
             }
         }
         .boxed()

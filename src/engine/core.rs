@@ -38,11 +38,13 @@ impl<S> EngineCore<S> {
     /// Validates `config`; fails if it contradicts itself.
     pub(crate) fn new(store: S, config: EngineConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        crate::metrics::describe();
+        let scope: Arc<str> = Arc::from(config.scope.label());
         Ok(EngineCore {
             store,
-            scope: Arc::from(config.scope.label()),
+            health: StoreHealth::new(scope.clone()),
+            scope,
             config,
-            health: StoreHealth::default(),
         })
     }
 

@@ -4,19 +4,30 @@
 use super::config::Backoff;
 use super::telemetry::timed;
 use super::{Disposition, RetryCause};
+use crate::metrics::StoreUptime;
 use crate::store::StoreError;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Consecutive transient store failures, shared by all messages of one engine, so the suggested
 /// backoff grows while the store stays down and resets on the first success.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct StoreHealth {
     failures: AtomicU32,
+    uptime: StoreUptime,
 }
 
 impl StoreHealth {
+    /// A store not seen failing yet, reported under `scope`.
+    pub(crate) fn new(scope: Arc<str>) -> Self {
+        Self {
+            failures: AtomicU32::new(0),
+            uptime: StoreUptime::new(scope),
+        }
+    }
+
     /// Runs one store operation under `timeout`, recording latency and the failure streak.
     pub(crate) async fn call<T>(
         &self,
@@ -28,6 +39,7 @@ impl StoreHealth {
         match &r {
             Err(e) if e.is_transient() => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
+                self.uptime.failed();
             }
             _ => self.succeeded(),
         }
@@ -36,7 +48,11 @@ impl StoreHealth {
 
     /// Records a store success made outside [`call`](Self::call).
     pub(crate) fn succeeded(&self) {
-        self.failures.store(0, Ordering::Relaxed);
+        // Read first: the common case (no failures) then writes nothing to the shared line.
+        if self.failures.load(Ordering::Relaxed) > 0 && self.failures.swap(0, Ordering::Relaxed) > 0
+        {
+            self.uptime.recovered();
+        }
     }
 
     /// The disposition for a message that could not reach the store: retry after a backoff that

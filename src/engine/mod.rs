@@ -35,7 +35,7 @@
 //!   warning with `recreated = true`, counter `idemq_records_recreated_total`); acking without a
 //!   stored outcome would break "ack only once the outcome is durable" and let a later copy run
 //!   the handler again. Held, completed or bound to another payload by someone else: `Superseded`
-//!   (warning, counter `idemq_superseded_total`), the owner records the outcome.
+//!   (warning, decision `superseded` of `idemq_messages_total`), the owner records the outcome.
 //! - **A store outage longer than the lease can let a duplicate run.** A lease is renewed only
 //!   while the store answers. If the store is unreachable after the handler ran and stays so
 //!   until the lease has expired, a duplicate that reaches the store first may take the claim

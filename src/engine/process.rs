@@ -73,6 +73,7 @@ impl<H: Handler> Inner<H> {
             decision = field::Empty,
         );
         async {
+            let _in_flight = crate::metrics::InFlight::enter(&self.scope);
             let d = self.decide(&message, shutdown).await;
             Span::current().record("decision", d.decision());
             record_decision(&self.scope, &d);
@@ -133,6 +134,7 @@ impl<H: Handler> Inner<H> {
             match self.store_call("claim", self.store.claim(&req)).await {
                 Ok(Claim::Acquired { token, attempt }) => {
                     if attempt > 1 {
+                        crate::metrics::claim_reacquired(&self.scope);
                         info!(%token, attempt, "claimed (retry or takeover of an expired lease)");
                     }
                     return Ok((token, attempt));
@@ -237,10 +239,29 @@ impl<H: Handler> Inner<H> {
         }
     }
 
+    /// [`run_handler_untimed`](Self::run_handler_untimed), recording its duration by result.
+    async fn run_handler(
+        &self,
+        ctx: HandlerContext,
+        renew: Option<(&RecordKey, Token)>,
+        shutdown: &CancellationToken,
+    ) -> Run<H::Output> {
+        let started = Instant::now();
+        let run = self.run_handler_untimed(ctx, renew, shutdown).await;
+        let result = match &run {
+            Run::Finished(Ok(_)) => "ok",
+            Run::Finished(Err(e)) if e.is_retriable() => "retriable",
+            Run::Finished(Err(_)) => "permanent",
+            Run::Interrupted => "interrupted",
+        };
+        crate::metrics::handler_ran(&self.scope, result, started.elapsed());
+        run
+    }
+
     /// Runs the handler while renewing the lease of `renew` (if any), honouring the handler
     /// timeout and the shutdown grace period. Panics, in the returned future or in `handle`
     /// itself before it returns one, and timeouts become retriable errors.
-    async fn run_handler(
+    async fn run_handler_untimed(
         &self,
         ctx: HandlerContext,
         renew: Option<(&RecordKey, Token)>,
@@ -294,7 +315,7 @@ impl<H: Handler> Inner<H> {
                 }
                 l = &mut limit => return match l {
                     Limit::Grace => Run::Interrupted,
-                    Limit::Timeout(after) => Run::Finished(Err(handler_timed_out(after))),
+                    Limit::Timeout(after) => Run::Finished(Err(handler_timed_out(&self.scope, after))),
                 },
             }
         }
@@ -309,10 +330,16 @@ impl<H: Handler> Inner<H> {
                 .store_call("renew", self.store.renew(record, token, self.config.lease))
                 .await
             {
-                Ok(Fence::Held) => {}
-                Ok(Fence::Lost) => return,
+                Ok(Fence::Held) => crate::metrics::lease_renewed(&self.scope, "ok"),
+                Ok(Fence::Lost) => {
+                    crate::metrics::lease_renewed(&self.scope, "lost");
+                    return;
+                }
                 // The lease may still be valid; keep trying at the same pace.
-                Err(err) => warn!(%err, "lease renewal failed"),
+                Err(err) => {
+                    crate::metrics::lease_renewed(&self.scope, "error");
+                    warn!(%err, "lease renewal failed")
+                }
             }
         }
     }
@@ -440,7 +467,7 @@ impl<H: Handler> Inner<H> {
     /// apart: if it acquires the key, the record is re-created with this run's outcome and the
     /// message counts as processed (warning, `idemq_records_recreated_total`); if someone else
     /// holds or completed the key, or bound it to another payload, the message is acked as
-    /// superseded (warning, `idemq_superseded_total`).
+    /// superseded (warning, decision `superseded` of `idemq_messages_total`).
     fn claim_lost<'a>(
         &'a self,
         record: &'a RecordKey,
@@ -474,7 +501,7 @@ impl<H: Handler> Inner<H> {
             };
             match self.complete(record, token, outcome, shutdown).await {
                 Ok((Fence::Held, outcome)) => {
-                    record_recreated(token);
+                    record_recreated(&self.scope, token);
                     Disposition::Processed { outcome }
                 }
                 Ok((Fence::Lost, _)) => superseded(&Claim::InFlight {
@@ -617,7 +644,6 @@ fn superseded(found: &Claim) -> Disposition {
         held,
         "lease was taken over; acking without storing this run's outcome"
     );
-    metrics::counter!("idemq_superseded_total").increment(1);
     Disposition::Superseded
 }
 
@@ -641,12 +667,12 @@ pub(crate) fn handler_panicked(panic: Box<dyn Any + Send>) -> HandlerError {
 
 /// The retriable failure a handler running longer than `after` (the handler timeout) becomes;
 /// logs it and counts it in `idemq_handler_timeouts_total`.
-pub(crate) fn handler_timed_out(after: Duration) -> HandlerError {
+pub(crate) fn handler_timed_out(scope: &Arc<str>, after: Duration) -> HandlerError {
     warn!(
         ?after,
         "handler timed out; dropped, its effects may have happened"
     );
-    metrics::counter!("idemq_handler_timeouts_total").increment(1);
+    metrics::counter!(crate::metrics::HANDLER_TIMEOUTS, "scope" => scope.clone()).increment(1);
     HandlerError::retriable(format!(
         "handler timed out after {after:?} (its effects may have happened)"
     ))
@@ -654,9 +680,9 @@ pub(crate) fn handler_timed_out(after: Duration) -> HandlerError {
 
 /// Logs and counts (`idemq_records_recreated_total`) a record that was gone when the outcome was
 /// stored and was re-created with this run's outcome under `token`.
-pub(crate) fn record_recreated(token: Token) {
+pub(crate) fn record_recreated(scope: &Arc<str>, token: Token) {
     warn!(%token, recreated = true, "the record was gone when the outcome was stored (expired, evicted, forgotten or released); re-created it with this run's outcome");
-    metrics::counter!("idemq_records_recreated_total").increment(1);
+    metrics::counter!(crate::metrics::RECORDS_RECREATED, "scope" => scope.clone()).increment(1);
 }
 
 /// Serializes a handler's output as the outcome body; `Err` with the error text if its

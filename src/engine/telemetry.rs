@@ -6,10 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Counter of processed messages by decision.
-pub const MESSAGES_TOTAL: &str = "idemq_messages_total";
-/// Histogram of store operation latency in seconds, by operation.
-pub const STORE_LATENCY: &str = "idemq_store_latency_seconds";
+use crate::metrics::{MESSAGES_TOTAL, STORE_LATENCY};
 
 /// Counts one message under its decision. Label values are static strings or the shared scope, so
 /// counting allocates nothing beyond the key (it runs once per message).

@@ -180,6 +180,7 @@ impl KafkaConsumer {
             consumer, shared, ..
         } = self;
         let _running = shared.health.running();
+        crate::metrics::describe();
         let mut tick = tokio::time::interval(shared.settings.commit_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         info!(topics = ?shared.settings.topics, scope = shared.processor.scope(), "idempotent consumer started");

@@ -147,6 +147,7 @@ impl Shared {
             );
         }
         self.stats.set_unassigned(parts.map.is_empty());
+        crate::metrics::kafka_assigned(self.processor.scope(), parts.map.len());
         if still_paused {
             self.pauses_changed.notify_one();
         }
@@ -217,6 +218,7 @@ impl Shared {
             info!("no partition assigned now; waiting for the group to assign some");
         }
         self.stats.set_unassigned(parts.map.is_empty());
+        crate::metrics::kafka_assigned(self.processor.scope(), parts.map.len());
         drop(parts);
         if resume_later {
             self.pauses_changed.notify_one();
@@ -349,6 +351,9 @@ impl Shared {
                     .lib_paused
                     .remove(&(el.topic().to_string(), el.partition()));
             }
+            if pause.count() + resume.count() > 0 {
+                crate::metrics::kafka_paused(self.processor.scope(), parts.lib_paused.len());
+            }
         }
         let names = |l: &TopicPartitionList| -> Vec<Tp> {
             l.elements()
@@ -427,6 +432,7 @@ impl Shared {
     /// A commit failed: count it and let the next flush retry those positions.
     pub(crate) fn commit_failed(&self, tpl: &TopicPartitionList, err: &KafkaError) {
         bump(&self.stats.commit_failures);
+        crate::metrics::kafka_commit_failed(self.processor.scope());
         warn!(%err, "offset commit failed; it is retried with the next flush");
         let mut parts = self.lock();
         for el in tpl.elements() {

@@ -24,9 +24,6 @@ pub(crate) struct Work {
     pub(crate) offset: i64,
 }
 
-/// Metric counting failed dead-letter publishes (label `scope`).
-pub(crate) const DEAD_LETTER_FAILURES: &str = "idemq_kafka_dead_letter_failures_total";
-
 /// Backoff between dead-letter publish attempts.
 const DEAD_LETTER_BACKOFF: Backoff =
     Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -189,8 +186,7 @@ async fn dead_letter(
             Err(err) => {
                 failures += 1;
                 bump(&shared.stats.dead_letter_failures);
-                metrics::counter!(DEAD_LETTER_FAILURES, "scope" => shared.processor.scope().to_string())
-                    .increment(1);
+                crate::metrics::dead_letter_failed("kafka", shared.processor.scope());
                 if failures >= 3 {
                     // Not transient any more (e.g. the copy is larger than the topic accepts):
                     // loud, and the partition still does not commit past the record.

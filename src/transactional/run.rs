@@ -80,6 +80,7 @@ impl<H: TransactionalHandler> Inner<H> {
             decision = field::Empty,
         );
         async {
+            let _in_flight = crate::metrics::InFlight::enter(&self.scope);
             let d = self.decide(&message, shutdown).await;
             Span::current().record("decision", d.decision());
             record_decision(&self.scope, &d);
@@ -136,6 +137,7 @@ impl<H: TransactionalHandler> Inner<H> {
             let step = match claimed {
                 Ok(Ok(claimed)) => {
                     if claimed.attempt > 1 {
+                        crate::metrics::claim_reacquired(&self.scope);
                         let (token, attempt) = (claimed.token, claimed.attempt);
                         info!(%token, attempt, "claimed (retry or takeover)");
                     }
@@ -377,7 +379,7 @@ impl<H: TransactionalHandler> Inner<H> {
         match self.store_call("commit", commit).await {
             Ok(()) => {
                 if let Some(token) = recreated {
-                    record_recreated(token);
+                    record_recreated(&self.scope, token);
                 }
                 Disposition::Processed { outcome }
             }
@@ -389,11 +391,31 @@ impl<H: TransactionalHandler> Inner<H> {
         }
     }
 
+    /// [`run_handler_untimed`](Self::run_handler_untimed), recording its duration by result.
+    async fn run_handler(
+        &self,
+        ctx: HandlerContext,
+        tx: &Transaction<'_>,
+        pid: Option<i32>,
+        shutdown: &CancellationToken,
+    ) -> Run<H::Output> {
+        let started = Instant::now();
+        let run = self.run_handler_untimed(ctx, tx, pid, shutdown).await;
+        let result = match &run {
+            Run::Finished(Ok(_)) => "ok",
+            Run::Finished(Err(e)) if e.is_retriable() => "retriable",
+            Run::Finished(Err(_)) => "permanent",
+            Run::Interrupted => "interrupted",
+        };
+        crate::metrics::handler_ran(&self.scope, result, started.elapsed());
+        run
+    }
+
     /// Runs the handler with the transaction, honouring the handler timeout and the shutdown
     /// grace period, as the engine does. Panics (in the returned future or in `handle` before it
     /// returns one) and timeouts become retriable errors; the caller rolls the handler's writes
     /// back.
-    async fn run_handler(
+    async fn run_handler_untimed(
         &self,
         ctx: HandlerContext,
         tx: &Transaction<'_>,
@@ -419,7 +441,7 @@ impl<H: TransactionalHandler> Inner<H> {
         let run = tokio::select! {
             biased;
             r = handler => return Run::Finished(r.unwrap_or_else(|panic| Err(handler_panicked(panic)))),
-            _ = timed_out => Run::Finished(Err(handler_timed_out(timeout.unwrap_or_default()))),
+            _ = timed_out => Run::Finished(Err(handler_timed_out(&self.scope, timeout.unwrap_or_default()))),
             _ = grace => Run::Interrupted,
         };
         // The handler's future is dropped, but a statement it sent may still run on the server
