@@ -379,7 +379,12 @@ async fn replay_takes_the_consumers_key_sources_and_fingerprint_rule() {
     // Header keys with the key-only rule: `done` was completed under the whole-payload rule, so
     // both of its copies now differ from the stored fingerprint (what a rule change does, as
     // documented on `FingerprintRule`); with the default rule only the tampered one does.
-    let key_only = ["--key-source", "header:Idempotency-Key", "--fingerprint", "key-only"];
+    let key_only = [
+        "--key-source",
+        "header:Idempotency-Key",
+        "--fingerprint",
+        "key-only",
+    ];
     let r = replay_with(&bootstrap, &scope, &dlq, &main, true, &key_only);
     assert_eq!(r["classes"]["conflict"], 2, "{r}");
     assert_eq!(r["classes"]["would_skip"], 0, "{r}");
@@ -389,7 +394,23 @@ async fn replay_takes_the_consumers_key_sources_and_fingerprint_rule() {
     assert_eq!(r["classes"]["would_skip"], 1, "{r}");
     // A malformed source is a usage error (exit 2), before anything is read.
     let mut cmd = Command::cargo_bin("idemq").expect("binary");
-    cmd.args(["dlq", "replay", "--bootstrap", &bootstrap, "--from", &dlq, "--to", &main]);
-    cmd.args(["--scope", &scope, "--store", &redis_url(), "--key-source", "json:order/id"]);
+    cmd.args([
+        "dlq",
+        "replay",
+        "--bootstrap",
+        &bootstrap,
+        "--from",
+        &dlq,
+        "--to",
+        &main,
+    ]);
+    cmd.args([
+        "--scope",
+        &scope,
+        "--store",
+        &redis_url(),
+        "--key-source",
+        "json:order/id",
+    ]);
     assert_eq!(cmd.output().expect("run idemq").status.code(), Some(2));
 }

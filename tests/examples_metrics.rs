@@ -182,10 +182,14 @@ async fn check_scrape(addr: &str, scope: &str) -> String {
         1.0
     );
     assert_eq!(decided(&text), 5.0, "nothing else decided:\n{text}");
-    assert!(
-        text.contains("idemq_store_latency_seconds"),
-        "store latency served:\n{text}"
-    );
+    // Histograms as the Grafana dashboard queries them (`_bucket`), not summaries.
+    for series in [
+        "idemq_store_latency_seconds_bucket",
+        "idemq_handler_duration_seconds_bucket",
+        "# HELP idemq_messages_total",
+    ] {
+        assert!(text.contains(series), "{series} served:\n{text}");
+    }
 
     for path in ["/healthz", "/readyz"] {
         let (status, content_type, body) = get(addr, path).await;

@@ -23,7 +23,12 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Installs a Prometheus recorder as the process's `metrics` recorder; call it before building
 /// the consumer so no metric is missed. Its handle renders the text exposition.
 pub fn install_prometheus() -> std::io::Result<PrometheusHandle> {
-    let recorder = PrometheusBuilder::new().build_recorder();
+    // Buckets make histograms Prometheus histograms (`_bucket`, `_sum`, `_count`), which the
+    // shipped Grafana dashboard queries; without them the exporter renders summaries.
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(idemq::metrics::SECONDS_BUCKETS)
+        .map_err(std::io::Error::other)?
+        .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(std::io::Error::other)?;
     // HELP and TYPE lines for every idemq metric, even before its first sample.

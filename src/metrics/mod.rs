@@ -28,6 +28,14 @@ pub(crate) use record::*;
 
 use ::metrics::Unit;
 
+/// Histogram buckets (seconds) that suit every idemq duration histogram: 0.5 ms to 60 s. Give
+/// them to your exporter (e.g. `PrometheusBuilder::set_buckets`) so histograms are exposed as
+/// Prometheus histograms (`_bucket`, `_sum`, `_count`), as the shipped Grafana dashboard expects.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
 /// Counter: messages by engine decision (`decision`: `processed`, `replayed`, `superseded`,
 /// `unkeyed`, `retry`, `dead_letter`, `abandoned`; `reason` for dead letters; `scope`).
 pub const MESSAGES_TOTAL: &str = "idemq_messages_total";

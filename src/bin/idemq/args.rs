@@ -330,11 +330,24 @@ mod source_tests {
     #[test]
     fn key_sources_and_fingerprint_rules_parse_and_bad_ones_are_refused() {
         use idemq::KeySource;
-        assert!(matches!(parse_key_source("kafka-key"), Ok(KeySource::KafkaKey)));
-        assert!(matches!(parse_key_source("correlation-id"), Ok(KeySource::CorrelationId)));
-        assert!(matches!(parse_key_source("message-id"), Ok(KeySource::MessageId)));
-        assert!(matches!(parse_key_source("json:/order/id"), Ok(KeySource::JsonPointer(p)) if p == "/order/id"));
-        assert!(matches!(parse_key_source("header:X-Key"), Ok(KeySource::Header(h)) if h == "X-Key"));
+        assert!(matches!(
+            parse_key_source("kafka-key"),
+            Ok(KeySource::KafkaKey)
+        ));
+        assert!(matches!(
+            parse_key_source("correlation-id"),
+            Ok(KeySource::CorrelationId)
+        ));
+        assert!(matches!(
+            parse_key_source("message-id"),
+            Ok(KeySource::MessageId)
+        ));
+        assert!(
+            matches!(parse_key_source("json:/order/id"), Ok(KeySource::JsonPointer(p)) if p == "/order/id")
+        );
+        assert!(
+            matches!(parse_key_source("header:X-Key"), Ok(KeySource::Header(h)) if h == "X-Key")
+        );
         for bad in ["json:id", "header:", "kafka", "key"] {
             assert!(parse_key_source(bad).is_err(), "{bad}");
         }

@@ -45,7 +45,10 @@ pub async fn replay(a: &ReplayArgs, out: Output) -> Result<(), Failure> {
             a.key_sources.clone()
         };
         let key = KeyConfig::new(sources).missing(a.missing_key.into());
-        let fingerprint = a.fingerprint.clone().with_headers(a.fingerprint_headers.clone());
+        let fingerprint = a
+            .fingerprint
+            .clone()
+            .with_headers(a.fingerprint_headers.clone());
         let classifier = Classifier::new(store, a.at.scope.clone(), key).fingerprint(fingerprint);
         if let Some(url) = &a.amqp_url {
             amqp(a, url, classifier, tick).await
