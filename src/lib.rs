@@ -54,6 +54,7 @@ pub mod stats;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod traces;
 #[cfg(feature = "postgres")]
 pub mod transactional;
 

@@ -75,7 +75,10 @@ impl<S> EngineCore<S> {
                 }
             },
         };
-        Span::current().record("key", key.as_str());
+        Span::current().record(
+            "key",
+            tracing::field::display(cfg.log_key.show(key.as_str())),
+        );
         let fingerprint = cfg
             .fingerprint
             .fingerprint(message)
@@ -98,7 +101,16 @@ impl<S> EngineCore<S> {
         op: &'static str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.health.call(op, self.config.store_timeout, fut).await
+        let result = self.health.call(op, self.config.store_timeout, fut).await;
+        match result {
+            // The store's name for an unreadable record embeds the key, and the error is logged
+            // and becomes a dead letter's error text.
+            Err(StoreError::Corrupt { key, detail }) => Err(StoreError::Corrupt {
+                key: self.config.log_key.show(&key).to_string(),
+                detail,
+            }),
+            other => other,
+        }
     }
 
     /// Another consumer holds the key (`InFlight`, lease left `retry_after`): waits before the next

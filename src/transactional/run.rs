@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, field, info, warn, Instrument, Span};
+use tracing::{debug, error, info, warn, Instrument, Span};
 
 /// Savepoint set right after the claim: rolling back to it undoes the handler's writes but keeps
 /// the claim (and its row lock), so a failure can be recorded in the same transaction.
@@ -71,17 +71,12 @@ impl<H: TransactionalHandler> Inner<H> {
         message: Arc<Message>,
         shutdown: &CancellationToken,
     ) -> Disposition {
-        let span = tracing::info_span!(
-            "idemq.process",
-            scope = %self.scope,
-            source = %message.source,
-            transactional = true,
-            key = field::Empty,
-            decision = field::Empty,
-        );
+        let span = crate::traces::process_span(&self.scope, &message);
+        span.record("transactional", true);
         async {
             let d = self.decide(&message, shutdown).await;
             Span::current().record("decision", d.decision());
+            crate::traces::remember(&Span::current());
             record_decision(&self.scope, &d);
             match &d {
                 Disposition::DeadLetter(dl) => {
