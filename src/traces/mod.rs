@@ -11,6 +11,7 @@ mod propagation;
 mod spans;
 
 #[cfg(feature = "otel")]
+#[cfg_attr(not(feature = "amqp"), allow(unused_imports))]
 pub(crate) use propagation::{outgoing, remember, scope, set_remote_parent, TraceHeaders};
 pub(crate) use spans::{process_span, store_span};
 
@@ -47,6 +48,7 @@ mod disabled {
     }
 }
 #[cfg(not(feature = "otel"))]
+#[cfg_attr(not(feature = "amqp"), allow(unused_imports))]
 pub(crate) use disabled::{outgoing, remember, scope, set_remote_parent, TraceHeaders};
 
 /// Puts `trace` into an AMQP header table, replacing any trace context headers it had (in any
