@@ -237,3 +237,88 @@ async fn the_kafka_dead_letter_copy_carries_the_process_span_context() {
     };
     assert_eq!(traceparents, 1, "replaced, not added");
 }
+
+#[cfg(feature = "amqp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_replies_and_dead_letters_carry_the_process_span_context() {
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::BasicProperties;
+    use std::time::Duration;
+    use support::amqp::{consumer, memory, Rabbit, Recorder, Running};
+    exporter();
+    let Some(rabbit) = Rabbit::connect().await else {
+        return;
+    };
+    let queue = rabbit.queue("otel").await;
+    let replies = rabbit.queue("otel-replies").await;
+    let (dlx, dlq) = rabbit.dead_letter_pair("otel").await;
+    let rec = Recorder::default();
+    let run = Running::start(consumer(&queue, memory(), &rec).dead_letter_exchange(&dlx, None));
+    let (request_trace, dead_trace, parent) = (
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+        "a1a2a3a4a5a6a7a8",
+    );
+    let traced = |trace: &str, key: Option<&str>| {
+        let mut h = FieldTable::default();
+        h.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(format!("00-{trace}-{parent}-01").into()),
+        );
+        if let Some(key) = key {
+            h.insert("Idempotency-Key".into(), AMQPValue::LongString(key.into()));
+        }
+        BasicProperties::default().with_headers(h)
+    };
+    // A request (answered on `reply_to`) and a message without a key (dead-lettered).
+    let request = traced(request_trace, Some("quote-1"))
+        .with_reply_to(replies.as_str().into())
+        .with_correlation_id("corr-1".into())
+        .with_message_id("m-1".into());
+    rabbit.publish_props("", &queue, b"{}", request).await;
+    rabbit
+        .publish_props("", &queue, b"no key", traced(dead_trace, None))
+        .await;
+    let reply = rabbit
+        .wait_drain(&replies, 1, Duration::from_secs(10))
+        .await;
+    let dead = rabbit.wait_drain(&dlq, 1, Duration::from_secs(10)).await;
+    let stats = run.stop().await;
+    assert_eq!((reply.len(), dead.len()), (1, 1), "{stats:?}");
+
+    for (trace, got, what) in [
+        (request_trace, &reply[0], "reply"),
+        (dead_trace, &dead[0], "dead letter"),
+    ] {
+        let spans = spans_of(TraceId::from_hex(trace).unwrap());
+        println!("trace {trace} (remote parent {parent}):");
+        print_tree(&spans, SpanId::from_hex(parent).unwrap(), 0);
+        let process = spans
+            .iter()
+            .find(|s| s.name == "idemq.process")
+            .unwrap_or_else(|| panic!("no process span for the {what}"));
+        assert_eq!(process.parent_span_id, SpanId::from_hex(parent).unwrap());
+        assert_eq!(
+            attribute(process, "messaging.system"),
+            Some(Value::from("rabbitmq"))
+        );
+        assert_eq!(
+            attribute(process, "messaging.destination.name"),
+            Some(Value::from(queue.clone()))
+        );
+        assert_eq!(
+            got.header("traceparent"),
+            Some(format!("00-{trace}-{}-01", process.span_context.span_id())),
+            "the {what} continues the trace from the process span"
+        );
+    }
+    let request_process = spans_of(TraceId::from_hex(request_trace).unwrap())
+        .into_iter()
+        .find(|s| s.name == "idemq.process")
+        .unwrap();
+    assert_eq!(
+        attribute(&request_process, "messaging.message.id"),
+        Some(Value::from("m-1"))
+    );
+    rabbit.cleanup().await;
+}
