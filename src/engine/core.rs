@@ -102,13 +102,17 @@ impl<S> EngineCore<S> {
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let result = self.health.call(op, self.config.store_timeout, fut).await;
-        match result {
-            // The store's name for an unreadable record embeds the key, and the error is logged
-            // and becomes a dead letter's error text.
-            Err(StoreError::Corrupt { key, detail }) => Err(StoreError::Corrupt {
+        result.map_err(|err| self.shown(err))
+    }
+
+    /// `err` with the record name of an unreadable record as [`EngineConfig::log_key`] shows
+    /// keys: that name embeds the key, and the error is logged and becomes a dead letter's text.
+    pub(crate) fn shown(&self, err: StoreError) -> StoreError {
+        match err {
+            StoreError::Corrupt { key, detail } => StoreError::Corrupt {
                 key: self.config.log_key.show(&key).to_string(),
                 detail,
-            }),
+            },
             other => other,
         }
     }

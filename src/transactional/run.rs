@@ -242,7 +242,9 @@ impl<H: TransactionalHandler> Inner<H> {
         let claim = match interpret_claim(rows, req) {
             Ok(Some(claim)) => claim,
             Ok(None) => return Ok(Err(Step::Raced)),
-            Err(err @ StoreError::Corrupt { .. }) => return Ok(Err(Step::Corrupt(err))),
+            Err(err @ StoreError::Corrupt { .. }) => {
+                return Ok(Err(Step::Corrupt(self.shown(err))))
+            }
             Err(err) => return Err(err),
         };
         Ok(Err(match claim {
@@ -265,7 +267,8 @@ impl<H: TransactionalHandler> Inner<H> {
                 DeadLetterReason::Conflict,
                 format!(
                     "key {} is recorded with payload fingerprint {stored}; this message has {}",
-                    req.key.key, req.fingerprint
+                    self.config.log_key.show(req.key.key.as_str()),
+                    req.fingerprint
                 ),
             )),
             Claim::InFlight { retry_after } => Step::InFlight(retry_after),
