@@ -5,6 +5,8 @@
 //! store call in an `idemq.store` child span. With `otel`, the message's `traceparent` /
 //! `tracestate` headers become the parent of `idemq.process`, and what idemq publishes for the
 //! message (dead-letter copies, RPC replies) carries the process span's context onward.
+// Propagation onward is the broker adapters' business.
+#![cfg_attr(not(any(feature = "kafka", feature = "amqp")), allow(dead_code))]
 
 #[cfg(feature = "otel")]
 mod propagation;
