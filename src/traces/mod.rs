@@ -76,3 +76,24 @@ pub(crate) fn inject_amqp(table: &mut lapin::types::FieldTable, trace: TraceHead
     }
     *table = out;
 }
+
+#[cfg(all(test, feature = "amqp"))]
+mod tests {
+    use super::*;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    #[test]
+    fn amqp_trace_headers_are_replaced_whatever_their_case() {
+        let mut table = FieldTable::default();
+        table.insert("TraceParent".into(), AMQPValue::LongString("old".into()));
+        table.insert("tracestate".into(), AMQPValue::LongString("old=1".into()));
+        table.insert("Idempotency-Key".into(), AMQPValue::LongString("k".into()));
+        let trace = TraceHeaders {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: None,
+        };
+        inject_amqp(&mut table, trace);
+        let names: Vec<&str> = table.inner().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["Idempotency-Key", "traceparent"]);
+    }
+}

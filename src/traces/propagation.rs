@@ -34,10 +34,10 @@ pub(crate) fn scope<F: Future>(fut: F) -> impl Future<Output = F::Output> {
 /// Remembers `span` (an `idemq.process` span) as the one whose context [`outgoing`] injects;
 /// nothing outside a [`scope`].
 pub(crate) fn remember(span: &Span) {
-    let cx = span.context().span().span_context().clone();
-    if cx.is_valid() {
-        let _ = PROCESSED.try_with(|slot| *slot.borrow_mut() = Some(cx));
-    }
+    let _ = PROCESSED.try_with(|slot| {
+        let cx = span.context().span().span_context().clone();
+        *slot.borrow_mut() = cx.is_valid().then_some(cx);
+    });
 }
 
 /// The headers that carry the process span's context onward: that of the span [`remember`]ed
