@@ -95,7 +95,7 @@ async fn hashed_keys_never_appear_in_logs_or_spans() {
     );
     let hashed = KeyLogging::Hashed.show(KEY).to_string();
     // The span field on the process span, and the conflict text, show the hash.
-    assert!(out.contains(&format!("key={hashed}")), "{out}");
+    assert!(out.contains(&format!("key=\"{hashed}\"")), "{out}");
     assert!(
         out.contains("dead-lettering") && error.contains(&hashed),
         "{out}"
@@ -106,6 +106,6 @@ async fn hashed_keys_never_appear_in_logs_or_spans() {
 #[tokio::test]
 async fn plain_keys_appear_as_they_are() {
     let (out, error) = run(KeyLogging::Plain).await;
-    assert!(out.contains(&format!("key={KEY}")), "{out}");
+    assert!(out.contains(&format!("key=\"{KEY}\"")), "{out}");
     assert!(error.contains(KEY), "{error}");
 }

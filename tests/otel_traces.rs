@@ -60,16 +60,19 @@ fn print_tree(spans: &[SpanData], parent: SpanId, depth: usize) {
         let attrs: Vec<String> = s
             .attributes
             .iter()
-            .filter(|kv| kv.key.as_str().starts_with("messaging.") || kv.key.as_str() == "decision")
+            .filter(|kv| {
+                let k = kv.key.as_str();
+                k.starts_with("messaging.") || k == "decision" || k == "key"
+            })
             .map(|kv| format!("{}={}", kv.key, kv.value))
             .collect();
-        println!(
-            "{}{} span={} {}",
-            "  ".repeat(depth + 1),
+        let line = format!(
+            "{} span={} {}",
             s.name,
             s.span_context.span_id(),
             attrs.join(" ")
         );
+        println!("{}{}", "  ".repeat(depth + 1), line.trim_end());
         print_tree(spans, s.span_context.span_id(), depth + 1);
     }
 }
@@ -305,6 +308,10 @@ async fn amqp_replies_and_dead_letters_carry_the_process_span_context() {
         assert_eq!(
             attribute(process, "messaging.destination.name"),
             Some(Value::from(queue.clone()))
+        );
+        println!(
+            "{what}: traceparent={}",
+            got.header("traceparent").unwrap_or_default()
         );
         assert_eq!(
             got.header("traceparent"),

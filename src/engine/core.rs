@@ -6,7 +6,7 @@ use super::health::StoreHealth;
 use super::process::sleep_or_cancel;
 use super::{ConfigError, DeadLetterReason, Disposition, EngineConfig, RetryCause};
 use crate::fingerprint::Fingerprint;
-use crate::key::{derive_from_payload, MissingKeyPolicy, Scope};
+use crate::key::{derive_from_payload, KeyLogging, MissingKeyPolicy, Scope};
 use crate::message::Message;
 use crate::store::{RecordKey, StoreError};
 use std::future::Future;
@@ -75,10 +75,11 @@ impl<S> EngineCore<S> {
                 }
             },
         };
-        Span::current().record(
-            "key",
-            tracing::field::display(cfg.log_key.show(key.as_str())),
-        );
+        match cfg.log_key {
+            KeyLogging::Plain => Span::current().record("key", key.as_str()),
+            // A string field either way, so log processors see the same shape.
+            _ => Span::current().record("key", cfg.log_key.show(key.as_str()).to_string()),
+        };
         let fingerprint = cfg
             .fingerprint
             .fingerprint(message)

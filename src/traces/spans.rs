@@ -20,7 +20,6 @@ pub(crate) fn process_span(scope: &str, message: &Message) -> Span {
         decision = field::Empty,
         messaging.system = field::Empty,
         messaging.operation.type = "process",
-        messaging.operation.name = "process",
         messaging.destination.name = field::Empty,
         messaging.message.id = field::Empty,
         messaging.destination.partition.id = field::Empty,
