@@ -19,6 +19,10 @@
 //! - `kafka` / `amqp` (features): consumer wrappers that map dispositions to commits and acks.
 //! - [`prelude`]: the common names in one import.
 //! - `testing` (feature `testing`): the store conformance suite, for your own [`Store`].
+//! - Tracing: every message is processed in an `idemq.process` span, every store call in a child
+//!   span; with feature `otel` a message's W3C `traceparent` becomes that span's parent and
+//!   dead-letter copies and replies carry it on (`docs/observability.md`). Keys holding personal
+//!   data can be logged as hashes ([`key::KeyLogging`]).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
