@@ -22,6 +22,10 @@
 //! - [`metrics`]: every metric's name, type, unit and labels; `describe()` for your recorder.
 //! - [`prelude`]: the common names in one import.
 //! - `testing` (feature `testing`): the store conformance suite, for your own [`Store`].
+//! - Tracing: every message is processed in an `idemq.process` span, every store call in a child
+//!   span; with feature `otel` a message's W3C `traceparent` becomes that span's parent and
+//!   dead-letter copies and replies carry it on (`docs/observability.md`). Keys holding personal
+//!   data can be logged as hashes ([`key::KeyLogging`]).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -59,6 +63,7 @@ pub mod stats;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod traces;
 #[cfg(feature = "postgres")]
 pub mod transactional;
 

@@ -31,6 +31,10 @@ pub(crate) fn dead_letter_publish(
     put(headers::SOURCE_QUEUE, queue);
     put(headers::SOURCE_EXCHANGE, exchange);
     put(headers::SOURCE_ROUTING_KEY, routing_key);
+    // With `otel`, the copy continues the trace from the process span.
+    if let Some(trace) = crate::traces::outgoing() {
+        crate::traces::inject_amqp(&mut table, trace);
+    }
     let key = target
         .routing_key
         .clone()

@@ -100,8 +100,9 @@ pub(crate) fn handle(
     // delivery whose task panicked would stay unacked on a healthy channel, and after `prefetch`
     // of them the broker would send nothing more, so a panic requeues the delivery. Each step is
     // wrapped on its own rather than the whole task, which would nest a second future (and its
-    // borrows) in every delivery's.
-    async move {
+    // borrows) in every delivery's. In a trace scope: dead letters and replies published while
+    // settling carry the process span's trace context (feature `otel`).
+    crate::traces::scope(async move {
         let Some(disposition) = process_holding(&shared, &acker, &message, &facts).await else {
             return;
         };
@@ -131,7 +132,7 @@ pub(crate) fn handle(
                 requeue_after_panic(&shared, &acks, &acker, facts.tag).await;
             }
         }
-    }
+    })
 }
 
 /// Requeues a delivery whose settling panicked before its ack, nack or reject was under way.

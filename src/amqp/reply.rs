@@ -26,6 +26,10 @@ pub(crate) fn reply_properties(
             AMQPValue::LongString(LongString::from("true")),
         );
     }
+    // With `otel`, the reply continues the trace from the process span, as a dead letter does.
+    if let Some(trace) = crate::traces::outgoing() {
+        crate::traces::inject_amqp(&mut table, trace);
+    }
     let mut props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_headers(table);

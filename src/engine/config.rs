@@ -1,5 +1,5 @@
 use crate::fingerprint::FingerprintRule;
-use crate::key::{KeyConfig, KeySource, Scope};
+use crate::key::{KeyConfig, KeyLogging, KeySource, Scope};
 use crate::store::DEFAULT_MAX_OUTCOME_BYTES;
 use std::hash::BuildHasher;
 use std::time::Duration;
@@ -235,6 +235,9 @@ pub struct EngineConfig {
     /// minutes: far above any sane per-message handler, and under RabbitMQ's default 30-minute
     /// delivery acknowledgement timeout, which would otherwise close the channel first.
     pub handler_timeout: Option<Duration>,
+    /// How the idempotency key appears in log lines and span fields: as it is (default) or, for
+    /// keys that hold personal data, as a short hash ([`KeyLogging::Hashed`]).
+    pub log_key: KeyLogging,
 }
 
 impl EngineConfig {
@@ -260,6 +263,7 @@ impl EngineConfig {
             store_permanent_failures: false,
             shutdown_grace: Duration::from_secs(10),
             handler_timeout: Some(Duration::from_secs(600)),
+            log_key: KeyLogging::Plain,
         }
     }
 

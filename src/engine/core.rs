@@ -6,7 +6,7 @@ use super::health::StoreHealth;
 use super::process::sleep_or_cancel;
 use super::{ConfigError, DeadLetterReason, Disposition, EngineConfig, RetryCause};
 use crate::fingerprint::Fingerprint;
-use crate::key::{derive_from_payload, MissingKeyPolicy, Scope};
+use crate::key::{derive_from_payload, KeyLogging, MissingKeyPolicy, Scope};
 use crate::message::Message;
 use crate::store::{RecordKey, StoreError};
 use std::future::Future;
@@ -77,7 +77,11 @@ impl<S> EngineCore<S> {
                 }
             },
         };
-        Span::current().record("key", key.as_str());
+        match cfg.log_key {
+            KeyLogging::Plain => Span::current().record("key", key.as_str()),
+            // A string field either way, so log processors see the same shape.
+            _ => Span::current().record("key", cfg.log_key.show(key.as_str()).to_string()),
+        };
         let fingerprint = cfg
             .fingerprint
             .fingerprint(message)
@@ -100,7 +104,20 @@ impl<S> EngineCore<S> {
         op: &'static str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.health.call(op, self.config.store_timeout, fut).await
+        let result = self.health.call(op, self.config.store_timeout, fut).await;
+        result.map_err(|err| self.shown(err))
+    }
+
+    /// `err` with the record name of an unreadable record as [`EngineConfig::log_key`] shows
+    /// keys: that name embeds the key, and the error is logged and becomes a dead letter's text.
+    pub(crate) fn shown(&self, err: StoreError) -> StoreError {
+        match err {
+            StoreError::Corrupt { key, detail } => StoreError::Corrupt {
+                key: self.config.log_key.show(&key).to_string(),
+                detail,
+            },
+            other => other,
+        }
     }
 
     /// Another consumer holds the key (`InFlight`, lease left `retry_after`): waits before the next

@@ -21,7 +21,7 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, field, info, warn, Instrument, Span};
+use tracing::{debug, error, info, warn, Instrument, Span};
 
 /// Bounded tries for best-effort writes (release) whose failure only delays a retry until the lease
 /// ends.
@@ -65,17 +65,12 @@ impl<H: Handler> Inner<H> {
         message: Arc<Message>,
         shutdown: &CancellationToken,
     ) -> Disposition {
-        let span = tracing::info_span!(
-            "idemq.process",
-            scope = %self.scope,
-            source = %message.source,
-            key = field::Empty,
-            decision = field::Empty,
-        );
+        let span = crate::traces::process_span(&self.scope, &message);
         async {
             let _in_flight = crate::metrics::InFlight::enter(&self.scope);
             let d = self.decide(&message, shutdown).await;
             Span::current().record("decision", d.decision());
+            crate::traces::remember(&Span::current());
             record_decision(&self.scope, &d);
             match &d {
                 Disposition::DeadLetter(dl) => {
@@ -145,7 +140,7 @@ impl<H: Handler> Inner<H> {
                         DeadLetterReason::Conflict,
                         format!(
                             "key {} is recorded with payload fingerprint {stored}; this message has {fingerprint}",
-                            record.key
+                            self.config.log_key.show(record.key.as_str())
                         ),
                     ))
                 }

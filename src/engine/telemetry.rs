@@ -30,6 +30,7 @@ pub(crate) async fn timed<T>(
     fut: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let start = Instant::now();
+    let fut = tracing::Instrument::instrument(fut, crate::traces::store_span(op));
     let result = match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(StoreError::Timeout { op, after: timeout }),

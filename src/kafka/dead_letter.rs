@@ -5,6 +5,7 @@ use super::error::DeadLetterError;
 use crate::engine::DeadLetter;
 use crate::headers;
 use crate::message::{Message, Source};
+use crate::traces;
 use bytes::Bytes;
 use rdkafka::message::Header as KafkaHeader;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -67,11 +68,30 @@ impl DeadLetterProducer {
         kafka_key: Option<&Bytes>,
         dead_letter: &DeadLetter,
     ) -> Result<(), DeadLetterError> {
-        let kept = message
-            .headers
-            .iter()
-            .filter(|h| !OWN_HEADERS.iter().any(|o| h.name.eq_ignore_ascii_case(o)));
+        // With `otel`, the copy continues the trace from the process span: the original's trace
+        // context headers are replaced by the process span's.
+        let trace = traces::outgoing();
+        let replaced = |name: &str| {
+            OWN_HEADERS.iter().any(|o| name.eq_ignore_ascii_case(o))
+                || (trace.is_some()
+                    && [traces::TRACEPARENT, traces::TRACESTATE]
+                        .iter()
+                        .any(|t| name.eq_ignore_ascii_case(t)))
+        };
+        let kept = message.headers.iter().filter(|h| !replaced(&h.name));
         let mut out = to_kafka_headers(kept);
+        if let Some(trace) = &trace {
+            out = out.insert(KafkaHeader {
+                key: traces::TRACEPARENT,
+                value: Some(trace.traceparent.as_bytes()),
+            });
+            if let Some(state) = &trace.tracestate {
+                out = out.insert(KafkaHeader {
+                    key: traces::TRACESTATE,
+                    value: Some(state.as_bytes()),
+                });
+            }
+        }
         let source_headers: Vec<(&str, String)> = match &message.source {
             Source::Kafka {
                 topic,

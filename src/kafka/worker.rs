@@ -74,10 +74,15 @@ pub(crate) async fn partition_worker(
             // timeout), nor mark the record finished unprocessed. The record is processed again
             // after a backoff, until it finishes or the partition is cancelled.
             let mut panics = 0u32;
-            while let Err(panic) =
-                AssertUnwindSafe(process_one(&shared2, &tp2, epoch, work.clone(), &cancel2))
-                    .catch_unwind()
-                    .await
+            while let Err(panic) = AssertUnwindSafe(crate::traces::scope(process_one(
+                &shared2,
+                &tp2,
+                epoch,
+                work.clone(),
+                &cancel2,
+            )))
+            .catch_unwind()
+            .await
             {
                 panics += 1;
                 error!(

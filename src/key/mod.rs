@@ -40,10 +40,12 @@
 //! ```
 
 mod error;
+mod logging;
 mod scope;
 mod source;
 
 pub use error::{InvalidKeyReason, KeyError};
+pub use logging::{KeyLogging, ShownKey};
 pub use scope::{Scope, ScopeFn};
 pub use source::{KeyFn, KeySource};
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, field, info, warn, Instrument, Span};
+use tracing::{debug, error, info, warn, Instrument, Span};
 
 /// Savepoint set right after the claim: rolling back to it undoes the handler's writes but keeps
 /// the claim (and its row lock), so a failure can be recorded in the same transaction.
@@ -71,18 +71,13 @@ impl<H: TransactionalHandler> Inner<H> {
         message: Arc<Message>,
         shutdown: &CancellationToken,
     ) -> Disposition {
-        let span = tracing::info_span!(
-            "idemq.process",
-            scope = %self.scope,
-            source = %message.source,
-            transactional = true,
-            key = field::Empty,
-            decision = field::Empty,
-        );
+        let span = crate::traces::process_span(&self.scope, &message);
+        span.record("transactional", true);
         async {
             let _in_flight = crate::metrics::InFlight::enter(&self.scope);
             let d = self.decide(&message, shutdown).await;
             Span::current().record("decision", d.decision());
+            crate::traces::remember(&Span::current());
             record_decision(&self.scope, &d);
             match &d {
                 Disposition::DeadLetter(dl) => {
@@ -249,7 +244,9 @@ impl<H: TransactionalHandler> Inner<H> {
         let claim = match interpret_claim(rows, req) {
             Ok(Some(claim)) => claim,
             Ok(None) => return Ok(Err(Step::Raced)),
-            Err(err @ StoreError::Corrupt { .. }) => return Ok(Err(Step::Corrupt(err))),
+            Err(err @ StoreError::Corrupt { .. }) => {
+                return Ok(Err(Step::Corrupt(self.shown(err))))
+            }
             Err(err) => return Err(err),
         };
         Ok(Err(match claim {
@@ -272,7 +269,8 @@ impl<H: TransactionalHandler> Inner<H> {
                 DeadLetterReason::Conflict,
                 format!(
                     "key {} is recorded with payload fingerprint {stored}; this message has {}",
-                    req.key.key, req.fingerprint
+                    self.config.log_key.show(req.key.key.as_str()),
+                    req.fingerprint
                 ),
             )),
             Claim::InFlight { retry_after } => Step::InFlight(retry_after),
