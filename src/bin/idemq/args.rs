@@ -37,6 +37,8 @@ pub enum Output {
 }
 
 /// Top-level commands.
+// Parsed once per process: the size of the largest variant (the replay options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// One key: show or forget it.
