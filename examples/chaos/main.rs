@@ -25,7 +25,8 @@
 //! dies with SIGKILL while its replica lags (`--lag-ms`, default 300), the replica is promoted and
 //! the old primary rejoins as its replica. Without `WAIT` the lagging replica loses what the
 //! primary acknowledged last, and those keys may run again: reported as "failover" double runs
-//! (allowed there). The `…-redis-cluster-wait` variants use `?replicas=1`: there a double run is
+//! (allowed there; a key reused with another payload whose first record was lost runs both
+//! payloads instead of dead-lettering the second, and counts there too). The `…-redis-cluster-wait` variants use `?replicas=1`: there a double run is
 //! a violation.
 //!
 //! `--after-effect-ms N` makes every handler wait N ms after its side effect, widening the window
