@@ -27,6 +27,7 @@
 //! phases (from `/proc`, Linux only), which on a machine where they share the cores is what sets
 //! the throughput.
 
+use clap::Parser;
 use futures::StreamExt;
 use idemq::amqp::AmqpConsumer;
 use idemq::store::{RecordKey, Store};
@@ -52,63 +53,63 @@ use cpu::{CpuMeter, CpuUse};
 use idemq::amqp::ConsumerStats;
 use soak::RssSamples;
 
+/// mimalloc rather than glibc's malloc: under a long run glibc's per-thread arenas keep freed
+/// memory of one thread from serving another (RSS grew by a third over a Kafka soak), where
+/// mimalloc's stays flat. Both sides of every comparison run with it; docs/benchmarks.md
+/// recommends the same for services.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The processes whose CPU the benchmark reports besides its own.
 const CPU_GROUPS: [(&str, &str); 2] = [("rabbitmq", "beam.smp"), ("redis", "redis-server")];
 
+/// Throughput of a plain lapin consumer versus the idemq consumer over the same published data.
+#[derive(Parser)]
+#[command(name = "amqp_bench")]
 struct Args {
+    /// The RabbitMQ URL.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
+    /// `memory` or a Redis URL (`redis://127.0.0.1:6379`).
+    #[arg(long, default_value = "memory")]
     store: String,
+    /// Messages to publish [default: 20000, or 1000000 with --soak].
+    #[arg(long = "messages", value_name = "N")]
+    messages_flag: Option<u64>,
+    /// The messages to publish (`--messages` or its default).
+    #[arg(skip)]
     messages: u64,
+    /// Fraction of the messages that repeat an earlier key, in [0, 1).
+    #[arg(long, default_value_t = 0.2)]
     dup_rate: f64,
+    /// Prefetch of both consumers.
+    #[arg(long, default_value_t = 256)]
     prefetch: u16,
+    /// Handlers running at once, on both sides.
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Rounds; which consumer goes first alternates.
+    #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// The handler awaits this many µs (`tokio::time::sleep`).
+    #[arg(long, default_value_t = 0)]
     handler_us: u64,
+    /// Entries of a local cache of completed keys in front of the store (0: none).
+    #[arg(long, default_value_t = 0)]
     local_cache: usize,
+    /// How long the local cache keeps a completed key, in ms.
+    #[arg(long, default_value_t = 60_000)]
     local_cache_age_ms: u64,
+    /// Only the idemq consumer, messages published while it consumes, RSS printed at every 10%.
+    #[arg(long)]
     soak: bool,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-        store: "memory".into(),
-        messages: 20_000,
-        dup_rate: 0.2,
-        prefetch: 256,
-        concurrency: 64,
-        rounds: 3,
-        handler_us: 0,
-        local_cache: 0,
-        local_cache_age_ms: 60_000,
-        soak: false,
-    };
-    let mut messages = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--soak" {
-            a.soak = true;
-            continue;
-        }
-        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: String| format!("{flag}: {e}");
-        match flag.as_str() {
-            "--amqp-url" => a.amqp_url = v,
-            "--store" => a.store = v,
-            "--messages" => messages = Some(v.parse().map_err(|e| bad(format!("{e}")))?),
-            "--dup-rate" => a.dup_rate = v.parse().map_err(|e| bad(format!("{e}")))?,
-            "--prefetch" => a.prefetch = v.parse().map_err(|e| bad(format!("{e}")))?,
-            "--concurrency" => a.concurrency = v.parse().map_err(|e| bad(format!("{e}")))?,
-            "--rounds" => a.rounds = v.parse().map_err(|e| bad(format!("{e}")))?,
-            "--handler-us" => a.handler_us = v.parse().map_err(|e| bad(format!("{e}")))?,
-            "--local-cache" => a.local_cache = v.parse().map_err(|e| bad(format!("{e}")))?,
-            "--local-cache-age-ms" => {
-                a.local_cache_age_ms = v.parse().map_err(|e| bad(format!("{e}")))?
-            }
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    a.messages = messages.unwrap_or(if a.soak { soak::SOAK_MESSAGES } else { 20_000 });
+    let mut a = Args::parse();
+    a.messages = a
+        .messages_flag
+        .unwrap_or(if a.soak { soak::SOAK_MESSAGES } else { 20_000 });
     if !(0.0..1.0).contains(&a.dup_rate) || a.messages == 0 || a.rounds == 0 || a.concurrency == 0 {
         return Err(
             "--dup-rate must be in [0, 1), --messages, --rounds and --concurrency positive".into(),

@@ -27,9 +27,17 @@
 //! process and keeps at most 100 000 records or 5 MB per partition). `--consumer-property`
 //! sets a librdkafka property on both consumers (e.g. `queued.max.messages.kbytes=8192`).
 //!
+//! With `--store` other than `memory`, every round also runs the idemq consumer over a memory
+//! store, and the report adds `memory_msgs_per_s`, `memory_vs_raw` and `redis_vs_memory`: how much
+//! of idemq's cost is its own and how much the store's.
+//!
+//! The bench runs on mimalloc (both sides): with glibc's malloc the RSS of a Kafka soak grew by
+//! about a third from 20% to 100% (per-thread arenas), 7% with `MALLOC_ARENA_MAX=2`.
+//!
 //! Every run checks that the handler ran exactly once per distinct key and fails otherwise.
 //! Prints a table, then one JSON line.
 
+use clap::Parser;
 use idemq::kafka::KafkaConsumerBuilder;
 use idemq::{CancellationToken, HandlerContext, HandlerError};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -52,8 +60,15 @@ mod cpu;
 mod soak;
 use bench_store::{bench_engine, open_store, with_local_cache, Counting, LocalCache, SentCounter};
 use cpu::{CpuMeter, CpuUse};
-use idemq::store::Store;
+use idemq::store::{MemoryStore, Store};
 use soak::RssSamples;
+
+/// mimalloc rather than glibc's malloc: under a long run glibc's per-thread arenas keep freed
+/// memory of one thread from serving another (RSS grew by a third over a Kafka soak), where
+/// mimalloc's stays flat. Both sides of every comparison run with it; docs/benchmarks.md
+/// recommends the same for services.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -61,66 +76,66 @@ type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// 150 bytes per record), with a margin.
 const MOCK_RECORDS_PER_PARTITION: usize = 25_000;
 
+/// Throughput of the idemq Kafka consumer against a raw rdkafka consumer over the same records.
+#[derive(Parser)]
+#[command(name = "kafka_bench")]
 struct Args {
+    /// `mock` (librdkafka's in-process broker) or `tansu` (a Tansu child process).
+    #[arg(long, default_value = "mock")]
     broker: String,
+    /// `memory` or a Redis URL (`redis://127.0.0.1:6379`).
+    #[arg(long, default_value = "memory")]
     store: String,
+    /// Records to produce [default: 20000, or 1000000 with --soak].
+    #[arg(long = "messages", value_name = "N")]
+    messages_flag: Option<usize>,
+    /// The records to produce (`--messages` or its default).
+    #[arg(skip)]
     messages: usize,
+    /// Fraction of the records that repeat an earlier key, in [0, 1).
+    #[arg(long, default_value_t = 0.2)]
     dup_rate: f64,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// Handlers running at once per partition, on both sides.
+    #[arg(long, default_value_t = 32)]
     partition_concurrency: usize,
+    /// The handler awaits this many µs (`tokio::time::sleep`).
+    #[arg(long, default_value_t = 0)]
     handler_us: u64,
+    /// Rounds; odd rounds run the raw side first, even rounds idemq first.
+    #[arg(long, default_value_t = 1)]
     rounds: u32,
+    /// Entries of a local cache of completed keys in front of the store (0: none).
+    #[arg(long, default_value_t = 0)]
     local_cache: usize,
+    /// How long the local cache keeps a completed key, in ms.
+    #[arg(long, default_value_t = 60_000)]
     local_cache_age_ms: u64,
+    /// Only the idemq consumer, with the process RSS printed at every 10%.
+    #[arg(long)]
     soak: bool,
-    /// librdkafka consumer properties for both sides (`--consumer-property key=value`).
+    /// A librdkafka property for both consumers, `key=value` (repeatable).
+    #[arg(long = "consumer-property", value_name = "KEY=VALUE", value_parser = property)]
+    consumer_properties: Vec<(String, String)>,
+    /// librdkafka consumer properties for both sides: the bench's own, then `--consumer-property`.
+    #[arg(skip)]
     properties: Vec<(String, String)>,
 }
 
+/// Parses `--consumer-property key=value`.
+fn property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| "--consumer-property takes key=value".to_string())
+}
+
 fn parse_args() -> BoxResult<Args> {
-    let mut a = Args {
-        broker: "mock".into(),
-        store: "memory".into(),
-        messages: 20_000,
-        dup_rate: 0.2,
-        partitions: 4,
-        partition_concurrency: 32,
-        handler_us: 0,
-        rounds: 1,
-        local_cache: 0,
-        local_cache_age_ms: 60_000,
-        soak: false,
-        properties: vec![("session.timeout.ms".into(), "6000".into())],
-    };
-    let mut messages = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--soak" {
-            a.soak = true;
-            continue;
-        }
-        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--broker" => a.broker = v,
-            "--store" => a.store = v,
-            "--messages" => messages = Some(v.parse()?),
-            "--dup-rate" => a.dup_rate = v.parse()?,
-            "--partitions" => a.partitions = v.parse()?,
-            "--partition-concurrency" => a.partition_concurrency = v.parse()?,
-            "--handler-us" => a.handler_us = v.parse()?,
-            "--rounds" => a.rounds = v.parse()?,
-            "--local-cache" => a.local_cache = v.parse()?,
-            "--local-cache-age-ms" => a.local_cache_age_ms = v.parse()?,
-            "--consumer-property" => {
-                let (k, v) = v
-                    .split_once('=')
-                    .ok_or("--consumer-property takes key=value")?;
-                a.properties.push((k.into(), v.into()));
-            }
-            other => return Err(format!("unknown flag {other}").into()),
-        }
-    }
-    a.messages = messages.unwrap_or(if a.soak {
+    let mut a = Args::parse();
+    a.properties = vec![("session.timeout.ms".into(), "6000".into())];
+    a.properties.append(&mut a.consumer_properties);
+    a.messages = a.messages_flag.unwrap_or(if a.soak {
         soak::SOAK_MESSAGES as usize
     } else {
         20_000
@@ -356,6 +371,7 @@ async fn raw_at_least_once(
     let done = Arc::new(AtomicU64::new(0));
     let store_failures = Arc::new(AtomicU64::new(0));
     let mut lanes: HashMap<i32, mpsc::Sender<(i64, Vec<u8>)>> = HashMap::new();
+    let mut lane_tasks = Vec::new();
     let mut first = None;
     for _ in 0..n {
         let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
@@ -374,7 +390,7 @@ async fn raw_at_least_once(
                 done: done.clone(),
                 store_failures: store_failures.clone(),
             };
-            tokio::spawn(run_lane(ctx, rx));
+            lane_tasks.push(tokio::spawn(run_lane(ctx, rx)));
             tx
         });
         lane.send((offset, payload))
@@ -389,6 +405,17 @@ async fn raw_at_least_once(
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let took = first.map(|f| f.elapsed()).unwrap_or_default();
+    // The consumer is closed here, while the broker runs: its last reference dropped later, in
+    // a handler task after the mock broker was gone, blocked that runtime thread (and the
+    // bench's exit) for good.
+    drop(lanes);
+    for task in lane_tasks {
+        task.await?;
+    }
+    while Arc::strong_count(&consumer) > 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::task::block_in_place(move || drop(consumer));
     match store_failures.load(Ordering::Relaxed) {
         0 => Ok(took),
         f => Err(format!("raw consumer: {f} offset stores failed").into()),
@@ -523,26 +550,43 @@ async fn raw_phase(s: &Setup, round: u32) -> BoxResult<Phase> {
     })
 }
 
+/// Which store an idemq phase runs over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Over {
+    /// `--store`.
+    Chosen,
+    /// A fresh memory store (the per-record cost without store round trips).
+    Memory,
+}
+
 /// The idemq consumer over every record in a fresh group; `rss` samples memory as it goes.
 async fn dedup_phase(
     s: &Setup,
+    over: Over,
     round: u32,
     mut rss: Option<&mut RssSamples>,
 ) -> BoxResult<DedupPhase> {
     let a = &s.args;
+    let (base, sent): (Arc<dyn Store>, &Option<SentCounter>) = match over {
+        Over::Chosen => (s.store.clone(), &s.sent),
+        Over::Memory => (Arc::new(MemoryStore::new()), &None),
+    };
     // Counting sits between the local cache (a fresh one per phase, as each phase has its own
     // scope) and the store, so it sees what reaches the store.
-    let counting = Arc::new(Counting::new(s.store.clone()));
+    let counting = Arc::new(Counting::new(base));
     let (store, cache): (Arc<dyn Store>, Option<LocalCache>) = with_local_cache(
         counting.clone(),
         a.local_cache,
         Duration::from_millis(a.local_cache_age_ms),
     );
-    let sent_before = s.sent.as_ref().map(|f| f());
+    let sent_before = sent.as_ref().map(|f| f());
     let handler_runs = Arc::new(AtomicU64::new(0));
     let runs = handler_runs.clone();
     let handler_us = a.handler_us;
-    let group = format!("idemq-bench-{}-{round}", s.run_id);
+    let group = match over {
+        Over::Chosen => format!("idemq-bench-{}-{round}", s.run_id),
+        Over::Memory => format!("idemq-bench-memory-{}-{round}", s.run_id),
+    };
     let mut builder = KafkaConsumerBuilder::new()
         .bootstrap_servers(&s.bootstrap)
         .group_id(&group)
@@ -594,7 +638,7 @@ async fn dedup_phase(
     // Commands of the consumer run are the per-message cost; neither counter includes any else.
     // Redis reports what it sent (a batch of claims or completes is one command); other stores
     // count operations; local cache hits reach neither.
-    let store_cmds = bench_store::per_message(&s.sent, sent_before, &counting, a.messages as f64);
+    let store_cmds = bench_store::per_message(sent, sent_before, &counting, a.messages as f64);
     let store_ops = bench_store::ops_per_message(&counting, a.messages as f64);
     stop.cancel();
     let summary = task.await??;
@@ -650,20 +694,29 @@ async fn run() -> BoxResult<()> {
     if s.args.soak {
         return soak_run(&s).await;
     }
-    let (mut raws, mut dedups) = (Vec::new(), Vec::new());
+    // Over another store, each round also runs idemq over a memory store: how much of idemq's
+    // cost is the store's.
+    let memory_too = scheme(&s.args.store) != "memory";
+    let (mut raws, mut dedups, mut memories) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..s.args.rounds {
         // Alternate which side goes first, so drift in the machine's load falls on both alike.
         if round % 2 == 0 {
             eprintln!("round {}: raw, then idemq…", round + 1);
             raws.push(raw_phase(&s, round).await?);
-            dedups.push(dedup_phase(&s, round, None).await?);
+            if memory_too {
+                memories.push(dedup_phase(&s, Over::Memory, round, None).await?);
+            }
+            dedups.push(dedup_phase(&s, Over::Chosen, round, None).await?);
         } else {
             eprintln!("round {}: idemq, then raw…", round + 1);
-            dedups.push(dedup_phase(&s, round, None).await?);
+            dedups.push(dedup_phase(&s, Over::Chosen, round, None).await?);
+            if memory_too {
+                memories.push(dedup_phase(&s, Over::Memory, round, None).await?);
+            }
             raws.push(raw_phase(&s, round).await?);
         }
     }
-    report(&s, &raws, &dedups);
+    report(&s, &raws, &dedups, &memories);
     Ok(())
 }
 
@@ -672,7 +725,7 @@ async fn soak_run(s: &Setup) -> BoxResult<()> {
     let a = &s.args;
     eprintln!("soak: idemq consumer over {} records…", a.messages);
     let mut rss = RssSamples::new(a.messages as u64);
-    let d = dedup_phase(s, 0, Some(&mut rss)).await?;
+    let d = dedup_phase(s, Over::Chosen, 0, Some(&mut rss)).await?;
     let rate = a.messages as f64 / d.phase.took.as_secs_f64().max(1e-9);
     rss.print_table();
     println!(
@@ -739,7 +792,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn report(s: &Setup, raws: &[Phase], dedups: &[DedupPhase]) {
+/// Prints the table and the JSON line; `memories` (idemq over a memory store, one per round) is
+/// empty when `--store` is the memory store.
+fn report(s: &Setup, raws: &[Phase], dedups: &[DedupPhase], memories: &[DedupPhase]) {
     let a = &s.args;
     let n = a.messages as f64;
     let rate = |took: Duration| n / took.as_secs_f64().max(1e-9);
@@ -780,9 +835,7 @@ fn report(s: &Setup, raws: &[Phase], dedups: &[DedupPhase]) {
     let raw_rate = total as f64 / raw_took.as_secs_f64().max(1e-9);
     let dedup_rate = total as f64 / dedup_took.as_secs_f64().max(1e-9);
     let cmds = dedups.iter().map(|d| d.store_cmds).sum::<f64>() / dedups.len() as f64;
-    println!(
-        "{}",
-        serde_json::json!({
+    let mut json = serde_json::json!({
             "broker": a.broker, "store": scheme(&a.store), "messages": a.messages,
             "dup_rate": a.dup_rate, "partitions": a.partitions,
             "partition_concurrency": a.partition_concurrency, "handler_us": a.handler_us,
@@ -803,8 +856,43 @@ fn report(s: &Setup, raws: &[Phase], dedups: &[DedupPhase]) {
                 "raw": cpu::sum(raws.iter().map(|r| &r.cpu)).json(total),
                 "idemq": cpu::sum(dedups.iter().map(|d| &d.phase.cpu)).json(total),
             },
-        })
-    );
+    });
+    if !memories.is_empty() {
+        let memory_took: Duration = memories.iter().map(|d| d.phase.took).sum();
+        let memory_rate =
+            a.messages as f64 * memories.len() as f64 / memory_took.as_secs_f64().max(1e-9);
+        let runs: u64 = memories.iter().map(|d| d.runs).sum();
+        println!(
+            "idemq over a memory store: {memory_rate:.0} msg/s ({:.3}× raw); {} over it: {:.3}× (rounds {:?}); handler runs {runs}",
+            memory_rate / raw_rate,
+            scheme(&a.store),
+            dedup_rate / memory_rate,
+            dedups
+                .iter()
+                .zip(memories)
+                .map(|(d, m)| round3(m.phase.took.as_secs_f64() / d.phase.took.as_secs_f64().max(1e-9)))
+                .collect::<Vec<_>>(),
+        );
+        if let Some(o) = json.as_object_mut() {
+            o.insert(
+                "memory_msgs_per_s".into(),
+                serde_json::json!(memory_rate.round()),
+            );
+            o.insert(
+                "memory_vs_raw".into(),
+                serde_json::json!(round3(memory_rate / raw_rate)),
+            );
+            o.insert(
+                format!("{}_vs_memory", scheme(&a.store)),
+                serde_json::json!(round3(dedup_rate / memory_rate)),
+            );
+            o.insert(
+                "memory_cpu_us_per_msg".into(),
+                cpu::sum(memories.iter().map(|d| &d.phase.cpu)).json(total),
+            );
+        }
+    }
+    println!("{json}");
 }
 
 fn fmt_us(v: Option<f64>) -> String {
