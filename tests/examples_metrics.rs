@@ -10,88 +10,26 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use support::example_process::ExampleProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// An example process whose stderr lines are collected as they come (stdout is discarded).
-struct Example {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
+/// The address the example printed as `serving http://ADDR`.
+async fn http_addr(example: &ExampleProcess) -> String {
+    example
+        .wait_for_stderr(Duration::from_secs(60), |l| {
+            l.split_once("serving http://")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .map(str::to_string)
+        })
+        .await
 }
 
-impl Example {
-    fn start(mut cmd: Command) -> Example {
-        let mut child = cmd
-            .env("RUST_LOG", "info,librdkafka=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start example");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (err, sink) = (child.stderr.take().expect("stderr"), stderr.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Example { child, stderr }
-    }
-
-    /// The address the example printed as `serving http://ADDR`.
-    async fn http_addr(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let found = self.stderr.lock().unwrap().iter().find_map(|l| {
-                l.split_once("serving http://")
-                    .and_then(|(_, rest)| rest.split_whitespace().next())
-                    .map(str::to_string)
-            });
-            if let Some(addr) = found {
-                return addr;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no `serving http://` line: {:?}",
-                self.stderr.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then waits (at most 30 s) for a clean exit.
-    fn terminate(mut self) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success(), "SIGTERM sent");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("did not exit within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(
-            status.success(),
-            "clean exit: {status:?}\n{}",
-            self.stderr.lock().unwrap().join("\n")
-        );
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        // A failed assertion must not leave the process running.
-        let _ = self.child.kill();
-    }
+/// SIGTERM; the example must exit cleanly.
+fn terminate(example: ExampleProcess) {
+    let (status, _, stderr) = example.terminate();
+    assert!(status.success(), "clean exit: {status:?}\n{stderr}");
 }
 
 /// `GET path` over a fresh connection: status code, content type and body.
@@ -247,8 +185,8 @@ async fn amqp_orders_serves_metrics_that_count_what_happened_and_probes() {
     cmd.args(["--amqp-url", &amqp_url(), "--queue", &queue])
         .args(["--dead-letter-exchange", &dlx, "--store", "memory"])
         .args(["--metrics-addr", "127.0.0.1:0"]);
-    let example = Example::start(cmd);
-    let addr = example.http_addr().await;
+    let example = ExampleProcess::start(cmd, "info,librdkafka=warn");
+    let addr = http_addr(&example).await;
     check_scrape(&addr, &queue).await;
     let dead = rabbit.wait_drain(&dlq, 1, Duration::from_secs(30)).await;
     assert_eq!(
@@ -256,7 +194,7 @@ async fn amqp_orders_serves_metrics_that_count_what_happened_and_probes() {
         1,
         "the keyless message is in the dead-letter queue"
     );
-    example.terminate();
+    terminate(example);
 
     for q in [&queue, &dlq] {
         let _ = rabbit
@@ -305,10 +243,10 @@ async fn kafka_orders_serves_metrics_that_count_what_happened_and_probes() {
     cmd.args(["--bootstrap", &broker.bootstrap(), "--topic", &topic])
         .args(["--group", &group, "--store", "memory"])
         .args(["--dead-letter-topic", &dlq, "--metrics-addr", "127.0.0.1:0"]);
-    let example = Example::start(cmd);
-    let addr = example.http_addr().await;
+    let example = ExampleProcess::start(cmd, "info,librdkafka=warn");
+    let addr = http_addr(&example).await;
     check_scrape(&addr, &group).await;
     let dead = read_all(&broker.bootstrap(), &dlq, 1, Duration::from_secs(30));
     assert_eq!(dead.len(), 1, "the keyless record is dead-lettered");
-    example.terminate();
+    terminate(example);
 }

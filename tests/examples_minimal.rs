@@ -11,73 +11,9 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// An example process whose stdout lines are collected as they come.
-struct Example {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl Example {
-    fn start(mut cmd: Command) -> Example {
-        let mut child = cmd
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start example");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (out, sink) = (child.stdout.take().expect("stdout"), lines.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut err = child.stderr.take().expect("stderr");
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
-        });
-        Example {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn line_count(&self) -> usize {
-        self.lines.lock().unwrap().len()
-    }
-
-    /// SIGTERM, then waits (at most 30 s) for the process to exit; returns its stderr.
-    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>, String) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success(), "SIGTERM sent");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("did not exit within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let stderr = self.stderr.join().expect("stderr reader");
-        let lines = self.lines.lock().unwrap().clone();
-        (status, lines, stderr)
-    }
-}
+use support::example_process::ExampleProcess;
 
 /// How often each `"key"` occurs in the handler's JSON lines (every line must be JSON).
 fn handled_keys(lines: &[String]) -> HashMap<String, u32> {
@@ -136,12 +72,12 @@ async fn minimal_kafka_handles_each_key_once_and_stops_on_sigterm() {
     let mut cmd = Command::new(bin);
     cmd.args(["--bootstrap", &broker.bootstrap(), "--topic", &topic])
         .args(["--group", &group, "--store", "memory"]);
-    let example = Example::start(cmd);
+    let example = ExampleProcess::start(cmd, "info");
     let bootstrap = broker.bootstrap();
     // Everything up to the last record was handled or dead-lettered: 3 keys printed and the
     // keyless record in the DLQ.
     wait_until("3 handled keys", Duration::from_secs(60), async || {
-        example.line_count() >= 3
+        example.stdout_lines().len() >= 3
     })
     .await;
     let dead = read_all(&bootstrap, &dlq, 1, Duration::from_secs(30));
@@ -207,9 +143,9 @@ async fn minimal_amqp_handles_each_key_once_and_stops_on_sigterm() {
     let mut cmd = Command::new(bin);
     cmd.args(["--amqp-url", &amqp_url(), "--queue", &queue])
         .args(["--store", "memory"]);
-    let example = Example::start(cmd);
+    let example = ExampleProcess::start(cmd, "info");
     wait_until("3 handled keys", Duration::from_secs(60), async || {
-        example.line_count() >= 3
+        example.stdout_lines().len() >= 3
     })
     .await;
     // The example declared the dead-letter exchange and queue; the first dead letter lands there.

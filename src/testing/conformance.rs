@@ -616,6 +616,84 @@ pub async fn scan_lists_one_scope(s: Subject) {
     assert_eq!(in_progress.len(), 25 - done);
 }
 
+/// A backend that counts by state without a scan ([`Store::counts`] returning `Some`) counts what
+/// a scan of the scope finds: in progress (live and expired), completed (succeeded and failed),
+/// released, and the lease that ends first. `None` (scan instead) is also conformant.
+pub async fn counts_agree_with_a_scan(s: Subject) {
+    let store = s.store.clone();
+    for i in 0..3 {
+        let k = s.key(&format!("count-done-{i}"));
+        let (t, _) = acquire(&s, &k, &fp("a"), Duration::from_secs(30)).await;
+        assert_eq!(complete(&s, &k, t, "ok").await, Fence::Held);
+    }
+    let failed = s.key("count-failed");
+    let (t, _) = acquire(&s, &failed, &fp("a"), Duration::from_secs(30)).await;
+    let fence = store
+        .complete(&failed, t, &Outcome::failed("no"), RETENTION)
+        .await
+        .expect("complete");
+    assert_eq!(fence, Fence::Held);
+    let released = s.key("count-released");
+    let (t, _) = acquire(&s, &released, &fp("a"), Duration::from_secs(30)).await;
+    store
+        .release(&released, t, Release::Retry)
+        .await
+        .expect("release");
+    let expired = s.key("count-expired");
+    acquire(&s, &expired, &fp("a"), LEASE).await;
+    for i in 0..2 {
+        acquire(
+            &s,
+            &s.key(&format!("count-live-{i}")),
+            &fp("a"),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    tokio::time::sleep(PAST_LEASE).await;
+    let Some(counted) = store.counts(&s.scope).await.expect("counts") else {
+        return;
+    };
+    let mut scanned = crate::store::StateCounts::default();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .scan(&s.scope, StateFilter::All, cursor, 50)
+            .await
+            .expect("scan");
+        page.records.iter().for_each(|r| scanned.add(r));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(
+        (
+            counted.in_progress,
+            counted.in_progress_expired,
+            counted.completed,
+            counted.completed_failed,
+            counted.released
+        ),
+        (3, 1, 4, 1, 1),
+        "counts: {counted:?}"
+    );
+    assert_eq!(
+        (
+            scanned.in_progress,
+            scanned.in_progress_expired,
+            scanned.completed,
+            scanned.completed_failed,
+            scanned.released
+        ),
+        (3, 1, 4, 1, 1),
+        "scan: {scanned:?}"
+    );
+    let closest = |c: &crate::store::StateCounts| c.closest_lease.as_ref().map(|(k, _)| k.clone());
+    assert_eq!(closest(&counted), Some(expired.key.clone()));
+    assert_eq!(closest(&counted), closest(&scanned));
+}
+
 /// Generates one `#[test]` per conformance case, in a module named `conformance`, for the store
 /// made by `$make` (an async function or closure returning `Option<Subject>`; `None` skips the
 /// case). See the [module docs](crate::testing::conformance) for an example.
@@ -641,7 +719,8 @@ macro_rules! store_conformance {
             outcome_size_is_limited,
             scopes_are_independent,
             awkward_keys_round_trip,
-            scan_lists_one_scope
+            scan_lists_one_scope,
+            counts_agree_with_a_scan
         );
     };
     (@cases $make:expr; $($case:ident),+) => {

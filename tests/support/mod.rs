@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod amqp;
+pub mod example_process;
 pub mod faulty;
 #[cfg(feature = "kafka")]
 pub mod kafka;
