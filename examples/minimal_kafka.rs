@@ -1,14 +1,10 @@
-//! The smallest useful idempotent Kafka consumer: copy it and replace the handler.
-//! `cargo run --example minimal_kafka -- --bootstrap localhost:9092 --topic orders` (`--help`).
-//!
-//! The handler runs once per `Idempotency-Key` header. Records without a key, with a payload that
-//! is not JSON, or reusing a key with another payload go to `<topic>.dlq`. One JSON line per
-//! handled record goes to stdout, logs to stderr. SIGINT or SIGTERM stops it gracefully
-//! (in-flight records finish, offsets are committed).
+//! The smallest useful idempotent Kafka consumer: copy it and replace the handler (`--help`).
+//! Runs the handler once per `Idempotency-Key` header; no key, bad JSON or a reused key with
+//! another payload go to `<topic>.dlq`. JSON lines on stdout, logs on stderr; SIGTERM commits.
 use clap::Parser;
 use idemq::kafka::KafkaConsumer;
 use idemq::prelude::*;
-
+use std::io::stderr;
 #[derive(Parser)]
 struct Args {
     /// `memory`, `redis://127.0.0.1:6379` (feature `redis`) or `postgres://…` (feature `postgres`).
@@ -22,12 +18,9 @@ struct Args {
     #[arg(long, env = "KAFKA_GROUP", default_value = "payments")]
     group: String,
 }
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_writer(stderr).init();
     let args = Args::parse();
     let consumer = KafkaConsumer::builder()
         .bootstrap_servers(&args.bootstrap)
@@ -37,8 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .store(idemq::store::connect(&args.store).await?)
         .handler(|ctx: HandlerContext| async move {
             let order: serde_json::Value = ctx.json()?; // not JSON: dead-lettered
-                                                        // The side effect (charge the card, write the row) goes here.
-            println!("{}", serde_json::json!({ "key": ctx.key, "order": order }));
+            println!("{}", serde_json::json!({ "key": ctx.key, "order": order })); // your effect
             Ok(serde_json::json!({ "charged": order["amount"] }))
         })
         .build()?;
