@@ -90,7 +90,11 @@ impl fmt::Display for Source {
 }
 
 /// A message as the engine sees it: headers, payload, origin and broker metadata.
+///
+/// Build one with [`Message::new`], [`Message::from_kafka`] or [`Message::from_amqp`] (the struct
+/// is `#[non_exhaustive]`, so it can gain fields without breaking callers).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Message {
     /// Headers in delivery order (names may repeat).
     pub headers: Vec<Header>,

@@ -135,6 +135,7 @@ pub(crate) trait StatsSource: Send + Sync + fmt::Debug {
 pub struct StatsHandle(Arc<dyn StatsSource>);
 
 impl StatsHandle {
+    #[cfg_attr(not(any(feature = "kafka", feature = "amqp")), allow(dead_code))]
     pub(crate) fn new(source: Arc<dyn StatsSource>) -> Self {
         Self(source)
     }

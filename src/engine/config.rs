@@ -182,7 +182,26 @@ fn in_range(
 /// the lease by [`MAX_LEASE`], the retention by [`MAX_RETENTION`], everything else by
 /// [`MAX_DELAY`]; the lease, the store timeout, the handler timeout and the first in-flight poll
 /// must be at least [`MIN_POSITIVE`].
+///
+/// Start from [`EngineConfig::new`] and change the fields you need (the struct is
+/// `#[non_exhaustive]`: new settings arrive with defaults, so this code keeps compiling):
+///
+/// ```
+/// use idemq::fingerprint::FingerprintRule;
+/// use idemq::{EngineConfig, KeySource, MissingKeyPolicy, Scope};
+/// use std::time::Duration;
+///
+/// let mut config = EngineConfig::new(Scope::PerTopic);
+/// config.key = idemq::KeyConfig::new([KeySource::header("Idempotency-Key"), KeySource::KafkaKey])
+///     .missing(MissingKeyPolicy::Reject);
+/// config.fingerprint = FingerprintRule::exclude_fields(["/sent_at"]);
+/// config.lease = Duration::from_secs(60); // longer than the slowest handler run between renewals
+/// config.retention = Duration::from_secs(7 * 24 * 3600); // longer than messages sit in the DLQ
+/// config.max_attempts = 8;
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// Namespace each message's key is claimed in (see [`Scope`]); the consumers' builders set
     /// it to the group id (Kafka) or queue name (AMQP) unless told otherwise.

@@ -86,7 +86,10 @@ pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
 // Shared with other processors (the Postgres transactional engine), so they behave and report
 // like the engine.
 pub(crate) use self::core::{EngineCore, Identity};
-#[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
+#[cfg_attr(
+    not(all(feature = "postgres", any(feature = "kafka", feature = "amqp"))),
+    allow(unused_imports)
+)]
 pub(crate) use process::{
     call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out, panic_text,
     permanent_failure, record_recreated, retry_delay, serialize, unkeyed_retry, Failure,

@@ -68,7 +68,27 @@ use std::future::Future;
 use std::sync::Arc;
 
 /// What a handler gets for one run.
+///
+/// The engine builds it; to call a handler directly (a unit test), build one with
+/// [`HandlerContext::new`]:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use idemq::prelude::*;
+/// use std::sync::Arc;
+///
+/// async fn charge(ctx: HandlerContext) -> Result<u64, HandlerError> {
+///     let order: serde_json::Value = ctx.json()?;
+///     Ok(order["amount"].as_u64().unwrap_or(0))
+/// }
+///
+/// let msg = Message::new(r#"{"amount":5}"#, Source::Other("test".into()));
+/// let ctx = HandlerContext::new(Arc::new(msg)).with_key(idemq::IdempotencyKey::new("k-1").unwrap());
+/// assert_eq!(charge(ctx).await.unwrap(), 5);
+/// # }
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct HandlerContext {
     /// The message being processed.
     pub message: Arc<Message>,
@@ -81,6 +101,38 @@ pub struct HandlerContext {
     pub attempt: u32,
     /// The fencing token of the claim; `None` without deduplication.
     pub token: Option<Token>,
+}
+
+impl HandlerContext {
+    /// A context for `message` as on its first run without a key: no key, no token, attempt 1,
+    /// empty scope. For calling handlers outside the engine (tests); the engine fills in the rest.
+    pub fn new(message: Arc<Message>) -> Self {
+        Self {
+            message,
+            key: None,
+            scope: Arc::from(""),
+            attempt: 1,
+            token: None,
+        }
+    }
+
+    /// Sets the idempotency key.
+    pub fn with_key(mut self, key: IdempotencyKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets the scope.
+    pub fn with_scope(mut self, scope: impl Into<Arc<str>>) -> Self {
+        self.scope = scope.into();
+        self
+    }
+
+    /// Sets the attempt number (1 on a first run).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
 }
 
 /// User code run for each message whose key is claimed.

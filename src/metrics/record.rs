@@ -1,11 +1,15 @@
 //! The crate's own recording calls, one line at each call site. Label values are static strings
 //! or the configured scope label, never a key, offset or payload.
 
+// Broker-specific helpers are used only when their adapter is compiled in.
+#![cfg_attr(not(all(feature = "kafka", feature = "amqp")), allow(dead_code))]
+
 use super::{
     AMQP_CONNECTION_UP, AMQP_RECONNECTS, CLAIMS_REACQUIRED, DEAD_LETTER_FAILURES, HANDLER_DURATION,
-    IN_FLIGHT, KAFKA_COMMIT_FAILURES, KAFKA_PARTITIONS_ASSIGNED, KAFKA_PARTITIONS_PAUSED,
-    LEASE_RENEWALS, STORE_DOWN_SECONDS, STORE_UP,
+    IN_FLIGHT, LEASE_RENEWALS, STORE_DOWN_SECONDS, STORE_UP,
 };
+#[cfg(feature = "kafka")]
+use super::{KAFKA_COMMIT_FAILURES, KAFKA_PARTITIONS_ASSIGNED, KAFKA_PARTITIONS_PAUSED};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -50,17 +54,20 @@ pub(crate) fn dead_letter_failed(broker: &'static str, scope: &str) {
 }
 
 /// Sets the Kafka assigned-partitions gauge.
+#[cfg(feature = "kafka")]
 pub(crate) fn kafka_assigned(scope: &str, partitions: usize) {
     ::metrics::gauge!(KAFKA_PARTITIONS_ASSIGNED, "scope" => scope.to_string())
         .set(partitions as f64);
 }
 
 /// Sets the Kafka paused-partitions gauge.
+#[cfg(feature = "kafka")]
 pub(crate) fn kafka_paused(scope: &str, partitions: usize) {
     ::metrics::gauge!(KAFKA_PARTITIONS_PAUSED, "scope" => scope.to_string()).set(partitions as f64);
 }
 
 /// Counts a failed Kafka offset commit.
+#[cfg(feature = "kafka")]
 pub(crate) fn kafka_commit_failed(scope: &str) {
     ::metrics::counter!(KAFKA_COMMIT_FAILURES, "scope" => scope.to_string()).increment(1);
 }
