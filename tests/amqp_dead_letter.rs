@@ -264,7 +264,6 @@ async fn unconfirmed_dead_letter_is_requeued_not_lost() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_orders_declares_its_dead_letter_exchange_and_queue() {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     use support::services::{amqp_url, example_binary, unique};
     let Some(rabbit) = Rabbit::connect().await else {
         return;
@@ -316,13 +315,6 @@ async fn amqp_orders_declares_its_dead_letter_exchange_and_queue() {
         Some("missing-idempotency-key")
     );
     assert_eq!(rabbit.counts(&queue).await.0, 0, "not requeued");
-    let _ = rabbit
-        .ch
-        .queue_delete(dlq.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = rabbit
-        .ch
-        .exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
+    rabbit.delete_at_cleanup(&[&dlq], &[&dlx]);
     rabbit.cleanup().await;
 }

@@ -152,10 +152,8 @@ async fn check_scrape(addr: &str, scope: &str) -> String {
 #[cfg(feature = "amqp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_orders_serves_metrics_that_count_what_happened_and_probes() {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
-    use lapin::types::FieldTable;
     use support::amqp::Rabbit;
-    use support::services::{amqp_url, example_binary, unique};
+    use support::services::{amqp_url, example_binary};
 
     let Some(rabbit) = Rabbit::connect().await else {
         return;
@@ -163,17 +161,8 @@ async fn amqp_orders_serves_metrics_that_count_what_happened_and_probes() {
     let Some(bin) = example_binary("amqp_orders") else {
         return;
     };
-    let queue = unique("scrape");
+    let queue = rabbit.durable_queue("scrape").await;
     let (dlx, dlq) = (format!("{queue}.dlx"), format!("{queue}.dlq"));
-    rabbit
-        .ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue.declare");
     for key in [Some("order-1"), Some("order-2"), Some("order-1"), None] {
         rabbit.publish(&queue, key, br#"{"amount":1}"#).await;
     }
@@ -196,16 +185,7 @@ async fn amqp_orders_serves_metrics_that_count_what_happened_and_probes() {
     );
     terminate(example);
 
-    for q in [&queue, &dlq] {
-        let _ = rabbit
-            .ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = rabbit
-        .ch
-        .exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
+    rabbit.delete_at_cleanup(&[&dlq], &[&dlx]);
     rabbit.cleanup().await;
 }
 

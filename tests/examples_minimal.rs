@@ -103,10 +103,8 @@ async fn minimal_kafka_handles_each_key_once_and_stops_on_sigterm() {
 #[cfg(feature = "amqp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minimal_amqp_handles_each_key_once_and_stops_on_sigterm() {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
-    use lapin::types::FieldTable;
     use support::amqp::Rabbit;
-    use support::services::{amqp_url, example_binary, unique};
+    use support::services::{amqp_url, example_binary};
 
     let Some(rabbit) = Rabbit::connect().await else {
         return;
@@ -115,17 +113,8 @@ async fn minimal_amqp_handles_each_key_once_and_stops_on_sigterm() {
         return;
     };
     // Declared here as the example declares it, so the messages can be published before it starts.
-    let queue = unique("minimal");
+    let queue = rabbit.durable_queue("minimal").await;
     let (dlx, dlq) = (format!("{queue}.dlx"), format!("{queue}.dlq"));
-    rabbit
-        .ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue.declare");
     rabbit
         .publish(&queue, Some("order-1"), br#"{"amount":1}"#)
         .await;
@@ -172,15 +161,6 @@ async fn minimal_amqp_handles_each_key_once_and_stops_on_sigterm() {
     );
     let (ready, _) = rabbit.counts(&queue).await;
     assert_eq!(ready, 0, "nothing requeued by the shutdown");
-    for q in [&queue, &dlq] {
-        let _ = rabbit
-            .ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = rabbit
-        .ch
-        .exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
+    rabbit.delete_at_cleanup(&[&dlq], &[&dlx]);
     rabbit.cleanup().await;
 }

@@ -74,6 +74,22 @@ impl Rabbit {
         self.queue_with(prefix, FieldTable::default()).await
     }
 
+    /// A unique durable queue without arguments, as an application (or `Topology::queue()`)
+    /// declares it, for example processes that declare their queue themselves.
+    pub async fn durable_queue(&self, prefix: &str) -> String {
+        let name = unique(prefix);
+        self.ch
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue.declare");
+        self.queues.lock().unwrap().push(name.clone());
+        name
+    }
+
     /// A unique queue whose rejected messages go to `dlx` (the broker-native dead-lettering).
     pub async fn queue_with_dlx(&self, prefix: &str, dlx: &str) -> String {
         let mut args = FieldTable::default();
@@ -215,6 +231,14 @@ impl Rabbit {
             self.publish_props("", to, &m.body, m.props.clone()).await;
         }
         msgs.len()
+    }
+
+    /// Queues and exchanges someone else declared (an example process, a consumer's `declare`)
+    /// that [`cleanup`](Self::cleanup) deletes too.
+    pub fn delete_at_cleanup(&self, queues: &[&str], exchanges: &[&str]) {
+        let own = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        self.queues.lock().unwrap().extend(own(queues));
+        self.exchanges.lock().unwrap().extend(own(exchanges));
     }
 
     /// Deletes what this fixture declared.
