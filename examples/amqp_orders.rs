@@ -30,7 +30,7 @@
 //! exactly one row per key however the consumers crash. The effects file, if given, is still
 //! written (outside the transaction, so at-least-once).
 
-use idemq::amqp::AmqpConsumer;
+use idemq::amqp::{AmqpConsumer, Topology};
 use idemq::{CancellationToken, EngineConfig, HandlerContext, HandlerError, KeySource, Source};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -96,8 +96,10 @@ struct Args {
     metrics_addr: Option<String>,
 }
 
-/// Declares the queue durable if missing. A queue that exists with other arguments is used as it
-/// is (the durable declare fails with PRECONDITION_FAILED; a passive declare then checks it exists).
+/// `--publish` mode: declares the queue durable if missing, so the orders are not dropped as
+/// unroutable. A queue that exists with other arguments is used as it is (the durable declare
+/// fails with PRECONDITION_FAILED; a passive declare then checks it exists). The consumer itself
+/// declares through `AmqpConsumerBuilder::declare`.
 async fn ensure_queue(url: &str, queue: &str) -> Result<(), lapin::Error> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let declared = conn
@@ -122,61 +124,6 @@ async fn ensure_queue(url: &str, queue: &str) -> Result<(), lapin::Error> {
     }
     // Best effort: a channel closed by the broker above may still be closing.
     let _ = conn.close(200, "declared".into()).await;
-    Ok(())
-}
-
-/// Declares the dead-letter exchange (durable fanout) and a durable queue bound to it, so the
-/// first dead letter has somewhere to go (publishing to a missing exchange fails with 404).
-/// Existing ones with other settings are used as they are.
-async fn ensure_dead_letter(url: &str, exchange: &str, queue: &str) -> Result<(), lapin::Error> {
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
-    use lapin::ExchangeKind;
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    let declared = conn
-        .create_channel()
-        .await?
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await;
-    if declared.is_err() {
-        // An exchange of another kind exists (PRECONDITION_FAILED closed that channel): keep it.
-        let passive = ExchangeDeclareOptions {
-            passive: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        conn.create_channel()
-            .await?
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Fanout,
-                passive,
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    let _ = conn.close(200, "declared".into()).await;
-    ensure_queue(url, queue).await?;
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    // A fanout exchange ignores the routing key, so the original one can be kept.
-    conn.create_channel()
-        .await?
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let _ = conn.close(200, "bound".into()).await;
     Ok(())
 }
 
@@ -232,15 +179,8 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = <Args as clap::Parser>::parse();
-    ensure_queue(&args.amqp_url, &args.queue).await?;
-    if let Some(dlx) = &args.dead_letter_exchange {
-        let dlq = args
-            .dead_letter_queue
-            .clone()
-            .unwrap_or_else(|| format!("{}.dlq", args.queue));
-        ensure_dead_letter(&args.amqp_url, dlx, &dlq).await?;
-    }
     if let Some(n) = args.publish {
+        ensure_queue(&args.amqp_url, &args.queue).await?;
         return publish(&args.amqp_url, &args.queue, n, args.copies).await;
     }
     // Installed before the consumer exists, so no metric it emits is missed.
@@ -320,9 +260,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .engine_config(config)
             .handler(handler)
     };
+    // The consumer declares what is missing (the queue; the dead-letter exchange and a queue
+    // bound to it), so the first dead letter has somewhere to go.
+    let mut topology = Topology::queue();
     if let Some(dlx) = &args.dead_letter_exchange {
-        builder = builder.dead_letter_exchange(dlx, None);
+        let dlq = args
+            .dead_letter_queue
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", args.queue));
+        topology = topology.dead_letter_queue(dlq);
+        builder = builder.dead_letter(dlx.as_str());
     }
+    builder = builder.declare(topology);
     let consumer = builder.build()?;
     if let (Some(addr), Some(prometheus)) = (&args.metrics_addr, prometheus) {
         let bound = http::serve(addr, prometheus, consumer.health()).await?;
