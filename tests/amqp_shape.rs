@@ -94,3 +94,36 @@ async fn run_until_signal_stops_gracefully_on_sigterm() {
     assert_eq!(rabbit.counts(&queue).await, (0, 0));
     rabbit.cleanup().await;
 }
+
+/// `declare(Topology)` uses what exists as it is: a queue an operator created with its own
+/// arguments (here `x-expires`, which a plain durable declare would contradict with
+/// PRECONDITION_FAILED) is consumed, and a missing dead-letter exchange and queue are created and
+/// bound, so the first dead letter lands there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declare_keeps_an_existing_queue_and_creates_the_missing_dead_letter_pair() {
+    use idemq::amqp::Topology;
+    let Some(rabbit) = Rabbit::connect().await else {
+        return;
+    };
+    let queue = rabbit.queue("declare").await; // non-durable, with x-expires
+    let (dlx, dlq) = (format!("{queue}.dlx"), format!("{queue}.dlq"));
+    rabbit.publish(&queue, Some("k1"), b"{}").await;
+    rabbit.publish(&queue, None, b"{}").await; // no key: dead-lettered
+    let rec = Recorder::default();
+    let run = Running::start(
+        consumer(&queue, memory(), &rec)
+            .dead_letter(dlx.as_str())
+            .declare(Topology::queue().dead_letter_queue(dlq.clone())),
+    );
+    run.wait(Duration::from_secs(20), "2 finished", |s| s.finished() == 2)
+        .await;
+    let stats = run.stop().await;
+    assert_eq!((stats.processed, stats.dead_lettered), (1, 1), "{stats:?}");
+    let dead = rabbit.wait_drain(&dlq, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        dead[0].header("x-idemq-reason").as_deref(),
+        Some("missing-idempotency-key")
+    );
+    rabbit.delete_at_cleanup(&[&dlq], &[&dlx]);
+    rabbit.cleanup().await;
+}
