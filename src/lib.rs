@@ -75,7 +75,7 @@ pub mod signal;
 
 pub use engine::{
     Backoff, ConfigError, DeadLetter, DeadLetterReason, Disposition, Engine, EngineConfig,
-    Processor, RetryCause,
+    HandlerSlot, HandlerSlots, Processor, RetryCause,
 };
 pub use fingerprint::{Fingerprint, FingerprintRule};
 pub use handler::{Handler, HandlerContext, HandlerError, ResultExt};

@@ -440,6 +440,9 @@ async fn kafka_consumer_counts_match_what_happened() {
     assert_eq!(seen.counter(m::KAFKA_COMMIT_FAILURES, &[]), 0);
     assert_eq!(seen.counter(m::DEAD_LETTER_FAILURES, &[]), 0);
     assert_eq!(seen.gauge(m::IN_FLIGHT), Some(0.0));
+    // A stopped consumer owns and pauses nothing; dashboards must not keep its last values.
+    assert_eq!(seen.gauge(m::KAFKA_PARTITIONS_ASSIGNED), Some(0.0));
+    assert_eq!(seen.gauge(m::KAFKA_PARTITIONS_PAUSED), Some(0.0));
 
     let mut forbidden: Vec<String> = (0..5).map(|k| format!("order-{k}")).collect();
     forbidden.extend(["conflicting", "{}", "{\"a\":1}", "{\"a\":2}"].map(String::from));

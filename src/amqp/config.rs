@@ -66,7 +66,8 @@ pub struct AmqpConfig {
     pub consumer_tag: String,
     /// `basic.qos` prefetch count: unacknowledged deliveries the broker may push to us.
     pub prefetch: u16,
-    /// Deliveries processed at the same time.
+    /// Handlers running at the same time (deliveries in process: up to three times this, at most
+    /// the prefetch; see [`AmqpConsumerBuilder::concurrency`]).
     pub concurrency: usize,
     /// `connection_name` client property shown by the broker (management UI, `rabbitmqctl`).
     pub connection_name: Option<String>,
@@ -246,7 +247,12 @@ impl AmqpConsumerBuilder {
         self
     }
 
-    /// Deliveries processed concurrently (default 16; at least 1, at most the prefetch).
+    /// Handlers running at the same time (default 16; at least 1, at most the prefetch).
+    ///
+    /// Above 1, up to three times as many deliveries (never more than the prefetch) are in
+    /// process: the extra ones are being claimed or are storing their outcome, which take no
+    /// handler slot (see [`HandlerSlots`](crate::HandlerSlots)). At 1, one delivery is in process
+    /// at a time.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n;
         self

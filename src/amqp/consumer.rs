@@ -8,7 +8,7 @@ use super::error::AmqpError;
 use super::gate::Gate;
 use super::health::Probe;
 use super::stats::Live;
-use crate::engine::Processor;
+use crate::engine::{records_in_process, HandlerSlots, Processor};
 use crate::health::{heartbeat, HealthHandle, HealthState};
 use crate::stats::{ConsumerStats, StatsHandle};
 use futures::StreamExt;
@@ -63,7 +63,11 @@ impl AmqpConsumer {
         let health = Arc::new(Probe {
             state: HealthState::default(),
             stats: stats.clone(),
-            permits: Arc::new(Semaphore::new(config.concurrency)),
+            // Deliveries in process (claimed, running or storing the outcome); handlers are
+            // bounded by `concurrency` apart from this (see `HandlerSlots`).
+            permits: Arc::new(Semaphore::new(
+                records_in_process(config.concurrency).min(usize::from(config.prefetch).max(1)),
+            )),
         });
         Self {
             config,
@@ -130,6 +134,7 @@ impl AmqpConsumer {
         let health = self.health;
         crate::metrics::describe();
         let shared = Arc::new(Shared {
+            handler_slots: HandlerSlots::new(self.config.concurrency),
             config: self.config,
             processor: self.processor,
             stats: self.stats,

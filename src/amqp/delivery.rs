@@ -12,7 +12,7 @@ use super::health::Probe;
 use super::publish::Publisher;
 use super::reply::reply_properties;
 use super::stats::{Counters, Live};
-use crate::engine::{panic_text, Disposition, Processor, RetryCause};
+use crate::engine::{panic_text, Disposition, HandlerSlots, Processor, RetryCause};
 use crate::message::Message;
 use crate::outcome::Outcome;
 use bytes::Bytes;
@@ -33,6 +33,8 @@ use tracing::{debug, error, info, warn};
 pub(crate) struct Shared {
     pub(crate) config: AmqpConfig,
     pub(crate) processor: Arc<dyn Processor>,
+    /// Handlers running at once (`concurrency`); deliveries in process are bounded apart.
+    pub(crate) handler_slots: HandlerSlots,
     pub(crate) stats: Live,
     pub(crate) gate: Gate,
     pub(crate) shutdown: CancellationToken,
@@ -213,7 +215,11 @@ const PANIC_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// future, rather than around the whole task, so every delivery's future stays as small.
 async fn process_guarded(shared: &Shared, message: &Arc<Message>, tag: u64) -> Disposition {
     let processing = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        shared.processor.process(message.clone(), &shared.shutdown)
+        shared.processor.process_with_slots(
+            message.clone(),
+            &shared.shutdown,
+            &shared.handler_slots,
+        )
     }));
     let panic = match processing {
         Ok(future) => match AssertUnwindSafe(future).catch_unwind().await {

@@ -98,6 +98,9 @@ pub enum RetryCause {
     },
     /// Another consumer still holds the key after the in-flight wait bound.
     InFlightElsewhere,
+    /// The claim's lease ran out while the message waited for a handler slot (see
+    /// [`HandlerSlots`](crate::HandlerSlots)) and could not be renewed; the handler did not run.
+    LeaseLost,
     /// The store did not answer; nothing ran.
     StoreUnavailable {
         /// Error text.

@@ -77,12 +77,16 @@ mod core;
 mod disposition;
 mod health;
 mod process;
+mod slots;
 mod telemetry;
 
 pub use config::{
     Backoff, ConfigError, EngineConfig, MAX_DELAY, MAX_LEASE, MAX_RETENTION, MIN_POSITIVE,
 };
 pub use disposition::{DeadLetter, DeadLetterReason, Disposition, RetryCause};
+#[cfg_attr(not(any(feature = "kafka", feature = "amqp")), allow(unused_imports))]
+pub(crate) use slots::{records_in_process, RECORDS_PER_SLOT};
+pub use slots::{HandlerSlot, HandlerSlots};
 // Shared with other processors (the Postgres transactional engine), so they behave and report
 // like the engine.
 pub(crate) use self::core::{EngineCore, Identity};
@@ -113,6 +117,31 @@ pub trait Processor: Send + Sync + 'static {
     ///
     /// `shutdown` cancels waiting; a running handler gets the configured grace period.
     async fn process(&self, message: Arc<Message>, shutdown: &CancellationToken) -> Disposition;
+
+    /// Processes one message, running its handler only while it holds one of `slots` (see
+    /// [`HandlerSlots`]). The broker adapters call this, so that store round trips before and
+    /// after the handler do not count against the handler concurrency.
+    ///
+    /// The default takes a slot for the whole of [`process`](Self::process), for processors that
+    /// cannot tell the handler run apart (the Postgres transactional engine runs its handler
+    /// inside the claim's transaction). Waiting for a slot ends with
+    /// [`Disposition::Abandoned`] on shutdown or when the slots are closed.
+    async fn process_with_slots(
+        &self,
+        message: Arc<Message>,
+        shutdown: &CancellationToken,
+        slots: &HandlerSlots,
+    ) -> Disposition {
+        let slot = tokio::select! {
+            biased;
+            slot = slots.acquire() => slot,
+            _ = shutdown.cancelled() => None,
+        };
+        let Some(_slot) = slot else {
+            return Disposition::Abandoned;
+        };
+        self.process(message, shutdown).await
+    }
 
     /// The scope keys are claimed in, or, when it is chosen per message
     /// ([`Scope::PerTopic`](crate::Scope::PerTopic), [`Scope::Custom`](crate::Scope::Custom)),
@@ -188,7 +217,16 @@ impl<H: Handler> Engine<H> {
 #[async_trait]
 impl<H: Handler> Processor for Engine<H> {
     async fn process(&self, message: Arc<Message>, shutdown: &CancellationToken) -> Disposition {
-        self.inner.process(message, shutdown).await
+        self.inner.process(message, shutdown, None).await
+    }
+
+    async fn process_with_slots(
+        &self,
+        message: Arc<Message>,
+        shutdown: &CancellationToken,
+        slots: &HandlerSlots,
+    ) -> Disposition {
+        self.inner.process(message, shutdown, Some(slots)).await
     }
 
     fn scope(&self) -> &str {

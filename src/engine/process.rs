@@ -3,7 +3,7 @@
 
 use super::telemetry::record_decision;
 use super::Identity;
-use super::{Disposition, EngineConfig, Inner, RetryCause};
+use super::{Disposition, EngineConfig, HandlerSlot, HandlerSlots, Inner, RetryCause};
 use crate::engine::DeadLetterReason;
 use crate::fingerprint::Fingerprint;
 use crate::handler::{Handler, HandlerContext, HandlerError};
@@ -44,6 +44,14 @@ struct Claimed {
     attempt: u32,
 }
 
+/// Why a message got no handler slot.
+enum SlotWait {
+    /// Shutdown, or the slots were closed.
+    Interrupted,
+    /// The lease could not be renewed while waiting.
+    LeaseLost,
+}
+
 /// Which limit stopped a pending handler.
 enum Limit {
     Timeout(Duration),
@@ -60,15 +68,18 @@ enum NotStored {
 }
 
 impl<H: Handler> Inner<H> {
+    /// With `slots`, the handler runs only while it holds one (the claim and the complete do
+    /// not); see [`HandlerSlots`].
     pub(super) async fn process(
         &self,
         message: Arc<Message>,
         shutdown: &CancellationToken,
+        slots: Option<&HandlerSlots>,
     ) -> Disposition {
         let span = crate::traces::process_span(&self.scope, &message);
         async {
             let _in_flight = crate::metrics::InFlight::enter(&self.scope);
-            let d = self.decide(&message, shutdown).await;
+            let d = self.decide(&message, shutdown, slots).await;
             Span::current().record("decision", d.decision());
             crate::traces::remember(&Span::current());
             record_decision(&self.scope, &d);
@@ -85,14 +96,19 @@ impl<H: Handler> Inner<H> {
         .await
     }
 
-    async fn decide(&self, message: &Arc<Message>, shutdown: &CancellationToken) -> Disposition {
+    async fn decide(
+        &self,
+        message: &Arc<Message>,
+        shutdown: &CancellationToken,
+        slots: Option<&HandlerSlots>,
+    ) -> Disposition {
         let (scope, record, fingerprint) = match self.identify(message) {
             Ok(Identity {
                 scope,
                 claim: Some((record, fingerprint)),
             }) => (scope, record, fingerprint),
             Ok(Identity { scope, claim: None }) => {
-                return self.run_unkeyed(message, scope, shutdown).await
+                return self.run_unkeyed(message, scope, shutdown, slots).await
             }
             Err(settled) => return settled,
         };
@@ -108,7 +124,7 @@ impl<H: Handler> Inner<H> {
                     token,
                     attempt,
                 };
-                Box::pin(self.run_claimed(message, claimed, shutdown)).await
+                Box::pin(self.run_claimed(message, claimed, shutdown, slots)).await
             }
             Err(settled) => settled,
         }
@@ -161,6 +177,7 @@ impl<H: Handler> Inner<H> {
         message: &Arc<Message>,
         claimed: Claimed,
         shutdown: &CancellationToken,
+        slots: Option<&HandlerSlots>,
     ) -> Disposition {
         let Claimed {
             scope,
@@ -176,10 +193,29 @@ impl<H: Handler> Inner<H> {
             attempt,
             token: Some(token),
         };
-        let result = match self
-            .run_handler(ctx, Some((&record, token)), shutdown)
+        let slot = match self
+            .handler_slot(slots, Some((&record, token)), shutdown)
             .await
         {
+            Ok(slot) => slot,
+            Err(SlotWait::Interrupted) => {
+                Box::pin(self.release(&record, token, Release::Retry)).await;
+                return Disposition::Abandoned;
+            }
+            Err(SlotWait::LeaseLost) => {
+                warn!("lease lost while waiting for a handler slot; the handler did not run");
+                return Disposition::Retry {
+                    after: self.config.retry_backoff.delay(1),
+                    cause: RetryCause::LeaseLost,
+                };
+            }
+        };
+        let run = self
+            .run_handler(ctx, Some((&record, token)), shutdown)
+            .await;
+        // The outcome is stored without the slot: another handler runs meanwhile.
+        drop(slot);
+        let result = match run {
             Run::Finished(r) => r,
             Run::Interrupted => {
                 warn!("shutdown grace exceeded; handler dropped, claim released");
@@ -313,6 +349,31 @@ impl<H: Handler> Inner<H> {
                     Limit::Timeout(after) => Run::Finished(Err(handler_timed_out(&self.scope, after))),
                 },
             }
+        }
+    }
+
+    /// Waits for a handler slot (`None` without `slots`), renewing the lease of `renew` (if any)
+    /// meanwhile: a message may wait behind long handlers for longer than its lease.
+    async fn handler_slot(
+        &self,
+        slots: Option<&HandlerSlots>,
+        renew: Option<(&RecordKey, Token)>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<HandlerSlot>, SlotWait> {
+        let Some(slots) = slots else { return Ok(None) };
+        if let Some(slot) = slots.try_acquire() {
+            return Ok(Some(slot));
+        }
+        // Boxed: only messages that wait build it.
+        let mut renewal: Pin<Box<dyn Future<Output = ()> + Send + '_>> = match renew {
+            Some((record, token)) => Box::pin(self.keep_renewing(record, token)),
+            None => Box::pin(std::future::pending()),
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Err(SlotWait::Interrupted),
+            slot = slots.acquire() => slot.map(Some).ok_or(SlotWait::Interrupted),
+            _ = &mut renewal => Err(SlotWait::LeaseLost),
         }
     }
 
@@ -531,6 +592,7 @@ impl<H: Handler> Inner<H> {
         message: &Arc<Message>,
         scope: Arc<str>,
         shutdown: &CancellationToken,
+        slots: Option<&HandlerSlots>,
     ) -> Disposition {
         let mut attempt = 0;
         loop {
@@ -542,7 +604,12 @@ impl<H: Handler> Inner<H> {
                 attempt,
                 token: None,
             };
-            let result = match self.run_handler(ctx, None, shutdown).await {
+            let Ok(slot) = self.handler_slot(slots, None, shutdown).await else {
+                return Disposition::Abandoned;
+            };
+            let run = self.run_handler(ctx, None, shutdown).await;
+            drop(slot);
+            let result = match run {
                 Run::Finished(r) => r,
                 Run::Interrupted => return Disposition::Abandoned,
             };

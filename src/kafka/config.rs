@@ -351,14 +351,20 @@ impl KafkaConsumerBuilder {
         self.dead_letter_topic(topic)
     }
 
-    /// Messages of one partition processed at the same time (default 1, which keeps the order of a
+    /// Handlers running at the same time for one partition (default 1, which keeps the order of a
     /// partition). Commits never pass an unfinished message either way.
+    ///
+    /// Above 1, up to three times as many records of the partition are in process: the extra
+    /// ones are being claimed or are storing their outcome, which take no handler slot (see
+    /// [`HandlerSlots`](crate::HandlerSlots)), so store latency does not cut into the handler
+    /// concurrency. At 1, one record is in process at a time.
     pub fn partition_concurrency(mut self, n: usize) -> Self {
         self.settings.partition_concurrency = n;
         self
     }
 
-    /// Messages processed at the same time over all partitions (default 64).
+    /// Handlers running at the same time over all partitions (default 64). Records in process
+    /// (claimed, running, or storing the outcome) are bounded at three times this.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.settings.max_in_flight = n;
         self

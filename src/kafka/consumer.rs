@@ -238,6 +238,10 @@ impl KafkaConsumer {
         // Closing leaves the group (librdkafka blocks until it is done), which runs the revocation
         // callback once more.
         close(consumer);
+        // The gauges describe a running consumer; a stopped one owns and pauses nothing (the
+        // revocation on close may not run, e.g. after a fatal error).
+        crate::metrics::kafka_assigned(shared.processor.scope(), 0);
+        crate::metrics::kafka_paused(shared.processor.scope(), 0);
         let summary = shared.stats.snapshot();
         info!(?summary, "idempotent consumer stopped");
         match fatal {

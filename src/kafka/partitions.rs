@@ -7,7 +7,7 @@ use super::summary::{bump, Stats};
 use super::tracker::OffsetTracker;
 use super::worker::{partition_worker, Work};
 use super::IdemqContext;
-use crate::engine::{Processor, RetryCause};
+use crate::engine::{HandlerSlots, Processor, RetryCause, RECORDS_PER_SLOT};
 use crate::health::{HealthState, StoreDown};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -64,8 +64,10 @@ pub(crate) struct Shared {
     /// Cancelled when shutdown starts; every partition token is a child of it.
     pub(crate) shutdown: CancellationToken,
     pub(crate) runtime: Handle,
-    /// Bounds messages in flight over all partitions.
+    /// Bounds records in process over all partitions (claimed, running or storing the outcome).
     pub(crate) global: Arc<Semaphore>,
+    /// Bounds handlers running over all partitions (`max_in_flight`).
+    pub(crate) handler_slots: HandlerSlots,
     pub(crate) commit_wanted: Notify,
     pub(crate) pauses_changed: Notify,
     /// Processing tasks running; shutdown waits for it to reach zero.
@@ -86,7 +88,10 @@ impl Shared {
         Self {
             parts: Mutex::new(Parts::default()),
             stats: Arc::new(Stats::default()),
-            global: Arc::new(Semaphore::new(settings.max_in_flight)),
+            global: Arc::new(Semaphore::new(
+                settings.max_in_flight.saturating_mul(RECORDS_PER_SLOT),
+            )),
+            handler_slots: HandlerSlots::new(settings.max_in_flight),
             settings,
             processor,
             dead_letter,

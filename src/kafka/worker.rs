@@ -3,7 +3,9 @@
 
 use super::partitions::{Shared, Tp};
 use super::summary::bump;
-use crate::engine::{panic_text, Backoff, DeadLetter, Disposition, RetryCause};
+use crate::engine::{
+    panic_text, records_in_process, Backoff, DeadLetter, Disposition, HandlerSlots, RetryCause,
+};
 use crate::message::Message;
 use bytes::Bytes;
 use futures::FutureExt;
@@ -36,7 +38,11 @@ pub(crate) async fn partition_worker(
     cancel: CancellationToken,
     in_flight: Arc<AtomicUsize>,
 ) {
-    let local = Arc::new(Semaphore::new(shared.settings.partition_concurrency));
+    let concurrency = shared.settings.partition_concurrency;
+    // Handlers of this partition at once; records in process (claimed, or storing an outcome)
+    // may be more, see `records_in_process`.
+    let slots = HandlerSlots::new(concurrency).within(&shared.handler_slots);
+    let local = Arc::new(Semaphore::new(records_in_process(concurrency)));
     loop {
         let work = tokio::select! {
             biased;
@@ -61,11 +67,12 @@ pub(crate) async fn partition_worker(
         let Ok(permits) = permits else { break };
         in_flight.fetch_add(1, Ordering::AcqRel);
         shared.active.fetch_add(1, Ordering::AcqRel);
-        let (shared2, tp2, cancel2, in_flight2) = (
+        let (shared2, tp2, cancel2, in_flight2, slots2) = (
             shared.clone(),
             tp.clone(),
             cancel.clone(),
             in_flight.clone(),
+            slots.clone(),
         );
         shared.runtime.spawn(async move {
             // Defence in depth (the engine already turns handler panics into retriable failures):
@@ -80,6 +87,7 @@ pub(crate) async fn partition_worker(
                 epoch,
                 work.clone(),
                 &cancel2,
+                &slots2,
             )))
             .catch_unwind()
             .await
@@ -104,14 +112,24 @@ pub(crate) async fn partition_worker(
 }
 
 /// Processes one record until it is finished (committable) or given up (shutdown, revocation).
-async fn process_one(shared: &Shared, tp: &Tp, epoch: u64, work: Work, cancel: &CancellationToken) {
+async fn process_one(
+    shared: &Shared,
+    tp: &Tp,
+    epoch: u64,
+    work: Work,
+    cancel: &CancellationToken,
+    slots: &HandlerSlots,
+) {
     // While set, this task counts as waiting for the store and keeps the partition paused.
     let mut store_wait = None;
     let finished = loop {
         if cancel.is_cancelled() {
             break false;
         }
-        let d = shared.processor.process(work.message.clone(), cancel).await;
+        let d = shared
+            .processor
+            .process_with_slots(work.message.clone(), cancel, slots)
+            .await;
         shared.stats.record(&d);
         let store_down = matches!(
             &d,

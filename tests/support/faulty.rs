@@ -26,6 +26,9 @@ pub struct FaultyStore {
     pub claims: AtomicU32,
     /// Completed `complete` calls.
     pub completes: AtomicU32,
+    /// Every `complete` waits for a permit of this gate before it reaches the inner store (open:
+    /// `Semaphore::MAX_PERMITS`; close it with `forget_permits`, reopen with `add_permits`).
+    pub complete_gate: tokio::sync::Semaphore,
 }
 
 impl FaultyStore {
@@ -39,6 +42,7 @@ impl FaultyStore {
             corrupt: AtomicBool::new(false),
             claims: AtomicU32::new(0),
             completes: AtomicU32::new(0),
+            complete_gate: tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS),
         })
     }
 
@@ -82,6 +86,7 @@ impl Store for FaultyStore {
             self.complete_failures.store(left - 1, Ordering::SeqCst);
             return Err(StoreError::unavailable("complete", "injected failure"));
         }
+        drop(self.complete_gate.acquire().await);
         let r = self.inner.complete(key, token, outcome, retention).await;
         self.completes.fetch_add(1, Ordering::SeqCst);
         r
