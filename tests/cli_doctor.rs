@@ -83,6 +83,7 @@ fn a_redis_set_up_for_production_passes() {
         "cluster-mode",
         "maxmemory-policy",
         "persistence",
+        "replication",
         "scripts",
     ] {
         assert_eq!(status(&report, check), "pass", "{check}: {report}");
@@ -122,6 +123,57 @@ fn an_evicting_policy_and_no_persistence_fail_with_the_fix() {
     );
     assert!(text.contains("PASS  version"), "{text}");
     drop(redis);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `?replicas=N` is checked against the replicas each primary has: enough passes, too few fails
+/// (every claim would time out in WAIT), and replicas nobody waits for warn.
+#[test]
+fn the_replica_count_is_checked_against_the_urls_wait() {
+    let Some((primary, dir)) = private(&["--appendonly", "yes"]) else {
+        return;
+    };
+    let port = primary.port().to_string();
+    let Some(_replica) = PrivateRedis::start(&["--replicaof", "127.0.0.1", &port]) else {
+        return;
+    };
+    let connected = |report: &Value| -> bool {
+        report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .any(|c| {
+                c["name"] == "replication"
+                    && c["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("1 replica connected"))
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut report = doctor(&primary.url()).1;
+    while !connected(&report) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never connected: {report}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        report = doctor(&primary.url()).1;
+    }
+    assert_eq!(status(&report, "replication"), "warn", "{report}");
+    assert!(fix(&report, "replication").contains("?replicas=1"));
+
+    let (code, report) = doctor(&format!("{}?replicas=1", primary.url()));
+    assert_eq!(status(&report, "replication"), "pass", "{report}");
+    assert_eq!(code, 0, "{report}");
+
+    let (code, report) = doctor(&format!(
+        "{}?replicas=2&replica_timeout_ms=50",
+        primary.url()
+    ));
+    assert_eq!(status(&report, "replication"), "fail", "{report}");
+    assert_eq!(code, 1, "{report}");
+    assert!(fix(&report, "replication").contains("at least 2"));
+    drop(primary);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -32,6 +32,8 @@ struct Node {
     fsync: Result<String, String>,
     /// `SCRIPT LOAD` + `EVALSHA` of a one-line script.
     scripts: Result<(), String>,
+    /// `connected_slaves` of `INFO replication`.
+    replicas: u32,
 }
 
 /// The parts of a Redis URL the checks need to reach each node.
@@ -42,6 +44,9 @@ struct UrlParts<'a> {
     hosts: Vec<&'a str>,
     /// `/db` of a standalone URL (empty if none).
     path: &'a str,
+    /// `?replicas=N`: the `WAIT` durability the store was given (validated by the store's own
+    /// URL parser before the checks run).
+    replicas: Option<u32>,
     fragment: Option<&'a str>,
 }
 
@@ -53,7 +58,11 @@ fn parse(url: &str) -> Result<UrlParts<'_>, Failure> {
         Some((r, f)) => (r, Some(f)),
         None => (rest, None),
     };
-    let rest = rest.split('?').next().unwrap_or_default();
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let replicas = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("replicas="))
+        .and_then(|n| n.parse().ok());
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -68,6 +77,7 @@ fn parse(url: &str) -> Result<UrlParts<'_>, Failure> {
         userinfo,
         hosts: hosts.split(',').filter(|h| !h.is_empty()).collect(),
         path,
+        replicas,
         fragment,
     })
 }
@@ -137,6 +147,7 @@ pub async fn checks(url: &str) -> Result<Vec<Check>, Failure> {
         cluster_mode(&parts, &nodes),
         maxmemory(&nodes),
         persistence(&nodes),
+        replication(parts.replicas, &nodes),
         scripts(&nodes, store_read.map_err(|e| e.to_string())),
     ])
 }
@@ -148,7 +159,7 @@ async fn probe(url: &str, addr: &str) -> Result<Node, String> {
         .await
         .map_err(|e| format!("{}: {e}", shown(addr)))?;
     let mut info = HashMap::new();
-    for section in ["server", "memory", "persistence"] {
+    for section in ["server", "memory", "persistence", "replication"] {
         let text: String = bounded(redis::cmd("INFO").arg(section).query_async(&mut conn))
             .await
             .map_err(|e| format!("{}: INFO {section}: {e}", shown(addr)))?;
@@ -169,6 +180,7 @@ async fn probe(url: &str, addr: &str) -> Result<Node, String> {
         aof: field("aof_enabled") == "1",
         fsync,
         scripts: eval_check(&mut conn).await,
+        replicas: field("connected_slaves").parse().unwrap_or(0),
     })
 }
 
@@ -337,6 +349,66 @@ fn persistence(nodes: &[Node]) -> Check {
         "CONFIG SET appendonly yes and CONFIG SET appendfsync everysec (or always), then \
          CONFIG REWRITE or the same in redis.conf; appendfsync no leaves flushing to the OS",
     )
+}
+
+/// Whether the primaries have the replicas the URL's `?replicas=N` makes every claim and
+/// complete wait for, and, without it, whether replicas exist that a failover would promote
+/// without the consumers' last writes.
+fn replication(wanted: Option<u32>, nodes: &[Node]) -> Check {
+    let connected = |n: &Node| match n.replicas {
+        1 => "1 replica connected".to_string(),
+        r => format!("{r} replicas connected"),
+    };
+    let mut detail = per_node(nodes, connected);
+    match wanted {
+        Some(want) => {
+            let status = worst(nodes, |n| {
+                if n.replicas >= want {
+                    Status::Pass
+                } else {
+                    Status::Fail
+                }
+            });
+            detail.push_str(&format!(
+                "; the store URL makes every claim and complete wait for {want} (WAIT {want})"
+            ));
+            if status == Status::Fail {
+                detail.push_str(
+                    ": with fewer, each one times out and fails as unavailable, so consumers \
+                     stop acking (fail closed)",
+                );
+            }
+            check(
+                "replication",
+                status,
+                detail,
+                &format!(
+                    "connect at least {want} replica(s) to every primary (replicaof), or lower \
+                     ?replicas= in the store URL"
+                ),
+            )
+        }
+        None => {
+            let status = if nodes.iter().any(|n| n.replicas > 0) {
+                detail.push_str(
+                    "; the store URL has no ?replicas=N, so nothing waits for them: replication \
+                     is asynchronous and a failover can lose records a consumer already acked \
+                     (a duplicate run)",
+                );
+                Status::Warn
+            } else {
+                detail.push_str("; durability rests on this server's persistence");
+                Status::Pass
+            };
+            check(
+                "replication",
+                status,
+                detail,
+                "add ?replicas=1&replica_timeout_ms=100 to the store URL so claims and \
+                 completes wait for a replica (WAIT)",
+            )
+        }
+    }
 }
 
 fn scripts(nodes: &[Node], store_read: Result<(), String>) -> Check {
