@@ -30,7 +30,11 @@
 //! writes nothing when the key exists) or, when the previous key of its batch existed, with a
 //! `GET`; a complete is `GET` + `SET … PX` (+ the shared `TIME`). Where `SET … NX GET` is refused
 //! (Redis 6 has no `NX GET`; a server out of memory refuses every write) the claim reads with `GET`
-//! and writes with `SET … PX` for the rest of the run, so replays are still answered.
+//! and writes with `SET … PX` for the rest of the run, so replays are still answered. A single-key
+//! claim after one that acquired usually runs no script at all: the store sends that same
+//! `SET … NX GET PX` itself, with a token and lease end from its estimate of the server clock
+//! (the plain claim, see `mod.rs`), and calls `CLAIM` only for what that cannot answer; `CLAIM`'s
+//! optional fifth argument then confirms a plain claim whose reply came too late for its token.
 //!
 //! The hot paths avoid Lua work too: a replay (a completed record with the caller's fingerprint)
 //! and the owner's complete (an in-progress record with the caller's token) are recognised with
@@ -49,7 +53,10 @@
 //! This holds as long as the server clock does not step back by more than a record's lifetime
 //! (at least its lease); more than one claim of the same key per millisecond only moves its token
 //! ahead of the clock by one per claim. Records written with the old counter tokens (1, 2, …)
-//! read unchanged; their next claim jumps to the clock.
+//! read unchanged; their next claim jumps to the clock. A plain claim's token (written by the
+//! store, see `mod.rs`) is at least the server clock when its `SET` ran, and at most a few ms
+//! ahead of it, so the same holds across both kinds of claims: a record that vanished was written
+//! before (expired: at least its lease before, and plain claims need leases of 100 ms or more).
 //!
 //! Every script validates the record before acting on it (hot-path checks or `parse`), and answers
 //! `corrupt, detail` instead of acting on a record it cannot read: a key of another type, a value that does not parse, another
@@ -238,10 +245,30 @@ local function claim_one(key, fp, lease, ttl)
   return 'acquired', tok, att
 end
 "#;
-/// KEYS[1] record; ARGV fingerprint, lease ms, record TTL ms, and `found` when the store's
-/// previous claim found its key (a run of one key has no previous key of its own to go by).
-const CLAIM: &str =
-    "expect_new = ARGV[4] ~= 'found'\nreturn {claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])}";
+/// KEYS[1] record; ARGV fingerprint, lease ms, record TTL ms, `found` when the store's previous
+/// claim found its key (a run of one key has no previous key of its own to go by), and optionally
+/// the value a plain `SET … NX` of this caller just wrote (see the plain claim in `mod.rs`).
+///
+/// That value's token came from the client's estimate of this server's clock, and its reply took
+/// too long for the estimate to be trusted: if the record is still exactly that value, its token
+/// and lease end are reissued from `TIME` (`max(token + 1, now)`, as a takeover would) and the
+/// claim is `acquired`, attempt 1; otherwise (taken over, completed, gone) the claim is answered
+/// as any other from the record as it is now.
+const CLAIM: &str = r#"
+expect_new = ARGV[4] ~= 'found'
+if ARGV[5] then
+  local s = redis.pcall('GET', KEYS[1])
+  if s == ARGV[5] then
+    local tok = tonumber(string.match(s, '^@VERSION@|p|(%d+)|')) + 1
+    if tok <= now_ms() then tok = clock_text end
+    redis.call('SET', KEYS[1], encode('p', tok, '1', lease_end(ARGV[2]), '', '', ARGV[1], ''),
+      'PX', ARGV[3])
+    return {'acquired', tok, '1'}
+  end
+  expect_new = false
+end
+return {claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])}
+"#;
 
 /// Arguments per key of the claim scripts.
 pub(crate) const CLAIM_ARGS: usize = 3;
