@@ -85,19 +85,26 @@ async fn every_operation_is_one_round_trip() {
     let k = key("rt", "k1");
     let k2 = key("rt", "k2");
 
+    // A plain claim of a new key whose reply took more than about 5 ms (a starved test process)
+    // has the script confirm its token: one `EVALSHA` (and its `SET`) more.
+    let confirmed = HashMap::from([("set".to_string(), 2), ("evalsha".to_string(), 1)]);
     macro_rules! one_trip {
         ($what:expr, $expect:expr) => {{
             let expect: &HashMap<String, u64> = &$expect;
             let (before, trips) = (commandstats(&mut admin).await, s.round_trips());
+            let start = Instant::now();
             let result = $what.await.expect(stringify!($what));
+            let slow = start.elapsed() >= Duration::from_millis(4);
             let after = commandstats(&mut admin).await;
             let sent = if expect.contains_key("set") {
                 all_commands(&before, &after)
             } else {
                 round_trips(&before, &after)
             };
-            assert_eq!(&sent, expect, "{}", stringify!($what));
-            assert_eq!(s.round_trips() - trips, 1, "{}", stringify!($what));
+            if !(slow && sent == confirmed && s.round_trips() - trips == 2) {
+                assert_eq!(&sent, expect, "{}", stringify!($what));
+                assert_eq!(s.round_trips() - trips, 1, "{}", stringify!($what));
+            }
             result
         }};
     }
@@ -158,8 +165,9 @@ fn inner_calls(
 
 /// Redis CPU per operation is mostly the `redis.call`s inside the script, so they are kept to a
 /// minimum, and a claim after one that acquired is no script at all: one plain `SET … NX GET`
-/// (new key, replay, live lease). A complete is `GET`+`TIME`+`SET` in its script, a replay after
-/// a key that existed one `GET`, and a new key after a key that existed `GET`, then `TIME`+`SET`.
+/// (new key, replay, live lease). A complete is `GET`+`SET` in its script (the completed-at time
+/// comes from the store's clock estimate), a replay after a key that existed one `GET`, and a new
+/// key after a key that existed `GET`, then `TIME`+`SET`.
 #[tokio::test]
 async fn scripts_make_the_fewest_redis_calls() {
     let Some(server) = PrivateRedis::start(&[]) else {
@@ -178,24 +186,28 @@ async fn scripts_make_the_fewest_redis_calls() {
     let k = key("calls", "k1");
     let k2 = key("calls", "k2");
 
+    // A plain claim of a new key whose reply took more than about 5 ms (a starved test process)
+    // has the script confirm its token (`GET`, `TIME`, `SET`) after its own `SET`.
+    let confirmed = calls(&[("set", 2), ("get", 1), ("time", 1)]);
     macro_rules! inner {
         ($what:expr, $expect:expr) => {{
             let before = commandstats(&mut admin).await;
+            let start = Instant::now();
             let result = $what.await.expect(stringify!($what));
+            let slow = start.elapsed() >= Duration::from_millis(4);
             let after = commandstats(&mut admin).await;
-            assert_eq!(
-                inner_calls(&before, &after),
-                calls($expect),
-                "{}",
-                stringify!($what)
-            );
+            let made = inner_calls(&before, &after);
+            if !(slow && made == confirmed) {
+                assert_eq!(made, calls($expect), "{}", stringify!($what));
+            }
             result
         }};
     }
 
     // A plain `SET … NX GET` (no script: its one `SET` is the client's).
     let plain = [("set", 1)];
-    let complete_calls = [("get", 1), ("time", 1), ("set", 1)];
+    // The completed-at time comes from the store's estimate of the server clock: no `TIME`.
+    let complete_calls = [("get", 1), ("set", 1)];
     let Claim::Acquired { token, .. } = inner!(claim(&s, &k, &fp("a")), &plain) else {
         panic!("expected Acquired")
     };
@@ -218,7 +230,8 @@ async fn scripts_make_the_fewest_redis_calls() {
     );
 
     // A new key after keys that existed: `GET`, then `TIME` + `SET`.
-    let Claim::Acquired { token, .. } = inner!(claim(&s, &k2, &fp("a")), &complete_calls) else {
+    let found_new = [("get", 1), ("time", 1), ("set", 1)];
+    let Claim::Acquired { token, .. } = inner!(claim(&s, &k2, &fp("a")), &found_new) else {
         panic!("expected Acquired")
     };
     let inflight = inner!(claim(&s, &k2, &fp("a")), &plain);

@@ -455,8 +455,9 @@ impl RedisStore {
         let elapsed = start.elapsed();
         let (v, acked) = match reply {
             Ok(reply) => reply,
-            // A refusal by the server wrote nothing: the script answers.
-            Err(e) if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) => {
+            // The server refused the `SET` (not just the `WAIT` after it): nothing was written,
+            // the script answers.
+            Err(e) if refused_first(&e) => {
                 if e.to_string().contains("syntax error") {
                     inner.plain.store(false, Ordering::Relaxed);
                 }
@@ -519,6 +520,17 @@ impl RedisStore {
         }
     }
 
+    /// The server clock estimate now (refreshed in the background when getting old); `None` on a
+    /// Cluster (each node has its own clock) or without a recent reading.
+    fn clock_estimate(&self) -> Option<Estimate> {
+        if self.inner.conn.is_cluster() {
+            return None;
+        }
+        let now = Instant::now();
+        self.refresh_clock(now);
+        self.inner.clock.estimate(now)
+    }
+
     /// Reads the server clock again in the background when the reading is getting old (never on
     /// the caller's path; at most one read at a time).
     fn refresh_clock(&self, now: Instant) {
@@ -557,6 +569,14 @@ enum Plain {
     Found,
     /// The script must confirm the value the plain `SET` wrote: its token cannot stand.
     Late(String),
+}
+
+/// Whether `e` is the server's refusal of the first command sent (alone or first of a pipeline).
+fn refused_first(e: &RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+        && e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(i, _)| *i == 0))
 }
 
 /// Connection and I/O errors are `Unavailable`; socket timeouts are `Timeout`.
@@ -654,12 +674,21 @@ impl Store for RedisStore {
             }
             _ => {
                 let (token, retention) = (token.0.to_string(), ms(retention).to_string());
-                let args = [
+                // The completed-at time from the clock estimate, when there is one (it is only
+                // reported, so any reading within the bounds will do), saves the script `TIME`.
+                let completed_at = self
+                    .clock_estimate()
+                    .map(|e| (e.low_us / 2 + e.high_us / 2) / 1000);
+                let completed_at = completed_at.map(|ms| ms.to_string());
+                let mut args = vec![
                     token.as_bytes(),
                     outcome.status.as_str().as_bytes(),
                     &outcome.body[..],
                     retention.as_bytes(),
                 ];
+                if let Some(at) = &completed_at {
+                    args.push(at.as_bytes());
+                }
                 self.eval_one("complete", &self.inner.scripts.complete, &rkey, &args)
                     .await?
             }

@@ -28,7 +28,8 @@
 //! Calls per operation (issue 16): a claim of a new key is one `SET key <record> NX GET PX ttl`
 //! (Redis ≥ 7.0) plus the run's shared `TIME`; a replay reads the record with that same call (it
 //! writes nothing when the key exists) or, when the previous key of its batch existed, with a
-//! `GET`; a complete is `GET` + `SET … PX` (+ the shared `TIME`). Where `SET … NX GET` is refused
+//! `GET`; a complete is `GET` + `SET … PX` (+ the shared `TIME` in a batch; a single-key complete
+//! gets its completed-at time from the store's clock estimate when it has one). Where `SET … NX GET` is refused
 //! (Redis 6 has no `NX GET`; a server out of memory refuses every write) the claim reads with `GET`
 //! and writes with `SET … PX` for the rest of the run, so replays are still answered. A single-key
 //! claim after one that acquired usually runs no script at all: the store sends that same
@@ -275,13 +276,14 @@ pub(crate) const CLAIM_ARGS: usize = 3;
 /// Reply items per key of the batched claim script (`claim_one`'s values, padded with `''`).
 pub(crate) const CLAIM_REPLY: usize = 3;
 
-/// `complete_one(key, token, outcome status, outcome body, retention ms)`: `GET`, and for the
-/// owner `TIME` (shared) + one `SET … PX retention`; answers `held` / `lost` / `corrupt, why`.
+/// `complete_one(key, token, outcome status, outcome body, retention ms[, completed-at ms])`:
+/// `GET`, and for the owner `TIME` (shared; not when the caller passed the completed-at time) +
+/// one `SET … PX retention`; answers `held` / `lost` / `corrupt, why`.
 /// The token is compared as text: both sides write it in canonical decimal. The owner's own
 /// in-progress record is recognised by plain comparisons and one short pattern; anything else
 /// takes the general path through `parse`.
 const COMPLETE_FN: &str = r#"
-local function complete_one(key, tok, os, ob, retention)
+local function complete_one(key, tok, os, ob, retention, ca)
   local s = redis.pcall('GET', key)
   -- `@VERSION@|p|<tok>|<att>|<lu>|||<fp>|` with the caller's token; the fingerprint is copied
   -- into the completed record, so it is checked (64 lower-case hex digits) as `parse` would.
@@ -293,8 +295,8 @@ local function complete_one(key, tok, os, ob, retention)
       if e and #s == e + 65 then
         local _, f = string.find(s, '^[0-9a-f]+|', e + 1)
         if f == e + 65 then
-          now_ms()
-          redis.call('SET', key, '@VERSION@|c|' .. tok .. '|' .. att .. '||' .. clock_text .. '|' ..
+          if not ca then now_ms() ca = clock_text end
+          redis.call('SET', key, '@VERSION@|c|' .. tok .. '|' .. att .. '||' .. ca .. '|' ..
             os .. string.sub(s, e) .. ob, 'PX', retention)
           return 'held'
         end
@@ -305,15 +307,17 @@ local function complete_one(key, tok, os, ob, retention)
   if rec == false then return 'corrupt', why end
   if rec == nil or rec.tok ~= tok or rec.st == 'r' then return 'lost' end
   if rec.st == 'c' then return 'held' end
-  now_ms()
-  redis.call('SET', key, encode('c', rec.tok, rec.att, '', clock_text, os, rec.fp, ob),
-             'PX', retention)
+  if not ca then now_ms() ca = clock_text end
+  redis.call('SET', key, encode('c', rec.tok, rec.att, '', ca, os, rec.fp, ob), 'PX', retention)
   return 'held'
 end
 "#;
 
-/// KEYS[1] record; ARGV token, outcome status, outcome body, retention ms.
-const COMPLETE: &str = "return {complete_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}";
+/// KEYS[1] record; ARGV token, outcome status, outcome body, retention ms, and optionally the
+/// completed-at time (server clock ms, from the store's estimate of it: a `redis.call('TIME')`
+/// costs the script about a seventh of its server time; the value is only reported).
+const COMPLETE: &str =
+    "return {complete_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])}";
 
 /// Arguments per key of the complete scripts.
 pub(crate) const COMPLETE_ARGS: usize = 4;
