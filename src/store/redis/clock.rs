@@ -17,7 +17,7 @@
 use super::conn::Conn;
 use redis::RedisResult;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Readings older than this are refreshed (in the background; five `TIME` calls a second at most).
@@ -121,6 +121,25 @@ impl ServerClock {
     }
 }
 
+/// A refresh [`ServerClock::claim_refresh`] granted; ends it when dropped.
+pub(crate) struct Refresh(Arc<ServerClock>);
+
+impl Refresh {
+    pub(crate) fn new(clock: Arc<ServerClock>) -> Self {
+        Self(clock)
+    }
+
+    pub(crate) fn clock(&self) -> &ServerClock {
+        &self.0
+    }
+}
+
+impl Drop for Refresh {
+    fn drop(&mut self) {
+        self.0.refreshed();
+    }
+}
+
 /// Reads the server clock (`TIME`) into `clock`.
 pub(crate) async fn read(conn: &Conn, clock: &ServerClock) -> RedisResult<()> {
     let mut conn = conn.clone();
@@ -170,6 +189,13 @@ mod tests {
             clock.estimate(t0 + MAX_AGE + Duration::from_millis(1)),
             None
         );
+        // A refresh ends when its guard is dropped, even if its task never ran.
+        let clock = Arc::new(clock);
+        let later = t0 + MAX_AGE;
+        assert!(clock.claim_refresh(later));
+        drop(Refresh::new(clock.clone()));
+        assert!(clock.claim_refresh(later));
+        clock.refreshed();
         // A reading sent before the one held does not replace it.
         clock.record(1, 0, t0 - Duration::from_millis(1), t0);
         assert!(clock.estimate(t0).expect("kept").low_us >= 5_000_000 - 1);

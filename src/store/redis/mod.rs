@@ -397,11 +397,12 @@ impl RedisStore {
     ///
     /// The token and lease end come from the estimate of the server clock ([`ServerClock`]), not
     /// from `TIME` on the server: the token is the high bound at sending plus
-    /// [`PLAIN_MARGIN_MS`], so when the reply comes within that margin (drift allowance
-    /// included) the token is at least the server clock (ms) when the `SET` ran, as the script's
-    /// would be, and so larger than any token a record of this key had before it expired or was
-    /// forgotten (a vanished record was written earlier; see the module docs of `scripts.rs`).
-    /// The lease end is the low bound plus the lease, so the lease is never longer than asked.
+    /// [`PLAIN_MARGIN_MS`]. If the server clock cannot have passed the token by the time the
+    /// reply came (high bound plus the time elapsed, drift allowance included), the token is at
+    /// least the server clock (ms) when the `SET` ran, as the script's would be, and so larger
+    /// than any token a record of this key had before it expired or was forgotten (a vanished
+    /// record was written earlier; see the module docs of `scripts.rs`). The lease end is the low
+    /// bound plus the lease, so the lease is never longer than asked.
     ///
     /// The answer: nothing stored → `Acquired` (attempt 1). A record (`NX`: nothing written) is
     /// answered as the script answers it: another fingerprint → `Conflict`, completed →
@@ -409,9 +410,10 @@ impl RedisStore {
     /// `InFlight`. Anything else (a takeover, which writes: released, or a lease that may have
     /// ended; a value that does not parse; a key of another type; a server that refuses the
     /// command: Redis 6 has no `NX GET`, which turns the plain claim off for good, or out of
-    /// memory) goes to the script for the authoritative answer ([`Plain::Script`] without a value:
-    /// nothing was written). A reply too late for the token to stand goes to the script with the
-    /// value written, which reissues the token from `TIME` if the record is still that value.
+    /// memory) goes to the script for the authoritative answer ([`Plain::Script`],
+    /// [`Plain::Found`]: nothing was written). A reply too late for the token to stand goes to the
+    /// script with the value written ([`Plain::Late`]), which reissues the token from `TIME` if
+    /// the record is still that value.
     async fn plain_claim(
         &self,
         rkey: &str,
@@ -538,11 +540,12 @@ impl RedisStore {
         if !clock.claim_refresh(now) {
             return;
         }
-        let (conn, clock, timeout) = (self.inner.conn.clone(), clock.clone(), self.inner.timeout);
+        let (conn, timeout) = (self.inner.conn.clone(), self.inner.timeout);
+        // Ends the refresh however the task ends (also if it is dropped unrun at shutdown).
+        let refresh = clock::Refresh::new(clock.clone());
         tokio::spawn(async move {
             // A failed read leaves the old reading, which ages out: claims then use the script.
-            let _ = tokio::time::timeout(timeout, clock::read(&conn, &clock)).await;
-            clock.refreshed();
+            let _ = tokio::time::timeout(timeout, clock::read(&conn, refresh.clock())).await;
         });
     }
 
