@@ -173,7 +173,8 @@ impl RedisStoreBuilder {
     /// A call is sent as soon as the previous batch of its kind has been answered, together with
     /// whatever calls queued meanwhile; nothing waits for a timer, so a lone call is not delayed.
     /// Each call keeps its own result, errors and [`timeout`](Self::timeout). `1` turns batching
-    /// off: one `EVALSHA` per operation, sent without queueing. `0` is rejected by
+    /// off: one command per operation (an `EVALSHA`, or the plain claim's `SET … NX GET`, see
+    /// the [module docs](super)), sent without queueing. `0` is rejected by
     /// [`build`](Self::build).
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n;

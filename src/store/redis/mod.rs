@@ -41,7 +41,8 @@
 //!   single-key logic, so results are the same as one call after the other (the same key twice
 //!   in a batch: `Acquired`, then `InFlight`). A failed batch call fails each of its callers with its own error; a corrupt
 //!   record fails only its own call; each call keeps its own timeout. `max_batch(1)` (or `?batch=1`
-//!   in the URL) sends one `EVALSHA` per operation. `release`, `renew`, `get` are never batched.
+//!   in the URL) sends one command per operation (an `EVALSHA`, or a plain claim).
+//!   `release`, `renew`, `get` are never batched.
 //!   [`RedisStore::round_trips`] counts the commands actually sent.
 //! - **Cluster**: `redis-cluster://host:port[,host:port…]` (or `rediss-cluster://` for TLS) uses
 //!   the redis crate's async cluster client, which follows `MOVED` / `ASK`, refreshes the slot map
