@@ -38,11 +38,11 @@ async fn claim(s: &RedisStore, k: &RecordKey, f: &Fingerprint) -> Result<Claim, 
 }
 
 async fn evalsha(admin: &mut MultiplexedConnection) -> u64 {
-    commandstats(admin)
-        .await
-        .get("evalsha")
-        .copied()
-        .unwrap_or(0)
+    calls(admin, "evalsha").await
+}
+
+async fn calls(admin: &mut MultiplexedConnection, command: &str) -> u64 {
+    commandstats(admin).await.get(command).copied().unwrap_or(0)
 }
 
 /// Stalls the server for `ms` so that calls made meanwhile queue behind one batch on the wire.
@@ -120,10 +120,15 @@ async fn concurrent_claims_and_completes_share_round_trips() {
 
     let used = evalsha(&mut admin).await - before;
     assert!(used < 200, "400 operations took {used} EVALSHA calls");
-    assert_eq!(
-        s.round_trips() - trips_before,
-        used,
-        "round_trips() counts EVALSHA calls"
+    // Besides the EVALSHA calls, `round_trips()` counts the claims that found no other claim
+    // in flight and went out alone as one plain `SET … NX GET` each (commandstats cannot tell
+    // those from the scripts' own `SET`s; the exact count is checked sequentially in
+    // store_redis_ops.rs and store_redis_fast_paths.rs). `join_all` starts the calls in rounds,
+    // so a few go out alone.
+    let trips = s.round_trips() - trips_before;
+    assert!(
+        (used..used + 20).contains(&trips),
+        "round_trips() {trips}, EVALSHA calls {used}"
     );
 
     // Each key kept its own outcome: replays (batched too) return it.
@@ -138,7 +143,7 @@ async fn concurrent_claims_and_completes_share_round_trips() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_of_one_sends_one_evalsha_per_operation() {
+async fn batch_of_one_sends_one_command_per_operation() {
     let Some(server) = PrivateRedis::start(&[]) else {
         return;
     };
@@ -149,7 +154,7 @@ async fn batch_of_one_sends_one_evalsha_per_operation() {
     let mut admin = admin(&server.url()).await;
     let keys: Vec<RecordKey> = (0..50).map(|i| key(&format!("one{i}"))).collect();
     let f = fp("p");
-    let before = evalsha(&mut admin).await;
+    let before = (evalsha(&mut admin).await, calls(&mut admin, "set").await);
     let claims = join_all(keys.iter().map(|k| {
         let s = s.clone();
         async move { s.claim(&ClaimRequest::new(k, &f, LEASE, RETENTION)).await }
@@ -158,7 +163,16 @@ async fn batch_of_one_sends_one_evalsha_per_operation() {
     assert!(claims
         .iter()
         .all(|c| matches!(c, Ok(Claim::Acquired { .. }))));
-    assert_eq!(evalsha(&mut admin).await - before, 50);
+    // Unbatched, each claim of a new key after one that acquired is one plain `SET … NX GET`
+    // (no script). A reply that came too late for its token (a starved test process) adds an
+    // `EVALSHA` that writes once more; a claim sent to the script alone would add an `EVALSHA`
+    // and the script's `SET` but no plain `SET`.
+    let (evals, sets) = (
+        evalsha(&mut admin).await - before.0,
+        calls(&mut admin, "set").await - before.1,
+    );
+    assert_eq!(sets - evals, 50, "{sets} SETs, {evals} EVALSHA calls");
+    assert!(evals <= 50, "{evals}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

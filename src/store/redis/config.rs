@@ -1,6 +1,7 @@
 //! [`RedisStoreBuilder`]: URL, key prefix, outcome limit, timeouts and batching.
 
 use super::batch::{Batcher, Worker};
+use super::clock::{self, ServerClock};
 use super::conn::{Conn, Durability};
 use super::keys::KeyLayout;
 use super::scripts::{Scripts, CLAIM_ARGS, CLAIM_REPLY, COMPLETE_ARGS, COMPLETE_REPLY};
@@ -172,7 +173,8 @@ impl RedisStoreBuilder {
     /// A call is sent as soon as the previous batch of its kind has been answered, together with
     /// whatever calls queued meanwhile; nothing waits for a timer, so a lone call is not delayed.
     /// Each call keeps its own result, errors and [`timeout`](Self::timeout). `1` turns batching
-    /// off: one `EVALSHA` per operation, sent without queueing. `0` is rejected by
+    /// off: one command per operation (an `EVALSHA`, or the plain claim's `SET … NX GET`, see
+    /// the [module docs](super)), sent without queueing. `0` is rejected by
     /// [`build`](Self::build).
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n;
@@ -202,6 +204,13 @@ impl RedisStoreBuilder {
                 })
             }
         };
+        // The first reading of the server clock for plain claims (see `RedisStore::plain_claim`);
+        // without one, claims use the script until a background read succeeds.
+        let clock = Arc::new(ServerClock::default());
+        let cluster = conn.is_cluster();
+        if !cluster {
+            let _ = tokio::time::timeout(self.timeout, clock::read(&conn, &clock)).await;
+        }
         let durability = (self.replicas > 0).then_some(Durability {
             replicas: self.replicas,
             timeout: self.replica_timeout,
@@ -240,6 +249,8 @@ impl RedisStoreBuilder {
                 durability,
                 round_trips,
                 claim_found: AtomicBool::new(false),
+                plain: AtomicBool::new(!cluster),
+                clock,
                 max_outcome_bytes: self.max_outcome_bytes,
                 timeout: self.timeout,
                 url: redact(&self.url),

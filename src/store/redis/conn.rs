@@ -155,51 +155,40 @@ pub(crate) struct Durability {
     pub(crate) timeout: Duration,
 }
 
-/// Sends one `EVALSHA` (`cmd`, already built for `script`); with `durability`, `WAIT` follows in
-/// the same pipeline, so it runs on the same node and connection right after the script, and the
-/// call fails ([`StoreError::Unavailable`]) unless enough replicas acknowledged. On `NOSCRIPT`
-/// (server restart, failover to a replica, new node, `SCRIPT FLUSH`) the script is loaded (on
-/// every node, in a Cluster) and the call repeated once.
-pub(crate) async fn eval(
-    conn: &mut Conn,
-    op: &'static str,
-    script: &Script,
+/// Sends `cmd` on one slot; with `durability`, `WAIT` follows in the same pipeline, so it runs on
+/// the same node and connection right after `cmd`. Answers `cmd`'s reply and, with `durability`,
+/// how many replicas acknowledged (see [`durable`]).
+pub(crate) async fn query(
+    conn: &Conn,
     cmd: &Cmd,
     durability: Option<Durability>,
-    timeout: Duration,
-) -> Result<Value, StoreError> {
-    let attempt = |conn: &mut Conn| {
-        let mut conn = conn.clone();
-        async move {
-            match durability {
-                None => cmd.query_async::<Value>(&mut conn).await.map(|v| (v, None)),
-                Some(d) => {
-                    let mut pipe = redis::pipe();
-                    pipe.add_command(cmd.clone())
-                        .cmd("WAIT")
-                        .arg(d.replicas)
-                        .arg(
-                            u64::try_from(d.timeout.as_millis())
-                                .unwrap_or(u64::MAX)
-                                .max(1),
-                        );
-                    let (v, acked): (Value, i64) = pipe.query_async(&mut conn).await?;
-                    Ok((v, Some(acked)))
-                }
-            }
+) -> RedisResult<(Value, Option<i64>)> {
+    let mut conn = conn.clone();
+    match durability {
+        None => cmd.query_async::<Value>(&mut conn).await.map(|v| (v, None)),
+        Some(d) => {
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd.clone())
+                .cmd("WAIT")
+                .arg(d.replicas)
+                .arg(
+                    u64::try_from(d.timeout.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                );
+            let (v, acked): (Value, i64) = pipe.query_async(&mut conn).await?;
+            Ok((v, Some(acked)))
         }
-    };
-    let result = match attempt(conn).await {
-        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-            script
-                .load_async(conn)
-                .await
-                .map_err(|e| map_error(op, e, timeout))?;
-            attempt(conn).await
-        }
-        other => other,
-    };
-    let (value, acked) = result.map_err(|e| map_error(op, e, timeout))?;
+    }
+}
+
+/// Fails `op` ([`StoreError::Unavailable`]) unless the replicas `WAIT` counted (`acked`, from
+/// [`query`]) meet `durability`.
+pub(crate) fn durable(
+    op: &'static str,
+    durability: Option<Durability>,
+    acked: Option<i64>,
+) -> Result<(), StoreError> {
     if let (Some(d), Some(acked)) = (durability, acked) {
         if acked < i64::from(d.replicas) {
             return Err(StoreError::unavailable(
@@ -213,5 +202,32 @@ pub(crate) async fn eval(
             ));
         }
     }
+    Ok(())
+}
+
+/// Sends one `EVALSHA` (`cmd`, already built for `script`) through [`query`], so with
+/// `durability` the call fails ([`StoreError::Unavailable`]) unless enough replicas acknowledged.
+/// On `NOSCRIPT` (server restart, failover to a replica, new node, `SCRIPT FLUSH`) the script is
+/// loaded (on every node, in a Cluster) and the call repeated once.
+pub(crate) async fn eval(
+    conn: &mut Conn,
+    op: &'static str,
+    script: &Script,
+    cmd: &Cmd,
+    durability: Option<Durability>,
+    timeout: Duration,
+) -> Result<Value, StoreError> {
+    let result = match query(conn, cmd, durability).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script
+                .load_async(conn)
+                .await
+                .map_err(|e| map_error(op, e, timeout))?;
+            query(conn, cmd, durability).await
+        }
+        other => other,
+    };
+    let (value, acked) = result.map_err(|e| map_error(op, e, timeout))?;
+    durable(op, durability, acked)?;
     Ok(value)
 }

@@ -1,12 +1,35 @@
 //! The production store: Redis (standalone, or one Cluster slot per record), one round trip per
-//! operation, fewer under concurrency.
+//! operation (two for a takeover found by a plain claim, see below), fewer under concurrency.
 //!
 //! Each record is one string at `{prefix}:{<hash tag>}:<scope>:<key>` (see the key layout below) and
 //! every operation is one `EVALSHA` of a Lua script that reads, checks and updates the record
-//! atomically on the server. A replay of a completed key gets its stored outcome in the claim's
-//! single round trip. `Script::invoke_async` sends `EVALSHA` and, on `NOSCRIPT` (after a server
-//! restart, failover or `SCRIPT FLUSH`), loads the script and retries; the scripts are also loaded
-//! when the store connects, so the steady state is one command per operation.
+//! atomically on the server, except the plain claim below. A replay of a completed key gets its
+//! stored outcome in the claim's single round trip. `Script::invoke_async` sends `EVALSHA` and, on
+//! `NOSCRIPT` (after a server restart, failover or `SCRIPT FLUSH`), loads the script and retries;
+//! the scripts are also loaded when the store connects, so the steady state is one command per
+//! operation.
+//!
+//! - **Plain claim** (standalone Redis ≥ 7.0): a claim sent alone (no other claim queued or on
+//!   the wire, or `max_batch(1)`) after a claim that acquired is one plain
+//!   `SET key <in-progress record> NX GET PX ttl`, no script: a script call costs Redis several
+//!   times what a `SET` does, which shows when messages come one at a time. Its token and lease
+//!   end come from the store's estimate of the server clock (`TIME` read at connect and every
+//!   200 ms in the background, never on the claim's path; a reading older than 500 ms is not
+//!   used): the token is the estimate's high bound plus 5 ms, and it stands only if the server
+//!   clock cannot have passed it when the reply came (drift allowance included), so it is at
+//!   least what the script would have given (`TIME` when the `SET` ran) and larger than any token
+//!   of an earlier record of the key; the lease end is the low bound plus the lease (never longer
+//!   than asked). A key that exists is left as it was (`NX`) and answered from the returned
+//!   value as the script would: `Completed` (replay), `Conflict`, `InFlight` (when the lease ends
+//!   after the high bound). Everything else goes to the script, a second round trip: a takeover
+//!   (released, or a lease that may have ended), a value that does not parse, a key of another
+//!   type, a server that refuses the command (Redis 6 has no `NX GET`: the plain claim is then off
+//!   for the store's life; out of memory), and a reply too late for the token to stand (the
+//!   script then reissues the token from `TIME` if the record is still the value written). Not
+//!   on a Cluster (each node has its own clock), nor for leases under 100 ms. The `WAIT` of
+//!   `replicas` follows the `SET` as it follows a script call. The plain token leads the server
+//!   clock by a few ms at most, so a key forgotten within that time after its plain claim may get
+//!   a token no larger on its next claim through the script (whose own tokens tie within a ms).
 //!
 //! - **Batching (group commit)**: Redis spends most of a script call's CPU on the call, not on the
 //!   record. So concurrent `claim` calls of one store (and its clones) share one `EVALSHA` of a
@@ -18,7 +41,8 @@
 //!   single-key logic, so results are the same as one call after the other (the same key twice
 //!   in a batch: `Acquired`, then `InFlight`). A failed batch call fails each of its callers with its own error; a corrupt
 //!   record fails only its own call; each call keeps its own timeout. `max_batch(1)` (or `?batch=1`
-//!   in the URL) sends one `EVALSHA` per operation. `release`, `renew`, `get` are never batched.
+//!   in the URL) sends one command per operation (an `EVALSHA`, or a plain claim).
+//!   `release`, `renew`, `get` are never batched.
 //!   [`RedisStore::round_trips`] counts the commands actually sent.
 //! - **Cluster**: `redis-cluster://host:port[,host:port…]` (or `rediss-cluster://` for TLS) uses
 //!   the redis crate's async cluster client, which follows `MOVED` / `ASK`, refreshes the slot map
@@ -34,8 +58,8 @@
 //!   the same pipeline, so on the same node and connection) and fails the operation
 //!   ([`StoreError::Unavailable`]) unless N replicas acknowledged: nothing is acked on a write a
 //!   failover could lose.
-//! - **Clocks**: lease ends are computed from the Redis server clock (`TIME` inside the script), so
-//!   the consumers' clocks may disagree.
+//! - **Clocks**: lease ends are computed from the Redis server clock (`TIME` inside the script, or
+//!   the store's estimate of it for a plain claim), so the consumers' clocks may disagree.
 //! - **Expiry**: a record's TTL is the retention (never shorter than the lease), set by the same
 //!   `SET … PX` that writes it; Redis drops it. Release keeps the TTL (`KEEPTTL`); renewal extends
 //!   it when the lease would outlive it.
@@ -77,6 +101,7 @@
 //! ```
 
 mod batch;
+mod clock;
 mod config;
 mod conn;
 mod keys;
@@ -94,15 +119,28 @@ use crate::outcome::Outcome;
 use async_trait::async_trait;
 use batch::Batcher;
 use bytes::Bytes;
+use clock::{Estimate, ServerClock};
 use conn::{Conn, Durability};
 use keys::KeyLayout;
-use redis::{Cmd, RedisError, RedisResult, Value};
-use reply::Reply;
+use redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
+use reply::{Reply, Stored};
 use scripts::Scripts;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How far ahead of the high bound of the server clock a plain claim puts its token (ms): the
+/// token stands if the server clock when the reply came cannot have passed it (see
+/// [`RedisStore::plain_claim`]), so replies within 4–5 ms (drift allowance included); a later
+/// reply costs a second round trip. Kept small: the token leads the server clock by up to this
+/// plus one `TIME` round trip, and a record forgotten sooner than that after its plain claim may
+/// see a token no larger on its next claim through the script (whose own tokens tie within the
+/// same ms).
+const PLAIN_MARGIN_MS: u64 = 5;
+/// Shortest lease (ms) a plain claim takes: a record lives at least its lease, so a record that
+/// expired is older than the plain token's lead over the server clock by far.
+const PLAIN_MIN_LEASE_MS: u64 = 100;
 
 /// Upper bound for durations sent to Redis (100 years), so huge retentions cannot overflow `PEXPIRE`.
 const MAX_MS: u128 = 100 * 365 * 24 * 3600 * 1000;
@@ -187,8 +225,14 @@ struct Inner {
     /// Commands sent (a batch counts once).
     round_trips: Arc<AtomicU64>,
     /// Whether the last claim answered found its key (replay, conflict, in flight): the next
-    /// single-key claim then reads with `GET` rather than `SET … NX GET` (see `scripts.rs`).
+    /// single-key claim then goes through the script and reads with `GET` rather than
+    /// `SET … NX GET` (see `scripts.rs`); otherwise it tries the plain claim first.
     claim_found: AtomicBool,
+    /// Whether single-key claims may try the plain `SET … NX GET` (not on a Cluster, whose nodes
+    /// have clocks of their own; turned off for good when the server refuses the command).
+    plain: AtomicBool,
+    /// The server clock estimate plain claims take tokens and lease ends from.
+    clock: Arc<ServerClock>,
     max_outcome_bytes: usize,
     timeout: Duration,
     /// URL without password, for Debug.
@@ -237,8 +281,10 @@ impl RedisStore {
     }
 
     /// Redis commands this store and its clones have sent so far: one per `EVALSHA` (a batch of
-    /// `claim` or `complete` calls counts once per slot it spans), `DEL` and `SCAN`, not counting
-    /// script reloads after `NOSCRIPT` or the `WAIT` sent in the same round trip. Divided by the messages handled, it gives round trips per message.
+    /// `claim` or `complete` calls counts once per slot it spans), plain claim (`SET … NX GET`),
+    /// `DEL` and `SCAN`, not counting script reloads after `NOSCRIPT`, the `WAIT` sent in the same
+    /// round trip or the background reads of the server clock (`TIME`, at most five a second).
+    /// Divided by the messages handled, it gives round trips per message.
     pub fn round_trips(&self) -> u64 {
         self.inner.round_trips.load(Ordering::Relaxed)
     }
@@ -334,6 +380,176 @@ impl RedisStore {
         batcher.call(rkey, args, deadline).await
     }
 
+    /// Ends a claim: its turn (if batching) is over, and the next single-key claim goes by
+    /// whether this one found its key.
+    fn claimed(&self, claim: Claim, turn: Option<batch::Turn<'_>>) -> Result<Claim, StoreError> {
+        drop(turn);
+        let found = !matches!(claim, Claim::Acquired { .. });
+        // Written only on a change: concurrent claims would otherwise contend for the line.
+        if self.inner.claim_found.load(Ordering::Relaxed) != found {
+            self.inner.claim_found.store(found, Ordering::Relaxed);
+        }
+        Ok(claim)
+    }
+
+    /// A single-key claim as one plain `SET rkey <in-progress record> NX GET PX ttl`: no script,
+    /// so the server spends about what a plain `SET` costs instead of a script call. Tried when
+    /// the store's previous claim acquired (new traffic) and no other claim is in progress.
+    ///
+    /// The token and lease end come from the estimate of the server clock ([`ServerClock`]), not
+    /// from `TIME` on the server: the token is the high bound at sending plus
+    /// [`PLAIN_MARGIN_MS`]. If the server clock cannot have passed the token by the time the
+    /// reply came (high bound plus the time elapsed, drift allowance included), the token is at
+    /// least the server clock (ms) when the `SET` ran, as the script's would be, and so larger
+    /// than any token a record of this key had before it expired or was forgotten (a vanished
+    /// record was written earlier; see the module docs of `scripts.rs`). The lease end is the low
+    /// bound plus the lease, so the lease is never longer than asked.
+    ///
+    /// The answer: nothing stored → `Acquired` (attempt 1). A record (`NX`: nothing written) is
+    /// answered as the script answers it: another fingerprint → `Conflict`, completed →
+    /// `Completed`, in progress with a lease that ends after the high bound of the server clock →
+    /// `InFlight`. Anything else (a takeover, which writes: released, or a lease that may have
+    /// ended; a value that does not parse; a key of another type; a server that refuses the
+    /// command: Redis 6 has no `NX GET`, which turns the plain claim off for good, or out of
+    /// memory) goes to the script for the authoritative answer ([`Plain::Script`],
+    /// [`Plain::Found`]: nothing was written). A reply too late for the token to stand goes to the
+    /// script with the value written ([`Plain::Late`]), which reissues the token from `TIME` if
+    /// the record is still that value.
+    async fn plain_claim(
+        &self,
+        rkey: &str,
+        fingerprint: &str,
+        lease: u64,
+        ttl: u64,
+    ) -> Result<Plain, StoreError> {
+        let inner = &self.inner;
+        if !inner.plain.load(Ordering::Relaxed) || lease < PLAIN_MIN_LEASE_MS {
+            return Ok(Plain::Script);
+        }
+        let start = Instant::now();
+        self.refresh_clock(start);
+        let Some(estimate) = inner.clock.estimate(start) else {
+            return Ok(Plain::Script);
+        };
+        let token = estimate.high_us / 1000 + PLAIN_MARGIN_MS;
+        let lease_end = estimate.low_us / 1000 + lease;
+        let value = format!(
+            "{}|p|{token}|1|{lease_end}|||{fingerprint}|",
+            scripts::FORMAT_VERSION
+        );
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(rkey)
+            .arg(&value)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl);
+        inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        let call = conn::query(&inner.conn, &cmd, inner.durability);
+        let reply = match tokio::time::timeout(inner.timeout, call).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    op: "claim",
+                    after: inner.timeout,
+                })
+            }
+        };
+        let elapsed = start.elapsed();
+        let (v, acked) = match reply {
+            Ok(reply) => reply,
+            // The server refused the `SET` (not just the `WAIT` after it): nothing was written,
+            // the script answers.
+            Err(e) if refused_first(&e) => {
+                if e.to_string().contains("syntax error") {
+                    inner.plain.store(false, Ordering::Relaxed);
+                }
+                return Ok(Plain::Script);
+            }
+            Err(e) => return Err(map_error("claim", e, inner.timeout)),
+        };
+        conn::durable("claim", inner.durability, acked)?;
+        match v {
+            Value::Nil => {
+                // The server clock (ms) when the reply came is at most this; the `SET` ran before.
+                let latest = estimate
+                    .high_us
+                    .saturating_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
+                    .saturating_add(Estimate::drift_us(elapsed))
+                    / 1000;
+                let late = latest > token;
+                Ok(if late {
+                    Plain::Late(value)
+                } else {
+                    Plain::Answer(Claim::Acquired {
+                        token: Token(token),
+                        attempt: 1,
+                    })
+                })
+            }
+            // `NX`: nothing was written; the claim is answered from the record as the script
+            // would answer it, except a takeover (a write), left to the script.
+            Value::BulkString(value) => Ok(match reply::stored(&value) {
+                Some(Stored::Completed { fp, .. } | Stored::InProgress { fp, .. })
+                    if fp != fingerprint =>
+                {
+                    match fp.parse() {
+                        Ok(stored) => Plain::Answer(Claim::Conflict { stored }),
+                        Err(_) => Plain::Found,
+                    }
+                }
+                Some(Stored::Completed { outcome, .. }) => {
+                    Plain::Answer(Claim::Completed { outcome })
+                }
+                Some(Stored::InProgress { lease_end, .. }) => {
+                    // Live for sure only if it ends after the highest the server clock can be.
+                    let now = inner
+                        .clock
+                        .estimate(Instant::now())
+                        .map(|e| e.high_us / 1000);
+                    match now {
+                        Some(now) if lease_end > now => Plain::Answer(Claim::InFlight {
+                            retry_after: Duration::from_millis(lease_end - now),
+                        }),
+                        _ => Plain::Found,
+                    }
+                }
+                Some(Stored::Released) | None => Plain::Found,
+            }),
+            other => Err(reply::bad(
+                "claim",
+                format!("unexpected SET … NX GET reply {other:?}"),
+            )),
+        }
+    }
+
+    /// The server clock estimate now (refreshed in the background when getting old); `None` on a
+    /// Cluster (each node has its own clock) or without a recent reading.
+    fn clock_estimate(&self) -> Option<Estimate> {
+        if self.inner.conn.is_cluster() {
+            return None;
+        }
+        let now = Instant::now();
+        self.refresh_clock(now);
+        self.inner.clock.estimate(now)
+    }
+
+    /// Reads the server clock again in the background when the reading is getting old (never on
+    /// the caller's path; at most one read at a time).
+    fn refresh_clock(&self, now: Instant) {
+        let clock = &self.inner.clock;
+        if !clock.claim_refresh(now) {
+            return;
+        }
+        let (conn, timeout) = (self.inner.conn.clone(), self.inner.timeout);
+        // Ends the refresh however the task ends (also if it is dropped unrun at shutdown).
+        let refresh = clock::Refresh::new(clock.clone());
+        tokio::spawn(async move {
+            // A failed read leaves the old reading, which ages out: claims then use the script.
+            let _ = tokio::time::timeout(timeout, clock::read(&conn, refresh.clock())).await;
+        });
+    }
+
     async fn get_redis_key(
         &self,
         rkey: &str,
@@ -345,6 +561,26 @@ impl RedisStore {
         let v: Value = self.run("get", inv.invoke_async(&mut conn)).await?;
         Reply::new("get", rkey, v)?.record(key)
     }
+}
+
+/// What a plain claim ([`RedisStore::plain_claim`]) decided.
+enum Plain {
+    /// The claim's answer.
+    Answer(Claim),
+    /// The script must answer; nothing was written.
+    Script,
+    /// The script must answer a key that exists (so it reads with `GET`); nothing was written.
+    Found,
+    /// The script must confirm the value the plain `SET` wrote: its token cannot stand.
+    Late(String),
+}
+
+/// Whether `e` is the server's refusal of the first command sent (alone or first of a pipeline).
+fn refused_first(e: &RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+        && e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(i, _)| *i == 0))
 }
 
 /// Connection and I/O errors are `Unavailable`; socket timeouts are `Timeout`.
@@ -372,40 +608,47 @@ impl Store for RedisStore {
         // With no other claim queued or on the wire, the call goes out at once from here: the
         // batching task would send it alone anyway, a task hop later.
         let turn = self.inner.claim_batch.as_ref().map(Batcher::start);
-        let v: Value = match (&self.inner.claim_batch, &turn) {
+        let claim = match (&self.inner.claim_batch, &turn) {
             (Some(batcher), Some(turn)) if !turn.alone() => {
                 let args = vec![
                     Bytes::from(fingerprint),
                     Bytes::from(lease.to_string()),
                     Bytes::from(ttl.to_string()),
                 ];
-                self.batched(batcher, rkey.clone(), args).await?
+                let v = self.batched(batcher, rkey.clone(), args).await?;
+                Reply::new("claim", &rkey, v)?.claim()?
             }
             _ => {
-                let (lease, ttl) = (lease.to_string(), ttl.to_string());
-                let found = if self.inner.claim_found.load(Ordering::Relaxed) {
-                    "found"
+                let found = self.inner.claim_found.load(Ordering::Relaxed);
+                let plain = if found {
+                    Plain::Found
                 } else {
-                    "new"
+                    self.plain_claim(&rkey, &fingerprint, lease, ttl).await?
                 };
-                let args = [
+                let (found, written) = match plain {
+                    Plain::Answer(claim) => return self.claimed(claim, turn),
+                    Plain::Script => (false, None),
+                    Plain::Found => (true, None),
+                    Plain::Late(value) => (false, Some(value)),
+                };
+                let (lease, ttl) = (lease.to_string(), ttl.to_string());
+                let found: &[u8] = if found { b"found" } else { b"new" };
+                let mut args = vec![
                     fingerprint.as_bytes(),
                     lease.as_bytes(),
                     ttl.as_bytes(),
-                    found.as_bytes(),
+                    found,
                 ];
-                self.eval_one("claim", &self.inner.scripts.claim, &rkey, &args)
-                    .await?
+                if let Some(written) = &written {
+                    args.push(written.as_bytes());
+                }
+                let v = self
+                    .eval_one("claim", &self.inner.scripts.claim, &rkey, &args)
+                    .await?;
+                Reply::new("claim", &rkey, v)?.claim()?
             }
         };
-        drop(turn);
-        let claim = Reply::new("claim", &rkey, v)?.claim()?;
-        let found = !matches!(claim, Claim::Acquired { .. });
-        // Written only on a change: concurrent claims would otherwise contend for the line.
-        if self.inner.claim_found.load(Ordering::Relaxed) != found {
-            self.inner.claim_found.store(found, Ordering::Relaxed);
-        }
-        Ok(claim)
+        self.claimed(claim, turn)
     }
 
     async fn complete(
@@ -435,12 +678,21 @@ impl Store for RedisStore {
             }
             _ => {
                 let (token, retention) = (token.0.to_string(), ms(retention).to_string());
-                let args = [
+                // The completed-at time from the clock estimate, when there is one (it is only
+                // reported, so any reading within the bounds will do), saves the script `TIME`.
+                let completed_at = self
+                    .clock_estimate()
+                    .map(|e| (e.low_us / 2 + e.high_us / 2) / 1000);
+                let completed_at = completed_at.map(|ms| ms.to_string());
+                let mut args = vec![
                     token.as_bytes(),
                     outcome.status.as_str().as_bytes(),
                     &outcome.body[..],
                     retention.as_bytes(),
                 ];
+                if let Some(at) = &completed_at {
+                    args.push(at.as_bytes());
+                }
                 self.eval_one("complete", &self.inner.scripts.complete, &rkey, &args)
                     .await?
             }

@@ -1,5 +1,6 @@
 //! Decoding script replies into store types. Nothing here panics: an unexpected reply is an error.
 
+use super::scripts;
 use crate::fingerprint::Fingerprint;
 use crate::outcome::{Outcome, OutcomeStatus};
 use crate::store::{Claim, Fence, Record, RecordKey, RecordState, StoreError, Token};
@@ -152,6 +153,68 @@ impl<'a> Reply<'a> {
     }
 }
 
+/// A record's value (format 2, see `scripts.rs`) as a plain `SET … NX GET` answers it, when it is
+/// well-formed by the checks of the scripts' `parse`; only the fields a claim decides by.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Stored<'a> {
+    /// State `p`: the fingerprint and the lease end (server ms).
+    InProgress { fp: &'a str, lease_end: u64 },
+    /// State `r`.
+    Released,
+    /// State `c`: the fingerprint and the outcome.
+    Completed { fp: &'a str, outcome: Outcome },
+}
+
+/// Parses a record's value: `2|<st>|<tok>|<att>|<lu>|<ca>|<os>|<fp>|<ob>`, each field checked as
+/// the scripts' `parse` checks it (digits, lower-case hex fingerprint of 64, the fields the state
+/// does not use empty). `None` for anything else (another version, a malformed field), which the
+/// caller leaves to the script, whose answer names what is wrong.
+pub(crate) fn stored(value: &[u8]) -> Option<Stored<'_>> {
+    let mut fields = value.splitn(9, |b| *b == b'|');
+    let mut next = || fields.next();
+    let (version, st, tok, att) = (next()?, next()?, next()?, next()?);
+    let (lu, ca, os, fp) = (next()?, next()?, next()?, next()?);
+    let body = next()?;
+    let digits = |f: &[u8]| f.iter().all(u8::is_ascii_digit);
+    let number = |f: &[u8]| -> Option<u64> { std::str::from_utf8(f).ok()?.parse().ok() };
+    let fields_ok = version == scripts::FORMAT_VERSION.as_bytes()
+        && !tok.is_empty()
+        && digits(tok)
+        && !att.is_empty()
+        && digits(att)
+        && digits(lu)
+        && digits(ca)
+        && fp.len() == 64
+        && fp.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !fields_ok {
+        return None;
+    }
+    // Checked above: 64 ASCII hex digits.
+    let fp = std::str::from_utf8(fp).ok()?;
+    match st {
+        b"c" if lu.is_empty() && !ca.is_empty() => {
+            let status = OutcomeStatus::parse(std::str::from_utf8(os).ok()?)?;
+            Some(Stored::Completed {
+                fp,
+                outcome: Outcome {
+                    status,
+                    body: bytes::Bytes::copy_from_slice(body),
+                },
+            })
+        }
+        b"p" if ca.is_empty() && os.is_empty() && body.is_empty() && !lu.is_empty() => {
+            Some(Stored::InProgress {
+                fp,
+                lease_end: number(lu)?,
+            })
+        }
+        b"r" if ca.is_empty() && os.is_empty() && body.is_empty() && lu.is_empty() => {
+            Some(Stored::Released)
+        }
+        _ => None,
+    }
+}
+
 /// An answer of the wrong shape: the server is not speaking our protocol, so transient.
 pub(crate) fn bad(op: &'static str, detail: String) -> StoreError {
     StoreError::unavailable(op, format!("unexpected reply from Redis: {detail}"))
@@ -198,6 +261,57 @@ mod tests {
         assert!(Reply::new("get", "k", v)
             .and_then(|r| r.record(&key))
             .is_err());
+    }
+
+    #[test]
+    fn stored_values_parse_as_the_scripts_parse_them() {
+        let fp = Fingerprint::of_bytes(b"a").to_hex();
+        let v = |s: &str| s.replace("FP", &fp).into_bytes();
+        let done = v("2|c|17|2||1700000000000|failed|FP|x|2|c|");
+        assert_eq!(
+            stored(&done),
+            Some(Stored::Completed {
+                fp: &fp,
+                outcome: Outcome::failed("x|2|c|")
+            })
+        );
+        let empty = v("2|c|1|1||5|succeeded|FP|");
+        assert_eq!(
+            stored(&empty),
+            Some(Stored::Completed {
+                fp: &fp,
+                outcome: Outcome::succeeded("")
+            })
+        );
+        let p = v("2|p|1|3|1700000000000|||FP|");
+        assert_eq!(
+            stored(&p),
+            Some(Stored::InProgress {
+                fp: &fp,
+                lease_end: 1_700_000_000_000
+            })
+        );
+        assert_eq!(stored(&v("2|r|1|1||||FP|")), Some(Stored::Released));
+        for bad in [
+            "2|c|1|1||5|succeeded|FP",            // no separator after fp
+            "2|c|1|1|9|5|succeeded|FP|",          // lease end set
+            "2|c||1||5|succeeded|FP|",            // empty token
+            "2|c|1|x||5|succeeded|FP|",           // bad attempt
+            "2|c|1|1|||succeeded|FP|",            // no completed-at
+            "2|c|1|1||5|done|FP|",                // bad status
+            "3|c|1|1||5|succeeded|FP|",           // another version
+            "2|c|1|1||5|succeeded|FPFP|",         // longer fingerprint
+            "2|p|1|1||||FP|",                     // no lease end
+            "2|p|1|1|5||failed|FP|",              // status in progress
+            "2|p|1|1|5|||FP|x",                   // body in progress
+            "2|r|1|1|5|||FP|",                    // lease end released
+            "2|x|1|1|5|||FP|",                    // unknown state
+            "2|p|1|1|99999999999999999999|||FP|", // lease end out of range
+        ] {
+            assert_eq!(stored(&v(bad)), None, "{bad}");
+        }
+        let upper = format!("2|c|1|1||5|succeeded|{}|", fp.to_uppercase());
+        assert_eq!(stored(upper.as_bytes()), None, "upper-case fingerprint");
     }
 
     #[test]

@@ -28,9 +28,14 @@
 //! Calls per operation (issue 16): a claim of a new key is one `SET key <record> NX GET PX ttl`
 //! (Redis ≥ 7.0) plus the run's shared `TIME`; a replay reads the record with that same call (it
 //! writes nothing when the key exists) or, when the previous key of its batch existed, with a
-//! `GET`; a complete is `GET` + `SET … PX` (+ the shared `TIME`). Where `SET … NX GET` is refused
+//! `GET`; a complete is `GET` + `SET … PX` (+ the shared `TIME` in a batch; a single-key complete
+//! gets its completed-at time from the store's clock estimate when it has one). Where `SET … NX GET` is refused
 //! (Redis 6 has no `NX GET`; a server out of memory refuses every write) the claim reads with `GET`
-//! and writes with `SET … PX` for the rest of the run, so replays are still answered.
+//! and writes with `SET … PX` for the rest of the run, so replays are still answered. A single-key
+//! claim after one that acquired usually runs no script at all: the store sends that same
+//! `SET … NX GET PX` itself, with a token and lease end from its estimate of the server clock
+//! (the plain claim, see `mod.rs`), and calls `CLAIM` only for what that cannot answer; `CLAIM`'s
+//! optional fifth argument then confirms a plain claim whose reply came too late for its token.
 //!
 //! The hot paths avoid Lua work too: a replay (a completed record with the caller's fingerprint)
 //! and the owner's complete (an in-progress record with the caller's token) are recognised with
@@ -49,7 +54,10 @@
 //! This holds as long as the server clock does not step back by more than a record's lifetime
 //! (at least its lease); more than one claim of the same key per millisecond only moves its token
 //! ahead of the clock by one per claim. Records written with the old counter tokens (1, 2, …)
-//! read unchanged; their next claim jumps to the clock.
+//! read unchanged; their next claim jumps to the clock. A plain claim's token (written by the
+//! store, see `mod.rs`) is at least the server clock when its `SET` ran, and at most a few ms
+//! ahead of it, so the same holds across both kinds of claims: a record that vanished was written
+//! before (expired: at least its lease before, and plain claims need leases of 100 ms or more).
 //!
 //! Every script validates the record before acting on it (hot-path checks or `parse`), and answers
 //! `corrupt, detail` instead of acting on a record it cannot read: a key of another type, a value that does not parse, another
@@ -238,23 +246,44 @@ local function claim_one(key, fp, lease, ttl)
   return 'acquired', tok, att
 end
 "#;
-/// KEYS[1] record; ARGV fingerprint, lease ms, record TTL ms, and `found` when the store's
-/// previous claim found its key (a run of one key has no previous key of its own to go by).
-const CLAIM: &str =
-    "expect_new = ARGV[4] ~= 'found'\nreturn {claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])}";
+/// KEYS[1] record; ARGV fingerprint, lease ms, record TTL ms, `found` when the store's previous
+/// claim found its key (a run of one key has no previous key of its own to go by), and optionally
+/// the value a plain `SET … NX` of this caller just wrote (see the plain claim in `mod.rs`).
+///
+/// That value's token came from the client's estimate of this server's clock, and its reply took
+/// too long for the estimate to be trusted: if the record is still exactly that value, its token
+/// and lease end are reissued from `TIME` (`max(token + 1, now)`, as a takeover would) and the
+/// claim is `acquired`, attempt 1; otherwise (taken over, completed, gone) the claim is answered
+/// as any other from the record as it is now.
+const CLAIM: &str = r#"
+expect_new = ARGV[4] ~= 'found'
+if ARGV[5] then
+  local s = redis.pcall('GET', KEYS[1])
+  if s == ARGV[5] then
+    local tok = tonumber(string.match(s, '^@VERSION@|p|(%d+)|')) + 1
+    if tok <= now_ms() then tok = clock_text end
+    redis.call('SET', KEYS[1], encode('p', tok, '1', lease_end(ARGV[2]), '', '', ARGV[1], ''),
+      'PX', ARGV[3])
+    return {'acquired', tok, '1'}
+  end
+  expect_new = false
+end
+return {claim_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])}
+"#;
 
 /// Arguments per key of the claim scripts.
 pub(crate) const CLAIM_ARGS: usize = 3;
 /// Reply items per key of the batched claim script (`claim_one`'s values, padded with `''`).
 pub(crate) const CLAIM_REPLY: usize = 3;
 
-/// `complete_one(key, token, outcome status, outcome body, retention ms)`: `GET`, and for the
-/// owner `TIME` (shared) + one `SET … PX retention`; answers `held` / `lost` / `corrupt, why`.
+/// `complete_one(key, token, outcome status, outcome body, retention ms[, completed-at ms])`:
+/// `GET`, and for the owner `TIME` (shared; not when the caller passed the completed-at time) +
+/// one `SET … PX retention`; answers `held` / `lost` / `corrupt, why`.
 /// The token is compared as text: both sides write it in canonical decimal. The owner's own
 /// in-progress record is recognised by plain comparisons and one short pattern; anything else
 /// takes the general path through `parse`.
 const COMPLETE_FN: &str = r#"
-local function complete_one(key, tok, os, ob, retention)
+local function complete_one(key, tok, os, ob, retention, ca)
   local s = redis.pcall('GET', key)
   -- `@VERSION@|p|<tok>|<att>|<lu>|||<fp>|` with the caller's token; the fingerprint is copied
   -- into the completed record, so it is checked (64 lower-case hex digits) as `parse` would.
@@ -266,8 +295,8 @@ local function complete_one(key, tok, os, ob, retention)
       if e and #s == e + 65 then
         local _, f = string.find(s, '^[0-9a-f]+|', e + 1)
         if f == e + 65 then
-          now_ms()
-          redis.call('SET', key, '@VERSION@|c|' .. tok .. '|' .. att .. '||' .. clock_text .. '|' ..
+          if not ca then now_ms() ca = clock_text end
+          redis.call('SET', key, '@VERSION@|c|' .. tok .. '|' .. att .. '||' .. ca .. '|' ..
             os .. string.sub(s, e) .. ob, 'PX', retention)
           return 'held'
         end
@@ -278,15 +307,17 @@ local function complete_one(key, tok, os, ob, retention)
   if rec == false then return 'corrupt', why end
   if rec == nil or rec.tok ~= tok or rec.st == 'r' then return 'lost' end
   if rec.st == 'c' then return 'held' end
-  now_ms()
-  redis.call('SET', key, encode('c', rec.tok, rec.att, '', clock_text, os, rec.fp, ob),
-             'PX', retention)
+  if not ca then now_ms() ca = clock_text end
+  redis.call('SET', key, encode('c', rec.tok, rec.att, '', ca, os, rec.fp, ob), 'PX', retention)
   return 'held'
 end
 "#;
 
-/// KEYS[1] record; ARGV token, outcome status, outcome body, retention ms.
-const COMPLETE: &str = "return {complete_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}";
+/// KEYS[1] record; ARGV token, outcome status, outcome body, retention ms, and optionally the
+/// completed-at time (server clock ms, from the store's estimate of it: a `redis.call('TIME')`
+/// costs the script about a seventh of its server time; the value is only reported).
+const COMPLETE: &str =
+    "return {complete_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])}";
 
 /// Arguments per key of the complete scripts.
 pub(crate) const COMPLETE_ARGS: usize = 4;
