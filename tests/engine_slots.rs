@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use idemq::store::{Claim, ClaimRequest, MemoryStore, RecordKey, Store};
 use idemq::{
     CancellationToken, Disposition, Engine, EngineConfig, Fingerprint, HandlerContext,
-    HandlerError, HandlerSlots, IdempotencyKey, Message, Processor, Source,
+    HandlerError, HandlerSlots, IdempotencyKey, Message, Processor, RetryCause, Source,
 };
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -177,6 +177,49 @@ async fn a_message_waiting_for_a_slot_keeps_its_lease() {
         let d = task.await.expect("no panic");
         assert!(matches!(d, Disposition::Processed { .. }), "{d:?}");
     }
+}
+
+/// A message whose lease cannot be renewed while it waits for a slot (here: its record was
+/// forgotten, so the renewal finds no claim of its own) does not run its handler: it is a retry
+/// with `RetryCause::LeaseLost`.
+#[tokio::test(start_paused = true)]
+async fn a_lease_lost_while_waiting_for_a_slot_is_a_retry_without_running() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let gate = Arc::new(Semaphore::new(0));
+    let (engine, mut started) = gated_engine(store.clone(), gate.clone());
+    let slots = HandlerSlots::new(1);
+    let stop = CancellationToken::new();
+    let spawn = |key: &'static str| {
+        let (engine, slots, stop) = (engine.clone(), slots.clone(), stop.clone());
+        tokio::spawn(async move { engine.process_with_slots(msg(key), &stop, &slots).await })
+    };
+    let first = spawn("a");
+    assert_eq!(next_start(&mut started).await, "a");
+    let second = spawn("b");
+    let key = record_key("b");
+    while store.get(&key).await.expect("get").is_none() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(store.forget(&key).await.expect("forget"));
+    // The next renewal (every lease / 3 = 1 s) finds the claim gone.
+    let d = tokio::time::timeout(PATIENCE, second)
+        .await
+        .expect("b stops waiting")
+        .expect("no panic");
+    assert!(
+        matches!(
+            d,
+            Disposition::Retry {
+                cause: RetryCause::LeaseLost,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    assert!(started.try_recv().is_err(), "b's handler never ran");
+    gate.add_permits(1);
+    let d = first.await.expect("no panic");
+    assert!(matches!(d, Disposition::Processed { .. }), "{d:?}");
 }
 
 /// Shutdown while a message waits for a slot: it is abandoned without running, and its claim is

@@ -96,7 +96,7 @@ pub(crate) use self::core::{EngineCore, Identity};
 )]
 pub(crate) use process::{
     call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out, panic_text,
-    permanent_failure, record_recreated, retry_delay, serialize, unkeyed_retry, Failure,
+    permanent_failure, record_recreated, retry_delay, serialize, unkeyed_retry, Failure, Run,
 };
 #[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use telemetry::{record_decision, timed};

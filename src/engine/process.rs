@@ -27,12 +27,26 @@ use tracing::{debug, error, info, warn, Instrument, Span};
 /// ends.
 const RELEASE_TRIES: u32 = 3;
 
-/// What running the handler produced.
-enum Run<T> {
+/// What running the handler produced (the engine's and the transactional engine's runs).
+pub(crate) enum Run<T> {
     /// The handler returned, panicked or timed out (the last two as retriable errors).
     Finished(Result<T, HandlerError>),
     /// Shutdown grace ran out; the handler future was dropped.
     Interrupted,
+}
+
+impl<T> Run<T> {
+    /// Records the run in `idemq_handler_duration_seconds` (its `result` label) and returns it.
+    pub(crate) fn recorded(self, scope: &Arc<str>, started: Instant) -> Self {
+        let result = match &self {
+            Run::Finished(Ok(_)) => "ok",
+            Run::Finished(Err(e)) if e.is_retriable() => "retriable",
+            Run::Finished(Err(_)) => "permanent",
+            Run::Interrupted => "interrupted",
+        };
+        crate::metrics::handler_ran(scope, result, started.elapsed());
+        self
+    }
 }
 
 /// A claimed message: where it is claimed and under which token.
@@ -278,15 +292,9 @@ impl<H: Handler> Inner<H> {
         shutdown: &CancellationToken,
     ) -> Run<H::Output> {
         let started = Instant::now();
-        let run = self.run_handler_untimed(ctx, renew, shutdown).await;
-        let result = match &run {
-            Run::Finished(Ok(_)) => "ok",
-            Run::Finished(Err(e)) if e.is_retriable() => "retriable",
-            Run::Finished(Err(_)) => "permanent",
-            Run::Interrupted => "interrupted",
-        };
-        crate::metrics::handler_ran(&self.scope, result, started.elapsed());
-        run
+        self.run_handler_untimed(ctx, renew, shutdown)
+            .await
+            .recorded(&self.scope, started)
     }
 
     /// Runs the handler while renewing the lease of `renew` (if any), honouring the handler

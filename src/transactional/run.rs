@@ -5,9 +5,9 @@ use super::{Inner, TransactionalHandler};
 use crate::engine::{
     call_handler, deadline_after, deadline_from, handler_panicked, handler_timed_out,
     permanent_failure, record_decision, record_recreated, retry_delay, serialize, timed,
-    unkeyed_retry, DeadLetterReason, Disposition, Failure, Identity, RetryCause,
+    unkeyed_retry, DeadLetterReason, Disposition, Failure, Identity, RetryCause, Run,
 };
-use crate::handler::{HandlerContext, HandlerError};
+use crate::handler::HandlerContext;
 use crate::message::Message;
 use crate::outcome::Outcome;
 use crate::store::postgres::{claim_params, interpret_claim, row, Transaction};
@@ -35,11 +35,6 @@ const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idemq_handler";
 const RACE_RETRIES: u32 = 8;
 /// Immediate retries of `BEGIN` on another pooled connection.
 const STALE_CONNECTION_RETRIES: u32 = 2;
-
-enum Run<T> {
-    Finished(Result<T, HandlerError>),
-    Interrupted,
-}
 
 /// How a failed run is recorded in its transaction.
 enum Settle {
@@ -398,15 +393,9 @@ impl<H: TransactionalHandler> Inner<H> {
         shutdown: &CancellationToken,
     ) -> Run<H::Output> {
         let started = Instant::now();
-        let run = self.run_handler_untimed(ctx, tx, pid, shutdown).await;
-        let result = match &run {
-            Run::Finished(Ok(_)) => "ok",
-            Run::Finished(Err(e)) if e.is_retriable() => "retriable",
-            Run::Finished(Err(_)) => "permanent",
-            Run::Interrupted => "interrupted",
-        };
-        crate::metrics::handler_ran(&self.scope, result, started.elapsed());
-        run
+        self.run_handler_untimed(ctx, tx, pid, shutdown)
+            .await
+            .recorded(&self.scope, started)
     }
 
     /// Runs the handler with the transaction, honouring the handler timeout and the shutdown
