@@ -192,7 +192,7 @@ async fn amqp_orders_serves_metrics_that_count_what_happened_and_probes() {
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_orders_serves_metrics_that_count_what_happened_and_probes() {
-    use support::kafka::{produce, read_all, Broker, Rec};
+    use support::kafka::{example_orders, produce, read_all, Broker};
     use support::services::{example_binary, unique};
 
     let Some(bin) = example_binary("kafka_orders") else {
@@ -204,19 +204,7 @@ async fn kafka_orders_serves_metrics_that_count_what_happened_and_probes() {
     let dlq = format!("{topic}.dlq");
     broker.create_topic(&topic, 1).await;
     broker.create_topic(&dlq, 1).await;
-    let keyless = Rec {
-        partition: None,
-        kafka_key: None,
-        headers: vec![],
-        payload: br#"{"amount":9}"#.to_vec(),
-    };
-    let recs = [
-        Rec::keyed("order-1", r#"{"amount":1}"#),
-        Rec::keyed("order-2", r#"{"amount":2}"#),
-        Rec::keyed("order-1", r#"{"amount":1}"#),
-        keyless,
-        Rec::keyed("order-3", r#"{"amount":3}"#),
-    ];
+    let recs = example_orders();
     produce(&broker.bootstrap(), &topic, &recs).await;
 
     let mut cmd = Command::new(bin);

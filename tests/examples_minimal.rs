@@ -42,7 +42,7 @@ async fn wait_until(what: &str, within: Duration, mut cond: impl AsyncFnMut() ->
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minimal_kafka_handles_each_key_once_and_stops_on_sigterm() {
-    use support::kafka::{committed, produce, read_all, Broker, Rec};
+    use support::kafka::{committed, example_orders, produce, read_all, Broker};
     use support::services::{example_binary, unique};
 
     let Some(bin) = example_binary("minimal_kafka") else {
@@ -54,19 +54,7 @@ async fn minimal_kafka_handles_each_key_once_and_stops_on_sigterm() {
     let dlq = format!("{topic}.dlq");
     broker.create_topic(&topic, 1).await;
     broker.create_topic(&dlq, 1).await;
-    let keyless = Rec {
-        partition: None,
-        kafka_key: None,
-        headers: vec![],
-        payload: br#"{"amount":9}"#.to_vec(),
-    };
-    let recs = [
-        Rec::keyed("order-1", r#"{"amount":1}"#),
-        Rec::keyed("order-2", r#"{"amount":2}"#),
-        Rec::keyed("order-1", r#"{"amount":1}"#), // a producer retry
-        keyless,
-        Rec::keyed("order-3", r#"{"amount":3}"#),
-    ];
+    let recs = example_orders();
     produce(&broker.bootstrap(), &topic, &recs).await;
 
     let mut cmd = Command::new(bin);

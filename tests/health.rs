@@ -45,6 +45,29 @@ async fn stays_live_while_idle(health: &HealthHandle) {
 
 /// While the store is down the report says so: store unreachable with the error, intake paused
 /// for it, live but not ready.
+/// Takes the store down, publishes one message (`publish`), and follows the report through the
+/// outage: not ready, still live, the store unreachable for a growing time; then the store comes
+/// back and the consumer is ready again.
+async fn outage_is_reported(
+    health: &HealthHandle,
+    store: &FaultyStore,
+    publish: impl std::future::Future<Output = ()>,
+) {
+    store.set_down(true);
+    publish.await;
+    until(health, "not ready", Duration::from_secs(30), |r| !r.ready).await;
+    assert_store_outage(&health.report());
+    // The outage goes on: still live, still not ready, and the time down grows.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = health.report();
+    assert_store_outage(&r);
+    assert!(r.store.unreachable_ms >= 300, "{r:?}");
+    println!("{}", serde_json::to_string(&r).unwrap());
+
+    store.set_down(false);
+    until(health, "ready again", Duration::from_secs(30), |r| r.ready).await;
+}
+
 fn assert_store_outage(r: &idemq::health::HealthReport) {
     assert_eq!(r.state, RunState::Running);
     assert!(r.live && !r.ready, "{r:?}");
@@ -89,19 +112,8 @@ async fn kafka_consumer_is_ready_when_assigned_not_ready_while_the_store_is_down
 
     stays_live_while_idle(&health).await;
 
-    store.set_down(true);
-    produce(&broker.bootstrap(), &topic, &[Rec::keyed("k1", "{}")]).await;
-    until(&health, "not ready", Duration::from_secs(30), |r| !r.ready).await;
-    assert_store_outage(&health.report());
-    // The outage goes on: still live, still not ready, and the time down grows.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = health.report();
-    assert_store_outage(&r);
-    assert!(r.store.unreachable_ms >= 300, "{r:?}");
-    println!("{}", serde_json::to_string(&r).unwrap());
-
-    store.set_down(false);
-    until(&health, "ready again", Duration::from_secs(30), |r| r.ready).await;
+    let (bootstrap, k1) = (broker.bootstrap(), [Rec::keyed("k1", "{}")]);
+    outage_is_reported(&health, &store, produce(&bootstrap, &topic, &k1)).await;
     support::kafka::wait_for("k1 handled", Duration::from_secs(30), || runs.total() == 1).await;
     let r = health.report();
     assert!(r.store.reachable && r.store.unreachable_ms == 0, "{r:?}");
@@ -144,18 +156,7 @@ async fn amqp_consumer_is_ready_with_an_open_channel_not_ready_while_the_store_i
 
     stays_live_while_idle(&health).await;
 
-    store.set_down(true);
-    rabbit.publish(&queue, Some("k1"), b"{}").await;
-    until(&health, "not ready", Duration::from_secs(30), |r| !r.ready).await;
-    assert_store_outage(&health.report());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = health.report();
-    assert_store_outage(&r);
-    assert!(r.store.unreachable_ms >= 300, "{r:?}");
-    println!("{}", serde_json::to_string(&r).unwrap());
-
-    store.set_down(false);
-    until(&health, "ready again", Duration::from_secs(30), |r| r.ready).await;
+    outage_is_reported(&health, &store, rabbit.publish(&queue, Some("k1"), b"{}")).await;
     eventually(Duration::from_secs(30), "k1 handled", || {
         rec.total_successes() == 1
     })

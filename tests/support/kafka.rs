@@ -196,6 +196,24 @@ impl Rec {
     }
 }
 
+/// The orders the example-process tests publish: keys `order-1..3` with `{"amount":N}`, a
+/// producer retry of `order-1`, and one record without a key (it must be dead-lettered).
+pub fn example_orders() -> Vec<Rec> {
+    let keyless = Rec {
+        partition: None,
+        kafka_key: None,
+        headers: vec![],
+        payload: br#"{"amount":9}"#.to_vec(),
+    };
+    vec![
+        Rec::keyed("order-1", r#"{"amount":1}"#),
+        Rec::keyed("order-2", r#"{"amount":2}"#),
+        Rec::keyed("order-1", r#"{"amount":1}"#), // a producer retry
+        keyless,
+        Rec::keyed("order-3", r#"{"amount":3}"#),
+    ]
+}
+
 /// Produces records and waits for every delivery.
 pub async fn produce(bootstrap: &str, topic: &str, recs: &[Rec]) {
     let mut config = ClientConfig::new();
