@@ -19,7 +19,10 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-/// Expired entries are swept once every this many writes, so memory stays bounded without a timer.
+/// Expired entries are swept after this many writes, or after as many writes as the map kept at
+/// the last sweep if that is more: memory stays bounded (at most about twice the entries alive at
+/// the last sweep, plus this many) without a timer, and a sweep's scan costs each write O(1)
+/// however large the map grows (a fixed period made every write pay `len / period` entries).
 const SWEEP_EVERY: u64 = 4096;
 
 #[derive(Clone, Debug)]
@@ -49,7 +52,10 @@ struct Entry {
 #[derive(Debug)]
 pub struct MemoryStore {
     records: Mutex<HashMap<RecordKey, Entry>>,
+    /// Writes since the last sweep, and how many the next sweep waits for (both changed only
+    /// under the `records` lock).
     writes: AtomicU64,
+    sweep_after: AtomicU64,
     /// The last token handed out (by any key); only advanced under the `records` lock.
     last_token: AtomicU64,
     max_outcome_bytes: usize,
@@ -67,6 +73,7 @@ impl MemoryStore {
         Self {
             records: Mutex::new(HashMap::new()),
             writes: AtomicU64::new(0),
+            sweep_after: AtomicU64::new(SWEEP_EVERY),
             last_token: AtomicU64::new(0),
             max_outcome_bytes: DEFAULT_MAX_OUTCOME_BYTES,
         }
@@ -96,8 +103,12 @@ impl MemoryStore {
     }
 
     fn maybe_sweep(&self, map: &mut HashMap<RecordKey, Entry>, now: Instant) {
-        if self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+        let since = self.writes.fetch_add(1, Ordering::Relaxed) + 1;
+        if since >= self.sweep_after.load(Ordering::Relaxed) {
             map.retain(|_, e| e.expires_at > now);
+            self.writes.store(0, Ordering::Relaxed);
+            self.sweep_after
+                .store(SWEEP_EVERY.max(map.len() as u64), Ordering::Relaxed);
         }
     }
 }
@@ -331,6 +342,63 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
     use crate::key::IdempotencyKey;
+
+    fn claim_request<'a>(
+        k: &'a RecordKey,
+        fp: &'a Fingerprint,
+        life: Duration,
+    ) -> ClaimRequest<'a> {
+        ClaimRequest::new(k, fp, life, life)
+    }
+
+    /// Expired records leave the map within about one map's worth of writes, however large it is;
+    /// live ones stay.
+    #[tokio::test(start_paused = true)]
+    async fn expired_records_are_swept_and_live_ones_kept() {
+        let store = MemoryStore::new();
+        let fp = Fingerprint::of_bytes(b"p");
+        let key = |set: &str, i: usize| {
+            RecordKey::new("s", IdempotencyKey::new(format!("{set}{i}")).unwrap())
+        };
+        let n = 3 * SWEEP_EVERY as usize;
+        for i in 0..n {
+            let k = key("short", i);
+            store
+                .claim(&claim_request(&k, &fp, Duration::from_secs(1)))
+                .await
+                .unwrap();
+        }
+        for i in 0..n {
+            let k = key("long", i);
+            store
+                .claim(&claim_request(&k, &fp, Duration::from_secs(3600)))
+                .await
+                .unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(store.len(), n, "only the long-lived records are alive");
+        // The last sweep kept at most 2n entries, so the next one comes within 2n writes.
+        for i in 0..2 * n {
+            let k = key("new", i);
+            store
+                .claim(&claim_request(&k, &fp, Duration::from_secs(3600)))
+                .await
+                .unwrap();
+        }
+        let held = store.lock().len();
+        assert!(
+            held <= 3 * n,
+            "{held} entries held: the expired ones were not swept"
+        );
+        assert_eq!(store.len(), 3 * n);
+        for i in [0, n - 1] {
+            let k = key("long", i);
+            assert!(
+                store.get(&k).await.unwrap().is_some(),
+                "live record {i} swept"
+            );
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn counts_agree_with_the_records() {
