@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::faulty::FaultyStore;
+use support::peak::Peak;
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
 
 const SCOPE: &str = "orders";
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -67,6 +69,57 @@ async fn next_start(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("channel open")
 }
 
+/// Processes the message with key `key` on a task of its own, with `slots`, until `stop`.
+fn start(
+    processor: &Arc<dyn Processor>,
+    slots: &HandlerSlots,
+    stop: &CancellationToken,
+    key: &str,
+) -> JoinHandle<Disposition> {
+    let (p, slots, stop, m) = (processor.clone(), slots.clone(), stop.clone(), msg(key));
+    tokio::spawn(async move { p.process_with_slots(m, &stop, &slots).await })
+}
+
+/// Waits until the record of `key` exists (its message claimed it).
+async fn until_claimed(store: &Arc<dyn Store>, key: &RecordKey) {
+    tokio::time::timeout(PATIENCE, async {
+        while store.get(key).await.expect("get").is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the key was claimed in time")
+}
+
+/// One handler slot: `a`'s handler runs (held at `gate`), `b` has claimed its key and waits
+/// for the slot. `b` stops waiting when `stop_b` is cancelled.
+struct BehindOne {
+    store: Arc<dyn Store>,
+    gate: Arc<Semaphore>,
+    started: mpsc::UnboundedReceiver<String>,
+    first: JoinHandle<Disposition>,
+    second: JoinHandle<Disposition>,
+}
+
+async fn b_waits_behind_a(stop_b: &CancellationToken) -> BehindOne {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let gate = Arc::new(Semaphore::new(0));
+    let (engine, mut started) = gated_engine(store.clone(), gate.clone());
+    let engine: Arc<dyn Processor> = Arc::new(engine);
+    let slots = HandlerSlots::new(1);
+    let first = start(&engine, &slots, &CancellationToken::new(), "a");
+    assert_eq!(next_start(&mut started).await, "a");
+    let second = start(&engine, &slots, stop_b, "b");
+    until_claimed(&store, &record_key("b")).await;
+    BehindOne {
+        store,
+        gate,
+        started,
+        first,
+        second,
+    }
+}
+
 /// With one slot, a second message's handler runs while the first message's outcome is still
 /// being stored: the slot covers the handler only.
 #[tokio::test]
@@ -75,18 +128,13 @@ async fn the_slot_is_free_while_the_outcome_is_stored() {
     store.complete_gate.forget_permits(Semaphore::MAX_PERMITS);
     let open = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
     let (engine, mut started) = gated_engine(store.clone(), open);
+    let engine: Arc<dyn Processor> = Arc::new(engine);
     let slots = HandlerSlots::new(1);
     let stop = CancellationToken::new();
 
-    let first = tokio::spawn({
-        let (engine, slots, stop) = (engine.clone(), slots.clone(), stop.clone());
-        async move { engine.process_with_slots(msg("a"), &stop, &slots).await }
-    });
+    let first = start(&engine, &slots, &stop, "a");
     assert_eq!(next_start(&mut started).await, "a");
-    let second = tokio::spawn({
-        let (engine, slots, stop) = (engine.clone(), slots.clone(), stop.clone());
-        async move { engine.process_with_slots(msg("b"), &stop, &slots).await }
-    });
+    let second = start(&engine, &slots, &stop, "b");
     // `a` is blocked in `complete`; `b` must get the only slot anyway.
     assert_eq!(next_start(&mut started).await, "b");
     assert_eq!(
@@ -107,39 +155,31 @@ async fn the_slot_is_free_while_the_outcome_is_stored() {
 #[tokio::test]
 async fn no_more_handlers_than_slots_run_at_once() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let (running, peak) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let peak = Peak::default();
     let engine = Engine::new(store, config(), {
-        let (running, peak) = (running.clone(), peak.clone());
+        let peak = peak.clone();
         move |_ctx: HandlerContext| {
-            let (running, peak) = (running.clone(), peak.clone());
+            let peak = peak.clone();
             async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
+                let _running = peak.enter();
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
                 Ok::<_, HandlerError>(())
             }
         }
     })
     .expect("engine");
+    let engine: Arc<dyn Processor> = Arc::new(engine);
     let all = HandlerSlots::new(3);
     let slots = HandlerSlots::new(8).within(&all);
     let stop = CancellationToken::new();
     let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let (engine, slots, stop) = (engine.clone(), slots.clone(), stop.clone());
-            tokio::spawn(async move {
-                engine
-                    .process_with_slots(msg(&format!("k{i}")), &stop, &slots)
-                    .await
-            })
-        })
+        .map(|i| start(&engine, &slots, &stop, &format!("k{i}")))
         .collect();
     for t in tasks {
         let d = t.await.expect("no panic");
         assert!(matches!(d, Disposition::Processed { .. }), "{d:?}");
     }
-    let peak = peak.load(Ordering::SeqCst);
+    let peak = peak.most();
     assert!(
         (1..=3).contains(&peak),
         "the wider limit (3) bounds handlers: {peak}"
@@ -150,18 +190,13 @@ async fn no_more_handlers_than_slots_run_at_once() {
 /// the lease is renewed while it waits, so another consumer cannot take the key over.
 #[tokio::test(start_paused = true)]
 async fn a_message_waiting_for_a_slot_keeps_its_lease() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let gate = Arc::new(Semaphore::new(0));
-    let (engine, mut started) = gated_engine(store.clone(), gate.clone());
-    let slots = HandlerSlots::new(1);
-    let stop = CancellationToken::new();
-    let spawn = |key: &'static str| {
-        let (engine, slots, stop) = (engine.clone(), slots.clone(), stop.clone());
-        tokio::spawn(async move { engine.process_with_slots(msg(key), &stop, &slots).await })
-    };
-    let first = spawn("a");
-    assert_eq!(next_start(&mut started).await, "a");
-    let second = spawn("b");
+    let BehindOne {
+        store,
+        gate,
+        mut started,
+        first,
+        second,
+    } = b_waits_behind_a(&CancellationToken::new()).await;
     // Three leases long: without renewal the claim of `b` would have expired twice over.
     tokio::time::sleep(Duration::from_secs(9)).await;
     let (key, fp) = (record_key("b"), Fingerprint::of(&msg("b"), &[]));
@@ -184,22 +219,14 @@ async fn a_message_waiting_for_a_slot_keeps_its_lease() {
 /// with `RetryCause::LeaseLost`.
 #[tokio::test(start_paused = true)]
 async fn a_lease_lost_while_waiting_for_a_slot_is_a_retry_without_running() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let gate = Arc::new(Semaphore::new(0));
-    let (engine, mut started) = gated_engine(store.clone(), gate.clone());
-    let slots = HandlerSlots::new(1);
-    let stop = CancellationToken::new();
-    let spawn = |key: &'static str| {
-        let (engine, slots, stop) = (engine.clone(), slots.clone(), stop.clone());
-        tokio::spawn(async move { engine.process_with_slots(msg(key), &stop, &slots).await })
-    };
-    let first = spawn("a");
-    assert_eq!(next_start(&mut started).await, "a");
-    let second = spawn("b");
+    let BehindOne {
+        store,
+        gate,
+        mut started,
+        first,
+        second,
+    } = b_waits_behind_a(&CancellationToken::new()).await;
     let key = record_key("b");
-    while store.get(&key).await.expect("get").is_none() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     assert!(store.forget(&key).await.expect("forget"));
     // The next renewal (every lease / 3 = 1 s) finds the claim gone.
     let d = tokio::time::timeout(PATIENCE, second)
@@ -226,29 +253,15 @@ async fn a_lease_lost_while_waiting_for_a_slot_is_a_retry_without_running() {
 /// released so the redelivered copy is claimed at once.
 #[tokio::test]
 async fn shutdown_while_waiting_for_a_slot_releases_the_claim() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let gate = Arc::new(Semaphore::new(0));
-    let (engine, mut started) = gated_engine(store.clone(), gate.clone());
-    let slots = HandlerSlots::new(1);
-    let (keep_going, stop_b) = (CancellationToken::new(), CancellationToken::new());
-    let first = tokio::spawn({
-        let (engine, slots, stop) = (engine.clone(), slots.clone(), keep_going.clone());
-        async move { engine.process_with_slots(msg("a"), &stop, &slots).await }
-    });
-    assert_eq!(next_start(&mut started).await, "a");
-    let second = tokio::spawn({
-        let (engine, slots, stop) = (engine.clone(), slots.clone(), stop_b.clone());
-        async move { engine.process_with_slots(msg("b"), &stop, &slots).await }
-    });
-    // Let `b` claim its key and start waiting.
+    let stop_b = CancellationToken::new();
+    let BehindOne {
+        store,
+        gate,
+        mut started,
+        first,
+        second,
+    } = b_waits_behind_a(&stop_b).await;
     let key = record_key("b");
-    tokio::time::timeout(PATIENCE, async {
-        while store.get(&key).await.expect("get").is_none() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("b claimed its key");
     stop_b.cancel();
     let d = tokio::time::timeout(PATIENCE, second)
         .await
@@ -290,13 +303,11 @@ async fn the_default_holds_a_slot_for_the_whole_processing() {
         entered: AtomicU32::new(0),
         gate: Semaphore::new(0),
     });
+    let processor: Arc<dyn Processor> = p.clone();
     let slots = HandlerSlots::new(1);
     let stop = CancellationToken::new();
-    let spawn = || {
-        let (p, slots, stop) = (p.clone(), slots.clone(), stop.clone());
-        tokio::spawn(async move { p.process_with_slots(msg("x"), &stop, &slots).await })
-    };
-    let (first, second) = (spawn(), spawn());
+    let first = start(&processor, &slots, &stop, "x");
+    let second = start(&processor, &slots, &stop, "x");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         p.entered.load(Ordering::SeqCst),

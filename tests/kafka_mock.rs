@@ -6,10 +6,10 @@ mod support;
 use idemq::store::MemoryStore;
 use idemq::Store;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::kafka::*;
+use support::peak::Peak;
 use support::services::unique;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -467,8 +467,8 @@ async fn partition_concurrency_above_one_commits_everything_and_runs_each_key_on
     produce(&broker.bootstrap(), &topic, &recs).await;
     let runs = Runs::default();
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (running, peak) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let (r2, o2, running2, peak2) = (runs.clone(), order.clone(), running.clone(), peak.clone());
+    let peak = Peak::default();
+    let (r2, o2, peak2) = (runs.clone(), order.clone(), peak.clone());
     let mut b = idemq::kafka::KafkaConsumerBuilder::new()
         .bootstrap_servers(broker.bootstrap())
         .group_id(&group)
@@ -480,15 +480,14 @@ async fn partition_concurrency_above_one_commits_everything_and_runs_each_key_on
         .commit_interval(Duration::from_millis(50))
         .handler(move |ctx: idemq::HandlerContext| {
             let (runs, order) = (r2.clone(), o2.clone());
-            let (running, peak) = (running2.clone(), peak2.clone());
+            let peak = peak2.clone();
             async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
+                let running = peak.enter();
                 let key = ctx.key.map(|k| k.to_string()).unwrap_or_default();
                 let n: u64 = key[1..].parse().unwrap_or(0);
                 // Earlier records sleep longer, so they finish after later ones.
                 tokio::time::sleep(Duration::from_millis(40 - n % 8 * 5)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
+                drop(running);
                 runs.record(&key);
                 order.lock().unwrap().push(n);
                 Ok::<_, idemq::HandlerError>(())
@@ -516,7 +515,7 @@ async fn partition_concurrency_above_one_commits_everything_and_runs_each_key_on
         "records really finished out of order: {order:?}"
     );
     // Up to 24 records of the partition are in process, but only 8 handlers run at once.
-    let peak = peak.load(Ordering::SeqCst);
+    let peak = peak.most();
     assert!((2..=8).contains(&peak), "handlers at once: {peak}");
 }
 

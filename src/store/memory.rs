@@ -343,12 +343,18 @@ mod tests {
     use super::*;
     use crate::key::IdempotencyKey;
 
-    fn claim_request<'a>(
-        k: &'a RecordKey,
-        fp: &'a Fingerprint,
-        life: Duration,
-    ) -> ClaimRequest<'a> {
-        ClaimRequest::new(k, fp, life, life)
+    fn key(set: &str, i: usize) -> RecordKey {
+        RecordKey::new("s", IdempotencyKey::new(format!("{set}{i}")).unwrap())
+    }
+
+    /// Claims keys `{set}0` … `{set}{n - 1}` with lease and retention `life`.
+    async fn claim_all(store: &MemoryStore, set: &str, n: usize, life: Duration) {
+        let fp = Fingerprint::of_bytes(b"p");
+        for i in 0..n {
+            let k = key(set, i);
+            let req = ClaimRequest::new(&k, &fp, life, life);
+            store.claim(&req).await.unwrap();
+        }
     }
 
     /// Expired records leave the map within about one map's worth of writes, however large it is;
@@ -356,35 +362,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn expired_records_are_swept_and_live_ones_kept() {
         let store = MemoryStore::new();
-        let fp = Fingerprint::of_bytes(b"p");
-        let key = |set: &str, i: usize| {
-            RecordKey::new("s", IdempotencyKey::new(format!("{set}{i}")).unwrap())
-        };
+        let (short, long) = (Duration::from_secs(1), Duration::from_secs(3600));
         let n = 3 * SWEEP_EVERY as usize;
-        for i in 0..n {
-            let k = key("short", i);
-            store
-                .claim(&claim_request(&k, &fp, Duration::from_secs(1)))
-                .await
-                .unwrap();
-        }
-        for i in 0..n {
-            let k = key("long", i);
-            store
-                .claim(&claim_request(&k, &fp, Duration::from_secs(3600)))
-                .await
-                .unwrap();
-        }
+        claim_all(&store, "short", n, short).await;
+        claim_all(&store, "long", n, long).await;
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(store.len(), n, "only the long-lived records are alive");
         // The last sweep kept at most 2n entries, so the next one comes within 2n writes.
-        for i in 0..2 * n {
-            let k = key("new", i);
-            store
-                .claim(&claim_request(&k, &fp, Duration::from_secs(3600)))
-                .await
-                .unwrap();
-        }
+        claim_all(&store, "new", 2 * n, long).await;
         let held = store.lock().len();
         assert!(
             held <= 3 * n,

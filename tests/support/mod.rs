@@ -10,6 +10,7 @@ pub mod example_process;
 pub mod faulty;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod peak;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod redis_cluster;

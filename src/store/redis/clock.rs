@@ -46,13 +46,11 @@ pub(crate) struct Estimate {
     pub(crate) high_us: u64,
     /// The server clock is at least this (drift included).
     pub(crate) low_us: u64,
-    /// How far the clocks may have drifted apart since the reading, µs (already in the bounds;
-    /// it also grows with the time the caller waits for its reply, see [`Self::drift_us`]).
-    pub(crate) drift_us: u64,
 }
 
 impl Estimate {
-    /// Drift allowance for `elapsed` more time on top of this estimate.
+    /// How far the clocks may drift apart in `elapsed` (µs): already in the bounds for the time
+    /// since the reading; a caller that waits longer (for its reply) adds it for that time.
     pub(crate) fn drift_us(elapsed: Duration) -> u64 {
         micros(elapsed).saturating_mul(DRIFT_PPM) / 1_000_000 + 1
     }
@@ -101,7 +99,6 @@ impl ServerClock {
         Some(Estimate {
             high_us: high,
             low_us: low,
-            drift_us,
         })
     }
 

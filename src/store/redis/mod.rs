@@ -427,8 +427,7 @@ impl RedisStore {
             return Ok(Plain::Script);
         }
         let start = Instant::now();
-        self.refresh_clock(start);
-        let Some(estimate) = inner.clock.estimate(start) else {
+        let Some(estimate) = self.clock_estimate(start) else {
             return Ok(Plain::Script);
         };
         let token = estimate.high_us / 1000 + PLAIN_MARGIN_MS;
@@ -523,13 +522,12 @@ impl RedisStore {
         }
     }
 
-    /// The server clock estimate now (refreshed in the background when getting old); `None` on a
-    /// Cluster (each node has its own clock) or without a recent reading.
-    fn clock_estimate(&self) -> Option<Estimate> {
+    /// The server clock estimate at `now` (refreshed in the background when getting old); `None`
+    /// on a Cluster (each node has its own clock) or without a recent reading.
+    fn clock_estimate(&self, now: Instant) -> Option<Estimate> {
         if self.inner.conn.is_cluster() {
             return None;
         }
-        let now = Instant::now();
         self.refresh_clock(now);
         self.inner.clock.estimate(now)
     }
@@ -681,7 +679,7 @@ impl Store for RedisStore {
                 // The completed-at time from the clock estimate, when there is one (it is only
                 // reported, so any reading within the bounds will do), saves the script `TIME`.
                 let completed_at = self
-                    .clock_estimate()
+                    .clock_estimate(Instant::now())
                     .map(|e| (e.low_us / 2 + e.high_us / 2) / 1000);
                 let completed_at = completed_at.map(|ms| ms.to_string());
                 let mut args = vec![
