@@ -375,10 +375,24 @@ async fn timed(
     k: &RecordKey,
     f: &Fingerprint,
 ) -> (Claim, (u64, u64, u64), Duration) {
+    timed_with_lease(s, admin, k, f, LEASE).await
+}
+
+/// [`timed`] with a lease of `lease`.
+async fn timed_with_lease(
+    s: &RedisStore,
+    admin: &mut MultiplexedConnection,
+    k: &RecordKey,
+    f: &Fingerprint,
+    lease: Duration,
+) -> (Claim, (u64, u64, u64), Duration) {
     let get = |m: &std::collections::HashMap<String, u64>, n: &str| m.get(n).copied().unwrap_or(0);
     let (before, trips) = (commandstats(admin).await, s.round_trips());
     let start = std::time::Instant::now();
-    let c = claim(s, k, f).await.expect("claim");
+    let c = s
+        .claim(&ClaimRequest::new(k, f, lease, RETENTION))
+        .await
+        .expect("claim");
     let took = start.elapsed();
     let after = commandstats(admin).await;
     let n = (
@@ -618,6 +632,29 @@ async fn a_plain_replay_answers_the_outcome_and_writes_nothing() {
             .await
             .expect("PTTL");
         assert!((1..=20_000).contains(&ttl), "TTL kept, got {ttl}");
+    }
+}
+
+/// A lease under 100 ms never takes the plain path, even right after a claim that acquired: the
+/// plain token may lead the server clock by a few ms, which is safe only because a record lives
+/// at least its lease (docs/redis.md, "Plain claim").
+#[tokio::test]
+async fn short_leases_are_claimed_through_the_script() {
+    let Some(server) = PrivateRedis::start(&[]) else {
+        return;
+    };
+    let mut admin = admin(&server.url()).await;
+    for (n, s) in stores(&server.url()).await.iter().enumerate() {
+        next_claim_plain(s).await;
+        let k = key("short-lease", &format!("k{n}"));
+        let lease = Duration::from_millis(99);
+        let (c, sent, _) = timed_with_lease(s, &mut admin, &k, &fp("a"), lease).await;
+        assert!(matches!(c, Claim::Acquired { .. }), "{c:?}");
+        assert_eq!(
+            sent,
+            (1, 1, 1),
+            "one script call (its SET inside), no plain SET"
+        );
     }
 }
 
