@@ -43,17 +43,28 @@ async fn claim(s: &RedisStore, k: &RecordKey, f: &Fingerprint) -> Result<Claim, 
 /// script ran (a plain claim, see `every_operation_is_one_round_trip`).
 const SCRIPT_INTERNAL: &[&str] = &["get", "set", "time", "pttl"];
 
+/// The commands counted between two commandstats snapshots whose names `counted` accepts.
+fn deltas(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+    counted: impl Fn(&str) -> bool,
+) -> HashMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| counted(name))
+        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 /// Client commands (round trips) between two snapshots, ignoring our own INFO calls.
 fn round_trips(
     before: &HashMap<String, u64>,
     after: &HashMap<String, u64>,
 ) -> HashMap<String, u64> {
-    after
-        .iter()
-        .filter(|(name, _)| name.as_str() != "info" && !SCRIPT_INTERNAL.contains(&name.as_str()))
-        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
+    deltas(before, after, |name| {
+        name != "info" && !SCRIPT_INTERNAL.contains(&name)
+    })
 }
 
 /// Every command between two snapshots but our own INFO calls and `TIME` (the store reads the
@@ -62,12 +73,7 @@ fn all_commands(
     before: &HashMap<String, u64>,
     after: &HashMap<String, u64>,
 ) -> HashMap<String, u64> {
-    after
-        .iter()
-        .filter(|(name, _)| !["info", "time"].contains(&name.as_str()))
-        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
+    deltas(before, after, |name| !["info", "time"].contains(&name))
 }
 
 /// One round trip per operation: a script call, or, for a claim after one that acquired, a plain
@@ -155,12 +161,7 @@ fn inner_calls(
     before: &HashMap<String, u64>,
     after: &HashMap<String, u64>,
 ) -> HashMap<String, u64> {
-    after
-        .iter()
-        .filter(|(name, _)| SCRIPT_INTERNAL.contains(&name.as_str()))
-        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
+    deltas(before, after, |name| SCRIPT_INTERNAL.contains(&name))
 }
 
 /// Redis CPU per operation is mostly the `redis.call`s inside the script, so they are kept to a
